@@ -1,0 +1,214 @@
+"""CPU model benchmarks: ours vs diffusers (same weights, same threads, one run) and the memory
+of tiled vs untiled VAE decode. Writes benchmarks/results/models_cpu.json and the matching section
+of docs/benchmarks.md.
+
+    python -m benchmarks.models_cpu [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.report import machine_description, update_benchmarks_doc
+
+logger = logging.getLogger(__name__)
+RESULTS = Path("benchmarks/results/models_cpu.json")
+
+DIT_BENCH_CONFIG = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=6,
+    attention_head_dim=64,
+    num_layers=2,
+    num_single_layers=4,
+    num_refiner_layers=2,
+    text_embed_dim=256,
+    pooled_projection_dim=256,
+    rope_axes_dim=(16, 24, 24),
+    guidance_embeds=True,
+)
+VAE_BENCH_CONFIG = dict(
+    block_out_channels=(32, 64, 128, 128),
+    layers_per_block=1,
+    norm_num_groups=8,
+    latent_channels=16,
+)
+
+
+def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+@torch.no_grad()
+def bench_dit(repeats: int) -> dict[str, Any]:
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from models import load_dit
+
+    torch.manual_seed(0)
+    reference = HunyuanVideoTransformer3DModel(**DIT_BENCH_CONFIG).eval()  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as tmp:
+        reference.save_pretrained(tmp)
+        ours = load_dit(tmp).eval()
+    batch, frames, height, width, text_len = 1, 5, 32, 32, 32
+    latents = torch.randn(batch, 16, frames, height, width)  # (B, C, T, H, W)
+    timestep = torch.tensor([500.0])
+    states = torch.randn(batch, text_len, 256)
+    mask = torch.ones(batch, text_len, dtype=torch.long)
+    mask[:, 20:] = 0
+    pooled = torch.randn(batch, 256)
+    guidance = torch.tensor([6000.0])
+    out_ours = ours(latents, timestep, states, mask, pooled, guidance)
+    out_ref = reference(latents, timestep, states, mask, pooled, guidance, return_dict=False)[0]
+    max_diff = (out_ours - out_ref).abs().max().item()
+    t_ours = time_call(lambda: ours(latents, timestep, states, mask, pooled, guidance), repeats)
+    t_ref = time_call(
+        lambda: reference(latents, timestep, states, mask, pooled, guidance, return_dict=False), repeats
+    )
+    tokens = frames * (height // 2) * (width // 2)
+    return {
+        "config": {**DIT_BENCH_CONFIG, "latent": [batch, 16, frames, height, width], "video_tokens": tokens},
+        "params": sum(p.numel() for p in ours.parameters()),
+        "ours_s": t_ours,
+        "diffusers_s": t_ref,
+        "speedup_vs_diffusers": t_ref / t_ours,
+        "max_abs_diff": max_diff,
+    }
+
+
+@torch.no_grad()
+def bench_vae_decode(repeats: int) -> dict[str, Any]:
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from models import load_vae
+
+    torch.manual_seed(0)
+    reference = AutoencoderKLHunyuanVideo(**VAE_BENCH_CONFIG).eval()  # type: ignore[arg-type]
+    with tempfile.TemporaryDirectory() as tmp:
+        reference.save_pretrained(tmp)
+        ours = load_vae(tmp).eval()
+    latents = torch.randn(1, 16, 5, 8, 8)  # 17 frames of 64x64 px
+    out_ours = ours.decode(latents, tiled=False)
+    out_ref = reference.decode(latents).sample
+    max_diff = (out_ours - out_ref).abs().max().item()
+    t_ours = time_call(lambda: ours.decode(latents, tiled=False), repeats)
+    t_ref = time_call(lambda: reference.decode(latents), repeats)
+    return {
+        "config": {**VAE_BENCH_CONFIG, "latent": [1, 16, 5, 8, 8], "frames": 17, "size": "64x64"},
+        "ours_s": t_ours,
+        "diffusers_s": t_ref,
+        "speedup_vs_diffusers": t_ref / t_ours,
+        "max_abs_diff": max_diff,
+    }
+
+
+def _decode_peak_rss(frames: int, tiled: bool, size: int, queue: Any) -> None:
+    """Runs in a fresh process: the RSS growth of one decode over the loaded model and inputs."""
+    torch.set_num_threads(1)
+    from models import CausalVAE3D, vae_preset
+
+    torch.manual_seed(0)
+    vae = CausalVAE3D(vae_preset("tiny")).eval()
+    vae.tile_latent_min_num_frames = 4  # temporal tiles of 4 latent frames (13 px frames), overlap 1
+    vae.tile_sample_min_size = size // 2  # spatial tiles too
+    vae.tile_latent_min_size = size // 16
+    latents = torch.randn(1, 16, (frames - 1) // 4 + 1, size // 8, size // 8)
+    with torch.no_grad():
+        vae.decode(latents[:, :, :2], tiled=tiled)  # warm the allocator
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        vae.decode(latents, tiled=tiled)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((after - before) / 1024.0)  # ru_maxrss is KiB on Linux -> MiB
+
+
+def bench_vae_memory(frame_counts: list[int], size: int) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    curves: dict[str, list[float]] = {"tiled": [], "untiled": []}
+    for tiled in (True, False):
+        for frames in frame_counts:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_decode_peak_rss, args=(frames, tiled, size, queue))
+            proc.start()
+            peak = queue.get(timeout=900)
+            proc.join()
+            curves["tiled" if tiled else "untiled"].append(peak)
+            logger.info("decode %d frames %dpx tiled=%s: +%.1f MiB", frames, size, tiled, peak)
+    tiled_curve = curves["tiled"]
+    spread = (max(tiled_curve) - min(tiled_curve)) / max(tiled_curve)
+    return {"frames": frame_counts, "size": size, "peak_mib": curves, "tiled_spread": spread}
+
+
+def render(results: dict[str, Any]) -> str:
+    dit, vae, mem = results["dit_forward"], results["vae_decode"], results["vae_memory"]
+    lines = [
+        f"Machine: {results['machine']}; torch {results['torch']}, {results['threads']} threads.",
+        "",
+        "| benchmark | ours (s) | diffusers (s) | speedup (diffusers / ours) | max abs diff |",
+        "|---|---|---|---|---|",
+        f"| DiT forward ({dit['params'] / 1e6:.1f}M params, {dit['config']['video_tokens']} video tokens) "
+        f"| {dit['ours_s']:.4f} | {dit['diffusers_s']:.4f} | {dit['speedup_vs_diffusers']:.2f}x "
+        f"| {dit['max_abs_diff']:.1e} |",
+        f"| VAE decode (17 frames 64x64, blocks {tuple(VAE_BENCH_CONFIG['block_out_channels'])}) "
+        f"| {vae['ours_s']:.4f} | {vae['diffusers_s']:.4f} | {vae['speedup_vs_diffusers']:.2f}x "
+        f"| {vae['max_abs_diff']:.1e} |",
+        "",
+        f"Peak RSS growth of one VAE decode (tiny VAE, {mem['size']}x{mem['size']} px, temporal tile "
+        "4 latent frames, spatial tile half the frame), fresh process per point:",
+        "",
+        "| frames | " + " | ".join(str(f) for f in mem["frames"]) + " |",
+        "|---|" + "---|" * len(mem["frames"]),
+        "| tiled (MiB) | " + " | ".join(f"{v:.1f}" for v in mem["peak_mib"]["tiled"]) + " |",
+        "| untiled (MiB) | " + " | ".join(f"{v:.1f}" for v in mem["peak_mib"]["untiled"]) + " |",
+        "",
+        f"Tiled spread (max - min) / max: {mem['tiled_spread'] * 100:.1f}%.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and frames (smoke run)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    repeats = 2 if args.quick else 5
+    frames = [17, 33] if args.quick else [17, 33, 65, 129]
+    results = {
+        "machine": machine_description(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "dit_forward": bench_dit(repeats),
+        "vae_decode": bench_vae_decode(repeats),
+        "vae_memory": bench_vae_memory(frames, size=128),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    update_benchmarks_doc("Models on CPU (issue 2)", render(results))
+    logger.info("wrote %s and docs/benchmarks.md", RESULTS)
+
+
+if __name__ == "__main__":
+    main()
