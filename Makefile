@@ -27,8 +27,8 @@ install: $(STAMP)
 # generation with the default model bundle, written as an MP4 under outputs/.
 serve: $(STAMP)
 	@echo "NOTE: the HTTP video service (hyv serve) is coming; running 'hyv generate' with the default model."
-	@test -f weights/hyv-small/bundle.json || $(VENV)/bin/hyv init-weights --preset small --output weights/hyv-small
-	$(VENV)/bin/hyv generate "a red circle moving right on a black background" --output outputs/demo.mp4
+	@test -f weights/hyv-small/bundle.json || $(VENV)/bin/hyv init-weights --preset small --out weights/hyv-small
+	$(VENV)/bin/hyv generate "a red circle moving right on a black background" --out outputs/demo.mp4
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -74,7 +74,9 @@ BUNDLE_PRESETS: dict[str, BundleSpec] = {
         "tiny",
         "tiny",
         "tiny",
-        GenerationDefaults(width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9),
+        GenerationDefaults(
+            width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9
+        ),
     ),
     "small": BundleSpec("hyv-small", "small", "small", "small"),
 }
@@ -103,12 +105,14 @@ def init_random_bundle(preset: str, seed: int = 0) -> ModelBundle:
     text_config = BuiltinTextEncoderConfig.preset(spec.text_encoder_preset)
     text_encoder = BuiltinTextEncoder(text_config, WordTokenizer(default_caption_vocabulary()))
     dit_config = dit_preset(spec.dit_preset)
-    if (dit_config.text_states_dim, dit_config.text_states_dim_2) != (text_config.dim, text_config.pooled_dim):
+    if (dit_config.text_dim, dit_config.pooled_dim) != (text_config.dim, text_config.pooled_dim):
         raise ValueError(
-            f"bundle {preset!r}: DiT text dims {(dit_config.text_states_dim, dit_config.text_states_dim_2)} "
+            f"bundle {preset!r}: DiT text dims {(dit_config.text_dim, dit_config.pooled_dim)} "
             f"do not match the text encoder's {(text_config.dim, text_config.pooled_dim)}"
         )
-    return ModelBundle(spec, HunyuanVideoDiT(dit_config), CausalVAE3D(vae_preset(spec.vae_preset)), text_encoder)
+    return ModelBundle(
+        spec, HunyuanVideoDiT(dit_config), CausalVAE3D(vae_preset(spec.vae_preset)), text_encoder
+    )
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:

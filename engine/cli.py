@@ -29,14 +29,15 @@ console = Console()
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
 
 @app.command("init-weights")
 def init_weights(
     preset: Annotated[str, typer.Option(help=f"Bundle preset: {', '.join(BUNDLE_PRESETS)}.")] = "small",
-    output: Annotated[Path, typer.Option(help="Bundle directory to write.")] = DEFAULT_BUNDLE_DIR,
+    output: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")] = DEFAULT_BUNDLE_DIR,
     seed: Annotated[int, typer.Option(help="Initialization seed.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite an existing bundle.")] = False,
 ) -> None:
@@ -50,17 +51,21 @@ def init_weights(
         raise typer.BadParameter(str(exc)) from exc
     save_bundle(bundle, output)
     params = sum(p.numel() for p in bundle.dit.parameters())
-    console.print(f"Wrote untrained bundle [bold]{preset}[/] to {output} (DiT: {params / 1e6:.1f}M parameters).")
+    console.print(
+        f"Wrote untrained bundle [bold]{preset}[/] to {output} (DiT: {params / 1e6:.1f}M parameters)."
+    )
 
 
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="MP4 file to write.")] = Path("outputs/video.mp4"),
-    model: Annotated[Path, typer.Option(help="Model bundle directory.")] = DEFAULT_BUNDLE_DIR,
+    output: Annotated[Path, typer.Option("--out", "-o", help="MP4 file to write.")] = Path(
+        "outputs/video.mp4"
+    ),
+    model: Annotated[Path, typer.Option("--weights", help="Model bundle directory.")] = DEFAULT_BUNDLE_DIR,
     width: Annotated[int | None, typer.Option(help="Width in pixels (multiple of 16).")] = None,
     height: Annotated[int | None, typer.Option(help="Height in pixels (multiple of 16).")] = None,
-    num_frames: Annotated[int | None, typer.Option(help="Frames, 4n+1.")] = None,
+    num_frames: Annotated[int | None, typer.Option("--frames", help="Frames, 4n+1.")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -85,16 +90,17 @@ def generate(
     ) as progress:
         task = progress.add_task("denoise", total=None)
         try:
-            result = generate_video(bundle, request, on_step=lambda i, n: progress.update(task, completed=i, total=n))
+            result = generate_video(
+                bundle, request, on_step=lambda i, n: progress.update(task, completed=i, total=n)
+            )
         except ValueError as exc:
             console.print(f"[red]invalid request: {exc}[/]")
             raise typer.Exit(2) from exc
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(result.mp4)
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    console.print(
-        f"Wrote {output} ({result.width}x{result.height}, {result.num_frames} frames @ {result.fps} fps): {stages}"
-    )
+    size = f"{result.width}x{result.height}, {result.num_frames} frames @ {result.fps} fps"
+    console.print(f"Wrote {output} ({size}): {stages}")
 
 
 @app.command()

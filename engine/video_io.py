@@ -62,5 +62,5 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> Path:
 def read_mp4(data: bytes | str | Path) -> np.ndarray:
     """Decode an MP4 back to (T, H, W, 3) uint8, for tests and evaluation."""
     source = io.BytesIO(data) if isinstance(data, bytes) else str(data)
-    with av.open(source) as container:
+    with av.open(source, mode="r") as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

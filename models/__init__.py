@@ -1,1 +1,73 @@
-"""models package."""
+"""HunyuanVideo model family: the DiT, the 3D causal VAE and the text encoders.
+
+Model code is plain PyTorch; compilation, sharding and fused kernels are applied from outside
+(engine/, kernels/) through the entry points in `models.ops`.
+"""
+
+from models.checkpoint_io import CheckpointError
+from models.ops import apply_rotary_emb, attention, gated_residual, layernorm_modulate, rms_norm
+
+# --- DiT (models/dit*.py) ---
+# isort: split
+from models.dit import HunyuanVideoDiT
+from models.dit_config import DIT_PRESETS, DiTConfig, dit_preset
+from models.dit_loading import (
+    diffusers_to_official_state_dict,
+    infer_dit_config,
+    load_dit,
+    official_to_diffusers_state_dict,
+    read_dit_metadata,
+    save_dit,
+)
+from models.embeddings import rope_tables
+
+# --- VAE (models/vae*.py) ---
+from models.vae import CausalVAE3D, DiagonalGaussian
+from models.vae_config import VAEConfig, VAETiling, vae_preset
+from models.vae_loading import load_vae, save_vae
+
+# --- Text encoders (models/text_encoder*.py) ---
+# isort: split
+from models.text_encoder import TextEmbeddings, TextEncoder, load_text_encoder
+from models.text_encoder_builtin import (
+    BuiltinTextEncoder,
+    BuiltinTextEncoderConfig,
+    WordTokenizer,
+    default_caption_vocabulary,
+)
+from models.text_encoder_hf import HunyuanTextEncoder
+
+__all__ = [
+    "DIT_PRESETS",
+    "BuiltinTextEncoder",
+    "BuiltinTextEncoderConfig",
+    "CausalVAE3D",
+    "CheckpointError",
+    "DiTConfig",
+    "DiagonalGaussian",
+    "HunyuanTextEncoder",
+    "HunyuanVideoDiT",
+    "TextEmbeddings",
+    "TextEncoder",
+    "VAEConfig",
+    "VAETiling",
+    "WordTokenizer",
+    "apply_rotary_emb",
+    "attention",
+    "default_caption_vocabulary",
+    "diffusers_to_official_state_dict",
+    "dit_preset",
+    "gated_residual",
+    "infer_dit_config",
+    "layernorm_modulate",
+    "load_dit",
+    "load_text_encoder",
+    "load_vae",
+    "official_to_diffusers_state_dict",
+    "read_dit_metadata",
+    "rms_norm",
+    "rope_tables",
+    "save_dit",
+    "save_vae",
+    "vae_preset",
+]

@@ -46,7 +46,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, RuntimeError) as exc:
-            raise CheckpointError(f"cannot read safetensors file {path} (truncated or corrupt?): {exc}") from exc
+            raise CheckpointError(
+                f"cannot read safetensors file {path} (truncated or corrupt?): {exc}"
+            ) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:

@@ -29,8 +29,9 @@ def attention(
     attn_mask = None
     if key_padding_mask is not None:
         if key_padding_mask.shape != (k.shape[0], k.shape[1]):
+            expected = (k.shape[0], k.shape[1])
             raise ValueError(
-                f"key_padding_mask shape {tuple(key_padding_mask.shape)} != (B, Lk) = {(k.shape[0], k.shape[1])}"
+                f"key_padding_mask shape {tuple(key_padding_mask.shape)} != (B, Lk) = {expected}"
             )
         attn_mask = key_padding_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, Lk)
     out = F.scaled_dot_product_attention(

@@ -34,7 +34,10 @@ def test_euler_with_exact_velocity_recovers_data():
     noise = torch.randn_like(x0)
     calls = []
     out = euler_denoise(
-        lambda x, t: noise - x0, noise.clone(), flow_schedule(7, 5.0), on_step=lambda i, n: calls.append((i, n))
+        lambda x, t: noise - x0,
+        noise.clone(),
+        flow_schedule(7, 5.0),
+        on_step=lambda i, n: calls.append((i, n)),
     )
     assert torch.allclose(out, x0, atol=1e-6)
     assert calls == [(i, 7) for i in range(1, 8)]

@@ -9,8 +9,11 @@ def test_mp4_round_trip_is_h264_faststart_and_close():
     t = np.linspace(0, 1, 9)[:, None, None, None]
     yy, xx = np.mgrid[0:32, 0:48]
     frames = np.concatenate(
-        [(t * 255 * np.ones((1, 32, 48, 1))), (xx / 47 * 255)[None, ..., None] * np.ones((9, 1, 1, 1)),
-         (yy / 31 * 255)[None, ..., None] * np.ones((9, 1, 1, 1))],
+        [
+            (t * 255 * np.ones((1, 32, 48, 1))),
+            (xx / 47 * 255)[None, ..., None] * np.ones((9, 1, 1, 1)),
+            (yy / 31 * 255)[None, ..., None] * np.ones((9, 1, 1, 1)),
+        ],
         axis=-1,
     ).astype(np.uint8)
     data = encode_mp4(frames, fps=8)
@@ -20,7 +23,9 @@ def test_mp4_round_trip_is_h264_faststart_and_close():
     assert decoded.shape == frames.shape
     assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 4.0
 
-    import av, io
+    import io
+
+    import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
