@@ -5,7 +5,7 @@ Model code is plain PyTorch; compilation, sharding and fused kernels are applied
 """
 
 from models.checkpoint_io import CheckpointError
-from models.ops import apply_rotary_emb, attention, gated_residual, layernorm_modulate, rms_norm
+from models.ops import apply_rotary_emb, attention, gated_residual, layernorm_modulate, rms_norm, rope_tables
 
 # --- DiT (models/dit*.py) ---
 # isort: split
@@ -19,7 +19,6 @@ from models.dit_loading import (
     read_dit_metadata,
     save_dit,
 )
-from models.embeddings import rope_tables
 
 # --- VAE (models/vae*.py) ---
 from models.vae import CausalVAE3D, DiagonalGaussian

@@ -26,7 +26,8 @@ from torch.utils.checkpoint import checkpoint
 
 from models.dit_blocks import DoubleStreamBlock, FinalLayer, Modulation, SingleStreamBlock
 from models.dit_config import DiTConfig
-from models.embeddings import MLPEmbedder, PatchEmbed, TimestepEmbedder, rope_tables
+from models.embeddings import MLPEmbedder, PatchEmbed, TimestepEmbedder
+from models.ops import rope_tables
 from models.token_refiner import IndividualTokenRefinerBlock, SingleTokenRefiner
 
 logger = logging.getLogger(__name__)

@@ -40,12 +40,11 @@ class Modulation(nn.Module):
         return tuple(self.linear(F.silu(vec)).chunk(self.factor, dim=-1))
 
 
-def _rope_prefix(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first cos.shape[0] tokens of x (B, L, H, Dh) - the video tokens - only."""
-    n = cos.shape[0]
-    if n == x.shape[1]:
-        return ops.apply_rotary_emb(x, cos, sin)
-    return torch.cat([ops.apply_rotary_emb(x[:, :n], cos, sin), x[:, n:]], dim=1)
+def qk_norm(
+    q: torch.Tensor, k: torch.Tensor, q_norm: RMSNorm, k_norm: RMSNorm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both QK RMSNorms in one fused call."""
+    return ops.rms_norm_qk(q, k, q_norm.weight, k_norm.weight, q_norm.eps)
 
 
 class DoubleStreamBlock(nn.Module):
@@ -87,14 +86,14 @@ class DoubleStreamBlock(nn.Module):
         img_q, img_k, img_v = rearrange(
             img_qkv, "b l (three h d) -> three b l h d", three=3, h=self.num_heads
         )
-        img_q = ops.apply_rotary_emb(self.img_attn_q_norm(img_q), cos, sin)  # (B, Li, H, Dh)
-        img_k = ops.apply_rotary_emb(self.img_attn_k_norm(img_k), cos, sin)
+        img_q, img_k = qk_norm(img_q, img_k, self.img_attn_q_norm, self.img_attn_k_norm)
+        img_q, img_k = ops.apply_rotary_emb_qk(img_q, img_k, cos, sin)  # (B, Li, H, Dh)
 
         txt_qkv = self.txt_attn_qkv(ops.layernorm_modulate(txt, t_shift1, t_scale1, 1e-6))  # (B, Lt, 3D)
         txt_q, txt_k, txt_v = rearrange(
             txt_qkv, "b l (three h d) -> three b l h d", three=3, h=self.num_heads
         )
-        txt_q, txt_k = self.txt_attn_q_norm(txt_q), self.txt_attn_k_norm(txt_k)  # (B, Lt, H, Dh)
+        txt_q, txt_k = qk_norm(txt_q, txt_k, self.txt_attn_q_norm, self.txt_attn_k_norm)  # (B, Lt, H, Dh)
 
         q = torch.cat([img_q, txt_q], dim=1)  # (B, Li+Lt, H, Dh)
         k = torch.cat([img_k, txt_k], dim=1)
@@ -138,8 +137,9 @@ class SingleStreamBlock(nn.Module):
         h = self.linear1(ops.layernorm_modulate(x, shift, scale, 1e-6))  # (B, L, 3D + M)
         qkv, mlp = torch.split(h, [3 * self.hidden_size, self.mlp_hidden], dim=-1)
         q, k, v = rearrange(qkv, "b l (three h d) -> three b l h d", three=3, h=self.num_heads)
-        q = _rope_prefix(self.q_norm(q), cos, sin)  # (B, L, H, Dh)
-        k = _rope_prefix(self.k_norm(k), cos, sin)
+        q, k = qk_norm(q, k, self.q_norm, self.k_norm)
+        # The tables cover the video tokens (the prefix); the text tokens pass through unrotated.
+        q, k = ops.apply_rotary_emb_qk(q, k, cos, sin)  # (B, L, H, Dh)
         attn = rearrange(ops.attention(q, k, v, key_padding_mask=key_mask), "b l h d -> b l (h d)")
         out = self.linear2(torch.cat([attn, F.gelu(mlp, approximate="tanh")], dim=-1))  # (B, L, D)
         return ops.gated_residual(x, gate, out)

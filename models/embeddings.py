@@ -75,29 +75,3 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)  # (B, D, t, h, w) on the patched grid
         return rearrange(x, "b d t h w -> b (t h w) d")
-
-
-def rope_tables(
-    t: int,
-    h: int,
-    w: int,
-    axes_dim: Sequence[int],
-    theta: float,
-    device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (t*h*w, sum(axes_dim)) for the 3D RoPE over the *patched* latent grid.
-
-    Token order is (t, h, w) row-major, as the patch embedder flattens. Each axis owns a slice of
-    the head dim; inside it, frequency i is theta^(-2i/dim) and appears twice in a row, pairing
-    with `ops.apply_rotary_emb`'s interleaved (a, b) layout. Identical to diffusers'
-    `HunyuanVideoRotaryPosEmbed` (fp32 throughout).
-    """
-    axes = [torch.arange(n, dtype=torch.float32, device=device) for n in (t, h, w)]
-    grids = torch.meshgrid(*axes, indexing="ij")  # 3 x (t, h, w)
-    cos_parts, sin_parts = [], []
-    for grid, dim in zip(grids, axes_dim, strict=True):
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
-        angles = torch.outer(grid.reshape(-1), inv_freq)  # (L, dim/2)
-        cos_parts.append(angles.cos().repeat_interleave(2, dim=1))  # (L, dim)
-        sin_parts.append(angles.sin().repeat_interleave(2, dim=1))
-    return torch.cat(cos_parts, dim=1), torch.cat(sin_parts, dim=1)  # (L, head_dim) each

@@ -14,7 +14,7 @@ from torch import nn
 from models.dit import HunyuanVideoDiT
 from models.dit_config import DIT_PRESETS, DiTConfig, dit_preset
 from models.dit_loading import diffusers_to_official_state_dict, load_dit
-from models.embeddings import rope_tables
+from models.ops import rope_tables
 
 TOL = 1e-5
 TINY = dit_preset("tiny")
