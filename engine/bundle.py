@@ -3,12 +3,13 @@
 Layout (all in the project's own formats):
 
     <bundle>/bundle.json        name, presets, generation defaults and limits
-    <bundle>/dit/               models.save_dit
+    <bundle>/dit/               models.save_dit (its metadata may hold a distilled schedule)
     <bundle>/vae/               models.save_vae
-    <bundle>/text_encoder/      BuiltinTextEncoder.save_pretrained
+    <bundle>/text_encoder/      BuiltinTextEncoder.save_pretrained (absent for the 13B, whose
+                                LLaVA-LLaMA-3 + CLIP encoders are given by path)
 
 The training issue fills a bundle with trained weights; `hyv init-weights` writes one with
-random weights so the whole path can run before any training has happened.
+random weights so the whole path (and the 13B's speed) can be measured before any training.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from engine.limits import BUCKETS_540P, BUCKETS_720P, ModelLimits
 from models import (
     BuiltinTextEncoder,
     BuiltinTextEncoderConfig,
@@ -43,28 +45,12 @@ DEFAULT_BUNDLE_DIR = Path("weights/hyv-small")
 
 
 @dataclass(frozen=True)
-class GenerationDefaults:
-    """What a request gets when it leaves a field out, and the limits it must stay within."""
-
-    width: int = 128
-    height: int = 128
-    num_frames: int = 17
-    fps: int = 8
-    steps: int = 12
-    flow_shift: float = 5.0
-    guidance: float = 6.0
-    max_width: int = 512
-    max_height: int = 512
-    max_frames: int = 65
-
-
-@dataclass(frozen=True)
 class BundleSpec:
     name: str
     dit_preset: str
     vae_preset: str
-    text_encoder_preset: str
-    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)
+    text_encoder_preset: str | None  # a BuiltinTextEncoder preset; None = external encoders by path
+    limits: ModelLimits = field(default_factory=ModelLimits)
     trained: bool = False
 
 
@@ -74,11 +60,28 @@ BUNDLE_PRESETS: dict[str, BundleSpec] = {
         "tiny",
         "tiny",
         "tiny",
-        GenerationDefaults(
-            width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9
-        ),
+        ModelLimits(width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9),
     ),
     "small": BundleSpec("hyv-small", "small", "small", "small"),
+    "hunyuan-video-13b": BundleSpec(
+        "hunyuan-video-13b",
+        "hunyuan-video-13b",
+        "hunyuan-video",
+        None,
+        ModelLimits(
+            width=960,
+            height=544,
+            num_frames=129,
+            fps=24,
+            steps=50,
+            flow_shift=7.0,
+            guidance=6.0,
+            max_width=1280,
+            max_height=1280,
+            max_frames=129,
+            buckets=BUCKETS_540P + BUCKETS_720P,
+        ),
+    ),
 }
 
 
@@ -87,32 +90,43 @@ class ModelBundle:
     spec: BundleSpec
     dit: HunyuanVideoDiT
     vae: CausalVAE3D
-    text_encoder: TextEncoder
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ModelBundle:
-        self.dit.to(device=device, dtype=dtype)
-        self.vae.to(device=device, dtype=dtype)
-        self.text_encoder.to(device=device, dtype=dtype)
-        return self
+    text_encoder: TextEncoder | None
 
 
-def init_random_bundle(preset: str, seed: int = 0) -> ModelBundle:
+def _random_module(module_cls: type[torch.nn.Module], config: object, dtype: torch.dtype) -> torch.nn.Module:
+    """Build on the meta device and allocate directly in `dtype`: a 13B DiT never exists in fp32."""
+    with torch.device("meta"):
+        module = module_cls(config)  # type: ignore[call-arg]
+    module = module.to(dtype).to_empty(device="cpu")
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    for name, buffer in module.named_buffers():  # none today; keep future buffers defined
+        logger.debug("buffer %s left uninitialized by reset_parameters", name)
+        buffer.zero_()
+    return module
+
+
+def init_random_bundle(preset: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:
     """A bundle of the named preset with freshly initialized (untrained) weights."""
     if preset not in BUNDLE_PRESETS:
         raise ValueError(f"unknown bundle preset {preset!r}; choose one of {sorted(BUNDLE_PRESETS)}")
     spec = BUNDLE_PRESETS[preset]
     torch.manual_seed(seed)
-    text_config = BuiltinTextEncoderConfig.preset(spec.text_encoder_preset)
-    text_encoder = BuiltinTextEncoder(text_config, WordTokenizer(default_caption_vocabulary()))
     dit_config = dit_preset(spec.dit_preset)
-    if (dit_config.text_dim, dit_config.pooled_dim) != (text_config.dim, text_config.pooled_dim):
-        raise ValueError(
-            f"bundle {preset!r}: DiT text dims {(dit_config.text_dim, dit_config.pooled_dim)} "
-            f"do not match the text encoder's {(text_config.dim, text_config.pooled_dim)}"
-        )
-    return ModelBundle(
-        spec, HunyuanVideoDiT(dit_config), CausalVAE3D(vae_preset(spec.vae_preset)), text_encoder
-    )
+    text_encoder = None
+    if spec.text_encoder_preset is not None:
+        text_config = BuiltinTextEncoderConfig.preset(spec.text_encoder_preset)
+        if (dit_config.text_dim, dit_config.pooled_dim) != (text_config.dim, text_config.pooled_dim):
+            raise ValueError(
+                f"bundle {preset!r}: DiT text dims {(dit_config.text_dim, dit_config.pooled_dim)} "
+                f"do not match the text encoder's {(text_config.dim, text_config.pooled_dim)}"
+            )
+        text_encoder = BuiltinTextEncoder(text_config, WordTokenizer(default_caption_vocabulary())).to(dtype)
+    dit = _random_module(HunyuanVideoDiT, dit_config, dtype)
+    vae = _random_module(CausalVAE3D, vae_preset(spec.vae_preset), dtype)
+    return ModelBundle(spec, dit, vae, text_encoder)  # type: ignore[arg-type]
 
 
 def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
@@ -120,7 +134,8 @@ def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     save_dit(bundle.dit, directory / "dit")
     save_vae(bundle.vae, directory / "vae")
-    bundle.text_encoder.save_pretrained(directory / "text_encoder")  # type: ignore[attr-defined]
+    if bundle.text_encoder is not None:
+        bundle.text_encoder.save_pretrained(directory / "text_encoder")  # type: ignore[attr-defined]
     (directory / BUNDLE_FILE).write_text(json.dumps(asdict(bundle.spec), indent=2))
     logger.info("saved bundle %s to %s", bundle.spec.name, directory)
     return directory
@@ -134,16 +149,27 @@ def read_bundle_spec(directory: str | Path) -> BundleSpec:
             "create one with `hyv init-weights` or train one"
         )
     raw = json.loads(path.read_text())
-    defaults = GenerationDefaults(**raw.pop("defaults", {}))
-    return BundleSpec(**raw, defaults=defaults)
+    limits = ModelLimits(**raw.pop("limits", {}))
+    return BundleSpec(**raw, limits=limits)
 
 
 def load_bundle(
-    directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    directory: str | Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    text_encoder_path: str | Path | None = None,
+    text_encoder_device: torch.device | str | None = None,
 ) -> ModelBundle:
+    """Load a bundle; `text_encoder_path` points at external encoders (required for the 13B)."""
     directory = Path(directory)
     spec = read_bundle_spec(directory)
     dit = load_dit(directory / "dit", dtype=dtype, device=device)
     vae = load_vae(directory / "vae", dtype=dtype, device=device)
-    text_encoder = load_text_encoder(directory / "text_encoder", device=device, dtype=dtype)
+    source = text_encoder_path or (directory / "text_encoder" if spec.text_encoder_preset else None)
+    if source is None:
+        raise ValueError(
+            f"bundle {spec.name} has no built-in text encoder: pass the directory of the HunyuanVideo "
+            "text encoders (text_encoder/ + text_encoder_2/) as text_encoder_path (--text-encoder)"
+        )
+    text_encoder = load_text_encoder(source, device=text_encoder_device or device, dtype=dtype)
     return ModelBundle(spec, dit, vae, text_encoder)

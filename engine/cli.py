@@ -5,102 +5,162 @@ Later issues add `serve`, `worker`, `train` and `bench` here.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from engine.bundle import (
     BUNDLE_PRESETS,
     DEFAULT_BUNDLE_DIR,
     init_random_bundle,
-    load_bundle,
     read_bundle_spec,
     save_bundle,
 )
+from models.checkpoint_io import parse_dtype
 
-app = typer.Typer(help="HunyuanVideo-style video generation: models, generation and (soon) the service.")
-console = Console()
+app = typer.Typer(
+    help="HunyuanVideo-style video generation: models, generation and (soon) the service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)  # progress and messages on stderr; stdout carries the JSON line
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+
+    try:
+        return parse_dtype(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
 
 
 @app.command("init-weights")
 def init_weights(
     preset: Annotated[str, typer.Option(help=f"Bundle preset: {', '.join(BUNDLE_PRESETS)}.")] = "small",
-    output: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")] = DEFAULT_BUNDLE_DIR,
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")] = DEFAULT_BUNDLE_DIR,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (bf16 for the 13B).")] = "fp32",
     seed: Annotated[int, typer.Option(help="Initialization seed.")] = 0,
     force: Annotated[bool, typer.Option(help="Overwrite an existing bundle.")] = False,
 ) -> None:
     """Write a model bundle with RANDOM weights (the pipeline runs; the video is noise until trained)."""
-    if (output / "bundle.json").exists() and not force:
-        console.print(f"[yellow]{output} already holds a bundle; pass --force to overwrite.[/]")
+    if (out / "bundle.json").exists() and not force:
+        console.print(f"[yellow]{out} already holds a bundle; pass --force to overwrite.[/]")
         raise typer.Exit(0)
     try:
-        bundle = init_random_bundle(preset, seed=seed)
+        bundle = init_random_bundle(preset, seed=seed, dtype=_dtype(dtype) or torch.float32)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    save_bundle(bundle, output)
+    save_bundle(bundle, out)
     params = sum(p.numel() for p in bundle.dit.parameters())
-    console.print(
-        f"Wrote untrained bundle [bold]{preset}[/] to {output} (DiT: {params / 1e6:.1f}M parameters)."
-    )
+    console.print(f"Wrote untrained bundle [bold]{preset}[/] to {out} (DiT: {params / 1e6:.1f}M parameters).")
 
 
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
-    output: Annotated[Path, typer.Option("--out", "-o", help="MP4 file to write.")] = Path(
-        "outputs/video.mp4"
-    ),
-    model: Annotated[Path, typer.Option("--weights", help="Model bundle directory.")] = DEFAULT_BUNDLE_DIR,
+    out: Annotated[Path, typer.Option("--out", "-o", help="MP4 file to write.")] = Path("outputs/video.mp4"),
+    weights: Annotated[Path, typer.Option(help="Model bundle directory.")] = DEFAULT_BUNDLE_DIR,
+    image: Annotated[Path | None, typer.Option(help="First frame for image-to-video.")] = None,
     width: Annotated[int | None, typer.Option(help="Width in pixels (multiple of 16).")] = None,
     height: Annotated[int | None, typer.Option(help="Height in pixels (multiple of 16).")] = None,
-    num_frames: Annotated[int | None, typer.Option("--frames", help="Frames, 4n+1.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Number of frames, 4n+1.")] = None,
+    fps: Annotated[int | None, typer.Option(help="Frames per second of the MP4.")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt (true-CFG models).")] = "",
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: random, printed).")] = None,
+    sp: Annotated[int, typer.Option(help="Sequence-parallel processes on this machine.")] = 1,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
+    text_encoder: Annotated[Path | None, typer.Option(help="HunyuanVideo text encoders (13B).")] = None,
+    offload: Annotated[bool, typer.Option(help="Text encoder and VAE on the CPU during denoising.")] = False,
+    offload_blocks: Annotated[bool, typer.Option(help="DiT blocks on the CPU (small GPUs).")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the DiT blocks.")] = False,
 ) -> None:
-    """Generate one video from a prompt and write it as an MP4."""
-    from engine.generate import GenerationRequest, generate_video
+    """Generate one video and write it as an MP4; prints one JSON line (path, stage seconds, memory)."""
+    from pydantic import ValidationError
+
+    from engine.pipeline import PipelineOptions, VideoPipeline, default_device_and_dtype
+    from engine.pipeline import Progress as StepProgress
+    from engine.request import GenerationRequest
 
     try:
-        spec = read_bundle_spec(model)
+        spec = read_bundle_spec(weights)
     except FileNotFoundError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
     if not spec.trained:
-        console.print(
-            f"[yellow]{model} holds untrained (random) weights: expect noise. "
-            "The trained bundle comes from `hyv train` (training issue).[/]"
+        console.print(f"[yellow]{weights} holds untrained (random) weights: expect noise.[/]")
+    try:
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            image=image.read_bytes() if image is not None else None,
+            width=width,
+            height=height,
+            num_frames=frames,
+            fps=fps,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
         )
-    bundle = load_bundle(model)
-    request = GenerationRequest(prompt, width, height, num_frames, steps, guidance, seed=seed)
+    except (ValidationError, OSError) as exc:
+        console.print(f"[red]invalid request: {exc}[/]")
+        raise typer.Exit(2) from exc
+    default_device, default_dtype = default_device_and_dtype()
+    options = PipelineOptions(
+        device=device or default_device,
+        dtype=_dtype(dtype) or default_dtype,
+        offload_encoders=offload,
+        offload_blocks=offload_blocks,
+        compile_blocks=compile,
+    )
+    if sp > 1:
+        from engine.parallel.generate import generate_sequence_parallel
+
+        summary = generate_sequence_parallel(weights, request, options, out, sp, text_encoder)
+        print(json.dumps({"path": str(out), **summary}))
+        return
+    try:
+        pipeline = VideoPipeline.from_dir(weights, options, text_encoder_path=text_encoder)
+        pipeline.plan(request)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]invalid request: {exc}[/]")
+        raise typer.Exit(2) from exc
     with Progress(
-        TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
-        task = progress.add_task("denoise", total=None)
-        try:
-            result = generate_video(
-                bundle, request, on_step=lambda i, n: progress.update(task, completed=i, total=n)
-            )
-        except ValueError as exc:
-            console.print(f"[red]invalid request: {exc}[/]")
-            raise typer.Exit(2) from exc
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(result.mp4)
-    stages = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
-    size = f"{result.width}x{result.height}, {result.num_frames} frames @ {result.fps} fps"
-    console.print(f"Wrote {output} ({size}): {stages}")
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(event: StepProgress) -> None:
+            if event.stage not in ("denoise", "decode"):
+                return
+            if event.stage not in tasks:
+                tasks[event.stage] = bar.add_task(event.stage, total=event.total)
+            bar.update(tasks[event.stage], completed=event.step, total=event.total)
+
+        result = pipeline.generate(request, on_progress=on_progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.mp4)
+    print(json.dumps({"path": str(out), **result.summary()}))
 
 
 @app.command()
@@ -112,12 +172,11 @@ def convert(
 ) -> None:
     """Convert an official or diffusers checkpoint into the project's own format."""
     from models import load_dit, load_vae, save_dit, save_vae
-    from models.checkpoint_io import parse_dtype
 
     if kind == "dit":
-        save_dit(load_dit(source, dtype=parse_dtype(dtype)), output)
+        save_dit(load_dit(source, dtype=_dtype(dtype)), output)
     elif kind == "vae":
-        save_vae(load_vae(source, dtype=parse_dtype(dtype)), output)
+        save_vae(load_vae(source, dtype=_dtype(dtype)), output)
     else:
         raise typer.BadParameter(f"--kind must be 'dit' or 'vae', got {kind!r}")
     console.print(f"Converted {kind} {source} -> {output}")

@@ -50,3 +50,8 @@ def euler_denoise(
         if on_step is not None:
             on_step(i + 1, total)
     return latents
+
+
+def cfg_combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: v_uncond + scale * (v_cond - v_uncond)."""
+    return v_uncond + scale * (v_cond - v_uncond)

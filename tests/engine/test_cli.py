@@ -1,8 +1,10 @@
 """End to end through the `hyv` command: an untrained tiny bundle, one generation, a real MP4."""
 
+import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from engine.cli import app
@@ -11,41 +13,59 @@ from engine.video_io import read_mp4
 runner = CliRunner()
 
 
-def test_init_weights_then_generate_writes_a_playable_mp4(tmp_path):
-    bundle = tmp_path / "bundle"
-    result = runner.invoke(app, ["init-weights", "--preset", "tiny", "--out", str(bundle)])
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bundle")
+    result = runner.invoke(app, ["init-weights", "--preset", "tiny", "--out", str(path), "--force"])
     assert result.exit_code == 0, result.output
+    return path
+
+
+def generate(bundle, out, *extra):
+    args = ["generate", "a red circle moving left on a black background", "--weights", str(bundle)]
+    args += ["--out", str(out), "--width", "32", "--height", "48", "--frames", "9", "--steps", "2", *extra]
+    return runner.invoke(app, args)
+
+
+def test_init_weights_writes_a_bundle(bundle):
     assert (bundle / "bundle.json").is_file()
     assert {p.name for p in bundle.iterdir()} >= {"dit", "vae", "text_encoder"}
+    result = runner.invoke(app, ["init-weights", "--preset", "tiny", "--out", str(bundle)])
+    assert result.exit_code == 0 and "already holds a bundle" in result.output
 
-    def generate(output):
-        args = ["generate", "a red circle moving left on a black background", "--weights", str(bundle)]
-        args += ["--out", str(output), "--width", "32", "--height", "48", "--frames", "9", "--steps", "2"]
-        return runner.invoke(app, args)
 
+def test_generate_writes_mp4_and_prints_one_json_line(bundle, tmp_path):
     video = tmp_path / "out.mp4"
-    result = generate(video)
+    result = generate(bundle, video, "--seed", "3", "--fps", "12")
     assert result.exit_code == 0, result.output
     assert "untrained" in result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["path"] == str(video)
+    assert summary["seed"] == 3 and summary["num_frames"] == 9 and summary["fps"] == 12
+    assert set(summary["seconds"]) == {"text_encode", "denoise", "decode", "encode"}
+    assert summary["peak_memory_mb"] > 0
     frames = read_mp4(video)
     assert frames.shape == (9, 48, 32, 3)
 
-    # Same seed, same settings -> the same video.
-    again = tmp_path / "again.mp4"
-    result = generate(again)
-    assert result.exit_code == 0, result.output
+    again = tmp_path / "again.mp4"  # same seed, same settings -> the same video
+    assert generate(bundle, again, "--seed", "3", "--fps", "12").exit_code == 0
     assert (read_mp4(again) == frames).all()
 
 
-def test_generate_rejects_bad_sizes_with_a_clear_message(tmp_path):
-    bundle = tmp_path / "bundle"
-    assert runner.invoke(app, ["init-weights", "--preset", "tiny", "--out", str(bundle)]).exit_code == 0
-    result = runner.invoke(app, ["generate", "x", "--weights", str(bundle), "--frames", "8"])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--frames", "8"], "num_frames must be 4n+1"),
+        (["--width", "40"], "width must be a multiple of 16"),
+        (["--frames", "13"], "num_frames must be 4n+1 in [1, 9]"),
+        (["--image", "missing.png"], "No such file"),
+    ],
+)
+def test_generate_rejects_bad_requests_with_a_clear_message(bundle, tmp_path, extra, message):
+    result = generate(bundle, tmp_path / "x.mp4", *extra)
     assert result.exit_code == 2
-    assert "num_frames must be 4n+1" in result.output
-    result = runner.invoke(app, ["generate", "x", "--weights", str(bundle), "--width", "40"])
-    assert result.exit_code == 2
-    assert "width must be a multiple of 16" in result.output
+    assert message in result.output
+    assert not (tmp_path / "x.mp4").exists()
 
 
 def test_generate_without_a_bundle_says_how_to_make_one(tmp_path):
@@ -55,8 +75,6 @@ def test_generate_without_a_bundle_says_how_to_make_one(tmp_path):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("generate", "init-weights", "convert"):
         assert command in out.stdout
