@@ -183,33 +183,42 @@ class VideoPipeline:
     ) -> Iterator[bytes]:
         """Yield a fragmented MP4 as frames are decoded; concatenated chunks are a playable file.
 
-        `result`, if given, receives the summary plus `first_byte_s` (time from the call to the
-        first MP4 byte) once the stream ends."""
+        The first chunk is the init segment (before any model work); media fragments follow as the
+        VAE's time tiles are decoded. `result`, if given, receives the summary plus `first_byte_s`
+        and `first_fragment_s` (seconds from the call to the first MP4 byte / first playable
+        frames) and `total_s` once the stream ends."""
         plan = self.plan(request)
         started = time.perf_counter()
-        first_byte: float | None = None
-        with self._lock, self._run_context() as (timings, peak):
-            encoder = FragmentedMP4Encoder(plan.width, plan.height, plan.fps)
+        first_fragment: float | None = None
+        with (
+            self._lock,
+            self._run_context() as (timings, peak),
+            FragmentedMP4Encoder(plan.width, plan.height, plan.fps) as encoder,
+        ):
+            yield encoder.pending()  # the init segment: the response starts before any model work
+            first_byte = time.perf_counter() - started
             encode_s = 0.0
             for chunk in self._frames(plan, timings, on_progress, cancel):
                 t0 = time.perf_counter()
                 data = encoder.push(video_to_uint8(chunk[0]))
                 encode_s += time.perf_counter() - t0
                 if data:
-                    first_byte = first_byte if first_byte is not None else time.perf_counter() - started
+                    first_fragment = first_fragment or time.perf_counter() - started
                     yield data
             t0 = time.perf_counter()
             tail = encoder.finish()
             timings["encode"] = encode_s + time.perf_counter() - t0
-            if tail:
-                first_byte = first_byte if first_byte is not None else time.perf_counter() - started
-                yield tail
+            first_fragment = first_fragment or time.perf_counter() - started
+            yield tail
             _report(on_progress, "encode", 1, 1)
         if result is not None:
             summary = GenerationResult(b"", plan, timings, peak.bytes, peak.kind).summary()
             summary.pop("bytes")
             result.update(
-                summary, first_byte_s=round(first_byte or 0.0, 4), total_s=time.perf_counter() - started
+                summary,
+                first_byte_s=round(first_byte, 4),
+                first_fragment_s=round(first_fragment, 4),
+                total_s=round(time.perf_counter() - started, 4),
             )
 
     # --- stages ------------------------------------------------------------------------------------
