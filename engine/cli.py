@@ -83,7 +83,9 @@ def generate(
     guidance: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt (true-CFG models).")] = "",
     seed: Annotated[int | None, typer.Option(help="Random seed (default: random, printed).")] = None,
-    sp: Annotated[int, typer.Option(help="Sequence-parallel processes on this machine.")] = 1,
+    sp: Annotated[
+        int, typer.Option(help="Sequence-parallel processes on this machine (or run under torchrun).")
+    ] = 1,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
     text_encoder: Annotated[Path | None, typer.Option(help="HunyuanVideo text encoders (13B).")] = None,
@@ -129,7 +131,9 @@ def generate(
         offload_blocks=offload_blocks,
         compile_blocks=compile,
     )
-    if sp > 1:
+    from engine.parallel.launch import launched_by_torchrun
+
+    if sp > 1 or launched_by_torchrun():  # torchrun: one process per GPU, world size from torchrun
         from engine.parallel.generate import generate_sequence_parallel
 
         summary = generate_sequence_parallel(weights, request, options, out, sp, text_encoder)

@@ -9,6 +9,9 @@ Data flow of `HunyuanVideoDiT.forward`:
     depth_single x SingleStreamBlock([video; text]) shared weights
     FinalLayer(video tokens) --unpatchify--> (B, C_out, T, H, W)
 
+The forward is composed of reusable stages (`embed`, `run_blocks`, `final_layer`, `unpatchify`) so
+that engine/parallel can run them on a shard of the video tokens without touching the blocks.
+
 Padded text tokens (mask 0) are masked out as attention keys everywhere, so they cannot change
 the video tokens. Parameter names are those of the official checkpoint.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +35,19 @@ from models.ops import rope_tables
 from models.token_refiner import IndividualTokenRefinerBlock, SingleTokenRefiner
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DiTState:
+    """Everything the blocks need, produced by `HunyuanVideoDiT.embed`."""
+
+    img: torch.Tensor  # (B, Li, D) video tokens, Li = t*h*w
+    txt: torch.Tensor  # (B, Lt, D) text tokens
+    vec: torch.Tensor  # (B, D) conditioning vector
+    cos: torch.Tensor  # (Li, Dh) fp32 RoPE tables of the video tokens
+    sin: torch.Tensor  # (Li, Dh)
+    key_mask: torch.Tensor  # (B, Li+Lt) bool, True = real key (video tokens, then text)
+    grid: tuple[int, int, int]  # patched (t, h, w)
 
 
 def _zero_(module: nn.Module) -> None:
@@ -131,7 +148,33 @@ class HunyuanVideoDiT(nn.Module):
         guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the flow-matching velocity, same arguments as diffusers'
-        `HunyuanVideoTransformer3DModel` (timestep in [0, 1000], guidance already x1000)."""
+        `HunyuanVideoTransformer3DModel` (timestep in [0, 1000], guidance already x1000).
+
+        Composed of `embed` -> `run_blocks` -> `final_layer` (video tokens) -> `unpatchify`; the
+        sequence-parallel engine (engine/parallel) runs the same stages on a shard of the video."""
+        s = self.embed(
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            pooled_projections,
+            guidance,
+        )
+        x = self.run_blocks(s.img, s.txt, s.vec, s.cos, s.sin, s.key_mask)  # (B, Li+Lt, D)
+        out = self.final_layer(x[:, : s.img.shape[1]], s.vec)  # (B, Li, C_out*pt*ph*pw)
+        return self.unpatchify(out, s.grid)
+
+    def embed(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        guidance: torch.Tensor | None = None,
+    ) -> DiTState:
+        """Check the inputs; embed the video, the text and the conditioning; build the RoPE tables
+        and the joint key mask. Same arguments as `forward`."""
         c = self.config
         if timestep.ndim == 0:
             timestep = timestep.expand(hidden_states.shape[0])
@@ -157,18 +200,36 @@ class HunyuanVideoDiT(nn.Module):
 
         img = self.img_in(hidden_states)  # (B, Li=t*h*w, D)
         txt = self.txt_in(encoder_hidden_states, timestep, encoder_attention_mask)  # (B, Lt, D)
-        n_img = img.shape[1]
         video_keys = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
         key_mask = torch.cat([video_keys, encoder_attention_mask.to(torch.bool)], dim=1)  # (B, Li+Lt)
+        return DiTState(img, txt, vec, cos, sin, key_mask, (t, h, w))
 
+    def run_blocks(
+        self,
+        img: torch.Tensor,
+        txt: torch.Tensor,
+        vec: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The double- then single-stream blocks: img (B, Li, D), txt (B, Lt, D), tables (Li, Dh),
+        key_mask (B, Li+Lt) -> joint tokens (B, Li+Lt, D), video first.
+
+        Li may be a shard of the video (sequence parallelism) as long as cos/sin, key_mask and the
+        attention implementation (`models.ops.use_attention`) agree with it."""
         for block in self.double_blocks:
             img, txt = self._run(block, img, txt, vec, cos, sin, key_mask)
 
         x = torch.cat([img, txt], dim=1)  # (B, Li+Lt, D), video first: rope covers the prefix
         for block in self.single_blocks:
             x = self._run(block, x, vec, cos, sin, key_mask)
+        return x
 
-        out = self.final_layer(x[:, :n_img], vec)  # (B, Li, C_out*pt*ph*pw)
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Final-layer tokens (B, t*h*w, C_out*pt*ph*pw) -> latent video (B, C_out, T, H, W)."""
+        pt, ph, pw = self.config.patch_size
+        t, h, w = grid
         return rearrange(
             out,
             "b (t h w) (c pt ph pw) -> b c (t pt) (h ph) (w pw)",

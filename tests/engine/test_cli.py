@@ -75,6 +75,8 @@ def test_generate_without_a_bundle_says_how_to_make_one(tmp_path):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True, check=True
+    )
     for command in ("generate", "init-weights", "convert"):
         assert command in out.stdout
