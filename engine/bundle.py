@@ -94,18 +94,14 @@ class ModelBundle:
 
 
 def _random_module(module_cls: type[torch.nn.Module], config: object, dtype: torch.dtype) -> torch.nn.Module:
-    """Build on the meta device and allocate directly in `dtype`: a 13B DiT never exists in fp32."""
-    with torch.device("meta"):
-        module = module_cls(config)  # type: ignore[call-arg]
-    module = module.to(dtype).to_empty(device="cpu")
-    for sub in module.modules():
-        reset = getattr(sub, "reset_parameters", None)
-        if callable(reset):
-            reset()
-    for name, buffer in module.named_buffers():  # none today; keep future buffers defined
-        logger.debug("buffer %s left uninitialized by reset_parameters", name)
-        buffer.zero_()
-    return module
+    """The module's own initialization, allocated directly in `dtype` (a 13B DiT never exists in
+    fp32: 26 GB in bf16 instead of 51 GB)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return module_cls(config)  # type: ignore[call-arg]
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def init_random_bundle(preset: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> ModelBundle:

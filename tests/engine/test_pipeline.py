@@ -204,3 +204,29 @@ def test_image_on_a_t2v_model_and_empty_prompt_are_refused(pipeline: VideoPipeli
         GenerationRequest(prompt="   ")
     with pytest.raises(ValidationError, match="prompt"):
         GenerationRequest(prompt="")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        PipelineOptions(offload_encoders=True),
+        PipelineOptions(offload_blocks=True),
+        PipelineOptions(compile_blocks=True),
+    ],
+    ids=["offload_encoders", "offload_blocks", "compile_blocks"],
+)
+def test_memory_and_compile_options_give_the_same_video(options: PipelineOptions) -> None:
+    request = GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=5, steps=2, seed=0)
+    baseline = VideoPipeline(init_random_bundle("tiny"), PipelineOptions()).generate(request)
+    result = VideoPipeline(init_random_bundle("tiny"), options).generate(request)
+    assert result.mp4 == baseline.mp4
+    assert result.peak_memory_bytes > 0 and result.memory_kind
+
+
+def test_random_bundles_are_reproducible_in_any_dtype() -> None:
+    a, b = init_random_bundle("tiny", seed=5), init_random_bundle("tiny", seed=5)
+    for (name, pa), pb in zip(a.dit.state_dict().items(), b.dit.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+    half = init_random_bundle("tiny", seed=5, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.dit.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
