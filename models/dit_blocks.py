@@ -134,8 +134,12 @@ class SingleStreamBlock(nn.Module):
     ) -> torch.Tensor:
         """x (B, Li+Lt, D) with the video tokens first; rope tables cover the video tokens."""
         shift, scale, gate = self.modulation(vec)  # 3 x (B, D)
-        h = self.linear1(ops.layernorm_modulate(x, shift, scale, 1e-6))  # (B, L, 3D + M)
-        qkv, mlp = torch.split(h, [3 * self.hidden_size, self.mlp_hidden], dim=-1)
+        h = ops.layernorm_modulate(x, shift, scale, 1e-6)  # (B, L, D)
+        # linear1 is one (3D + M, D) weight; two matmuls over its row blocks (free views) give a
+        # contiguous MLP half, so the GELU below runs on dense memory instead of a strided slice.
+        split = 3 * self.hidden_size
+        qkv = F.linear(h, self.linear1.weight[:split], self.linear1.bias[:split])  # (B, L, 3D)
+        mlp = F.linear(h, self.linear1.weight[split:], self.linear1.bias[split:])  # (B, L, M)
         q, k, v = rearrange(qkv, "b l (three h d) -> three b l h d", three=3, h=self.num_heads)
         q, k = qk_norm(q, k, self.q_norm, self.k_norm)
         # The tables cover the video tokens (the prefix); the text tokens pass through unrotated.
