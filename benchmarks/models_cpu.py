@@ -48,16 +48,17 @@ VAE_BENCH_CONFIG = dict(
 )
 
 
-def time_call(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of fn() in seconds."""
-    for _ in range(warmup):
-        fn()
-    samples = []
+def time_pair(ours: Callable[[], Any], baseline: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median wall times (s) of two calls, measured alternately so that drift in the machine's
+    load affects both alike."""
+    ours(), baseline()  # warm-up
+    samples: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for fn, bucket in ((ours, samples[0]), (baseline, samples[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 @torch.no_grad()
@@ -82,9 +83,10 @@ def bench_dit(repeats: int) -> dict[str, Any]:
     out_ours = ours(latents, timestep, states, mask, pooled, guidance)
     out_ref = reference(latents, timestep, states, mask, pooled, guidance, return_dict=False)[0]
     max_diff = (out_ours - out_ref).abs().max().item()
-    t_ours = time_call(lambda: ours(latents, timestep, states, mask, pooled, guidance), repeats)
-    t_ref = time_call(
-        lambda: reference(latents, timestep, states, mask, pooled, guidance, return_dict=False), repeats
+    t_ours, t_ref = time_pair(
+        lambda: ours(latents, timestep, states, mask, pooled, guidance),
+        lambda: reference(latents, timestep, states, mask, pooled, guidance, return_dict=False),
+        repeats,
     )
     tokens = frames * (height // 2) * (width // 2)
     return {
@@ -113,8 +115,9 @@ def bench_vae_decode(repeats: int) -> dict[str, Any]:
     out_ours = ours.decode(latents, tiled=False)
     out_ref = reference.decode(latents).sample
     max_diff = (out_ours - out_ref).abs().max().item()
-    t_ours = time_call(lambda: ours.decode(latents, tiled=False), repeats)
-    t_ref = time_call(lambda: reference.decode(latents), repeats)
+    t_ours, t_ref = time_pair(
+        lambda: ours.decode(latents, tiled=False), lambda: reference.decode(latents), repeats
+    )
     return {
         "config": {**VAE_BENCH_CONFIG, "latent": [1, 16, 5, 8, 8], "frames": 17, "size": "64x64"},
         "ours_s": t_ours,
@@ -220,7 +223,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    repeats = 2 if args.quick else 5
+    repeats = 2 if args.quick else 9
     frames = [17, 33] if args.quick else [17, 33, 65, 129]
     results = {
         "machine": machine_description(),
