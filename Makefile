@@ -48,6 +48,7 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(PY) -m benchmarks.models_cpu
 	$(PY) -m benchmarks.kernels
+	$(PY) -m benchmarks.engine_cpu
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
