@@ -14,6 +14,7 @@ random weights so the whole path (and the 13B's speed) can be measured before an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,20 @@ class BundleSpec:
     trained: bool = False
 
 
+_LIMITS_13B = ModelLimits(
+    width=960,
+    height=544,
+    num_frames=129,
+    fps=24,
+    steps=50,
+    flow_shift=7.0,
+    guidance=6.0,
+    max_width=1280,
+    max_height=1280,
+    max_frames=129,
+    buckets=BUCKETS_540P + BUCKETS_720P,
+)
+
 BUNDLE_PRESETS: dict[str, BundleSpec] = {
     "tiny": BundleSpec(
         "hyv-tiny",
@@ -68,19 +83,14 @@ BUNDLE_PRESETS: dict[str, BundleSpec] = {
         "hunyuan-video-13b",
         "hunyuan-video",
         None,
-        ModelLimits(
-            width=960,
-            height=544,
-            num_frames=129,
-            fps=24,
-            steps=50,
-            flow_shift=7.0,
-            guidance=6.0,
-            max_width=1280,
-            max_height=1280,
-            max_frames=129,
-            buckets=BUCKETS_540P + BUCKETS_720P,
-        ),
+        _LIMITS_13B,
+    ),
+    "hunyuan-video-i2v-13b": BundleSpec(
+        "hunyuan-video-i2v-13b",
+        "hunyuan-video-i2v-13b",
+        "hunyuan-video",
+        None,
+        dataclasses.replace(_LIMITS_13B, requires_image=True),
     ),
 }
 

@@ -35,6 +35,7 @@ class ModelLimits:
     max_frames: int = 65
     max_steps: int = 100
     buckets: tuple[tuple[int, int], ...] | None = None  # allowed (width, height); None = any
+    requires_image: bool = False  # an image-to-video-only model (e.g. HunyuanVideo-I2V)
 
     def __post_init__(self) -> None:
         if self.buckets is not None:  # JSON gives lists
@@ -69,6 +70,8 @@ def resolve(
 
     fixed_steps: a step-distilled student's step count (its schedule is fixed by training).
     """
+    if limits.requires_image and request.image is None:
+        raise ValueError("image is required: this model is image-to-video only")
     width = request.width if request.width is not None else limits.width
     height = request.height if request.height is not None else limits.height
     frames = request.num_frames if request.num_frames is not None else limits.num_frames
