@@ -51,8 +51,10 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def release(device: torch.device) -> None:
-    """Give cached memory back after a job (and after a cancelled or failed one)."""
-    gc.collect()
+def release(device: torch.device, failed: bool = False) -> None:
+    """Give cached memory back after a job. After a cancelled or failed one, the exception's
+    traceback holds the stage frames (and their tensors) in reference cycles: collect them first."""
+    if failed:
+        gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

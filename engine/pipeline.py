@@ -227,12 +227,14 @@ class VideoPipeline:
     def _run_context(self) -> Iterator[tuple[dict[str, float], memory.PeakMemory]]:
         timings: dict[str, float] = {}
         peak = memory.PeakMemory(self.device)
+        failed = True
         try:
             with torch.inference_mode():
                 yield timings, peak
+            failed = False
         finally:
             peak.stop()
-            memory.release(self.device)  # a cancelled or failed job leaves nothing cached behind
+            memory.release(self.device, failed)  # a cancelled or failed job leaves nothing cached behind
 
     def _frames(
         self,

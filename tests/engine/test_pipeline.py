@@ -3,6 +3,7 @@ determinism, cancellation and request validation."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
@@ -179,6 +180,12 @@ def test_cancel_stops_within_one_step(pipeline: VideoPipeline) -> None:
     with pytest.raises(GenerationCancelledError):
         pipeline.generate(request, on_progress=on_progress, cancel=cancel)
     assert steps == [1]
+    # Nothing of the cancelled job stays alive: no tensor of its latent shape is still referenced.
+    latent_shape = (1, 16, 2, 4, 4)
+    leftovers = [
+        o for o in gc.get_objects() if isinstance(o, torch.Tensor) and tuple(o.shape) == latent_shape
+    ]
+    assert leftovers == []
     assert pipeline.generate(request.model_copy(update={"steps": 1})).mp4  # the pipeline is still usable
 
 
