@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy models kernels engine service
+	$(VENV)/bin/mypy models kernels engine service training
 
 # The kernel tests run the Triton kernels themselves on the CPU through Triton's interpreter;
 # the rest of the suite uses the dispatch a CPU user gets (the PyTorch references).

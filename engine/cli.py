@@ -167,6 +167,51 @@ def generate(
     print(json.dumps({"path": str(out), **result.summary()}))
 
 
+train_app = typer.Typer(help="Train the models (the training issue): dit; vae, distill and eval follow.")
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("dit")
+def train_dit_command(
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, loss.png, the bundle.")] = Path(
+        "runs/dit"
+    ),
+    bundle: Annotated[str, typer.Option(help="Bundle preset for a fresh start.")] = "small",
+    init_from: Annotated[Path | None, typer.Option(help="Start from this bundle directory.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 10_000,
+    batch_size: Annotated[int, typer.Option(help="Clips per step (per process).")] = 4,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    size: Annotated[int, typer.Option(help="Square training size in pixels (multiple of 16).")] = 64,
+    frames: Annotated[int, typer.Option(help="Frames per training clip (4n+1).")] = 17,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of data, noise and init.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
+) -> None:
+    """Flow-matching training of the DiT on the synthetic clips (DDP under torchrun)."""
+    from training.dit import DiTTrainConfig, train_dit
+
+    try:
+        config = DiTTrainConfig(
+            out_dir=out,
+            bundle=bundle,
+            init_from=init_from,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            size=size,
+            num_frames=frames,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+            device=device,
+            resume=resume,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result = train_dit(config)
+    console.print(f"Trained bundle written to {result}")
+
+
 @app.command()
 def convert(
     source: Annotated[Path, typer.Argument(help="Official .pt/.safetensors or a diffusers directory.")],

@@ -1,0 +1,1 @@
+"""Tests of the training package: synthetic data and the evaluation judge."""

@@ -1,0 +1,243 @@
+"""Synthetic data: the caption grammar, the fixed held-out split, the renderer and the dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from models.text_encoder_builtin import CAPTION_BACKGROUNDS, CAPTION_COLORS, CAPTION_MOTIONS, CAPTION_SHAPES
+from training.data import (
+    BACKGROUND_RGB,
+    BACKGROUNDS,
+    COLOR_RGB,
+    COLORS,
+    MOTIONS,
+    SHAPES,
+    Attributes,
+    ClipSpec,
+    SyntheticVideoDataset,
+    all_combinations,
+    caption,
+    collate,
+    heldout_combinations,
+    is_heldout,
+    parse_caption,
+    render_clip,
+    sample_spec,
+    to_uint8,
+    train_combinations,
+)
+from training.data.render import in_frame
+
+HELDOUT_SHA256 = "bc0e09b1dbb5c6eced6bac81f32f49dc465d8756dc0fff702b29ff007e496036"
+
+
+# --- grammar -------------------------------------------------------------------------------------
+
+
+def test_attribute_lists_are_the_text_encoders() -> None:
+    assert (COLORS, SHAPES, MOTIONS, BACKGROUNDS) == (
+        CAPTION_COLORS,
+        CAPTION_SHAPES,
+        CAPTION_MOTIONS,
+        CAPTION_BACKGROUNDS,
+    )
+    assert set(COLOR_RGB) == set(COLORS) and set(BACKGROUND_RGB) == set(BACKGROUNDS)
+    assert BACKGROUND_RGB == {"black": (0, 0, 0), "gray": (128, 128, 128)}
+
+
+def test_caption_parse_round_trip_for_every_combination() -> None:
+    combos = all_combinations()
+    assert len(combos) == 294 == len(set(combos))
+    for a in combos:
+        text = caption(a)
+        assert text == f"a {a.color} {a.shape} {a.motion} on a {a.background} background"
+        assert parse_caption(text) == a
+        assert caption(ClipSpec(*a)) == text
+    assert parse_caption("  A Red  Circle moving LEFT on a black background ") == Attributes(
+        "red", "circle", "moving left", "black"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a purple circle moving left on a black background", "unknown color at 'purple'"),
+        ("a red hexagon moving left on a black background", "unknown shape at 'hexagon'"),
+        ("a red circle moving sideways on a black background", "unknown motion at 'moving sideways'"),
+        ("a red circle spinning on a black background", "unknown motion at 'spinning'"),
+        ("a red circle growing on a white background", "unknown background at 'white'"),
+        ("the red circle growing on a black background", "expected 'a' at word 1, got 'the'"),
+        ("a red circle growing in a black background", "expected 'on' at word 5, got 'in'"),
+        ("a red circle growing on a black", "expected 'background' at word 8, got '<end of caption>'"),
+        ("a red circle growing on a black background today", "unexpected trailing words 'today'"),
+        ("", "expected 'a' at word 1, got '<end of caption>'"),
+    ],
+)
+def test_bad_captions_raise_naming_the_problem(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_caption(text)
+
+
+def test_clip_spec_validates() -> None:
+    with pytest.raises(ValueError, match="unknown color 'purple'"):
+        ClipSpec("purple", "circle", "growing", "black")
+    with pytest.raises(ValueError, match="size and scale"):
+        ClipSpec("red", "circle", "growing", "black", size=0.0)
+
+
+# --- the held-out split --------------------------------------------------------------------------
+
+
+def test_heldout_split_is_fixed() -> None:
+    held = heldout_combinations()
+    digest = hashlib.sha256("\n".join(caption(a) for a in held).encode()).hexdigest()
+    assert digest == HELDOUT_SHA256, "the held-out split changed: evaluations would not compare"
+
+
+def test_heldout_split_size_and_coverage() -> None:
+    held, train = heldout_combinations(), train_combinations()
+    assert len(held) == 44 and len(train) == 250  # 15% of 294
+    assert set(held).isdisjoint(train) and set(held) | set(train) == set(all_combinations())
+    assert all(is_heldout(a) for a in held) and not any(is_heldout(a) for a in train)
+    for i, values in enumerate((COLORS, SHAPES, MOTIONS, BACKGROUNDS)):
+        assert {a[i] for a in train} == set(values)
+    # Every pair of values of two attributes is still seen together in training.
+    for i, j in itertools.combinations(range(4), 2):
+        seen = {(a[i], a[j]) for a in train}
+        assert len(seen) == len({a[i] for a in all_combinations()}) * len({a[j] for a in all_combinations()})
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _object_mask(frames: np.ndarray, background: str) -> np.ndarray:
+    return np.any(frames != np.asarray(BACKGROUND_RGB[background], dtype=np.uint8), axis=-1)
+
+
+@pytest.mark.parametrize(("frames", "size"), [(1, 32), (17, 64), (33, 48), (17, 256)])
+def test_render_shapes_and_colors(frames: int, size: int) -> None:
+    rng = np.random.default_rng(0)
+    for a in all_combinations()[:: 1 if size <= 64 else 37]:
+        spec = sample_spec(a, rng)
+        assert in_frame(spec, margin=0.05)
+        clip = render_clip(spec, frames, size)
+        assert clip.shape == (frames, size, size, 3) and clip.dtype == np.uint8
+        assert tuple(clip[0, 0, 0]) == BACKGROUND_RGB[a.background]  # corner is background
+        mask = _object_mask(clip, a.background)
+        assert mask.any(axis=(1, 2)).all(), "object visible in every frame"
+        assert not mask[:, [0, -1], :].any() and not mask[:, :, [0, -1]].any(), "object stays in frame"
+        # Fully covered pixels carry the pure palette color.
+        assert (clip == np.asarray(COLOR_RGB[a.color], dtype=np.uint8)).all(axis=-1).any()
+
+
+def test_render_motion_is_clear() -> None:
+    rng = np.random.default_rng(1)
+    for motion in MOTIONS:
+        spec = sample_spec(Attributes("white", "square", motion, "black"), rng)
+        clip = render_clip(spec, 17, 64).astype(np.float64)[..., 0] / 255.0
+        area = clip.sum(axis=(1, 2))
+        ys, xs = np.mgrid[0:64, 0:64]
+        cx = (clip * xs).sum(axis=(1, 2)) / area
+        cy = (clip * ys).sum(axis=(1, 2)) / area
+        dx, dy, ratio = (cx[-1] - cx[0]) / 64, (cy[-1] - cy[0]) / 64, area[-1] / area[0]
+        expected = {
+            "moving left": (-1, 0, 1),
+            "moving right": (1, 0, 1),
+            "moving up": (0, -1, 1),
+            "moving down": (0, 1, 1),
+            "growing": (0, 0, 2),
+            "shrinking": (0, 0, 0.5),
+            "standing still": (0, 0, 1),
+        }[motion]
+        for got, want in ((dx, expected[0]), (dy, expected[1])):
+            assert (got >= 0.29) if want > 0 else (got <= -0.29) if want < 0 else abs(got) < 0.005, motion
+        if expected[2] == 2:
+            assert ratio > 3.0, motion
+        elif expected[2] == 0.5:
+            assert ratio < 1 / 3.0, motion
+        else:
+            assert abs(ratio - 1) < 0.02, motion
+
+
+def test_render_is_antialiased_and_small_shapes_read() -> None:
+    spec = ClipSpec("red", "circle", "standing still", "black", 0.5, 0.5, 0.1)
+    clip = render_clip(spec, 1, 32)
+    reds = np.unique(clip[..., 0])
+    assert len(reds) > 3, "edge pixels carry partial coverage"
+    assert clip[..., 0].sum() / 255.0 == pytest.approx(np.pi * 3.2**2, rel=0.03)  # area of r = 3.2 px
+
+
+# --- dataset -------------------------------------------------------------------------------------
+
+
+def test_dataset_items_shapes_ranges_and_determinism() -> None:
+    ds = SyntheticVideoDataset("train", num_frames=17, size=32, seed=3, length=40)
+    again = SyntheticVideoDataset("train", num_frames=17, size=32, seed=3, length=40)
+    other = SyntheticVideoDataset("train", num_frames=17, size=32, seed=4, length=40)
+    for i in (0, 7, 39):
+        item = ds[i]
+        video = item["video"]
+        assert video.dtype == torch.float32 and video.shape[0] == 3 and video.shape[2:] == (32, 32)
+        assert video.shape[1] in (1, 17) and video.shape[1] == ds.frames_of(i)
+        assert float(video.min()) >= -1.0 and float(video.max()) <= 1.0
+        assert float(video.max()) == 1.0  # a pure palette color has a 255 channel
+        assert item["caption"] == caption(item["spec"]) and not is_heldout(item["spec"])
+        assert torch.equal(video, again[i]["video"]) and item["spec"] == again[i]["spec"]
+        assert np.array_equal(to_uint8(video), render_clip(item["spec"], video.shape[1], 32))
+    assert [ds.spec(i) for i in range(40)] != [other.spec(i) for i in range(40)]
+    with pytest.raises(IndexError):
+        ds[40]
+
+
+def test_image_fraction() -> None:
+    ds = SyntheticVideoDataset("train", length=5000)
+    frac = np.mean([ds.is_image(i) for i in range(len(ds))])
+    assert abs(frac - 0.2) < 0.02
+    assert not any(
+        SyntheticVideoDataset("train", image_fraction=0.0, length=200).is_image(i) for i in range(200)
+    )
+    assert SyntheticVideoDataset("train", num_frames=1, length=5)[0]["video"].shape[1] == 1
+
+
+def test_train_split_covers_train_combinations() -> None:
+    ds = SyntheticVideoDataset("train", length=3000, seed=0)
+    seen = {ds.spec(i).attributes for i in range(len(ds))}
+    assert seen == set(train_combinations())
+
+
+def test_heldout_split_only_heldout() -> None:
+    ds = SyntheticVideoDataset("heldout", num_frames=17, size=32)
+    assert len(ds) == 44
+    assert [ds.spec(i).attributes for i in range(len(ds))] == heldout_combinations()
+    longer = SyntheticVideoDataset("heldout", length=132)
+    assert all(is_heldout(longer.spec(i)) for i in range(132))
+    with pytest.raises(ValueError, match="split"):
+        SyntheticVideoDataset("test")  # type: ignore[arg-type]
+
+
+def test_collate_and_equal_frames_batches() -> None:
+    ds = SyntheticVideoDataset("train", num_frames=9, size=16, length=60, seed=1)
+    sampler = ds.batch_sampler(4, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) > 0
+    assert batches == list(ds.batch_sampler(4, seed=0))  # deterministic
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat))
+    for b in batches[:4]:
+        batch = collate([ds[i] for i in b])
+        T = ds.frames_of(b[0])
+        assert batch["video"].shape == (4, 3, T, 16, 16)
+        assert len(batch["caption"]) == 4 and len(batch["spec"]) == 4
+    image = next(i for i in range(60) if ds.is_image(i))
+    video = next(i for i in range(60) if not ds.is_image(i))
+    with pytest.raises(ValueError, match="one shape"):
+        collate([ds[image], ds[video]])
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=ds.batch_sampler(4), collate_fn=collate)
+    assert next(iter(loader))["video"].shape[0] == 4

@@ -1,0 +1,242 @@
+"""DiT training (training/dit) on the tiny bundle at 32x32x5: the exported bundle serves T2V and
+I2V, a fixed batch is overfitted, resume replays an interrupted run exactly, and the step's inputs
+(I2V condition, text dropout, guidance) are what the pipeline feeds at inference."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from engine.pipeline import PipelineOptions, VideoPipeline
+from engine.request import GenerationRequest
+from engine.video_io import read_mp4
+from models import load_dit
+from training.data.dataset import SyntheticVideoDataset
+from training.dit import DiTTrainConfig, DiTTrainer, FixedBatch, SyntheticBatches, list_checkpoints, train_dit
+
+SIZE, FRAMES = 32, 5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # CPU results (and the resume comparison) independent of the machine
+
+
+def _config(out_dir: Path, **changes: object) -> DiTTrainConfig:
+    base: dict[str, object] = dict(
+        out_dir=out_dir,
+        bundle="tiny",
+        steps=4,
+        batch_size=2,
+        num_frames=FRAMES,
+        size=SIZE,
+        lr=3e-3,
+        warmup_steps=2,
+        checkpoint_every=100,
+        ema_decay=0.99,
+        dataset_length=64,
+        progress=False,
+    )
+    base.update(changes)
+    return DiTTrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _fixed_batch(n: int = 2) -> FixedBatch:
+    dataset = SyntheticVideoDataset("train", num_frames=FRAMES, size=SIZE, image_fraction=0.0, length=16)
+    items = [dataset[i] for i in range(n)]
+    return FixedBatch(torch.stack([item["video"] for item in items]), [item["caption"] for item in items])
+
+
+def _png(size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DiTTrainer, Path]:
+    out = tmp_path_factory.mktemp("dit_run")
+    config = _config(out, steps=5, checkpoint_every=2, image_fraction=0.5, keep_checkpoints=2)
+    trainer = DiTTrainer(config)
+    bundle_dir = trainer.train()
+    return trainer, bundle_dir
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_frames", 6),
+        ("size", 40),
+        ("lr", 0.0),
+        ("text_dropout", 1.5),
+        ("i2v_fraction", -0.1),
+        ("ema_decay", 1.0),
+        ("timestep_sampling", "cosmic"),
+        ("steps", 0),
+        ("mixed_precision", "fp8"),
+    ],
+)
+def test_config_rejects_bad_fields_by_name(tmp_path: Path, field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        _config(tmp_path, **{field: value})
+
+
+def test_config_round_trips_through_a_dict(tmp_path: Path) -> None:
+    config = _config(tmp_path, flow_shift=3.0)
+    assert DiTTrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def test_synthetic_batches_are_a_function_of_the_step(tmp_path: Path) -> None:
+    batches = SyntheticBatches(_config(tmp_path, image_fraction=0.5))
+    shapes = {tuple(batches.batch(step).video.shape) for step in range(12)}
+    assert shapes == {(2, 3, FRAMES, SIZE, SIZE), (2, 3, 1, SIZE, SIZE)}  # joint image + video
+    first, again, other_rank = batches.batch(3), batches.batch(3), batches.batch(3, rank=1)
+    assert torch.equal(first.video, again.video) and first.captions == again.captions
+    assert not torch.equal(first.video, other_rank.video) or first.captions != other_rank.captions
+
+
+# --- one step's inputs ------------------------------------------------------------------------------
+
+
+def test_step_inputs_i2v_condition_text_dropout_and_guidance(tmp_path: Path) -> None:
+    trainer = DiTTrainer(_config(tmp_path, i2v_fraction=1.0, text_dropout=1.0), batches=_fixed_batch())
+    assert trainer.model.dit.config.in_channels == 33  # the tiny preset switched to latent_concat
+    batch = trainer.batches.batch(0)
+    generator = torch.Generator().manual_seed(0)
+    inputs = trainer.prepare(batch, generator)
+    x = inputs["x"]
+    assert x.shape == (2, 33, 2, SIZE // 8, SIZE // 8)
+    mean = trainer.vae.encode(batch.video, tiled=False).mode() * trainer.vae.config.scaling_factor
+    torch.testing.assert_close(x[:, 16:32, :1], mean[:, :, :1])  # image latent in frame 0 ...
+    assert torch.all(x[:, 16:32, 1:] == 0) and torch.all(x[:, 32, 0] == 1) and torch.all(x[:, 32, 1:] == 0)
+    assert inputs["text"] == ["", ""]  # dropped captions are the unconditional prompt
+    assert torch.all(inputs["guidance"] == 1000.0)
+    assert torch.all((inputs["timestep"] > 0) & (inputs["timestep"] < 1000))
+
+    trainer.config.i2v_fraction, trainer.config.text_dropout = 0.0, 0.0
+    inputs = trainer.prepare(batch, torch.Generator().manual_seed(0))
+    assert torch.all(inputs["x"][:, 16:] == 0) and inputs["text"] == batch.captions  # plain T2V
+
+
+# --- the overfit check ------------------------------------------------------------------------------
+
+
+def test_loss_goes_down_on_a_fixed_batch(tmp_path: Path) -> None:
+    losses: list[float] = []
+    config = _config(
+        tmp_path, steps=30, warmup_steps=0, text_dropout=0.0, i2v_fraction=0.5, checkpoint_every=30
+    )
+    train_dit(config, batches=_fixed_batch(), on_step=lambda step, loss: losses.append(loss))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    print(f"overfit: first-5 mean {first:.4f}, last-5 mean {last:.4f}, ratio {first / last:.2f}")
+    assert last < 0.8 * first, losses
+
+
+# --- the run: checkpoints, plot, EMA, exported bundle -------------------------------------------------
+
+
+def test_run_writes_checkpoints_plot_and_a_trained_bundle(trained: tuple[DiTTrainer, Path]) -> None:
+    trainer, bundle_dir = trained
+    out = trainer.config.out_dir
+    assert [step for step, _ in list_checkpoints(out)] == [4, 5]  # every 2 and at the end, newest 2 kept
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((out / "losses.csv").read_text().splitlines()) == 1 + 5
+    spec = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert spec["trained"] is True and str(bundle_dir) == str(out / "bundle")
+
+
+def test_ema_differs_from_raw_weights_and_is_what_is_exported(trained: tuple[DiTTrainer, Path]) -> None:
+    trainer, bundle_dir = trained
+    raw, ema = trainer.model.dit.state_dict(), trainer.ema_model.dit.state_dict()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+    loaded = load_dit(bundle_dir / "dit").state_dict()
+    assert all(torch.equal(loaded[k], ema[k]) for k in ema)
+    assert trainer.model.dit.config.image_condition == "latent_concat"
+
+
+def test_frozen_guidance_embedding_contributes_nothing(trained: tuple[DiTTrainer, Path]) -> None:
+    trainer = trained[0]
+    dit = trainer.ema_model.dit
+    raw_guidance_in = trainer.model.dit.guidance_in
+    assert dit.guidance_in is not None and raw_guidance_in is not None
+    assert not any(p.requires_grad for p in raw_guidance_in.parameters())
+    out = dit.guidance_in(torch.tensor([1000.0, 6000.0]))
+    assert torch.all(out == 0)  # any guidance the pipeline sends is ignored until distillation
+
+
+def test_exported_bundle_generates_t2v_and_i2v(trained: tuple[DiTTrainer, Path]) -> None:
+    _, bundle_dir = trained
+    pipeline = VideoPipeline.from_dir(bundle_dir, PipelineOptions())
+    prompt = "a red circle moving left on a black background"
+    for image in (None, _png(SIZE)):
+        request = GenerationRequest(
+            prompt=prompt, image=image, width=SIZE, height=SIZE, num_frames=FRAMES, steps=2, seed=0
+        )
+        frames = read_mp4(pipeline.generate(request).mp4)
+        assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+
+
+# --- resume -----------------------------------------------------------------------------------------
+
+
+class _KilledError(Exception):
+    pass
+
+
+def test_resume_after_a_kill_replays_the_uninterrupted_run(tmp_path: Path) -> None:
+    common = dict(steps=6, checkpoint_every=3, image_fraction=0.5, i2v_fraction=0.5)
+    straight = DiTTrainer(_config(tmp_path / "straight", **common))
+    straight.train()
+
+    def kill_after_step_4(step: int, loss: float) -> None:
+        if step == 4:  # step 4 is done but not checkpointed: its work is lost, as in a real kill
+            raise _KilledError
+
+    interrupted = _config(tmp_path / "interrupted", **common)
+    with pytest.raises(_KilledError):
+        train_dit(interrupted, on_step=kill_after_step_4)
+    assert [step for step, _ in list_checkpoints(interrupted.out_dir)] == [3]
+
+    resumed = DiTTrainer(interrupted.replace(resume=True))
+    assert resumed.step == 3 and len(resumed.losses) == 3
+    resumed.train()
+    assert resumed.losses == straight.losses
+    for mine, theirs in ((resumed.model, straight.model), (resumed.ema_model, straight.ema_model)):
+        expected = theirs.state_dict()
+        for key, value in mine.state_dict().items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_bf16_autocast_step_runs_with_fp32_master_weights(tmp_path: Path) -> None:
+    # On CUDA `mixed_precision="bf16"` turns this on; forcing it here runs the same autocast code on CPU.
+    trainer = DiTTrainer(_config(tmp_path, i2v_fraction=0.5), batches=_fixed_batch())
+    assert not trainer.use_bf16  # never on CPU by default
+    trainer.use_bf16 = True
+    losses = [trainer.train_step(step) for step in range(2)]
+    assert all(0.0 < loss < 10.0 for loss in losses)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_fine_tune_from_a_bundle_with_a_frozen_text_encoder(
+    trained: tuple[DiTTrainer, Path], tmp_path: Path
+) -> None:
+    _, bundle_dir = trained
+    config = _config(tmp_path, init_from=bundle_dir, train_text_encoder=False, steps=2)
+    trainer = DiTTrainer(config, batches=_fixed_batch())
+    assert trainer.model.text_encoder is None and trainer.frozen_text_encoder is not None
+    before = {k: v.clone() for k, v in trainer.frozen_text_encoder.state_dict().items()}  # type: ignore[attr-defined]
+    out = trainer.train()
+    after = trainer.frozen_text_encoder.state_dict()  # type: ignore[attr-defined]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (out / "text_encoder" / "model.safetensors").is_file()
