@@ -55,6 +55,21 @@ def _zero_(module: nn.Module) -> None:
         nn.init.zeros_(param)
 
 
+def trim_text_padding(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the text columns after the last real token of the whole batch.
+
+    Padded tokens are masked as keys everywhere (token refiner and joint attention), so they never
+    change a real output; dropping them is exact and saves their compute in every block. Text
+    encoders pad to a fixed length (256 for LLaVA-LLaMA-3) while prompts are often a tenth of that.
+    Costs one device sync per forward. At least one column is kept.
+    """
+    real_columns = mask.bool().any(dim=0).nonzero()  # (n, 1)
+    length = int(real_columns.max()) + 1 if real_columns.numel() else 1
+    if length == mask.shape[1]:
+        return text, mask
+    return text[:, :length], mask[:, :length]  # (B, L', D), (B, L')
+
+
 class HunyuanVideoDiT(nn.Module):
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -198,10 +213,11 @@ class HunyuanVideoDiT(nn.Module):
         # guidance passed to a model without a guidance embedding is ignored, as in diffusers, so
         # callers can pass it unconditionally.
 
+        text, text_mask = trim_text_padding(encoder_hidden_states, encoder_attention_mask)
         img = self.img_in(hidden_states)  # (B, Li=t*h*w, D)
-        txt = self.txt_in(encoder_hidden_states, timestep, encoder_attention_mask)  # (B, Lt, D)
+        txt = self.txt_in(text, timestep, text_mask)  # (B, Lt, D)
         video_keys = torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)
-        key_mask = torch.cat([video_keys, encoder_attention_mask.to(torch.bool)], dim=1)  # (B, Li+Lt)
+        key_mask = torch.cat([video_keys, text_mask.to(torch.bool)], dim=1)  # (B, Li+Lt)
         return DiTState(img, txt, vec, cos, sin, key_mask, (t, h, w))
 
     def run_blocks(

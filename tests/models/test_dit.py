@@ -258,3 +258,26 @@ def test_training_init_and_checkpointing() -> None:
     assert torch.count_nonzero(out) == 0  # adaLN-Zero: the untrained model predicts zero
     out.square().add(out).sum().backward()
     assert model.final_layer.linear.weight.grad is not None
+
+
+def test_extra_text_padding_is_trimmed_exactly() -> None:
+    from models.dit import trim_text_padding
+
+    torch.manual_seed(0)
+    model = HunyuanVideoDiT(dit_preset("tiny")).eval()
+    for param in model.parameters():
+        param.data.normal_(0.0, 0.2)
+    x = torch.randn(2, 16, 3, 4, 6)
+    text = torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    padded_text = torch.cat([text, torch.randn(2, 20, 32)], dim=1)  # 20 more padded columns
+    padded_mask = torch.cat([mask, torch.zeros(2, 20, dtype=mask.dtype)], dim=1)
+    args = (torch.tensor([300.0, 700.0]),)
+    tail = (torch.randn(2, 16), torch.tensor([5000.0, 5000.0]))
+    with torch.no_grad():
+        short = model(x, *args, text, mask, *tail)
+        long = model(x, *args, padded_text, padded_mask, *tail)
+    assert (short - long).abs().max().item() <= 1e-6
+    trimmed, trimmed_mask = trim_text_padding(padded_text, padded_mask)
+    assert trimmed.shape[1] == 3 and trimmed_mask.shape == (2, 3)
+    assert trim_text_padding(text, torch.zeros_like(mask))[0].shape[1] == 1
