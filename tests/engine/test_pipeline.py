@@ -226,7 +226,12 @@ def test_memory_and_compile_options_give_the_same_video(options: PipelineOptions
     request = GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=5, steps=2, seed=0)
     baseline = VideoPipeline(init_random_bundle("tiny"), PipelineOptions()).generate(request)
     result = VideoPipeline(init_random_bundle("tiny"), options).generate(request)
-    assert result.mp4 == baseline.mp4
+    # Same math, but not always the same bits: seen once in a full-suite run on a fresh clone (and
+    # never alone), the CPU GEMM kernels can round differently with another memory layout, and x264
+    # turns a one-level pixel change into a few differing bytes. A real bug (a skipped block, a
+    # wrong dtype) changes a random-weight video everywhere.
+    diff = np.abs(read_mp4(result.mp4).astype(int) - read_mp4(baseline.mp4).astype(int))
+    assert diff.mean() < 0.25 and diff.max() <= 8, (diff.mean(), diff.max())
     assert result.peak_memory_bytes > 0 and result.memory_kind
 
 
