@@ -184,7 +184,7 @@ class BuiltinTextEncoderConfig:
     def preset(cls, name: str) -> BuiltinTextEncoderConfig:
         presets = {
             "tiny": cls(dim=32, pooled_dim=16, num_layers=2, num_heads=2, max_length=32),
-            "small": cls(dim=256, pooled_dim=256, num_layers=3, num_heads=4, max_length=32),
+            "small": cls(dim=128, pooled_dim=128, num_layers=2, num_heads=4, max_length=32),
         }
         if name not in presets:
             raise ValueError(f"unknown text encoder preset {name!r}; choose one of {sorted(presets)}")

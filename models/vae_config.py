@@ -176,7 +176,7 @@ _PRESETS: dict[str, VAEConfig] = {
     # Unit tests: a few thousand parameters, same 4x/8x compression and 16 latent channels.
     "tiny": VAEConfig(block_out_channels=(8, 8, 16, 16), norm_num_groups=4, layers_per_block=1),
     # The bundled model trained in this project on CPU / one GPU.
-    "small": VAEConfig(block_out_channels=(32, 64, 128, 128), norm_num_groups=8, layers_per_block=1),
+    "small": VAEConfig(block_out_channels=(16, 32, 64, 64), norm_num_groups=8, layers_per_block=1),
 }
 
 

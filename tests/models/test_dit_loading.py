@@ -76,7 +76,7 @@ def test_sharded_diffusers_directory(reference: Any, tmp_path: Path) -> None:
     assert diff <= TOL
 
 
-@pytest.mark.parametrize("preset", ["hunyuan-video-13b", "hunyuan-video-i2v-13b", "small", "base"])
+@pytest.mark.parametrize("preset", ["hunyuan-video-13b", "hunyuan-video-i2v-13b", "small", "medium", "base"])
 def test_infer_config_of_presets(preset: str) -> None:
     config = dit_preset(preset)
     with torch.device("meta"):

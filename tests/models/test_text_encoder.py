@@ -320,4 +320,4 @@ def test_builtin_dtype_and_device_moves() -> None:
     moved = emb.to(dtype=torch.float32)
     assert moved.states.dtype == torch.float32 and moved.mask.dtype == torch.int64
     small = BuiltinTextEncoderConfig.preset("small")
-    assert (small.dim, small.pooled_dim, small.max_length) == (256, 256, 32) and 2 <= small.num_layers <= 4
+    assert (small.dim, small.pooled_dim, small.max_length) == (128, 128, 32) and 2 <= small.num_layers <= 4

@@ -240,3 +240,35 @@ def test_fine_tune_from_a_bundle_with_a_frozen_text_encoder(
     after = trainer.frozen_text_encoder.state_dict()  # type: ignore[attr-defined]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (out / "text_encoder" / "model.safetensors").is_file()
+
+
+# --- the latent cache -------------------------------------------------------------------------------
+
+
+def test_latent_cache_matches_the_encoder_and_resumes(tmp_path: Path) -> None:
+    from training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
+
+    config = _config(tmp_path, cache_videos=5, cache_images=3, image_fraction=0.5)
+    trainer = DiTTrainer(config)
+    assert isinstance(trainer.batches, CachedLatentBatches)
+    cache = trainer.batches.cache
+    assert cache.video_moments.shape == (5, 32, 2, SIZE // 8, SIZE // 8)
+    assert cache.image_moments.shape == (3, 32, 1, SIZE // 8, SIZE // 8)
+    videos = SyntheticVideoDataset("train", num_frames=FRAMES, size=SIZE, image_fraction=0.0, length=64)
+    item = videos[4]
+    expected = trainer.vae.encode(item["video"][None].float(), tiled=False).moments
+    torch.testing.assert_close(cache.video_moments[4:5].float(), expected, atol=2e-3, rtol=2e-3)  # fp16
+    assert cache.video_captions[4] == item["caption"]
+    kinds = {trainer.batches.batch(step).moments.shape[2] for step in range(12)}  # type: ignore[union-attr]
+    assert kinds == {1, 2}  # joint image + latent-video batches
+    # A bigger cache reuses the saved chunks; a different VAE invalidates them.
+    bigger = build_latent_cache(
+        trainer.vae, config.replace(cache_videos=7), tmp_path / CACHE_FILE, trainer.device
+    )
+    torch.testing.assert_close(bigger.video_moments[:5], cache.video_moments)
+    losses = [trainer.train_step(step) for step in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    with torch.no_grad():
+        next(trainer.vae.parameters()).add_(1.0)
+    rebuilt = build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
+    assert not torch.equal(rebuilt.video_moments, cache.video_moments)

@@ -24,6 +24,9 @@ Choices worth knowing (see also training/dit/trainer.py):
 * **Text encoder.** The built-in encoder is trained jointly by default (`train_text_encoder`): it
   starts random and only the DiT's loss can teach it the caption grammar. External encoders
   (HunyuanVideo's LLaVA + CLIP) are always frozen.
+* **Latent cache.** With `cache_videos` > 0 the frozen VAE encodes that many train clips (and
+  `cache_images` images) once, before the first step, and batches come from their posteriors
+  (`training/dit/latents.py`): on the CPU the encoder costs more than the small DiT's step.
 * **Batches.** `batch_size` is per process; a batch holds either videos (`num_frames` frames) or
   images (1 frame), chosen per step with probability `image_fraction`, so every batch has one
   shape. The data order is a pure function of (`seed`, step, rank), which is what makes `resume`
@@ -71,6 +74,8 @@ class DiTTrainConfig:
     size: int = 64  # square; a multiple of 16 (8x VAE, 2x2 patches)
     image_fraction: float = 0.2  # probability that a step's batch is images (joint training)
     dataset_length: int = 100_000  # samples in the synthetic train split (indices drawn from it)
+    cache_videos: int = 0  # > 0: encode this many train videos once and train on their latents
+    cache_images: int = 0  # images in the latent cache (needed when cache_videos > 0 and image_fraction > 0)
     # --- flow matching and conditioning ---
     timestep_sampling: str = "logit_normal"
     logit_mean: float = 0.0
@@ -102,7 +107,7 @@ class DiTTrainConfig:
             _check(
                 name, getattr(self, name), isinstance(getattr(self, name), int) and getattr(self, name) > 0
             )
-        for name in ("warmup_steps", "keep_checkpoints", "seed"):
+        for name in ("warmup_steps", "keep_checkpoints", "seed", "cache_videos", "cache_images"):
             value = getattr(self, name)
             _check(name, value, isinstance(value, int) and value >= 0)
         if (self.num_frames - 1) % 4:

@@ -22,14 +22,22 @@ from training.dit.config import DiTTrainConfig
 
 @dataclass(frozen=True)
 class TrainBatch:
-    video: torch.Tensor  # (B, 3, T, H, W) in [-1, 1]; T = 1 for images
+    """Clips in pixels, or (with a latent cache) their VAE posterior moments instead."""
+
+    video: torch.Tensor | None  # (B, 3, T, H, W) in [-1, 1]; T = 1 for images
     captions: list[str]
+    moments: torch.Tensor | None = None  # (B, 2C, t, h, w): posterior mean and logvar, unscaled
 
     def __post_init__(self) -> None:
-        if self.video.ndim != 5 or self.video.shape[1] != 3:
+        if (self.video is None) == (self.moments is None):
+            raise ValueError("a TrainBatch holds exactly one of video or moments")
+        if self.video is not None and (self.video.ndim != 5 or self.video.shape[1] != 3):
             raise ValueError(f"video batch must be (B, 3, T, H, W), got {tuple(self.video.shape)}")
-        if len(self.captions) != self.video.shape[0]:
-            raise ValueError(f"{len(self.captions)} captions for a batch of {self.video.shape[0]} videos")
+        if self.moments is not None and self.moments.ndim != 5:
+            raise ValueError(f"moments must be (B, 2C, t, h, w), got {tuple(self.moments.shape)}")
+        rows = (self.video if self.video is not None else self.moments).shape[0]  # type: ignore[union-attr]
+        if len(self.captions) != rows:
+            raise ValueError(f"{len(self.captions)} captions for a batch of {rows} clips")
 
 
 class BatchSource(Protocol):

@@ -40,6 +40,7 @@ from engine.sampling import shift_sigmas
 from models import (
     BuiltinTextEncoder,
     CausalVAE3D,
+    DiagonalGaussian,
     HunyuanVideoDiT,
     TextEmbeddings,
     TextEncoder,
@@ -196,6 +197,15 @@ class DiTTrainer:
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.weight_decay), lr=config.lr, betas=config.betas
         )
+        if batches is None and config.cache_videos > 0:
+            from training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            name = CACHE_FILE if self.world == 1 else f"rank{self.rank}_{CACHE_FILE}"  # no write races
+            cache = build_latent_cache(
+                self.vae, config, self.out_dir / name, self.device, config.progress and self.rank == 0
+            )
+            batches = CachedLatentBatches(config, cache)
         self.batches: BatchSource = batches if batches is not None else SyntheticBatches(config)
         self.step = 0
         self.losses: list[float] = []
@@ -227,8 +237,12 @@ class DiTTrainer:
         """Model inputs and the velocity target of one batch (no gradients through the VAE)."""
         c = self.config
         dit_config = self.model.dit.config
-        with torch.no_grad(), self._autocast():
-            posterior = self.vae.encode(batch.video.to(self.device), tiled=False)
+        if batch.moments is not None:  # from the latent cache: the encoder already ran
+            posterior = DiagonalGaussian(batch.moments.to(self.device, torch.float32))
+        else:
+            assert batch.video is not None  # TrainBatch holds one of the two
+            with torch.no_grad(), self._autocast():
+                posterior = self.vae.encode(batch.video.to(self.device), tiled=False)
         scale = self.vae.config.scaling_factor
         x0 = posterior.sample(generator).float() * scale  # (B, C, t, h, w)
         b, channels, frames = x0.shape[:3]
