@@ -96,6 +96,9 @@ class PipelineOptions:
     offload_blocks: bool = False  # DiT blocks on the CPU, moved to the device one at a time
     compile_blocks: bool = False  # torch.compile each DiT block
     vae_tiling: VAETiling | None = None  # None: the VAE's own tiles (shorter time tiles stream sooner)
+    # None: true CFG (two branches per step) exactly when the DiT has no guidance embedding. True forces
+    # it on a DiT whose embedding was never trained (a base model before CFG distillation: the teacher).
+    true_cfg: bool | None = None
 
 
 def default_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -271,9 +274,14 @@ class VideoPipeline:
         if decoded != plan.num_frames:
             raise RuntimeError(f"decoded {decoded} frames, expected {plan.num_frames}")
 
+    def _true_cfg(self) -> bool:
+        if self.options.true_cfg is not None:
+            return self.options.true_cfg
+        return not self.dit.config.guidance_embed
+
     def _encode_text(self, plan: GenerationPlan) -> tuple[TextEmbeddings, TextEmbeddings | None]:
         assert self.text_encoder is not None
-        true_cfg = not self.dit.config.guidance_embed and plan.guidance != 1.0
+        true_cfg = self._true_cfg() and plan.guidance != 1.0
         prompts = [plan.prompt, plan.negative_prompt] if true_cfg else [plan.prompt]
         encoded = self.text_encoder.encode(prompts).to(self.device, self.options.dtype)
         cond = TextEmbeddings(encoded.states[:1], encoded.mask[:1], encoded.pooled[:1])
@@ -343,7 +351,8 @@ class VideoPipeline:
         dit = self.dit
         guidance = None
         if dit.config.guidance_embed:  # guidance-distilled: one forward per step
-            guidance = torch.full((1,), plan.guidance * 1000.0, device=self.device, dtype=self.options.dtype)
+            embedded = 1.0 if self._true_cfg() else plan.guidance  # the base value it was trained with
+            guidance = torch.full((1,), embedded * 1000.0, device=self.device, dtype=self.options.dtype)
 
         def with_image(latents: torch.Tensor) -> torch.Tensor:
             if image_cond is None:
@@ -359,8 +368,9 @@ class VideoPipeline:
         pooled = torch.cat([uncond.pooled, cond.pooled])
 
         def cfg_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            pair = None if guidance is None else guidance.expand(2)
             v_uncond, v_cond = dit(
-                with_image(torch.cat([x, x])), torch.cat([t, t]), states, mask, pooled
+                with_image(torch.cat([x, x])), torch.cat([t, t]), states, mask, pooled, pair
             ).chunk(2)
             return cfg_combine(v_uncond, v_cond, plan.guidance)
 

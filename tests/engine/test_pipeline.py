@@ -148,6 +148,28 @@ def test_true_cfg_batches_both_branches_in_one_forward() -> None:
         hook.remove()
 
 
+def test_true_cfg_can_be_forced_on_a_model_with_an_untrained_guidance_embedding() -> None:
+    bundle = _bundle()  # has a guidance embedding: one forward per step by default
+    pipeline = VideoPipeline(bundle, PipelineOptions(true_cfg=True))
+    seen: list[tuple[int, float]] = []
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        guidance = args[5] if len(args) > 5 else kwargs.get("guidance")
+        seen.append((args[0].shape[0], float(guidance[0])))
+
+    handle = pipeline.dit.register_forward_hook(hook, with_kwargs=True)
+    try:
+        request = GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=5, steps=2, guidance=6.0)
+        forced = read_mp4(pipeline.generate(request).mp4)
+        # Two branches per step; the embedding gets the base value 1.0 the teacher was trained with.
+        assert seen == [(2, 1000.0), (2, 1000.0)]
+        seen.clear()
+        embedded = read_mp4(VideoPipeline(bundle, PipelineOptions(true_cfg=False)).generate(request).mp4)
+    finally:
+        handle.remove()
+    assert forced.shape == embedded.shape and np.abs(forced.astype(int) - embedded.astype(int)).mean() > 0.5
+
+
 def test_step_distilled_schedule_comes_from_the_weights_metadata(tmp_path) -> None:
     bundle = _bundle()
     save_bundle(bundle, tmp_path)
