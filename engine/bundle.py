@@ -135,10 +135,13 @@ def init_random_bundle(preset: str, seed: int = 0, dtype: torch.dtype = torch.fl
     return ModelBundle(spec, dit, vae, text_encoder)  # type: ignore[arg-type]
 
 
-def save_bundle(bundle: ModelBundle, directory: str | Path) -> Path:
+def save_bundle(
+    bundle: ModelBundle, directory: str | Path, dit_metadata: dict[str, str] | None = None
+) -> Path:
+    """Write the bundle; `dit_metadata` (e.g. a distilled schedule) goes into the DiT's header."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_dit(bundle.dit, directory / "dit")
+    save_dit(bundle.dit, directory / "dit", metadata=dit_metadata)
     save_vae(bundle.vae, directory / "vae")
     if bundle.text_encoder is not None:
         bundle.text_encoder.save_pretrained(directory / "text_encoder")  # type: ignore[attr-defined]

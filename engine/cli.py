@@ -1,6 +1,7 @@
 """`hyv`: the project's one console command.
 
-Later issues add `serve`, `worker`, `train` and `bench` here.
+generate, init-weights, convert; train (vae, dit, distill, eval, bundle); serve and worker (the
+HTTP service, from service/).
 """
 
 from __future__ import annotations
@@ -167,8 +168,75 @@ def generate(
     print(json.dumps({"path": str(out), **result.summary()}))
 
 
-train_app = typer.Typer(help="Train the models (the training issue): dit; vae, distill and eval follow.")
+train_app = typer.Typer(
+    help="Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`."
+)
 app.add_typer(train_app, name="train")
+
+
+def _register_training_commands() -> None:
+    from training.distill.cli import distill_command
+    from training.eval.cli import eval_command
+    from training.vae.cli import vae_command
+
+    train_app.command("vae")(vae_command)
+    train_app.command("distill")(distill_command)
+    train_app.command("eval")(eval_command)
+
+
+_register_training_commands()
+
+
+def _register_service_commands() -> None:
+    from service import cli as service_cli
+
+    app.command("serve")(service_cli.serve)
+    app.command("worker")(service_cli.worker)
+
+
+_register_service_commands()
+
+
+@train_app.command("bundle")
+def train_bundle_command(
+    out: Annotated[Path, typer.Option(help="Run directory of all stages (checkpoints, caches).")] = Path(
+        "runs/bundle"
+    ),
+    export_dir: Annotated[Path, typer.Option(help="Where the finished bundle goes.")] = Path(
+        "weights/hyv-small"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of every stage.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    vae_steps: Annotated[int | None, typer.Option(help="VAE steps (default: the VAE trainer's).")] = None,
+    dit_steps: Annotated[int, typer.Option(help="DiT flow-matching steps.")] = 4000,
+    dit_batch_size: Annotated[int, typer.Option(help="DiT clips per step.")] = 16,
+    cfg_steps: Annotated[int | None, typer.Option(help="CFG-distillation steps.")] = None,
+    distill_steps: Annotated[int | None, typer.Option(help="Step-distillation steps.")] = None,
+    student_steps: Annotated[int, typer.Option(help="Sampling steps of the distilled student (<= 6).")] = 4,
+    until: Annotated[str, typer.Option(help="Last stage: vae, dit, cfg, steps, export or eval.")] = "eval",
+) -> None:
+    """The whole recipe of the bundled model (VAE -> DiT -> CFG and step distillation -> export -> eval).
+
+    Resumable: run the same command again after an interrupt and it continues where it stopped."""
+    from training.recipe import RecipeConfig, train_bundle
+
+    try:
+        config = RecipeConfig(
+            out_dir=out,
+            export_dir=export_dir,
+            seed=seed,
+            device=device,
+            vae_steps=vae_steps,
+            dit_steps=dit_steps,
+            dit_batch_size=dit_batch_size,
+            cfg_steps=cfg_steps,
+            distill_steps=distill_steps,
+            student_steps=student_steps,
+        )
+        result = train_bundle(config, until=until)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(f"Recipe finished up to stage {until}: {result}")
 
 
 @train_app.command("dit")

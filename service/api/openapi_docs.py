@@ -1,0 +1,71 @@
+"""OpenAPI text for what FastAPI cannot infer: the two encodings of POST /v1/videos, and the
+document-level description."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DESCRIPTION = """
+Text-to-video and image-to-video generation, shaped after OpenAI's Videos API so its official
+SDK works unchanged: `OpenAI(base_url="http://HOST:PORT/v1", api_key=KEY).videos.create(...)`.
+
+Beyond it: `Idempotency-Key` on submissions, `Range` requests on finished videos, watching a
+video while it renders (GET .../content streams the MP4 as it is produced), progress as
+Server-Sent Events (GET .../events), and our own generation fields (num_frames, fps, steps,
+guidance, seed, negative_prompt, webhook_url).
+
+Errors always look like `{"error": {"code", "message", "param", "type"}}`. Authenticate with
+`Authorization: Bearer <key>` when the server has keys configured.
+"""
+
+_MULTIPART_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt"],
+    "properties": {
+        "prompt": {"type": "string", "description": "What the video shows."},
+        "model": {"type": "string"},
+        "seconds": {"type": "string", "description": "Clip length in seconds, e.g. '2'."},
+        "size": {"type": "string", "description": "'WIDTHxHEIGHT'", "example": "128x128"},
+        "input_reference": {"type": "string", "format": "binary", "description": "Image (PNG/JPEG) for I2V."},
+        "negative_prompt": {"type": "string"},
+        "num_frames": {"type": "integer", "description": "4n+1; wins over seconds."},
+        "fps": {"type": "integer"},
+        "steps": {"type": "integer"},
+        "guidance": {"type": "number"},
+        "seed": {"type": "integer"},
+        "webhook_url": {"type": "string", "format": "uri"},
+    },
+}
+
+CREATE_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": _MULTIPART_SCHEMA,
+            "example": {"prompt": "a red circle moving left on a black background", "size": "128x128"},
+        },
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/VideoCreate"},
+            "examples": {
+                "text_to_video": {
+                    "summary": "Text to video",
+                    "value": {
+                        "prompt": "a red circle moving left on a black background",
+                        "size": "128x128",
+                        "num_frames": 17,
+                        "steps": 12,
+                        "seed": 42,
+                    },
+                },
+                "image_to_video": {
+                    "summary": "Image to video (base64 data URL)",
+                    "value": {
+                        "prompt": "the circle starts moving right",
+                        "input_reference": "data:image/png;base64,iVBORw0KGgo...",
+                        "seconds": "2",
+                    },
+                },
+            },
+        },
+    },
+}

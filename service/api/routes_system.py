@@ -1,0 +1,84 @@
+"""GET /v1/models, /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from service import metrics
+from service.api.auth import CallerDep
+from service.api.context import ContextDep
+from service.api.errors import NotFoundError
+from service.api.schemas import ModelList, ModelPublic, error_responses
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    tags=["models"],
+    summary="The served model, its defaults and limits",
+    responses=error_responses(401),
+)
+async def list_models(caller: CallerDep, context: ContextDep) -> ModelList:
+    return ModelList(data=[context.model.public()])
+
+
+@router.get(
+    "/v1/models/{model_id}",
+    response_model=ModelPublic,
+    tags=["models"],
+    summary="One model",
+    responses=error_responses(401, 404),
+)
+async def get_model(model_id: str, caller: CallerDep, context: ContextDep) -> ModelPublic:
+    if model_id != context.model.name:
+        raise NotFoundError(
+            f"no model {model_id!r}; this server serves {context.model.name!r}", "model_not_found"
+        )
+    return context.model.public()
+
+
+@router.get("/healthz", tags=["health"], summary="Liveness: the API process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="Readiness: Redis answers and a worker has the model loaded",
+    responses={503: {"description": "Not ready: the body says why"}},
+)
+async def readyz(context: ContextDep) -> JSONResponse:
+    try:
+        context.redis.ping()
+    except Exception as exc:
+        logger.warning("readyz: redis unreachable: %s", exc)
+        return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, 503)
+    workers = context.store.workers(context.model.name)
+    ready = [w for w in workers if w.get("ready")]
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "model": context.model.name,
+        "workers": len(workers),
+        "workers_ready": len(ready),
+        "queue_depth": context.store.queue_depth(context.model.name),
+    }
+    if not ready:
+        body["reason"] = (
+            f"no worker has loaded {context.model.name!r} yet" if workers else "no worker running"
+        )
+        return JSONResponse(body, 503)
+    return JSONResponse(body)
+
+
+@router.get("/metrics", tags=["health"], summary="Prometheus metrics (every process of the service)")
+async def prometheus_metrics(context: ContextDep) -> Response:
+    data, content_type = metrics.render_metrics(context.store, context.settings)
+    return Response(data, media_type=content_type)

@@ -1,0 +1,163 @@
+"""The API's request and response models, shaped after OpenAI's Videos API plus our own fields.
+
+`VideoCreate` is the body of POST /v1/videos in both encodings (multipart/form-data, which the
+OpenAI SDK sends, and JSON); `VideoPublic` is the video object every video route returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+Stage = Literal["text_encode", "denoise", "decode", "encode"]
+
+_CREATE_EXAMPLE: dict[str, Any] = {
+    "prompt": "a red circle moving left on a black background",
+    "size": "128x128",
+    "num_frames": 17,
+    "steps": 12,
+    "seed": 42,
+}
+
+
+class ImageReference(BaseModel):
+    """OpenAI's reference object; we take `image_url` as a base64 data URL (no remote fetches)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_url: str | None = Field(default=None, description="data:image/png;base64,... (data URLs only)")
+    file_id: str | None = Field(default=None, description="Not supported: upload the image instead.")
+
+
+class VideoCreate(BaseModel):
+    """What to generate. Omitted fields take the served model's defaults (GET /v1/models)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
+
+    prompt: str = Field(description="What the video shows.", examples=[_CREATE_EXAMPLE["prompt"]])
+    model: str | None = Field(default=None, description="The served model's id; omitted = the served one.")
+    seconds: str | None = Field(
+        default=None,
+        description="Clip length in seconds (a number as text, like OpenAI's '4'); num_frames wins.",
+        examples=["2"],
+    )
+    size: str | None = Field(
+        default=None, description="'WIDTHxHEIGHT', e.g. '128x128'.", examples=["128x128"]
+    )
+    input_reference: str | ImageReference | None = Field(
+        default=None,
+        description="Image for image-to-video: a file part in multipart, a data URL (or "
+        "{'image_url': data URL}) in JSON.",
+    )
+    negative_prompt: str | None = Field(default=None, description="What to steer away from.")
+    num_frames: int | None = Field(default=None, description="Frame count, 4n+1; wins over seconds.")
+    fps: int | None = Field(default=None, description="Frames per second of the MP4.")
+    steps: int | None = Field(default=None, description="Denoising steps.")
+    guidance: float | None = Field(default=None, description="Guidance scale.")
+    seed: int | None = Field(default=None, description="Random seed; omitted = random, reported back.")
+    webhook_url: str | None = Field(
+        default=None, description="POSTed a signed video.completed / video.failed event when the job ends."
+    )
+
+
+class VideoError(BaseModel):
+    code: str = Field(examples=["generation_failed"])
+    message: str
+
+
+class VideoPublic(BaseModel):
+    """A video job. The first block of fields is OpenAI's video object; the rest are ours."""
+
+    id: str = Field(examples=["video_0123456789abcdef01234567"])
+    object: Literal["video"] = "video"
+    model: str = Field(examples=["hyv-small"])
+    status: VideoStatus
+    progress: int = Field(ge=0, le=100, description="Approximate completion percentage.")
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    size: str = Field(examples=["128x128"])
+    seconds: str = Field(description="Duration: (num_frames - 1) / fps.", examples=["2"])
+    prompt: str | None = None
+    remixed_from_video_id: str | None = None
+    error: VideoError | None = None
+
+    stage: Stage | None = Field(default=None, description="What the worker is doing now.")
+    step: int = Field(default=0, description="Step within the stage (denoise: the sampler step).")
+    total_steps: int = Field(default=0, description="Steps of the stage.")
+    queue_position: int | None = Field(
+        default=None, description="1 = the next job to run; only while queued."
+    )
+    started_at: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    steps: int | None = None
+    seed: int | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per finished stage.")
+    content_bytes: int = Field(default=0, description="Size of the MP4 written so far.")
+
+
+class VideoList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VideoPublic]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class VideoDeleted(BaseModel):
+    """OpenAI's delete response. A queued or running job is cancelled first (`status` says so); a
+    finished one is removed with its files (`deleted` true)."""
+
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool
+    status: VideoStatus | None = None
+
+
+class ModelPublic(BaseModel):
+    id: str = Field(examples=["hyv-small"])
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "hyvideo-serve"
+    supports_image: bool = Field(description="Accepts an input image (image-to-video).")
+    requires_image: bool = False
+    defaults: dict[str, float | int] = Field(description="Values used for omitted fields.")
+    max_width: int
+    max_height: int
+    max_frames: int
+    max_steps: int
+    fixed_steps: int | None = Field(default=None, description="A step-distilled model's only step count.")
+    sizes: list[str] | None = Field(default=None, description="Allowed sizes; null = any multiple of 16.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_value"])
+    message: str = Field(examples=["num_frames must be 4n+1 in [1, 65], got 18"])
+    param: str | None = Field(default=None, examples=["num_frames"])
+    type: str = Field(default="invalid_request_error")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses=` entries for the given error statuses."""
+    descriptions = {
+        401: "Missing or invalid API key",
+        404: "No such video for this API key",
+        409: "ConflictError (idempotency key reused with another body, or content not available)",
+        413: "Body or upload too large",
+        422: "Invalid value (the message names the field and the value)",
+        429: "Rate limit or queued-job cap reached (see Retry-After)",
+        503: "Not ready",
+    }
+    return {code: {"model": ErrorResponse, "description": descriptions.get(code, "Error")} for code in codes}

@@ -1,0 +1,511 @@
+"""Job state in Redis: what the API answers from and what the workers write (not Celery's results).
+
+One hash per job (`hyv:job:{id}`, every field JSON-encoded, plus a `version` counter) and a few
+indexes kept in step by Lua scripts, so every status change is atomic with its indexes:
+
+    hyv:owner:{owner}      zset  the owner's jobs by creation time (listing, `after` cursors)
+    hyv:queued:{model}     zset  queued jobs of a model by enqueue time (queue position)
+    hyv:active:{owner}     set   the owner's queued + in_progress jobs (the queued-job cap)
+    hyv:running            set   in_progress jobs (the worker's reaper looks for dead claims here)
+    hyv:cancel:{id}        flag  cancel requested (the worker polls it every denoising step)
+    hyv:claim:{id}         str   the token of the worker running the job, with a lease (PX)
+    hyv:idem:{owner}:{h}   str   [job_id, body_hash] of an Idempotency-Key
+    hyv:workers:{host}     str   a worker's heartbeat (JSON, TTL): ready with its model loaded
+    hyv:events:{id}        pub/sub channel: {"event": ..., "job": {...}} after every write
+
+Every write bumps `version` and publishes the whole job, so a subscriber that also read a snapshot
+can drop events older than what it has already shown.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Literal
+
+import redis
+import redis.asyncio
+from pydantic import BaseModel, Field
+
+PREFIX = "hyv:"
+JOB_ID_RE = re.compile(r"^video_[0-9a-f]{24}$")
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+Stage = Literal["text_encode", "denoise", "decode", "encode"]
+
+
+def new_job_id() -> str:
+    return "video_" + secrets.token_hex(12)
+
+
+def owner_for_key(api_key: str | None) -> str:
+    """The owner of a key's jobs: its SHA-256 (the key itself is never stored), or "anonymous"."""
+    return hashlib.sha256(api_key.encode()).hexdigest() if api_key else "anonymous"
+
+
+class Job(BaseModel):
+    id: str = Field(default_factory=new_job_id)
+    owner: str = "anonymous"
+    model: str
+    status: JobStatus = JobStatus.QUEUED
+    progress: int = Field(default=0, ge=0, le=100)
+    stage: Stage | None = None
+    step: int = 0
+    total_steps: int = 0
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    started_at: int | None = None
+    completed_at: int | None = None
+    expires_at: int | None = None
+    # GenerationRequest fields except `image` (the image lives in storage: save_input_image).
+    request: dict[str, Any] = Field(default_factory=dict)
+    prompt: str = ""
+    size: str = ""  # "WxH"
+    seconds: str = ""  # duration as the OpenAI API writes it ("4")
+    num_frames: int = 0
+    fps: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
+    attempts: int = 0
+    worker: str | None = None
+    content_bytes: int = 0
+    webhook_url: str | None = None
+    version: int = 0  # bumped by every write
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def event(self) -> dict[str, Any]:
+        """The pub/sub / SSE event for this state: event = "progress" while running, else the status."""
+        name = "progress" if self.status == JobStatus.IN_PROGRESS else self.status.value
+        return {"event": name, "job": self.model_dump(mode="json")}
+
+
+JOB_FIELDS = frozenset(Job.model_fields)
+
+# KEYS: job hash, claim key. ARGV: fields (JSON object of JSON-encoded values), prefix, job id,
+# allowed current statuses (JSON list, [] = any), "1" = refuse while a claim exists, queue score.
+# Returns nil if the job is missing, {0, hash} if a guard refused, {1, hash} after the write.
+_UPDATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local current = cjson.decode(redis.call('HGET', KEYS[1], 'status'))
+local allowed = cjson.decode(ARGV[4])
+if #allowed > 0 then
+  local ok = false
+  for _, s in ipairs(allowed) do if s == current then ok = true end end
+  if not ok then return {0, redis.call('HGETALL', KEYS[1])} end
+end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
+  return {0, redis.call('HGETALL', KEYS[1])}
+end
+local fields = cjson.decode(ARGV[1])
+local prefix, id = ARGV[2], ARGV[3]
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+if fields['status'] then
+  local s = cjson.decode(fields['status'])
+  local owner = cjson.decode(redis.call('HGET', KEYS[1], 'owner'))
+  local model = cjson.decode(redis.call('HGET', KEYS[1], 'model'))
+  if s == 'queued' then
+    redis.call('ZADD', prefix .. 'queued:' .. model, 'NX', ARGV[6], id)
+  else
+    redis.call('ZREM', prefix .. 'queued:' .. model, id)
+  end
+  if s == 'in_progress' then
+    redis.call('SADD', prefix .. 'running', id)
+  else
+    redis.call('SREM', prefix .. 'running', id)
+  end
+  if s == 'queued' or s == 'in_progress' then
+    redis.call('SADD', prefix .. 'active:' .. owner, id)
+  else
+    redis.call('SREM', prefix .. 'active:' .. owner, id)
+  end
+end
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: job hash, claim key, cancel key. ARGV: token, lease ms.
+_CLAIM_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+local s = cjson.decode(redis.call('HGET', KEYS[1], 'status'))
+if s == 'completed' or s == 'failed' or s == 'cancelled' then return 'finished' end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'held' end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'cancel' end
+return 'claimed'
+"""
+
+# KEYS: claim key. ARGV: token, lease ms (0 = release). Returns 1 if the claim is (still) ours.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+ClaimResult = Literal["claimed", "held", "finished", "missing", "cancel"]
+
+
+class JobStore:
+    """Job records, their indexes and events. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, redis_client: redis.Redis, record_ttl_seconds: int = 7 * 24 * 3600) -> None:
+        self.redis = redis_client
+        self.record_ttl_seconds = record_ttl_seconds
+        self._update_script = redis_client.register_script(_UPDATE_LUA)
+        self._claim_script = redis_client.register_script(_CLAIM_LUA)
+        self._renew_script = redis_client.register_script(_RENEW_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, record_ttl_seconds: int = 7 * 24 * 3600) -> JobStore:
+        return cls(redis.Redis.from_url(url), record_ttl_seconds)
+
+    # --- keys ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return f"{PREFIX}job:{job_id}"
+
+    @staticmethod
+    def channel(job_id: str) -> str:
+        return f"{PREFIX}events:{job_id}"
+
+    @staticmethod
+    def _claim_key(job_id: str) -> str:
+        return f"{PREFIX}claim:{job_id}"
+
+    @staticmethod
+    def _cancel_key(job_id: str) -> str:
+        return f"{PREFIX}cancel:{job_id}"
+
+    @staticmethod
+    def _owner_key(owner: str) -> str:
+        return f"{PREFIX}owner:{owner}"
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def create(self, job: Job) -> Job:
+        """Store a new job (status as given, normally queued) and index it."""
+        if not JOB_ID_RE.match(job.id):
+            raise ValueError(f"job id must look like video_<24 hex>, got {job.id!r}")
+        key = self.job_key(job.id)
+        fields = {name: json.dumps(value) for name, value in job.model_dump(mode="json").items()}
+        del fields["status"]
+        fields["version"] = "0"
+        pipe = self.redis.pipeline()
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.hset(key, "status", json.dumps(None))
+        pipe.zadd(self._owner_key(job.owner), {job.id: time.time()})
+        pipe.expire(key, self.record_ttl_seconds)
+        pipe.execute()
+        created = self._write(job.id, {"status": job.status})
+        assert created is not None
+        return created
+
+    def get(self, job_id: str) -> Job | None:
+        if not JOB_ID_RE.match(job_id):
+            return None
+        raw = self.redis.hgetall(self.job_key(job_id))
+        return _decode(raw) if raw else None
+
+    def update(self, job_id: str, **fields: Any) -> Job | None:
+        """Set fields (validated names), bump the version and publish the new state; None if missing."""
+        return self._write(job_id, fields)
+
+    def transition(
+        self,
+        job_id: str,
+        allowed: Iterable[JobStatus],
+        require_unclaimed: bool = False,
+        **fields: Any,
+    ) -> tuple[bool, Job | None]:
+        """Compare-and-set: write only if the job's status is one of `allowed` (and, if asked, no
+        worker holds it). Returns (written, job as it is now)."""
+        return self._write_guarded(job_id, fields, [JobStatus(s).value for s in allowed], require_unclaimed)
+
+    def delete(self, job_id: str) -> None:
+        job = self.get(job_id)
+        pipe = self.redis.pipeline()
+        if job is not None:
+            pipe.zrem(self._owner_key(job.owner), job_id)
+            pipe.zrem(f"{PREFIX}queued:{job.model}", job_id)
+            pipe.srem(f"{PREFIX}active:{job.owner}", job_id)
+        pipe.srem(f"{PREFIX}running", job_id)
+        pipe.delete(self.job_key(job_id), self._cancel_key(job_id), f"{PREFIX}runs:{job_id}")
+        pipe.execute()
+
+    def _write(self, job_id: str, fields: dict[str, Any]) -> Job | None:
+        return self._write_guarded(job_id, fields, [], False)[1]
+
+    def _write_guarded(
+        self, job_id: str, fields: dict[str, Any], allowed: list[str], require_unclaimed: bool
+    ) -> tuple[bool, Job | None]:
+        unknown = set(fields) - JOB_FIELDS - {"version"} | ({"id", "version"} & set(fields))
+        if unknown:
+            raise ValueError(f"cannot update job field(s) {sorted(unknown)}")
+        if "status" in fields:
+            fields["status"] = JobStatus(fields["status"]).value
+        encoded = {name: json.dumps(_jsonable(value)) for name, value in fields.items()}
+        result = self._update_script(
+            keys=[self.job_key(job_id), self._claim_key(job_id)],
+            args=[
+                json.dumps(encoded),
+                PREFIX,
+                job_id,
+                json.dumps(allowed),
+                "1" if require_unclaimed else "0",
+                repr(time.time()),
+            ],
+        )
+        if result is None:
+            return False, None
+        written, flat = result
+        job = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
+        if written:
+            if job.finished:
+                self.redis.expire(self.job_key(job_id), self.record_ttl_seconds)
+            self.publish_event(job_id, job.event())
+        return bool(written), job
+
+    # --- listing and counting --------------------------------------------------------------------
+
+    def list_for_owner(
+        self, owner: str, after: str | None = None, limit: int = 20, order: Literal["asc", "desc"] = "desc"
+    ) -> list[Job]:
+        """The owner's jobs by creation time, starting after the job id `after` (a cursor).
+        Ask for limit + 1 to learn whether there are more."""
+        if order not in ("asc", "desc"):
+            raise ValueError(f"order must be 'asc' or 'desc', got {order!r}")
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        key = self._owner_key(owner)
+        desc = order == "desc"
+        start = 0
+        if after is not None:
+            rank = self.redis.zrevrank(key, after) if desc else self.redis.zrank(key, after)
+            if rank is None:
+                raise ValueError(f"after: no job {after!r} among this caller's jobs")
+            start = int(rank) + 1  # type: ignore[arg-type]
+        ids = [_text(i) for i in self.redis.zrange(key, start, start + limit - 1, desc=desc)]
+        pipe = self.redis.pipeline()
+        for job_id in ids:
+            pipe.hgetall(self.job_key(job_id))
+        jobs, gone = [], []
+        for job_id, raw in zip(ids, pipe.execute(), strict=True):
+            if raw:
+                jobs.append(_decode(raw))
+            else:
+                gone.append(job_id)  # the record expired: drop it from the index
+        if gone:
+            self.redis.zrem(key, *gone)
+        return jobs
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 = the next job a worker of its model takes; None when the job is not queued."""
+        model = self.redis.hget(self.job_key(job_id), "model")
+        if model is None:
+            return None
+        rank = self.redis.zrank(f"{PREFIX}queued:{json.loads(model)}", job_id)
+        return None if rank is None else int(rank) + 1  # type: ignore[arg-type]
+
+    def queue_depth(self, model: str) -> int:
+        return int(self.redis.zcard(f"{PREFIX}queued:{model}"))
+
+    def queued_count(self, owner: str) -> int:
+        """The owner's unfinished jobs (queued or in progress): what the per-key cap counts."""
+        return int(self.redis.scard(f"{PREFIX}active:{owner}"))
+
+    def running_ids(self) -> list[str]:
+        return sorted(_text(i) for i in self.redis.smembers(f"{PREFIX}running"))
+
+    # --- cancel ----------------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Flag the job; a queued one becomes cancelled at once (it never runs), a running one stops
+        at the worker's next step check. Returns the job as it is now (None if missing)."""
+        if self.get(job_id) is None:
+            return None
+        self.redis.set(self._cancel_key(job_id), b"1", ex=self.record_ttl_seconds)
+        now = int(time.time())
+        _, job = self.transition(
+            job_id,
+            [JobStatus.QUEUED],
+            status=JobStatus.CANCELLED,
+            completed_at=now,
+            error_code="cancelled",
+            error_message="cancelled before it started",
+        )
+        return job
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self._cancel_key(job_id)))
+
+    # --- claims (the worker side of "never run a job twice") ------------------------------------
+
+    def claim(self, job_id: str, token: str, lease_seconds: float) -> ClaimResult:
+        """Take the job for `token` unless it is finished or another live worker holds it."""
+        result = self._claim_script(
+            keys=[self.job_key(job_id), self._claim_key(job_id), self._cancel_key(job_id)],
+            args=[token, int(lease_seconds * 1000)],
+        )
+        return _text(result)  # type: ignore[return-value]
+
+    def renew_claim(self, job_id: str, token: str, lease_seconds: float) -> bool:
+        """Extend our lease; False if the claim is no longer ours (then stop working on the job)."""
+        return bool(
+            self._renew_script(keys=[self._claim_key(job_id)], args=[token, int(lease_seconds * 1000)])
+        )
+
+    def release_claim(self, job_id: str, token: str) -> None:
+        self._renew_script(keys=[self._claim_key(job_id)], args=[token, 0])
+
+    def log_run(self, job_id: str, event: str, **details: Any) -> None:
+        """Append to the job's delivery log (`hyv:runs:{id}`): each delivery's claim outcome and each
+        run's end, with worker and time. What operators (and the tests) read to see who ran what."""
+        entry = {"event": event, "t": time.time(), **details}
+        key = f"{PREFIX}runs:{job_id}"
+        pipe = self.redis.pipeline()
+        pipe.rpush(key, json.dumps(entry))
+        pipe.expire(key, self.record_ttl_seconds)
+        pipe.execute()
+
+    def runs(self, job_id: str) -> list[dict[str, Any]]:
+        return [json.loads(x) for x in self.redis.lrange(f"{PREFIX}runs:{job_id}", 0, -1)]  # type: ignore[union-attr]
+
+    def drop_claim(self, job_id: str) -> None:
+        """Remove whoever's claim (the holder is known dead, e.g. killed at its hard time limit)."""
+        self.redis.delete(self._claim_key(job_id))
+
+    def claim_holder(self, job_id: str) -> str | None:
+        holder = self.redis.get(self._claim_key(job_id))
+        return _text(holder) if holder else None
+
+    # --- idempotency -----------------------------------------------------------------------------
+
+    def _idempotency_key(self, owner: str, key: str) -> str:
+        return f"{PREFIX}idem:{owner}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def idempotency_get(self, owner: str, key: str) -> tuple[str, str] | None:
+        raw = self.redis.get(self._idempotency_key(owner, key))
+        if raw is None:
+            return None
+        job_id, body_hash = json.loads(raw)
+        return job_id, body_hash
+
+    def idempotency_set(self, owner: str, key: str, job_id: str, body_hash: str) -> bool:
+        """Remember key -> (job, body hash) for 24 h; False if the key was already taken (a race:
+        read it again with idempotency_get)."""
+        stored = self.redis.set(
+            self._idempotency_key(owner, key),
+            json.dumps([job_id, body_hash]),
+            nx=True,
+            ex=IDEMPOTENCY_TTL_SECONDS,
+        )
+        return bool(stored)
+
+    # --- workers ---------------------------------------------------------------------------------
+
+    def worker_heartbeat(self, hostname: str, info: dict[str, Any], ttl_seconds: float) -> None:
+        self.redis.set(f"{PREFIX}workers:{hostname}", json.dumps(info), px=int(ttl_seconds * 1000))
+
+    def worker_gone(self, hostname: str) -> None:
+        self.redis.delete(f"{PREFIX}workers:{hostname}")
+
+    def workers(self, model: str | None = None) -> list[dict[str, Any]]:
+        """Live workers (heartbeat not expired), optionally only those serving `model`; each dict
+        has hostname, model, queue, ready (model loaded), busy_job (or None), pid, device, ..."""
+        keys = list(self.redis.scan_iter(match=f"{PREFIX}workers:*", count=100))
+        values = self.redis.mget(keys) if keys else []
+        found = [json.loads(v) for v in values if v]
+        return [w for w in found if model is None or w.get("model") == model]
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        """A fresh asyncio client to the same server (asyncio connections belong to one loop)."""
+        kwargs = self.redis.connection_pool.connection_kwargs
+        wanted = ("host", "port", "db", "username", "password", "socket_timeout", "socket_connect_timeout")
+        options = {name: kwargs[name] for name in wanted if name in kwargs}
+        if "path" in kwargs:
+            options["unix_socket_path"] = kwargs["path"]
+        return redis.asyncio.Redis(**options)
+
+    def publish_event(self, job_id: str, event: dict[str, Any]) -> None:
+        self.redis.publish(self.channel(job_id), json.dumps(event))
+
+    async def events(self, job_id: str, poll_seconds: float = 5.0) -> AsyncIterator[dict[str, Any]]:
+        """The job's current state, then each newer state as it is written, ending after a final
+        state (completed/failed/cancelled) or when the job disappears. Events are
+        {"event": "queued"|"progress"|"completed"|"failed"|"cancelled", "job": {...}}; versions
+        only increase (stale or duplicate messages are dropped)."""
+        client = self._async_client()
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel(job_id))  # before the snapshot: nothing is missed
+            raw = await client.hgetall(self.job_key(job_id))  # type: ignore[misc]
+            if not raw:
+                return
+            job = _decode(raw)
+            last = job.version
+            yield job.event()
+            while not job.finished:
+                waited = time.monotonic()
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=poll_seconds)
+                if message is None and time.monotonic() - waited < poll_seconds * 0.9:
+                    continue  # the subscribe confirmation (returned as None)
+                if message is None:  # quiet: re-read (covers a deleted job or a dropped message)
+                    raw = await client.hgetall(self.job_key(job_id))  # type: ignore[misc]
+                    if not raw:
+                        return
+                    event = _decode(raw).event()
+                else:
+                    event = json.loads(message["data"])
+                if event["job"]["version"] <= last:
+                    continue
+                job = Job.model_validate(event["job"])
+                last = job.version
+                yield event
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decode(raw: Mapping[Any, Any]) -> Job:
+    return Job.model_validate({_text(k): json.loads(v) for k, v in raw.items() if v is not None})

@@ -1,0 +1,268 @@
+"""Content (Range, ETag, the growing MP4), thumbnails and SSE, with the test playing the worker's
+part through the real storage and job store (the same calls service.worker makes), so the timing
+of every write is under the test's control. The end-to-end versions with a real Celery worker are
+in test_api_e2e.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.video_io import FragmentedMP4Encoder, read_mp4
+from tests.service.conftest_api import KEY_A, auth
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class FakeWorkerSide:
+    """Writes what a worker writes: status/progress in the JobStore, MP4 bytes in storage."""
+
+    def __init__(self, settings: Any) -> None:
+        from service.jobs import JobStore
+        from service.storage import LocalStorage
+
+        self.store = JobStore.from_url(settings.redis_url)
+        self.storage = LocalStorage(settings.data_dir)
+
+    def start(self, job_id: str) -> Any:
+        from service.jobs import JobStatus
+
+        self.store.update(job_id, status=JobStatus.IN_PROGRESS, started_at=int(time.time()), stage="denoise")
+        return self.storage.open_writer(job_id)
+
+    def complete(self, job_id: str, writer: Any) -> None:
+        from service.jobs import JobStatus
+
+        writer.close()
+        self.store.update(
+            job_id,
+            status=JobStatus.COMPLETED,
+            progress=100,
+            completed_at=int(time.time()),
+            content_bytes=writer.bytes_written,
+        )
+
+
+def mp4_pieces(frames: int = 9, size: int = 32, fps: int = 8) -> list[bytes]:
+    """A fragmented MP4 as the pipeline streams it: init segment, fragments, tail."""
+    rng = np.random.default_rng(0)
+    pieces = []
+    with FragmentedMP4Encoder(size, size, fps, gop=2) as encoder:
+        pieces.append(encoder.pending())
+        for _ in range(frames):
+            data = encoder.push(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+            if data:
+                pieces.append(data)
+        pieces.append(encoder.finish())
+    return [p for p in pieces if p]
+
+
+@pytest.fixture
+def env(make_api_settings: Any, serve_app: Any) -> Iterator[tuple[httpx.Client, FakeWorkerSide]]:
+    settings = make_api_settings()
+    server = serve_app(settings)
+    with httpx.Client(base_url=server.url, headers=auth(KEY_A), timeout=30) as client:
+        yield client, FakeWorkerSide(settings)
+
+
+def submit(client: httpx.Client) -> str:
+    response = client.post("/v1/videos", json={"prompt": "x", "size": "32x32", "num_frames": 9})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_completed_video_has_length_etag_and_ranges(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
+    client, worker = env
+    job_id = submit(client)
+    writer = worker.start(job_id)
+    mp4 = b"".join(mp4_pieces())
+    writer.write(mp4)
+    worker.complete(job_id, writer)
+
+    url = f"/v1/videos/{job_id}/content"
+    full = client.get(url)
+    assert full.status_code == 200
+    assert full.content == mp4
+    assert full.headers["content-type"] == "video/mp4"
+    assert int(full.headers["content-length"]) == len(mp4)
+    assert full.headers["accept-ranges"] == "bytes"
+    etag = full.headers["etag"]
+    assert etag.startswith('"') and job_id in etag
+    assert read_mp4(full.content).shape == (9, 32, 32, 3)
+
+    part = client.get(url, headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 0-99/{len(mp4)}"
+    assert part.content == mp4[:100]
+    tail = client.get(url, headers={"Range": "bytes=-64"})
+    assert tail.status_code == 206 and tail.content == mp4[-64:]
+    middle = client.get(url, headers={"Range": f"bytes=100-{len(mp4) + 500}"})
+    assert middle.status_code == 206 and middle.content == mp4[100:]
+    beyond = client.get(url, headers={"Range": f"bytes={len(mp4) + 10}-"})
+    assert beyond.status_code == 416
+
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+    if_range = client.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
+    assert if_range.status_code == 206 and len(if_range.content) == 10
+    stale = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert stale.status_code == 200 and stale.content == mp4
+
+
+def test_stream_of_a_rendering_video_follows_the_growing_file(
+    env: tuple[httpx.Client, FakeWorkerSide],
+) -> None:
+    client, worker = env
+    job_id = submit(client)
+    pieces = mp4_pieces()
+    received: list[tuple[float, bytes]] = []
+    first_byte = threading.Event()
+    errors: list[BaseException] = []
+
+    def watch() -> None:  # starts while the job is still queued
+        try:
+            with client.stream("GET", f"/v1/videos/{job_id}/content") as response:
+                assert response.status_code == 200
+                assert response.headers["x-video-status"] == "queued"
+                assert "content-length" not in response.headers
+                for chunk in response.iter_bytes():
+                    received.append((time.monotonic(), chunk))
+                    first_byte.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.3)
+    writer = worker.start(job_id)
+    writer.write(pieces[0])  # the init segment, before any frame
+    assert first_byte.wait(5), "the init segment did not reach the client while the job was running"
+    for piece in pieces[1:]:
+        time.sleep(0.05)
+        writer.write(piece)
+    completed_at = time.monotonic()
+    worker.complete(job_id, writer)
+    watcher.join(10)
+    assert not errors, errors
+    data = b"".join(chunk for _, chunk in received)
+    assert data == b"".join(pieces) == worker.storage.path(job_id).read_bytes()
+    assert received[0][0] < completed_at  # bytes flowed before the job finished
+    assert read_mp4(data).shape == (9, 32, 32, 3)
+
+
+def test_stream_is_cut_when_the_job_fails(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
+    from service.jobs import JobStatus
+
+    client, worker = env
+    job_id = submit(client)
+    pieces = mp4_pieces()
+    writer = worker.start(job_id)
+    writer.write(pieces[0])
+    outcome: list[Any] = []
+
+    def watch() -> None:
+        try:
+            with client.stream("GET", f"/v1/videos/{job_id}/content") as response:
+                outcome.append(b"".join(response.iter_bytes()))
+        except httpx.HTTPError as exc:
+            outcome.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.3)
+    writer.abort()
+    worker.store.update(job_id, status=JobStatus.FAILED, error_code="internal_error", error_message="boom")
+    watcher.join(10)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], httpx.RemoteProtocolError), outcome  # not a silently short file
+    failed = client.get(f"/v1/videos/{job_id}").json()
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"code": "internal_error", "message": "boom"}
+
+
+def test_thumbnail_variant(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
+    client, worker = env
+    job_id = submit(client)
+    writer = worker.start(job_id)
+    writer.write(b"".join(mp4_pieces()))
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(buffer, format="PNG")
+    worker.storage.save_thumbnail(job_id, buffer.getvalue())
+    worker.complete(job_id, writer)
+    response = client.get(f"/v1/videos/{job_id}/content", params={"variant": "thumbnail"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(response.content)).getpixel((5, 5)) == (10, 200, 10)
+
+
+def read_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """Parse an SSE stream into {"id", "event", "data"} dicts (comments skipped)."""
+    event: dict[str, Any] = {}
+    for line in response.iter_lines():
+        if not line:
+            if "data" in event:
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(": ")
+            event[field] = json.loads(value) if field == "data" else value
+
+
+def test_events_stream_progress_in_order_then_the_final_state(
+    env: tuple[httpx.Client, FakeWorkerSide],
+) -> None:
+    from service.jobs import JobStatus
+
+    client, worker = env
+    job_id = submit(client)
+    events: list[dict[str, Any]] = []
+    subscribed = threading.Event()
+
+    def watch() -> None:
+        with client.stream("GET", f"/v1/videos/{job_id}/events") as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for event in read_events(response):
+                events.append(event)
+                subscribed.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert subscribed.wait(5)
+    worker.store.update(job_id, status=JobStatus.IN_PROGRESS, stage="text_encode", progress=1)
+    for step in range(1, 5):
+        worker.store.update(job_id, stage="denoise", step=step, total_steps=4, progress=step * 20)
+    worker.store.update(job_id, status=JobStatus.COMPLETED, progress=100, completed_at=int(time.time()))
+    watcher.join(10)
+    assert not watcher.is_alive(), "the event stream did not end after the final state"
+
+    assert events[0]["event"] == "video.progress" and events[0]["data"]["status"] == "queued"
+    assert events[0]["data"]["queue_position"] == 1
+    assert events[-1]["event"] == "video.completed" and events[-1]["data"]["progress"] == 100
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    progress = [e["data"]["progress"] for e in events]
+    assert progress == sorted(progress)
+    steps = [e["data"]["step"] for e in events[:-1] if e["data"]["stage"] == "denoise"]
+    assert steps == [1, 2, 3, 4]  # every stored change, none lost or reordered
+    assert all(e["data"]["object"] == "video" and "owner" not in e["data"] for e in events)
+
+
+def test_events_of_a_finished_job_is_one_final_event(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
+    client, _ = env
+    job_id = submit(client)
+    client.delete(f"/v1/videos/{job_id}")  # cancelled while queued
+    with client.stream("GET", f"/v1/videos/{job_id}/events") as response:
+        events = list(read_events(response))
+    assert [e["event"] for e in events] == ["video.cancelled"]
+    assert events[0]["data"]["status"] == "cancelled"

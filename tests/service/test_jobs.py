@@ -1,0 +1,244 @@
+"""JobStore and LocalStorage against a real Redis (no worker needed), and the metrics rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from service.jobs import Job, JobStatus, JobStore, owner_for_key
+from service.launcher import RedisServer
+from service.settings import Settings
+from service.storage import LocalStorage
+
+
+@pytest.fixture
+def fresh(redis_server: RedisServer) -> JobStore:
+    """A JobStore on its own, emptied Redis db."""
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
+    client.flushdb()
+    return JobStore(client)
+
+
+def make(store: JobStore, owner: str = "o", model: str = "m", **fields: Any) -> Job:
+    return store.create(Job(owner=owner, model=model, prompt="p", **fields))
+
+
+def test_create_get_update_publishes_versions(fresh: JobStore) -> None:
+    job = make(fresh)
+    assert job.status == JobStatus.QUEUED and job.version == 1 and job.id.startswith("video_")
+    assert len(job.id) == len("video_") + 24
+    assert fresh.get(job.id) == job
+    updated = fresh.update(job.id, status="in_progress", stage="denoise", step=2, total_steps=10)
+    assert updated is not None and updated.version == 2 and updated.status == JobStatus.IN_PROGRESS
+    assert fresh.get("video_" + "0" * 24) is None and fresh.get("../etc") is None
+    assert fresh.update("video_" + "0" * 24, step=1) is None
+    with pytest.raises(ValueError, match="nonsense"):
+        fresh.update(job.id, nonsense=1)
+    with pytest.raises(ValueError, match="id"):
+        fresh.update(job.id, id="video_x")
+
+
+def test_listing_cursor_order_and_owner_isolation(fresh: JobStore) -> None:
+    ids = [make(fresh).id for _ in range(5)]
+    make(fresh, owner="someone-else")
+    desc = [j.id for j in fresh.list_for_owner("o", limit=10)]
+    assert desc == ids[::-1]
+    assert [j.id for j in fresh.list_for_owner("o", limit=10, order="asc")] == ids
+    page1 = fresh.list_for_owner("o", limit=2)
+    page2 = fresh.list_for_owner("o", after=page1[-1].id, limit=2)
+    assert [j.id for j in page1 + page2] == ids[::-1][:4]
+    with pytest.raises(ValueError, match="after"):
+        fresh.list_for_owner("someone-else", after=ids[0])
+    fresh.delete(ids[0])
+    assert [j.id for j in fresh.list_for_owner("o", order="asc")] == ids[1:]
+
+
+def test_queue_position_and_active_count_follow_status(fresh: JobStore) -> None:
+    a, b, c = (make(fresh).id for _ in range(3))
+    other_model = make(fresh, model="other").id
+    assert [fresh.queue_position(i) for i in (a, b, c, other_model)] == [1, 2, 3, 1]
+    assert fresh.queued_count("o") == 4 and fresh.queue_depth("m") == 3
+    fresh.update(a, status="in_progress")
+    assert [fresh.queue_position(i) for i in (a, b, c)] == [None, 1, 2]
+    assert fresh.queued_count("o") == 4 and fresh.running_ids() == [a]
+    fresh.update(a, status="completed")
+    assert fresh.queued_count("o") == 3 and fresh.running_ids() == []
+
+
+def test_cancel_queued_is_final_and_guards_the_claim(fresh: JobStore) -> None:
+    queued = make(fresh)
+    cancelled = fresh.request_cancel(queued.id)
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+    assert fresh.is_cancel_requested(queued.id) and fresh.queue_position(queued.id) is None
+    assert fresh.claim(queued.id, "w1", 5) == "finished"  # a worker that gets its message drops it
+
+    running = make(fresh)
+    assert fresh.claim(running.id, "w1", 5) == "claimed"
+    assert fresh.claim(running.id, "w2", 5) == "held"
+    fresh.update(running.id, status="in_progress")
+    after = fresh.request_cancel(running.id)
+    assert after is not None and after.status == JobStatus.IN_PROGRESS  # the worker stops it
+    assert fresh.is_cancel_requested(running.id)
+    assert fresh.request_cancel("video_" + "1" * 24) is None
+
+
+def test_claim_lease_expiry_and_renewal(fresh: JobStore) -> None:
+    job = make(fresh)
+    assert fresh.claim(job.id, "w1", 0.2) == "claimed"
+    assert fresh.renew_claim(job.id, "w1", 0.2)
+    assert not fresh.renew_claim(job.id, "w2", 0.2)
+    time.sleep(0.3)
+    assert fresh.claim_holder(job.id) is None  # w1 stopped beating: the lease lapsed
+    assert fresh.claim(job.id, "w2", 5) == "claimed"
+    assert not fresh.renew_claim(job.id, "w1", 5)  # w1 learns it lost the job
+    fresh.release_claim(job.id, "w1")  # not its claim: no effect
+    assert fresh.claim_holder(job.id) == "w2"
+    fresh.update(job.id, status="completed")
+    assert fresh.claim(job.id, "w3", 5) == "finished"
+
+
+def test_transition_is_compare_and_set(fresh: JobStore) -> None:
+    job = make(fresh)
+    written, now = fresh.transition(job.id, [JobStatus.IN_PROGRESS], status="completed")
+    assert not written and now is not None and now.status == JobStatus.QUEUED and now.version == 1
+    fresh.claim(job.id, "w1", 5)
+    written, _ = fresh.transition(job.id, [JobStatus.QUEUED], require_unclaimed=True, status="failed")
+    assert not written
+    written, now = fresh.transition(job.id, [JobStatus.QUEUED], status="in_progress")
+    assert written and now is not None and now.status == JobStatus.IN_PROGRESS
+
+
+def test_idempotency_keys(fresh: JobStore) -> None:
+    owner = owner_for_key("sk-test")
+    assert owner != "sk-test" and len(owner) == 64 and owner_for_key(None) == "anonymous"
+    assert fresh.idempotency_get(owner, "k") is None
+    assert fresh.idempotency_set(owner, "k", "video_a", "h1")
+    assert not fresh.idempotency_set(owner, "k", "video_b", "h2")  # the first one wins
+    assert fresh.idempotency_get(owner, "k") == ("video_a", "h1")
+    assert fresh.idempotency_get("anonymous", "k") is None  # keys are per owner
+
+
+def test_events_snapshot_then_newer_states_only(fresh: JobStore) -> None:
+    job = make(fresh)
+
+    async def collect() -> list[dict[str, Any]]:
+        seen = []
+        async for event in fresh.events(job.id, poll_seconds=0.5):
+            seen.append(event)
+            if len(seen) == 1:
+                for step in range(1, 4):
+                    fresh.update(job.id, status="in_progress", stage="denoise", step=step)
+                fresh.publish_event(job.id, seen[0])  # a stale duplicate: dropped
+                fresh.update(job.id, status="completed", progress=100)
+        return seen
+
+    events = asyncio.run(asyncio.wait_for(collect(), 10))
+    assert [e["event"] for e in events] == ["queued", "progress", "progress", "progress", "completed"]
+    assert [e["job"]["version"] for e in events] == [1, 2, 3, 4, 5]
+
+    async def after_the_end() -> list[dict[str, Any]]:
+        return [e async for e in fresh.events(job.id)]
+
+    replay = asyncio.run(asyncio.wait_for(after_the_end(), 10))
+    assert [e["event"] for e in replay] == ["completed"]  # a late subscriber gets the final state
+
+
+def test_workers_registry(fresh: JobStore) -> None:
+    fresh.worker_heartbeat("h:1", {"hostname": "h:1", "model": "m", "ready": True}, ttl_seconds=0.3)
+    fresh.worker_heartbeat("h:2", {"hostname": "h:2", "model": "x", "ready": False}, ttl_seconds=5)
+    assert [w["hostname"] for w in fresh.workers("m")] == ["h:1"]
+    time.sleep(0.4)
+    assert [w["hostname"] for w in fresh.workers()] == ["h:2"]
+
+
+def test_local_storage_writer_part_rename_and_abort(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    job_id = "video_" + "a" * 24
+    writer = storage.open_writer(job_id)
+    writer.write(b"abc")
+    assert storage.partial_path(job_id).read_bytes() == b"abc"  # readable while it grows
+    assert not storage.exists(job_id)
+    writer.write(b"def")
+    writer.close()
+    assert storage.path(job_id).read_bytes() == b"abcdef" and not storage.partial_path(job_id).exists()
+
+    other = "video_" + "b" * 24
+    first = storage.open_writer(other)
+    first.write(b"old")
+    second = storage.open_writer(other)  # a redelivered job starts over in a new file
+    second.write(b"new")
+    first.abort()  # the stale writer cannot delete the new owner's file
+    assert storage.partial_path(other).read_bytes() == b"new"
+    second.abort()
+    assert not storage.partial_path(other).exists()
+
+    storage.save_input_image(job_id, b"png")
+    storage.save_thumbnail(job_id, b"thumb")
+    assert storage.load_input_image(job_id) == b"png"
+    with pytest.raises(ValueError, match="not a job id"):
+        storage.path("../../etc/passwd")
+    assert storage.cleanup_expired(time.time(), ttl_seconds=3600) == []
+    assert storage.cleanup_expired(time.time() + 7200, ttl_seconds=3600) == [job_id]
+    assert not storage.exists(job_id) and not storage.thumbnail_path(job_id).exists()
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYV_API_KEYS", "k1, k2")
+    monkeypatch.setenv("HYV_PORT", "9000")
+    monkeypatch.setenv("HYV_CORS_ORIGINS", '["http://a"]')
+    settings = Settings()
+    assert settings.api_keys == ["k1", "k2"] and settings.port == 9000
+    assert settings.cors_origins == ["http://a"] and settings.queue_name == "hyv.hyv-small"
+    with pytest.raises(ValueError, match="task_hard_time_limit"):
+        Settings(task_soft_time_limit=10, task_hard_time_limit=5)
+
+
+def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, service_settings: Settings) -> None:
+    from service import metrics
+
+    job = submit(steps=3)
+    metrics.job_submitted(service_settings.model_name, "t2v")
+    metrics.observe_request("/v1/videos", "POST", 200, 0.004)
+
+    def done() -> bool:
+        current = store.get(job.id)
+        return current is not None and current.finished
+
+    from tests.service.conftest import wait_until
+
+    wait_until(done, 30)
+    body, content_type = metrics.render_metrics(store, service_settings)
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    for name in (
+        "hyv_requests_total",
+        "hyv_request_duration_seconds_bucket",
+        "hyv_jobs_submitted_total",
+        "hyv_jobs_finished_total",
+        "hyv_queue_depth",
+        "hyv_job_queue_wait_seconds_count",
+        "hyv_job_stage_seconds_bucket",
+        "hyv_denoise_step_seconds_count",
+        "hyv_time_to_first_byte_seconds_count",
+        "hyv_workers_ready",
+        "hyv_worker_busy",
+        "hyv_gpu_memory_bytes",
+    ):
+        assert name in text, name
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values['hyv_jobs_finished_total{model="hyv-tiny",status="completed"}'] >= 1  # from the worker
+    assert values["hyv_denoise_step_seconds_count"] >= 3
+    assert values["hyv_workers_ready"] >= 1
+    assert values['hyv_queue_depth{queue="hyv.hyv-tiny"}'] == 0
+    assert 1e8 < values['hyv_gpu_memory_bytes{kind="process_rss"}'] < 8e9  # the worker's RSS
+    assert 0 < values['hyv_job_stage_seconds_sum{stage="denoise"}'] < 60

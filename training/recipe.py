@@ -1,0 +1,298 @@
+"""The bundled model's recipe: one resumable command from nothing to `weights/hyv-small`.
+
+    hyv train bundle                      # == the five stages below, each resumable
+
+1. **vae**      `training.vae`: the causal 3D VAE on synthetic clips (curriculum, GAN, tiling phase)
+2. **dit**      `training.dit`: flow matching of the small DiT + built-in text encoder on its latents
+3. **cfg**      `training.distill` stage cfg: true CFG distilled into the guidance embedding
+4. **steps**    `training.distill` stage steps: phased trajectory distillation to <= 6 steps
+5. **export**   the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, with
+                `recipe.json` (commands, seeds, steps, wall time per stage); then **eval**
+                (`training.eval`, teacher = the stage-2 DiT with 50 steps of true CFG) writes
+                `eval.json` and `MODEL_CARD.md` next to the weights.
+
+Every stage runs with its trainer's `resume`, and `out_dir/recipe_state.json` records the stages
+that finished (with their output and wall time), so running the command again after an interrupt
+continues where it stopped; a finished stage is never rerun. Wall times add up across sessions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.bundle import DEFAULT_BUNDLE_DIR, load_bundle, save_bundle
+from models import read_dit_metadata
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "recipe_state.json"
+RECIPE_FILE = "recipe.json"
+STAGES = ("vae", "dit", "cfg", "steps", "export", "eval")
+
+
+@dataclass
+class RecipeConfig:
+    out_dir: Path = Path("runs/bundle")
+    export_dir: Path = DEFAULT_BUNDLE_DIR
+    seed: int = 0
+    device: str | None = None
+    size: int = 64
+    num_frames: int = 17
+    # --- stage lengths (None: the stage trainer's own default) ---
+    vae_steps: int | None = None
+    dit_steps: int = 4000
+    dit_batch_size: int = 16
+    dit_lr: float = 3e-4
+    dit_cache_videos: int = 3000
+    dit_cache_images: int = 750
+    cfg_steps: int | None = None
+    distill_steps: int | None = None
+    student_steps: int = 4
+    eval_samples_per_combination: int = 1
+    export_dtype: str = "fp16"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out_dir, self.export_dir = Path(self.out_dir), Path(self.export_dir)
+        if self.export_dtype not in ("fp16", "bf16", "fp32"):
+            raise ValueError(f"RecipeConfig.export_dtype={self.export_dtype!r} must be fp16, bf16 or fp32")
+        if not 1 <= self.student_steps <= 6:
+            raise ValueError(f"RecipeConfig.student_steps={self.student_steps} must be in 1..6")
+        for name in ("dit_steps", "dit_batch_size", "size", "num_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RecipeConfig.{name}={getattr(self, name)} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["out_dir"], data["export_dir"] = str(self.out_dir), str(self.export_dir)
+        return data
+
+    # --- where each stage writes ---
+    @property
+    def vae_run(self) -> Path:
+        return self.out_dir / "vae"
+
+    @property
+    def dit_run(self) -> Path:
+        return self.out_dir / "dit"
+
+    @property
+    def cfg_run(self) -> Path:
+        return self.out_dir / "distill" / "cfg"
+
+    @property
+    def steps_run(self) -> Path:
+        return self.out_dir / "distill" / "steps"
+
+    @property
+    def eval_run(self) -> Path:
+        return self.out_dir / "eval"
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+class Recipe:
+    def __init__(self, config: RecipeConfig) -> None:
+        self.config = config
+        config.out_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = config.out_dir / STATE_FILE
+        self.state: dict[str, Any] = {"stages": {}, "command": " ".join(sys.argv)}
+        if self.state_path.exists():
+            self.state = json.loads(self.state_path.read_text())
+
+    def _save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.replace(self.state_path)
+
+    def _run(self, name: str, fn: Callable[[], Path], settings: dict[str, Any]) -> Path:
+        """Run one stage unless it finished before; its wall time accumulates over interrupted tries."""
+        done = self.state["stages"].get(name, {})
+        if done.get("finished") and Path(done["output"]).exists():
+            logger.info("recipe: stage %s already finished -> %s", name, done["output"])
+            return Path(done["output"])
+        logger.info("recipe: stage %s starting", name)
+        start = time.perf_counter()
+        previous = float(done.get("wall_s", 0.0))
+        self.state["stages"][name] = {"finished": False, "wall_s": previous, "settings": settings}
+        self._save_state()
+        try:
+            output = fn()
+        finally:
+            self.state["stages"][name]["wall_s"] = previous + time.perf_counter() - start
+            self._save_state()
+        self.state["stages"][name].update(finished=True, output=str(output))
+        self._save_state()
+        logger.info("recipe: stage %s done in %.0f s", name, self.state["stages"][name]["wall_s"])
+        return output
+
+    # --- the stages ---
+
+    def vae(self) -> Path:
+        from training.vae import VAETrainConfig, train_vae
+
+        c = self.config
+        changes: dict[str, Any] = dict(
+            out_dir=c.vae_run, seed=c.seed, device=c.device, size=c.size, num_frames=c.num_frames, resume=True
+        )
+        if c.vae_steps is not None:
+            changes["steps"] = c.vae_steps
+        config = VAETrainConfig(**changes, progress=c.progress)
+        return self._run("vae", lambda: train_vae(config), config.to_dict())
+
+    def dit(self, vae_dir: Path) -> Path:
+        from training.dit import DiTTrainConfig, train_dit
+
+        c = self.config
+        config = DiTTrainConfig(
+            out_dir=c.dit_run,
+            bundle="small",
+            vae_path=vae_dir,
+            steps=c.dit_steps,
+            batch_size=c.dit_batch_size,
+            lr=c.dit_lr,
+            size=c.size,
+            num_frames=c.num_frames,
+            cache_videos=c.dit_cache_videos,
+            cache_images=c.dit_cache_images,
+            seed=c.seed,
+            device=c.device,
+            resume=True,
+            progress=c.progress,
+        )
+        return self._run("dit", lambda: train_dit(config), config.to_dict())
+
+    def distill(self, stage: str, teacher: Path) -> Path:
+        from training.distill import DistillConfig, train_distill
+
+        c = self.config
+        changes: dict[str, Any] = dict(
+            teacher=teacher,
+            out_dir=c.cfg_run if stage == "cfg" else c.steps_run,
+            size=c.size,
+            num_frames=c.num_frames,
+            seed=c.seed,
+            device=c.device,
+            resume=True,
+            progress=c.progress,
+        )
+        steps = c.cfg_steps if stage == "cfg" else c.distill_steps
+        if steps is not None:
+            changes["steps"] = steps
+        if stage == "steps":
+            changes["student_steps"] = c.student_steps
+        config = DistillConfig.for_stage(stage, **changes)
+        return self._run(stage, lambda: train_distill(config), config.to_dict())
+
+    def export(self, student: Path) -> Path:
+        c = self.config
+
+        def write() -> Path:
+            bundle = load_bundle(student, dtype=torch.float32)
+            dtype = _dtype(c.export_dtype)
+            bundle.dit.to(dtype)
+            bundle.vae.to(dtype)
+            if isinstance(bundle.text_encoder, torch.nn.Module):
+                bundle.text_encoder.to(dtype)
+            if c.export_dir.exists():
+                shutil.rmtree(c.export_dir)
+            save_bundle(bundle, c.export_dir, dit_metadata=read_dit_metadata(student / "dit"))
+            self.write_recipe()
+            return c.export_dir
+
+        return self._run("export", write, {"student": str(student), "dtype": c.export_dtype})
+
+    def evaluate(self, bundle_dir: Path, teacher: Path) -> Path:
+        from training.eval.runner import EvalConfig, evaluate_bundle
+
+        c = self.config
+        config = EvalConfig(
+            student=bundle_dir,
+            teacher=teacher,
+            out_dir=c.eval_run,
+            size=c.size,
+            num_frames=c.num_frames,
+            samples_per_combination=c.eval_samples_per_combination,
+            seed=c.seed,
+            progress=c.progress,
+        )
+
+        def run() -> Path:
+            evaluate_bundle(config)
+            shutil.copy(c.eval_run / "eval.json", bundle_dir / "eval.json")
+            self.write_recipe()  # with the eval's wall time
+            return c.eval_run
+
+        return self._run("eval", run, {"teacher": str(teacher), "student": str(bundle_dir)})
+
+    def write_recipe(self) -> Path:
+        """`recipe.json` beside the weights: what the model card reports as the training recipe."""
+        c = self.config
+        stages = {
+            name: {k: v for k, v in info.items() if k != "finished"}
+            for name, info in self.state["stages"].items()
+        }
+        recipe = {
+            "command": "hyv train bundle " + _cli_args(c),
+            "seed": c.seed,
+            "device": c.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "torch_threads": torch.get_num_threads(),
+            "data": "synthetic clips of training/data (train split; 44 held-out combinations never seen)",
+            "config": c.to_dict(),
+            "stages": stages,
+            "wall_s_total": round(sum(float(s.get("wall_s", 0.0)) for s in stages.values()), 1),
+        }
+        path = c.export_dir / RECIPE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(recipe, indent=2, default=str))
+        return path
+
+    def run(self, until: str = "eval") -> Path:
+        if until not in STAGES:
+            raise ValueError(f"until={until!r} must be one of {list(STAGES)}")
+        last = STAGES.index(until)
+        vae_dir = self.vae()
+        if last < 1:
+            return vae_dir
+        teacher = self.dit(vae_dir)
+        if last < 2:
+            return teacher
+        cfg_student = self.distill("cfg", teacher)
+        if last < 3:
+            return cfg_student
+        student = self.distill("steps", cfg_student)
+        if last < 4:
+            return student
+        exported = self.export(student)
+        if last < 5:
+            return exported
+        self.evaluate(exported, teacher)
+        return exported
+
+
+def _cli_args(c: RecipeConfig) -> str:
+    defaults = RecipeConfig()
+    args = []
+    for field in dataclasses.fields(c):
+        value, default = getattr(c, field.name), getattr(defaults, field.name)
+        if value != default and field.name != "progress":
+            args.append(f"--{field.name.replace('_', '-')} {value}")
+    return " ".join(args)
+
+
+def train_bundle(config: RecipeConfig, until: str = "eval") -> Path:
+    """Run (or continue) the whole recipe; returns the last stage's output directory."""
+    return Recipe(config).run(until)
