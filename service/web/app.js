@@ -5,7 +5,9 @@
 
 const $ = (id) => document.getElementById(id);
 const FINAL = ["completed", "failed", "cancelled"];
-const hyv = (window.hyv = { videoId: null, mode: null, initAppendedAt: null, firstMediaAt: null, completedAt: null, events: [] });
+const hyv = (window.hyv = {
+  videoId: null, mode: null, streamedWhile: null, initAppendedAt: null, firstMediaAt: null, completedAt: null, events: [],
+});
 let current = null; // { id, abort: AbortController }
 
 // --- API calls ------------------------------------------------------------------------------------
@@ -91,7 +93,9 @@ function watch(video) {
   if (current) current.abort.abort();
   const abort = new AbortController();
   current = { id: video.id, abort };
-  Object.assign(hyv, { videoId: video.id, mode: null, initAppendedAt: null, firstMediaAt: null, completedAt: null, events: [] });
+  Object.assign(hyv, {
+    videoId: video.id, mode: null, streamedWhile: null, initAppendedAt: null, firstMediaAt: null, completedAt: null, events: [],
+  });
   $("job").hidden = false;
   $("job-id").textContent = video.id;
   $("player").removeAttribute("src");
@@ -175,7 +179,9 @@ async function play(id, signal) {
   if (!window.MediaSource) return playWhenDone(id, signal);
   let reader;
   try {
-    reader = (await api(`/v1/videos/${id}/content`, { signal })).body.getReader();
+    const response = await api(`/v1/videos/${id}/content`, { signal });
+    hyv.streamedWhile = response.headers.get("X-Video-Status"); // null: the finished file
+    reader = response.body.getReader();
   } catch (error) {
     if (!signal.aborted) showError(error.message);
     return;
