@@ -103,20 +103,39 @@ class Job(BaseModel):
 
 JOB_FIELDS = frozenset(Job.model_fields)
 
+# Lua: the job hash as ONE JSON object. Its values are JSON already, so they are spliced in as they
+# are and the client parses a single document (no json.loads per field); also returns the status.
+_SNAPSHOT_LUA = """
+local function snapshot(key)
+  local flat = redis.call('HGETALL', key)
+  local parts, status = {}, nil
+  for i = 1, #flat, 2 do
+    parts[#parts + 1] = '"' .. flat[i] .. '":' .. flat[i + 1]
+    if flat[i] == 'status' then status = cjson.decode(flat[i + 1]) end
+  end
+  return '{' .. table.concat(parts, ',') .. '}', status
+end
+"""
+
 # KEYS: job hash, claim key. ARGV: fields (JSON object of JSON-encoded values), prefix, job id,
-# allowed current statuses (JSON list, [] = any), "1" = refuse while a claim exists, queue score.
-# Returns nil if the job is missing, {0, hash} if a guard refused, {1, hash} after the write.
-_UPDATE_LUA = """
+# allowed current statuses (JSON list, [] = any), "1" = refuse while a claim exists, queue score,
+# record TTL seconds (set once the job is finished), event channel.
+# Returns nil if the job is missing, {0, job JSON} if a guard refused, {1, job JSON} after the write,
+# which also publishes {"event": ..., "job": ...} (Job.event()'s shape) on the channel: one round trip
+# per write, and events are published in version order.
+_UPDATE_LUA = (
+    _SNAPSHOT_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 local current = cjson.decode(redis.call('HGET', KEYS[1], 'status'))
 local allowed = cjson.decode(ARGV[4])
 if #allowed > 0 then
   local ok = false
   for _, s in ipairs(allowed) do if s == current then ok = true end end
-  if not ok then return {0, redis.call('HGETALL', KEYS[1])} end
+  if not ok then return {0, (snapshot(KEYS[1]))} end
 end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
-  return {0, redis.call('HGETALL', KEYS[1])}
+  return {0, (snapshot(KEYS[1]))}
 end
 local fields = cjson.decode(ARGV[1])
 local prefix, id = ARGV[2], ARGV[3]
@@ -142,8 +161,18 @@ if fields['status'] then
     redis.call('SREM', prefix .. 'active:' .. owner, id)
   end
 end
-return {1, redis.call('HGETALL', KEYS[1])}
+local document, status = snapshot(KEYS[1])
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+end
+if type(status) == 'string' then
+  local name = status
+  if status == 'in_progress' then name = 'progress' end
+  redis.call('PUBLISH', ARGV[8], '{"event":"' .. name .. '","job":' .. document .. '}')
+end
+return {1, document}
 """
+)
 
 # KEYS: job hash, claim key, cancel key. ARGV: token, lease ms.
 _CLAIM_LUA = """
@@ -168,6 +197,24 @@ end
 return 1
 """
 
+# KEYS: job hash. ARGV: prefix, job id, "1" = also the queue position. A status read in one round
+# trip: the job's JSON and the 1-based queue position of a queued job.
+# Returns nil if the job is missing, else {job JSON, position or false}.
+_READ_LUA = (
+    _SNAPSHOT_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+local document, status = snapshot(KEYS[1])
+local position = false
+if ARGV[3] == '1' and status == 'queued' then
+  local model = cjson.decode(redis.call('HGET', KEYS[1], 'model'))
+  local rank = redis.call('ZRANK', ARGV[1] .. 'queued:' .. model, ARGV[2])
+  if rank then position = rank + 1 end
+end
+return {document, position}
+"""
+)
+
 ClaimResult = Literal["claimed", "held", "finished", "missing", "cancel"]
 
 
@@ -180,6 +227,7 @@ class JobStore:
         self._update_script = redis_client.register_script(_UPDATE_LUA)
         self._claim_script = redis_client.register_script(_CLAIM_LUA)
         self._renew_script = redis_client.register_script(_RENEW_LUA)
+        self._read_script = redis_client.register_script(_READ_LUA)
 
     @classmethod
     def from_url(cls, url: str, record_ttl_seconds: int = 7 * 24 * 3600) -> JobStore:
@@ -228,10 +276,21 @@ class JobStore:
         return created
 
     def get(self, job_id: str) -> Job | None:
+        found = self._read(job_id, False)
+        return None if found is None else found[0]
+
+    def get_with_position(self, job_id: str) -> tuple[Job, int | None] | None:
+        """The job and, while it is queued, its queue position (as `queue_position`), in one round
+        trip: what a status read needs."""
+        return self._read(job_id, True)
+
+    def _read(self, job_id: str, with_position: bool) -> tuple[Job, int | None] | None:
         if not JOB_ID_RE.match(job_id):
             return None
-        raw = self.redis.hgetall(self.job_key(job_id))
-        return _decode(raw) if raw else None
+        result = self._read_script(
+            keys=[self.job_key(job_id)], args=[PREFIX, job_id, "1" if with_position else "0"]
+        )
+        return _read_result(result)
 
     def update(self, job_id: str, **fields: Any) -> Job | None:
         """Set fields (validated names), bump the version and publish the new state; None if missing."""
@@ -280,17 +339,14 @@ class JobStore:
                 json.dumps(allowed),
                 "1" if require_unclaimed else "0",
                 repr(time.time()),
+                str(self.record_ttl_seconds),
+                self.channel(job_id),
             ],
         )
         if result is None:
             return False, None
-        written, flat = result
-        job = _decode(dict(zip(flat[::2], flat[1::2], strict=True)))
-        if written:
-            if job.finished:
-                self.redis.expire(self.job_key(job_id), self.record_ttl_seconds)
-            self.publish_event(job_id, job.event())
-        return bool(written), job
+        written, document = result
+        return bool(written), Job.model_validate_json(document)
 
     # --- listing and counting --------------------------------------------------------------------
 
@@ -325,12 +381,15 @@ class JobStore:
             self.redis.zrem(key, *gone)
         return jobs
 
-    def queue_position(self, job_id: str) -> int | None:
-        """1 = the next job a worker of its model takes; None when the job is not queued."""
-        model = self.redis.hget(self.job_key(job_id), "model")
+    def queue_position(self, job_id: str, model: str | None = None) -> int | None:
+        """1 = the next job a worker of its model takes; None when the job is not queued. Give the
+        job's model if known: one round trip instead of two."""
         if model is None:
-            return None
-        rank = self.redis.zrank(f"{PREFIX}queued:{json.loads(model)}", job_id)
+            stored = self.redis.hget(self.job_key(job_id), "model")
+            if stored is None:
+                return None
+            model = json.loads(stored)
+        rank = self.redis.zrank(f"{PREFIX}queued:{model}", job_id)
         return None if rank is None else int(rank) + 1  # type: ignore[arg-type]
 
     def queue_depth(self, model: str) -> int:
@@ -493,6 +552,15 @@ class JobStore:
         finally:
             await pubsub.aclose()
             await client.aclose()
+
+
+def _read_result(result: Any) -> tuple[Job, int | None] | None:
+    """What _READ_LUA returns -> (job, queue position or None); None if the job is missing.
+    pydantic parses the JSON document itself: no json.loads per field."""
+    if result is None:
+        return None
+    document, position = result
+    return Job.model_validate_json(document), (int(position) if position else None)
 
 
 def _jsonable(value: Any) -> Any:

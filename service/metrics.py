@@ -113,9 +113,14 @@ def mark_process_dead(pid: int) -> None:
 
 
 def clear_multiproc_dir() -> None:
-    """Remove the files of earlier runs (call once, before any process of this run writes)."""
+    """Remove the files of earlier runs (call once, before the other processes of this run start).
+
+    This process's own files are kept: importing `service.metrics` already mapped them, and a
+    file deleted while mapped loses every sample written to it afterwards."""
+    own = f"_{os.getpid()}.db"
     for path in multiproc_dir().glob("*.db"):
-        path.unlink(missing_ok=True)
+        if not path.name.endswith(own):
+            path.unlink(missing_ok=True)
 
 
 class RedisStateCollector(Collector):

@@ -81,11 +81,17 @@ def _unauthorized(message: str) -> APIError:
     return APIError(401, "invalid_api_key", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_caller(request: Request) -> Caller:
+def authenticate_request(request: Request) -> Caller:
+    """The request's caller (401 without a valid key), also kept as request.state.caller."""
     keyring: KeyRing = request.app.state.keyring
     caller = keyring.authenticate(request.headers.get("authorization"))
     request.state.caller = caller
     return caller
+
+
+async def get_caller(request: Request) -> Caller:
+    # A coroutine: FastAPI runs a plain `def` dependency in a worker thread, a hop per request.
+    return authenticate_request(request)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

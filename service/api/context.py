@@ -33,8 +33,18 @@ class AppContext:
             raise NotFoundError(f"no video {job_id!r} for this API key")
         return job
 
+    def owned_job_with_position(self, job_id: str, caller: Caller) -> tuple[Job, int | None]:
+        """owned_job and, while queued, the job's queue position: one Redis round trip (the status
+        read, the hot path)."""
+        found = self.store.get_with_position(job_id) if job_id.startswith("video_") else None
+        if found is None or found[0].owner != caller.owner:
+            raise NotFoundError(f"no video {job_id!r} for this API key")
+        return found
 
-def get_context(request: Request) -> AppContext:
+
+# Dependencies are coroutines: FastAPI runs a plain `def` dependency in a worker thread, a hop that
+# cost more than the whole status read.
+async def get_context(request: Request) -> AppContext:
     context: AppContext = request.app.state.context
     return context
 

@@ -36,10 +36,18 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(
-                send, f"request body is {int(length)} bytes, over the limit of {self.max_bytes}"
-            )
+        if length is not None and length.isdigit():
+            if int(length) > self.max_bytes:
+                await self._reject(
+                    send, f"request body is {int(length)} bytes, over the limit of {self.max_bytes}"
+                )
+                return
+            if _header(scope, b"transfer-encoding") is None:
+                # The server reads exactly Content-Length bytes: nothing to count (status polls).
+                await self.app(scope, receive, send)
+                return
+        elif _header(scope, b"transfer-encoding") is None:
+            await self.app(scope, receive, send)  # no body at all (GET, DELETE)
             return
         received = 0
         response_started = False

@@ -89,7 +89,7 @@ async def _event_stream(context: AppContext, job_id: str) -> AsyncIterator[str]:
             finally:
                 pending = None
             job = Job.model_validate(event["job"])
-            position = context.store.queue_position(job.id) if status_of(job) == "queued" else None
+            position = context.store.queue_position(job.id, job.model) if status_of(job) == "queued" else None
             yield format_event(job, position)
             if status_of(job) in FINAL:
                 return
