@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from engine.bundle import DEFAULT_BUNDLE_DIR, load_bundle, save_bundle
+from engine.bundle import BUNDLE_PRESETS, DEFAULT_BUNDLE_DIR, load_bundle, save_bundle
 from models import read_dit_metadata
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,27 @@ class RecipeConfig:
     student_steps: int = 4
     eval_samples_per_combination: int = 1
     export_dtype: str = "fp16"
+    bundle_preset: str = "small"  # engine.bundle preset: the DiT, VAE and text-encoder sizes
     progress: bool = True
+    # Extra fields for each stage's own config (smoke tests, experiments): {"field": value}.
+    vae_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dit_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cfg_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    steps_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eval_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.out_dir, self.export_dir = Path(self.out_dir), Path(self.export_dir)
         if self.export_dtype not in ("fp16", "bf16", "fp32"):
             raise ValueError(f"RecipeConfig.export_dtype={self.export_dtype!r} must be fp16, bf16 or fp32")
+        if (
+            self.bundle_preset not in BUNDLE_PRESETS
+            or BUNDLE_PRESETS[self.bundle_preset].text_encoder_preset is None
+        ):
+            raise ValueError(
+                f"RecipeConfig.bundle_preset={self.bundle_preset!r} must be a bundle preset with a built-in "
+                f"text encoder: {[k for k, v in BUNDLE_PRESETS.items() if v.text_encoder_preset]}"
+            )
         if not 1 <= self.student_steps <= 6:
             raise ValueError(f"RecipeConfig.student_steps={self.student_steps} must be in 1..6")
         for name in ("dit_steps", "dit_batch_size", "size", "num_frames"):
@@ -150,7 +165,8 @@ class Recipe:
         )
         if c.vae_steps is not None:
             changes["steps"] = c.vae_steps
-        config = VAETrainConfig(**changes, progress=c.progress)
+        changes["preset"] = BUNDLE_PRESETS[c.bundle_preset].vae_preset
+        config = VAETrainConfig(**{**changes, "progress": c.progress, **c.vae_overrides})
         return self._run("vae", lambda: train_vae(config), config.to_dict())
 
     def dit(self, vae_dir: Path) -> Path:
@@ -159,7 +175,7 @@ class Recipe:
         c = self.config
         config = DiTTrainConfig(
             out_dir=c.dit_run,
-            bundle="small",
+            bundle=c.bundle_preset,
             vae_path=vae_dir,
             steps=c.dit_steps,
             batch_size=c.dit_batch_size,
@@ -172,7 +188,7 @@ class Recipe:
             device=c.device,
             resume=True,
             progress=c.progress,
-        )
+        ).replace(**c.dit_overrides)
         return self._run("dit", lambda: train_dit(config), config.to_dict())
 
     def distill(self, stage: str, teacher: Path) -> Path:
@@ -194,6 +210,7 @@ class Recipe:
             changes["steps"] = steps
         if stage == "steps":
             changes["student_steps"] = c.student_steps
+        changes.update(c.cfg_overrides if stage == "cfg" else c.steps_overrides)
         config = DistillConfig.for_stage(stage, **changes)
         return self._run(stage, lambda: train_distill(config), config.to_dict())
 
@@ -228,6 +245,7 @@ class Recipe:
             samples_per_combination=c.eval_samples_per_combination,
             seed=c.seed,
             progress=c.progress,
+            **c.eval_overrides,
         )
 
         def run() -> Path:
@@ -288,7 +306,7 @@ def _cli_args(c: RecipeConfig) -> str:
     args = []
     for field in dataclasses.fields(c):
         value, default = getattr(c, field.name), getattr(defaults, field.name)
-        if value != default and field.name != "progress":
+        if value != default and field.name != "progress" and not field.name.endswith("_overrides"):
             args.append(f"--{field.name.replace('_', '-')} {value}")
     return " ".join(args)
 

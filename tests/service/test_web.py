@@ -64,9 +64,10 @@ def test_generate_watch_and_list_in_the_browser(page: tuple[Any, str]) -> None:
     browser_page.wait_for_function(
         "document.getElementById('status').dataset.status === 'completed'", timeout=120_000
     )
+    # The duration is +Infinity while the stream is open; endOfStream() after the last chunk fixes it.
     browser_page.wait_for_function(
         """() => { const v = document.getElementById('player');
-                   return v.readyState >= 2 && v.videoWidth === 64 && v.duration > 0; }""",
+                   return v.readyState >= 2 && v.videoWidth === 64 && Number.isFinite(v.duration); }""",
         timeout=30_000,
     )
     state = browser_page.evaluate("window.hyv")

@@ -1,0 +1,136 @@
+"""The whole bundle recipe (`hyv train bundle`) at tiny sizes: every stage runs and trains, the
+exported bundle serves through the pipeline with the student's schedule, fp16 weights and the
+recipe + model card beside them, and a second run skips the finished stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from engine.bundle import read_bundle_spec
+from engine.pipeline import SCHEDULE_METADATA_KEY, PipelineOptions, VideoPipeline
+from engine.request import GenerationRequest
+from engine.video_io import read_mp4
+from models import read_dit_metadata
+from training.recipe import RECIPE_FILE, STATE_FILE, Recipe, RecipeConfig, train_bundle
+
+SIZE, FRAMES = 32, 5
+
+_VAE: dict[str, Any] = dict(
+    steps=6,
+    batch_size=2,
+    low_res_size=16,
+    low_res_frames=5,
+    low_res_batch_size=2,
+    crop_size=16,
+    crop_fraction=0.0,
+    low_res_fraction=0.34,
+    tiling_fraction=0.34,
+    tiling_probability=1.0,
+    tile_size=16,
+    tile_frames=4,
+    tile_overlap=0.0,
+    max_frame_interval=4,
+    warmup_steps=1,
+    gan_start=3,
+    checkpoint_every=100,
+    scale_clips=2,
+    eval_clips=2,
+    dataset_length=64,
+)
+_DIT: dict[str, Any] = dict(warmup_steps=1, checkpoint_every=100, dataset_length=64, lr=1e-3)
+_DISTILL: dict[str, Any] = dict(
+    steps=4,
+    batch_size=2,
+    warmup_steps=1,
+    dataset_length=64,
+    cache_videos=4,
+    cache_images=2,
+    teacher_samples=4,
+    eval_samples=2,
+    teacher_batch=4,
+    checkpoint_every=100,
+)
+
+
+def _config(tmp_path: Path) -> RecipeConfig:
+    return RecipeConfig(
+        out_dir=tmp_path / "runs",
+        export_dir=tmp_path / "bundle",
+        bundle_preset="tiny",
+        size=SIZE,
+        num_frames=FRAMES,
+        dit_steps=4,
+        dit_batch_size=2,
+        dit_cache_videos=4,
+        dit_cache_images=2,
+        student_steps=2,
+        progress=False,
+        vae_overrides=_VAE,
+        dit_overrides=_DIT,
+        cfg_overrides=_DISTILL,
+        steps_overrides={**_DISTILL, "teacher_steps": 4},
+        eval_overrides=dict(
+            combinations=2, teacher_steps=4, batch_size=2, sheet_clips=2, teacher_guidance=2.0
+        ),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    exported = train_bundle(config)
+    assert exported == config.export_dir
+
+    state = json.loads((config.out_dir / STATE_FILE).read_text())
+    assert list(state["stages"]) == ["vae", "dit", "cfg", "steps", "export", "eval"]
+    assert all(stage["finished"] and stage["wall_s"] > 0 for stage in state["stages"].values())
+
+    # Every trainer left a loss curve; each went down from its first steps.
+    for run in (config.vae_run, config.dit_run, config.cfg_run, config.steps_run):
+        assert (run / "loss.png").is_file() and (run / "losses.csv").is_file(), run
+
+    # The export: fp16 weights, the student's schedule, its defaults, served by the pipeline.
+    spec = read_bundle_spec(exported)
+    assert spec.trained and spec.limits.steps == 2
+    sigmas = json.loads(read_dit_metadata(exported / "dit")[SCHEDULE_METADATA_KEY])
+    assert len(sigmas) == 3 and sigmas[0] == 1.0 and sigmas[-1] == 0.0
+    dit_weights = exported / "dit" / "model.safetensors"
+    with safe_open(str(dit_weights), "pt") as handle:
+        assert {handle.get_tensor(k).dtype for k in list(handle.keys())[:5]} == {torch.float16}
+    pipeline = VideoPipeline.from_dir(exported, PipelineOptions())
+    request = GenerationRequest(prompt="a red circle moving left on a black background", seed=1)
+    frames = read_mp4(pipeline.generate(request).mp4)
+    assert frames.shape == (FRAMES, SIZE, SIZE, 3)
+
+    # Recipe, eval and model card beside the weights.
+    recipe = json.loads((exported / RECIPE_FILE).read_text())
+    assert recipe["command"].startswith("hyv train bundle")
+    assert set(recipe["stages"]) >= {"vae", "dit", "cfg", "steps", "export"}
+    results = json.loads((exported / "eval.json").read_text())
+    assert 0.0 <= results["student"]["accuracy"]["color"] <= 1.0
+    card = (exported / "MODEL_CARD.md").read_text()
+    assert "PSNR" in card and "hyv train bundle" in card
+
+    # Running it again finds every stage finished: nothing is retrained.
+    before = {p: p.stat().st_mtime for p in exported.rglob("*.safetensors")}
+    Recipe(config).run()
+    assert {p: p.stat().st_mtime for p in exported.rglob("*.safetensors")} == before
+
+
+def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="student_steps"):
+        RecipeConfig(out_dir=tmp_path, student_steps=8)
+    with pytest.raises(ValueError, match="bundle_preset"):
+        RecipeConfig(out_dir=tmp_path, bundle_preset="hunyuan-video-13b")
+    with pytest.raises(ValueError, match="until"):
+        Recipe(RecipeConfig(out_dir=tmp_path)).run(until="deploy")
