@@ -247,11 +247,6 @@ def test_live_metrics_after_a_job(stack: Stack) -> None:
         assert any(family(n) == name for n in sample_names(worker)), name
     live = sample_names(api) | sample_names(worker) | {"up"}
     missing = {name for name in referenced_metrics() if name not in live}
-    if missing == {"hyv_request_duration_seconds_bucket"}:
-        # Known bug (reported): `hyv serve` clears the multiprocess folder after service.metrics
-        # has opened its histogram file, so the API process's histogram samples go to a deleted
-        # file. Fixed when clear_multiproc_dir() keeps the calling process's own files.
-        pytest.xfail("hyv serve drops its own histograms (service.metrics.clear_multiproc_dir)")
     assert not missing, f"named in the dashboard/alerts but not scraped after a job: {sorted(missing)}"
 
 
