@@ -117,12 +117,13 @@ local function snapshot(key)
 end
 """
 
-# KEYS: job hash, claim key. ARGV: fields (JSON object of JSON-encoded values), prefix, job id,
-# allowed current statuses (JSON list, [] = any), "1" = refuse while a claim exists, queue score,
-# record TTL seconds (set once the job is finished), event channel.
-# Returns nil if the job is missing, {0, job JSON} if a guard refused, {1, job JSON} after the write,
-# which also publishes {"event": ..., "job": ...} (Job.event()'s shape) on the channel: one round trip
-# per write, and events are published in version order.
+# KEYS: job hash, claim key, cancel key. ARGV: fields (JSON object of JSON-encoded values), prefix,
+# job id, allowed current statuses (JSON list, [] = any), "1" = refuse while a claim exists, queue
+# score, record TTL seconds (set once the job is finished), event channel.
+# Returns nil if the job is missing, {0, job JSON, cancel flag} if a guard refused, {1, job JSON,
+# cancel flag} after the write, which also publishes {"event": ..., "job": ...} (Job.event()'s shape)
+# on the channel: one round trip per write, events published in version order, and the cancel flag
+# read with it (see JobStore.is_cancel_requested).
 _UPDATE_LUA = (
     _SNAPSHOT_LUA
     + """
@@ -132,10 +133,10 @@ local allowed = cjson.decode(ARGV[4])
 if #allowed > 0 then
   local ok = false
   for _, s in ipairs(allowed) do if s == current then ok = true end end
-  if not ok then return {0, (snapshot(KEYS[1]))} end
+  if not ok then return {0, (snapshot(KEYS[1])), redis.call('EXISTS', KEYS[3])} end
 end
 if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
-  return {0, (snapshot(KEYS[1]))}
+  return {0, (snapshot(KEYS[1])), redis.call('EXISTS', KEYS[3])}
 end
 local fields = cjson.decode(ARGV[1])
 local prefix, id = ARGV[2], ARGV[3]
@@ -170,7 +171,7 @@ if type(status) == 'string' then
   if status == 'in_progress' then name = 'progress' end
   redis.call('PUBLISH', ARGV[8], '{"event":"' .. name .. '","job":' .. document .. '}')
 end
-return {1, document}
+return {1, document, redis.call('EXISTS', KEYS[3])}
 """
 )
 
@@ -217,6 +218,9 @@ return {document, position}
 
 ClaimResult = Literal["claimed", "held", "finished", "missing", "cancel"]
 
+# is_cancel_requested answers from the flag the job's last write read, if that was this recent.
+CANCEL_FLAG_FRESH_S = 0.05
+
 
 class JobStore:
     """Job records, their indexes and events. Thread-safe (redis-py pools connections)."""
@@ -228,6 +232,7 @@ class JobStore:
         self._claim_script = redis_client.register_script(_CLAIM_LUA)
         self._renew_script = redis_client.register_script(_RENEW_LUA)
         self._read_script = redis_client.register_script(_READ_LUA)
+        self._cancel_seen: tuple[str, float, bool] | None = None  # (job id, monotonic, flag)
 
     @classmethod
     def from_url(cls, url: str, record_ttl_seconds: int = 7 * 24 * 3600) -> JobStore:
@@ -331,7 +336,7 @@ class JobStore:
             fields["status"] = JobStatus(fields["status"]).value
         encoded = {name: json.dumps(_jsonable(value)) for name, value in fields.items()}
         result = self._update_script(
-            keys=[self.job_key(job_id), self._claim_key(job_id)],
+            keys=[self.job_key(job_id), self._claim_key(job_id), self._cancel_key(job_id)],
             args=[
                 json.dumps(encoded),
                 PREFIX,
@@ -345,7 +350,8 @@ class JobStore:
         )
         if result is None:
             return False, None
-        written, document = result
+        written, document, cancel = result
+        self._cancel_seen = (job_id, time.monotonic(), bool(cancel))
         return bool(written), Job.model_validate_json(document)
 
     # --- listing and counting --------------------------------------------------------------------
@@ -422,6 +428,13 @@ class JobStore:
         return job
 
     def is_cancel_requested(self, job_id: str) -> bool:
+        """Whether the job's cancel flag is set. The worker checks after every denoising step, right
+        after writing the step: that write read the flag too, so a check within
+        CANCEL_FLAG_FRESH_S of it costs no second round trip (a cancel landing in between is seen
+        at the next step's write, still within one step)."""
+        seen = self._cancel_seen
+        if seen is not None and seen[0] == job_id and time.monotonic() - seen[1] < CANCEL_FLAG_FRESH_S:
+            return seen[2]
         return bool(self.redis.exists(self._cancel_key(job_id)))
 
     # --- claims (the worker side of "never run a job twice") ------------------------------------

@@ -83,13 +83,30 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=5, ge=1)
 
     # --- storage ---------------------------------------------------------------------------------
-    storage: Literal["local", "s3"] = "local"
-    s3_endpoint_url: str | None = None
-    s3_bucket: str | None = None
-    s3_prefix: str = "hyv/"
-    s3_region: str | None = None
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    storage: Literal["local", "s3"] = Field(
+        default="local",
+        description="local = files under data_dir (a volume shared by API and workers); "
+        "s3 = an S3-compatible object store (AWS S3, MinIO, Ceph RGW...) configured by the s3_* settings.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 API endpoint, e.g. http://minio:9000; None = AWS S3 (from s3_region).",
+    )
+    s3_bucket: str | None = Field(
+        default=None, description="Bucket for videos, thumbnails and input images (must exist)."
+    )
+    s3_prefix: str = Field(
+        default="hyv/", description="Key prefix inside the bucket ('hyv/' -> hyv/videos/{id}.mp4...)."
+    )
+    s3_region: str | None = Field(
+        default=None, description="Signing region; None = us-east-1 (what MinIO expects by default)."
+    )
+    s3_access_key_id: str | None = Field(
+        default=None, description="Access key; None = boto3's usual chain (AWS_* variables, IAM role...)."
+    )
+    s3_secret_access_key: str | None = Field(
+        default=None, description="Secret key (with s3_access_key_id); never logged.", repr=False
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -6,6 +6,9 @@ Local layout under data_dir:
     videos/{id}.mp4         the finished file (renamed from .part on close: readers never see half)
     images/{id}             the input image of an image-to-video job
     thumbnails/{id}.png     the first frame
+
+`storage = "s3"` selects service.storage_s3.S3Storage: the same protocol on an S3-compatible
+object store (the growing `.part` file stays a local spool under data_dir).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,6 +27,11 @@ if TYPE_CHECKING:
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+class StorageError(Exception):
+    """The storage backend failed (bucket missing, credentials refused, endpoint down...); the
+    message says which, and never contains a secret. Jobs that hit it fail with `storage_error`."""
 
 
 def _check_id(job_id: str) -> str:
@@ -49,6 +59,7 @@ class Storage(Protocol):
     def load_input_image(self, job_id: str) -> bytes | None: ...
     def save_thumbnail(self, job_id: str, png: bytes) -> None: ...
     def thumbnail_path(self, job_id: str) -> Path: ...
+    def video_file(self, job_id: str) -> AbstractContextManager[Path]: ...
     def cleanup_expired(self, now: float, ttl_seconds: float | None = None) -> list[str]: ...
 
 
@@ -58,13 +69,15 @@ class LocalVideoWriter:
     Each writer has its own inode (a fresh file renamed over `.part`), so a worker that lost its
     job to another one can never scribble into, rename or delete the new owner's file."""
 
+    _mode = "wb"
+
     def __init__(self, part: Path, final: Path) -> None:
         self.part = part
         self.final = final
         self.bytes_written = 0
         part.parent.mkdir(parents=True, exist_ok=True)
         fresh = part.with_name(f".{part.name}.{os.getpid()}.{time.monotonic_ns()}")
-        self._file = fresh.open("wb")
+        self._file = fresh.open(self._mode)
         os.replace(fresh, part)  # a redelivered job starts its file over
 
     def _owns_part(self) -> bool:
@@ -140,6 +153,11 @@ class LocalStorage:
     def exists(self, job_id: str) -> bool:
         return self.path(job_id).is_file()
 
+    @contextmanager
+    def video_file(self, job_id: str) -> Iterator[Path]:
+        """A local file of the finished video to read (here: the file itself)."""
+        yield self.path(job_id)
+
     def delete(self, job_id: str) -> None:
         for path in (
             self.path(job_id),
@@ -194,4 +212,8 @@ def make_storage(settings: Settings) -> Storage:
     """The storage the settings name (`storage = "local"` or `"s3"`)."""
     if settings.storage == "local":
         return LocalStorage(settings.data_dir, settings.job_ttl_seconds)
-    raise ValueError(f"storage {settings.storage!r} is not available in this build (only 'local')")
+    if settings.storage == "s3":
+        from service.storage_s3 import S3Storage  # boto3 is only imported when S3 is used
+
+        return S3Storage.from_settings(settings)
+    raise ValueError(f"unknown storage {settings.storage!r} (expected 'local' or 's3')")

@@ -7,7 +7,8 @@ Redis (`hyv:workers:{host}`, TTL) as ready. For each job it:
    holds is dropped (Redis redelivers unacknowledged messages after the visibility timeout even
    while their worker is alive), a job cancelled while queued never starts;
 2. streams the fragmented MP4 from VideoPipeline.stream into storage (`{id}.mp4.part`, renamed
-   to `{id}.mp4` at the end), with stage/step/progress written to the JobStore as they happen;
+   to `{id}.mp4` at the end; with S3 storage uploaded first), with stage/step/progress written to
+   the JobStore as they happen; a storage failure fails the job with `storage_error`;
 3. polls the cancel flag at every denoising step and decoded tile (the pipeline raises
    GenerationCancelledError), and stops if it lost its claim;
 4. writes a PNG thumbnail of the first frame and the final state.
@@ -42,7 +43,7 @@ from service.celery_app import TASK_NAME, celery_for
 from service.jobs import Job, JobStatus, JobStore
 from service.log import configure_logging, job_context
 from service.settings import Settings, get_settings, queue_name
-from service.storage import Storage, make_storage
+from service.storage import Storage, StorageError, make_storage
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class WorkerRuntime:
         self.pipeline: VideoPipeline | None = None
         self.started = time.time()
         self._beat = threading.Thread(target=self._beat_loop, name="hyv-beat", daemon=True)
+        self._cleaning = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -131,11 +133,20 @@ class WorkerRuntime:
                     logger.error("lost the claim on the running job", extra={"job_id": running.job_id})
                     running.lost.set()
                 self.requeue_orphans()
-                if time.monotonic() - last_cleanup > CLEANUP_INTERVAL_S:
+                if time.monotonic() - last_cleanup > CLEANUP_INTERVAL_S and not self._cleaning.is_set():
                     last_cleanup = time.monotonic()
-                    self.storage.cleanup_expired(time.time())
+                    self._cleaning.set()  # own thread: a slow or unreachable S3 must not delay the beat
+                    threading.Thread(target=self._cleanup, name="hyv-cleanup", daemon=True).start()
             except Exception:  # the beat must survive a Redis hiccup
                 logger.exception("worker beat failed")
+
+    def _cleanup(self) -> None:
+        try:
+            self.storage.cleanup_expired(time.time())
+        except Exception:
+            logger.exception("storage cleanup failed")
+        finally:
+            self._cleaning.clear()
 
     def requeue_orphans(self) -> list[str]:
         """In-progress jobs nobody holds (their worker died): back to the queue, once."""
@@ -212,6 +223,8 @@ class WorkerRuntime:
         try:
             request = GenerationRequest(**job.request, image=self.storage.load_input_image(job_id))
             plan = self.pipeline.plan(request)
+        except StorageError as exc:
+            return self._fail(job, "storage_error", str(exc))
         except (ValueError, TypeError) as exc:
             return self._fail(job, "invalid_request", str(exc))
 
@@ -232,7 +245,10 @@ class WorkerRuntime:
         def cancelled() -> bool:
             return running.lost.is_set() or store.is_cancel_requested(job_id)
 
-        writer = self.storage.open_writer(job_id)
+        try:
+            writer = self.storage.open_writer(job_id)
+        except (StorageError, OSError) as exc:
+            return self._fail(job, "storage_error", f"{type(exc).__name__}: {exc}")
         result: dict[str, Any] = {}
         chunks = 0
         try:
@@ -258,6 +274,9 @@ class WorkerRuntime:
         except torch.cuda.OutOfMemoryError as exc:
             writer.abort()
             return self._fail(job, "out_of_memory", str(exc).splitlines()[0])
+        except StorageError as exc:  # e.g. the upload of the finished video to S3
+            writer.abort()
+            return self._fail(job, "storage_error", str(exc))
         except Exception as exc:
             writer.abort()
             logger.exception("generation failed")
@@ -291,7 +310,8 @@ class WorkerRuntime:
 
     def _save_thumbnail(self, job_id: str) -> None:
         try:
-            png = first_frame_png(self.storage.path(job_id))
+            with self.storage.video_file(job_id) as path:
+                png = first_frame_png(path)
             self.storage.save_thumbnail(job_id, png)
         except Exception:
             logger.exception("thumbnail failed")
@@ -320,7 +340,10 @@ class WorkerRuntime:
             error_message=message,
             completed_at=int(time.time()),
         )
-        self.storage.delete(job_id)
+        try:
+            self.storage.delete(job_id)
+        except StorageError:
+            logger.exception("could not delete a cancelled job's files")
         if written and job is not None:
             metrics.job_finished(job.model, JobStatus.CANCELLED)
             logger.info("job cancelled", extra={"job_id": job_id})

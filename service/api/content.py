@@ -6,24 +6,33 @@
   the worker's growing `.part` file until the job completes, so a client that starts early still
   receives the whole playable file. If the job fails or is cancelled meanwhile the connection is
   cut without the closing chunk, so the client sees an incomplete body rather than a short file.
+
+With S3 storage (service.storage_s3) finished videos and thumbnails are read from S3: the Range
+header is passed through as a ranged GET, the ETag is S3's; the growing `.part` spool is followed
+as above where this process sees the worker's data_dir, otherwise the stream starts once the
+video is in S3.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from service.api.auth import CallerDep
 from service.api.context import AppContext, ContextDep
-from service.api.errors import ConflictError, InvalidRequestError, NotFoundError
+from service.api.errors import APIError, ConflictError, InvalidRequestError, NotFoundError
 from service.api.schemas import error_responses
 from service.api.views import status_of
+from service.storage import StorageError
+from service.storage_s3 import RangeNotSatisfiableError, S3Storage
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +40,7 @@ router = APIRouter(prefix="/v1", tags=["videos"])
 
 CHUNK_BYTES = 256 * 1024
 FOLLOW_POLL_SECONDS = 0.05
+_SINGLE_RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # what S3 takes (one range, no lists)
 
 
 class StreamAbortedError(Exception):
@@ -48,7 +58,7 @@ class StreamAbortedError(Exception):
         },
         206: {"content": {"video/mp4": {}}, "description": "A byte range of a completed video"},
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        **error_responses(401, 404, 409, 422),
+        **error_responses(401, 404, 409, 422, 503),
     },
 )
 async def download_content(
@@ -67,10 +77,15 @@ async def download_content(
             "variant 'spritesheet' is not offered here; use 'video' or 'thumbnail'", "variant"
         )
     if variant == "thumbnail":
-        return _thumbnail(context, job.id, status, request)
+        return await _thumbnail(context, job.id, status, request)
     if status in ("failed", "cancelled"):
         raise ConflictError(f"video {job.id} is {status}: it has no content", "video_not_available")
     if status == "completed":
+        if isinstance(context.storage, S3Storage):
+            response = await _s3_response(context.storage, job.id, "video", request)
+            if response is None:
+                raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
+            return response
         path = context.storage.path(job.id)
         if not path.is_file():
             raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
@@ -82,10 +97,15 @@ async def download_content(
     )
 
 
-def _thumbnail(context: AppContext, job_id: str, status: str, request: Request) -> Response:
-    path = context.storage.thumbnail_path(job_id)
-    if path.is_file():
-        return _file_response(path, request, "image/png", f"{job_id}.png")
+async def _thumbnail(context: AppContext, job_id: str, status: str, request: Request) -> Response:
+    if isinstance(context.storage, S3Storage):
+        response = await _s3_response(context.storage, job_id, "thumbnail", request)
+        if response is not None:
+            return response
+    else:
+        path = context.storage.thumbnail_path(job_id)
+        if path.is_file():
+            return _file_response(path, request, "image/png", f"{job_id}.png")
     if status in ("queued", "in_progress"):
         raise ConflictError(f"video {job_id} is {status}: its thumbnail is not ready yet", "video_not_ready")
     raise NotFoundError(f"video {job_id} has no thumbnail ({status})", "thumbnail_not_available")
@@ -102,6 +122,55 @@ def _file_response(path: Path, request: Request, media_type: str, filename: str)
     )
 
 
+async def _s3_response(
+    storage: S3Storage, job_id: str, variant: Literal["video", "thumbnail"], request: Request
+) -> Response | None:
+    """The object from S3 as FileResponse would send a file (Range/206/416, If-Range, ETag/304,
+    Content-Length); None if there is no such object."""
+    headers = request.headers
+    byte_range = (headers.get("range") or "").replace(" ", "")
+    if not _SINGLE_RANGE.fullmatch(byte_range):
+        byte_range = ""  # no range, or one S3 cannot serve (several ranges): the whole object
+    if_none_match = _etags(headers.get("if-none-match"))
+    if_range = headers.get("if-range")
+    try:
+        if if_none_match or (byte_range and if_range):
+            info = await run_in_threadpool(storage.head, job_id, variant)
+            if info is None:
+                return None
+            if info.etag in if_none_match:
+                return Response(
+                    status_code=304, headers={"ETag": info.etag, "Cache-Control": "private, max-age=3600"}
+                )
+            if if_range and if_range not in (info.etag, info.last_modified_http):
+                byte_range = ""  # the client's copy is stale: send the whole new one
+        obj = await run_in_threadpool(storage.open_object, job_id, variant, byte_range or None)
+    except RangeNotSatisfiableError as exc:
+        return PlainTextResponse(status_code=416, headers={"Content-Range": f"bytes */{exc.size or '*'}"})
+    except StorageError as exc:
+        logger.error("job %s: %s", job_id, exc, extra={"job_id": job_id})
+        raise APIError(503, "storage_error", f"the {variant} cannot be read from storage now") from exc
+    if obj is None:
+        return None
+    filename = f"{job_id}.mp4" if variant == "video" else f"{job_id}.png"
+    response_headers = {
+        "ETag": obj.etag,
+        "Cache-Control": "private, max-age=3600",
+        "Accept-Ranges": "bytes",
+        "Last-Modified": obj.last_modified_http,
+        "Content-Length": str(obj.length),
+        "Content-Disposition": f'inline; filename="{filename}"',
+    }
+    if obj.content_range:
+        response_headers["Content-Range"] = obj.content_range
+    return StreamingResponse(
+        obj.chunks(CHUNK_BYTES),  # a sync iterator: Starlette reads it in its thread pool
+        status_code=206 if obj.content_range else 200,
+        media_type="video/mp4" if variant == "video" else "image/png",
+        headers=response_headers,
+    )
+
+
 def _etags(header: str | None) -> set[str]:
     if not header:
         return set()
@@ -114,6 +183,10 @@ async def _follow(context: AppContext, job_id: str) -> AsyncIterator[bytes]:
     The reader keeps its file descriptor across the worker's rename of `.part` to `.mp4`, so it
     reads one file from its first byte to its last whatever the timing."""
     handle = await _open_when_written(context, job_id)
+    if handle is None:  # finished before we saw a local file: the video is in S3
+        async for data in _s3_video(context, job_id):
+            yield data
+        return
     sent = 0
     try:
         while True:
@@ -142,8 +215,21 @@ async def _follow(context: AppContext, job_id: str) -> AsyncIterator[bytes]:
         handle.close()
 
 
-async def _open_when_written(context: AppContext, job_id: str) -> IO[bytes]:
-    """Open the growing .part file (or the finished file), waiting while the job is queued."""
+async def _s3_video(context: AppContext, job_id: str) -> AsyncIterator[bytes]:
+    assert isinstance(context.storage, S3Storage)
+    try:
+        obj = await run_in_threadpool(context.storage.open_object, job_id, "video")
+    except StorageError as exc:
+        raise StreamAbortedError(f"video {job_id}: {exc}") from exc
+    if obj is None:
+        raise StreamAbortedError(f"video {job_id} is completed but not in S3")
+    async for data in iterate_in_threadpool(obj.chunks(CHUNK_BYTES)):
+        yield data
+
+
+async def _open_when_written(context: AppContext, job_id: str) -> IO[bytes] | None:
+    """Open the growing .part file (or the finished file), waiting while the job is queued; None
+    when the job completed and its video is only in S3."""
     storage = context.storage
     while True:
         for path in (storage.partial_path(job_id), storage.path(job_id)):
@@ -156,5 +242,7 @@ async def _open_when_written(context: AppContext, job_id: str) -> IO[bytes]:
         if status not in ("queued", "in_progress"):
             if status == "completed" and storage.path(job_id).is_file():
                 continue  # renamed between our two opens
+            if status == "completed" and isinstance(storage, S3Storage):
+                return None
             raise StreamAbortedError(f"video {job_id} is {status}: no content to stream")
         await asyncio.sleep(FOLLOW_POLL_SECONDS)

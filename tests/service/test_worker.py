@@ -178,8 +178,9 @@ def test_job_longer_than_visibility_timeout_runs_once(cluster: Callable[..., Clu
     """Celery's trap: Redis redelivers an unacknowledged message after the visibility timeout even
     though its worker is alive. The second worker receives it and must drop it."""
     c = cluster(workers=2, visibility_timeout_seconds=1, unacked_restore_interval=1)
-    job = c.submit(**LONG)
-    done = finished(c.store, job.id, 120)
+    # 128x128: ~5x the tokens of LONG, so >= ~5 s even on an idle machine
+    job = c.submit(**{**LONG, "width": 128, "height": 128})
+    done = finished(c.store, job.id, 180)
     assert done.status == JobStatus.COMPLETED, done.error_message
     duration = done.timings["denoise"] + done.timings["decode"]
     assert duration > 3 * c.settings.visibility_timeout_seconds  # long enough to be redelivered
@@ -188,7 +189,7 @@ def test_job_longer_than_visibility_timeout_runs_once(cluster: Callable[..., Clu
     assert outcomes.count("claimed") == 1 and outcomes.count("completed") == 1
     assert "held" in outcomes  # it was redelivered while running, and dropped
     assert done.attempts == 1
-    assert read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4").shape == (9, 64, 64, 3)
+    assert read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4").shape == (9, 128, 128, 3)
 
 
 def _main_pid_of(c: Cluster, child_pid: int) -> int:

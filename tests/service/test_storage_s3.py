@@ -1,0 +1,547 @@
+"""S3 storage (service.storage_s3) against a real S3-compatible server: moto's, run as its own
+process (`python -m moto.server`) on a free port with IAM authentication on, so wrong credentials
+are refused as a real S3 or MinIO would refuse them.
+
+- S3Storage itself: the local spool and the upload (single PUT and multipart), ranged reads,
+  thumbnails and input images, delete, TTL cleanup, and the errors (bucket missing, credentials
+  refused, endpoint down) as StorageError;
+- the API on S3 storage with the test playing the worker (as in test_api_content.py): Range/206/
+  416, ETag/304/If-Range, thumbnails, delete, watching while it renders, 503 storage_error;
+- end to end: a real Celery worker process with HYV_STORAGE=s3 completes a job and the API serves
+  the MP4 from S3 with a 206; with the bucket gone the next job fails with `storage_error` and the
+  same worker completes the one after that.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from engine.video_io import read_mp4
+from service.jobs import JobStatus, JobStore
+from service.settings import Settings
+from service.storage import StorageError, make_storage
+from service.storage_s3 import RangeNotSatisfiableError, S3Storage
+from tests.service.conftest import Cluster, wait_until
+from tests.service.conftest_api import KEY_A, auth, free_port
+from tests.service.test_api_content import mp4_pieces, submit
+
+pytest.importorskip("moto.server", reason="moto[server] is a dev dependency (pip install -e '.[dev]')")
+
+pytestmark = pytest.mark.timeout(180)
+
+REGION = "us-east-1"
+PREFIX = "test/"
+
+
+@dataclass
+class MotoS3:
+    url: str
+    access_key_id: str
+    secret_access_key: str
+
+    def client(self, **overrides: Any) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        values = {
+            "endpoint_url": self.url,
+            "region_name": REGION,
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            "config": Config(s3={"addressing_style": "path"}),
+        }
+        values.update(overrides)
+        return boto3.session.Session().client("s3", **values)
+
+    def settings(self, bucket: str) -> dict[str, Any]:
+        """The Settings fields that point the service at this server and bucket."""
+        return {
+            "storage": "s3",
+            "s3_endpoint_url": self.url,
+            "s3_bucket": bucket,
+            "s3_prefix": PREFIX,
+            "s3_region": REGION,
+            "s3_access_key_id": self.access_key_id,
+            "s3_secret_access_key": self.secret_access_key,
+        }
+
+
+@pytest.fixture(scope="module")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """A moto S3 server process; IAM authentication starts after the 3 calls that create our user."""
+    import boto3
+
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"moto server did not start on port {port}") from None
+                time.sleep(0.1)
+        iam = boto3.session.Session().client(
+            "iam",
+            endpoint_url=url,
+            region_name=REGION,
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
+        iam.create_user(UserName="hyv")
+        key = iam.create_access_key(UserName="hyv")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="hyv", PolicyName="s3-all", PolicyDocument=json.dumps(policy))
+        yield MotoS3(url, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def bucket(moto_s3: MotoS3) -> str:
+    name = f"hyv-test-{uuid.uuid4().hex[:12]}"
+    moto_s3.client().create_bucket(Bucket=name)
+    return name
+
+
+def make_s3(moto_s3: MotoS3, bucket: str, data_dir: Path, **overrides: Any) -> S3Storage:
+    values: dict[str, Any] = {
+        "endpoint_url": moto_s3.url,
+        "region": REGION,
+        "access_key_id": moto_s3.access_key_id,
+        "secret_access_key": moto_s3.secret_access_key,
+        "prefix": PREFIX,
+        "timeout_seconds": 5.0,
+        "max_attempts": 2,
+    }
+    values.update(overrides)
+    return S3Storage(bucket, data_dir, **values)
+
+
+@pytest.fixture
+def s3(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> S3Storage:
+    return make_s3(moto_s3, bucket, tmp_path / "spool")
+
+
+def job_id() -> str:
+    from service.jobs import new_job_id
+
+    return new_job_id()
+
+
+def objects(moto_s3: MotoS3, bucket: str) -> dict[str, bytes]:
+    client = moto_s3.client()
+    listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def write_video(storage: S3Storage, vid: str, data: bytes, chunk: int = 1000) -> None:
+    writer = storage.open_writer(vid)
+    for start in range(0, len(data), chunk):
+        writer.write(data[start : start + chunk])
+    writer.close()
+
+
+# --- S3Storage -----------------------------------------------------------------------------------
+
+
+def test_writer_spools_locally_and_uploads_on_close(s3: S3Storage, moto_s3: MotoS3, bucket: str) -> None:
+    vid = job_id()
+    mp4 = b"".join(mp4_pieces())
+    writer = s3.open_writer(vid)
+    writer.write(mp4[:500])
+    assert s3.partial_path(vid).read_bytes() == mp4[:500]  # the API follows this while it grows
+    assert not s3.exists(vid) and objects(moto_s3, bucket) == {}
+    writer.write(mp4[500:])
+    writer.close()
+    assert writer.bytes_written == len(mp4)
+
+    assert s3.exists(vid)
+    assert objects(moto_s3, bucket) == {f"{PREFIX}videos/{vid}.mp4": mp4}
+    head = moto_s3.client().head_object(Bucket=bucket, Key=f"{PREFIX}videos/{vid}.mp4")
+    assert head["ContentType"] == "video/mp4"
+    assert not s3.partial_path(vid).exists()
+    with s3.video_file(vid) as local:  # the local copy the writer left, for the thumbnail
+        assert local == s3.path(vid) and read_mp4(local).shape == (9, 32, 32, 3)
+    assert not s3.path(vid).exists()  # ...gone once read
+    with s3.video_file(vid) as downloaded:  # no local copy: downloaded, then removed
+        assert downloaded.read_bytes() == mp4
+    assert not downloaded.exists()
+    assert [p.name for p in s3.videos.iterdir()] == []
+
+
+def test_big_video_goes_up_in_multipart(s3: S3Storage, moto_s3: MotoS3, bucket: str) -> None:
+    vid = job_id()
+    data = os.urandom(19 * 2**20)  # parts of 8 + 8 + 3 MiB
+    write_video(s3, vid, data, chunk=2**20)
+    info = s3.head(vid, "video")
+    assert info is not None and info.size == len(data)
+    assert info.etag.endswith('-3"'), info.etag  # S3's ETag of a 3-part multipart upload
+    assert objects(moto_s3, bucket)[f"{PREFIX}videos/{vid}.mp4"] == data
+
+
+def test_ranged_reads(s3: S3Storage) -> None:
+    vid = job_id()
+    data = bytes(range(256)) * 40
+    write_video(s3, vid, data)
+
+    def read(byte_range: str | None) -> tuple[bytes, str | None, int]:
+        obj = s3.open_object(vid, "video", byte_range)
+        assert obj is not None
+        return b"".join(obj.chunks(1000)), obj.content_range, obj.size
+
+    assert read(None) == (data, None, len(data))
+    assert read("bytes=0-99") == (data[:100], f"bytes 0-99/{len(data)}", len(data))
+    assert read("bytes=-64")[0] == data[-64:]
+    assert read(f"bytes=100-{len(data) + 500}")[0] == data[100:]
+    with pytest.raises(RangeNotSatisfiableError) as excinfo:
+        s3.open_object(vid, "video", f"bytes={len(data) + 10}-")
+    assert excinfo.value.size == len(data)
+    obj = s3.open_object(vid, "video")
+    info = s3.head(vid, "video")
+    assert obj is not None and info is not None
+    obj.close()
+    assert obj.etag == info.etag and obj.etag.startswith('"')
+    assert s3.open_object(job_id(), "video") is None and s3.head(job_id(), "video") is None
+
+
+def test_thumbnails_and_input_images(s3: S3Storage, moto_s3: MotoS3, bucket: str) -> None:
+    vid = job_id()
+    assert s3.load_input_image(vid) is None
+    s3.save_input_image(vid, b"\x89PNG image bytes")
+    assert s3.load_input_image(vid) == b"\x89PNG image bytes"
+    s3.save_thumbnail(vid, b"thumbnail png")
+    thumb = s3.open_object(vid, "thumbnail")
+    assert thumb is not None and thumb.content_type == "image/png"
+    assert b"".join(thumb.chunks()) == b"thumbnail png"
+    assert set(objects(moto_s3, bucket)) == {f"{PREFIX}images/{vid}", f"{PREFIX}thumbnails/{vid}.png"}
+
+
+def test_delete_and_abort(s3: S3Storage, moto_s3: MotoS3, bucket: str) -> None:
+    kept, gone = job_id(), job_id()
+    for vid in (kept, gone):
+        s3.save_input_image(vid, b"image")
+        write_video(s3, vid, b"video " + vid.encode())
+        s3.save_thumbnail(vid, b"png")
+    s3.delete(gone)
+    assert not s3.exists(gone) and s3.load_input_image(gone) is None
+    assert all(gone not in key for key in objects(moto_s3, bucket))
+    assert len(objects(moto_s3, bucket)) == 3 and s3.exists(kept)
+    s3.delete(job_id())  # nothing there: no error
+
+    aborted = job_id()
+    writer = s3.open_writer(aborted)
+    writer.write(b"half a video")
+    writer.abort()
+    assert not s3.partial_path(aborted).exists() and not s3.exists(aborted)
+
+
+def test_cleanup_expired(s3: S3Storage, moto_s3: MotoS3, bucket: str) -> None:
+    old, new = job_id(), job_id()
+    s3.save_input_image(old, b"old image")
+    write_video(s3, old, b"old video")
+    s3.save_thumbnail(old, b"old png")
+    time.sleep(1.2)  # S3 dates have one-second resolution
+    cut = time.time()
+    write_video(s3, new, b"new video")
+    orphan_spool = s3.partial_path(job_id())
+    orphan_spool.write_bytes(b"a crashed writer's spool")
+    os.utime(orphan_spool, (cut - 1000, cut - 1000))
+    fresh_spool = s3.partial_path(job_id())
+    fresh_spool.write_bytes(b"a running writer's spool")
+
+    now = time.time()
+    ttl = now - cut + 0.6  # older than this: only `old`
+    assert s3.cleanup_expired(now, ttl_seconds=ttl) == [old]
+    assert set(objects(moto_s3, bucket)) == {f"{PREFIX}videos/{new}.mp4"}
+    assert not orphan_spool.exists() and fresh_spool.exists()
+    assert s3.cleanup_expired(now) == []  # the storage's own TTL (a day): nothing
+
+
+def test_errors_are_storage_errors_with_the_cause(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> None:
+    vid = job_id()
+    missing = make_s3(moto_s3, f"hyv-missing-{uuid.uuid4().hex[:8]}", tmp_path)
+    with pytest.raises(StorageError, match="does not exist"):
+        missing.load_input_image(vid)
+    with pytest.raises(StorageError, match="does not exist"):
+        missing.check()
+    writer = missing.open_writer(vid)  # the spool is local: opening works...
+    writer.write(b"frames")
+    with pytest.raises(StorageError, match=r"upload of the video failed: bucket .* does not exist"):
+        writer.close()  # ...the upload does not, and the spool stays for abort()
+    writer.abort()
+    assert not missing.partial_path(vid).exists()
+
+    wrong_secret = make_s3(moto_s3, bucket, tmp_path, secret_access_key="not-the-secret")
+    with pytest.raises(StorageError, match="refused the credentials") as excinfo:
+        wrong_secret.save_thumbnail(vid, b"png")
+    assert "not-the-secret" not in str(excinfo.value)
+    unknown_key = make_s3(moto_s3, bucket, tmp_path, access_key_id="AKIAUNKNOWN0000000000")
+    with pytest.raises(StorageError, match="InvalidAccessKeyId"):
+        unknown_key.load_input_image(vid)
+    with pytest.raises(StorageError, match="access denied"):  # a HEAD's 403 carries no error code
+        unknown_key.exists(vid)
+
+    down = make_s3(
+        moto_s3, bucket, tmp_path, endpoint_url=f"http://127.0.0.1:{free_port()}", timeout_seconds=1
+    )
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="unreachable"):
+        down.load_input_image(vid)
+    with pytest.raises(StorageError, match="unreachable"):
+        down.delete(vid)
+    assert time.monotonic() - start < 10
+
+
+def test_settings_select_s3(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, **moto_s3.settings(bucket))
+    storage = make_storage(settings)
+    assert isinstance(storage, S3Storage)
+    assert (storage.bucket, storage.prefix) == (bucket, PREFIX)
+    storage.check()
+    assert moto_s3.secret_access_key not in repr(storage) + repr(settings)
+    with pytest.raises(ValueError, match="s3_bucket"):
+        Settings(storage="s3")
+
+
+# --- the API on S3 storage, the test playing the worker --------------------------------------------
+
+
+class S3WorkerSide:
+    """What the worker does with S3 storage: spool, upload on close, thumbnail, final state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = JobStore.from_url(settings.redis_url or "")
+        self.storage = S3Storage.from_settings(settings)
+
+    def start(self, vid: str) -> Any:
+        self.store.update(vid, status=JobStatus.IN_PROGRESS, started_at=int(time.time()), stage="denoise")
+        return self.storage.open_writer(vid)
+
+    def complete(self, vid: str, writer: Any, thumbnail: bytes | None = None) -> None:
+        writer.close()
+        with self.storage.video_file(vid) as path:
+            assert path.stat().st_size == writer.bytes_written
+        if thumbnail:
+            self.storage.save_thumbnail(vid, thumbnail)
+        self.store.update(
+            vid,
+            status=JobStatus.COMPLETED,
+            progress=100,
+            completed_at=int(time.time()),
+            content_bytes=writer.bytes_written,
+        )
+
+
+@pytest.fixture
+def s3_env(
+    make_api_settings: Callable[..., Settings], serve_app: Any, moto_s3: MotoS3, bucket: str, tmp_path: Path
+) -> Iterator[tuple[httpx.Client, S3WorkerSide]]:
+    """The API on S3 storage; the 'worker' has its own data_dir (another box: no shared spool)."""
+    settings = make_api_settings(**moto_s3.settings(bucket))
+    server = serve_app(settings)
+    worker_settings = settings.model_copy(update={"data_dir": tmp_path / "worker-box"})
+    with httpx.Client(base_url=server.url, headers=auth(KEY_A), timeout=30) as client:
+        yield client, S3WorkerSide(worker_settings)
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_api_serves_s3_content_with_ranges_and_etag(s3_env: tuple[httpx.Client, S3WorkerSide]) -> None:
+    client, worker = s3_env
+    vid = submit(client)
+    mp4 = b"".join(mp4_pieces())
+    writer = worker.start(vid)
+    writer.write(mp4)
+    worker.complete(vid, writer, thumbnail=png((10, 200, 10)))
+    info = worker.storage.head(vid, "video")
+    assert info is not None
+
+    url = f"/v1/videos/{vid}/content"
+    full = client.get(url)
+    assert full.status_code == 200 and full.content == mp4
+    assert full.headers["content-type"] == "video/mp4"
+    assert int(full.headers["content-length"]) == len(mp4)
+    assert full.headers["accept-ranges"] == "bytes"
+    assert full.headers["etag"] == info.etag  # S3's
+    assert read_mp4(full.content).shape == (9, 32, 32, 3)
+
+    part = client.get(url, headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == mp4[:100]
+    assert part.headers["content-range"] == f"bytes 0-99/{len(mp4)}"
+    assert part.headers["content-length"] == "100"
+    assert client.get(url, headers={"Range": "bytes=-64"}).content == mp4[-64:]
+    middle = client.get(url, headers={"Range": f"bytes=100-{len(mp4) + 500}"})
+    assert middle.status_code == 206 and middle.content == mp4[100:]
+    beyond = client.get(url, headers={"Range": f"bytes={len(mp4) + 10}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(mp4)}"
+    several = client.get(url, headers={"Range": "bytes=0-9,20-29"})  # S3 serves one range: all of it
+    assert several.status_code == 200 and several.content == mp4
+
+    etag = full.headers["etag"]
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+    if_range = client.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
+    assert if_range.status_code == 206 and if_range.content == mp4[:10]
+    stale = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert stale.status_code == 200 and stale.content == mp4
+
+    thumb = client.get(url, params={"variant": "thumbnail"})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(thumb.content)).getpixel((5, 5)) == (10, 200, 10)
+
+    assert client.delete(f"/v1/videos/{vid}").json()["deleted"] is True
+    assert not worker.storage.exists(vid) and worker.storage.head(vid, "thumbnail") is None
+
+
+def test_api_stream_while_rendering_with_s3(
+    make_api_settings: Callable[..., Settings], serve_app: Any, moto_s3: MotoS3, bucket: str, tmp_path: Path
+) -> None:
+    """An API process on the worker's box (same data_dir) follows the spool as it grows; one on
+    another box starts streaming once the video is in S3. Both receive the whole file."""
+    same_box_settings = make_api_settings(**moto_s3.settings(bucket))
+    other_box_settings = make_api_settings(data_dir=tmp_path / "other-box", **moto_s3.settings(bucket))
+    urls = {"same": serve_app(same_box_settings).url, "other": serve_app(other_box_settings).url}
+    worker = S3WorkerSide(same_box_settings)
+    with httpx.Client(base_url=urls["same"], headers=auth(KEY_A), timeout=30) as client:
+        vid = submit(client)
+    pieces = mp4_pieces()
+    received: dict[str, list[tuple[float, bytes]]] = {"same": [], "other": []}
+    errors: list[BaseException] = []
+
+    def watch(name: str) -> None:
+        try:
+            with (
+                httpx.Client(base_url=urls[name], headers=auth(KEY_A), timeout=30) as c,
+                c.stream("GET", f"/v1/videos/{vid}/content") as response,
+            ):
+                assert response.status_code == 200
+                for chunk in response.iter_bytes():
+                    received[name].append((time.monotonic(), chunk))
+        except BaseException as exc:
+            errors.append(exc)
+
+    watchers = [threading.Thread(target=watch, args=(name,)) for name in urls]
+    for w in watchers:
+        w.start()
+    time.sleep(0.3)
+    writer = worker.start(vid)
+    for piece in pieces:
+        writer.write(piece)
+        time.sleep(0.05)
+    completed_at = time.monotonic()
+    worker.complete(vid, writer)
+    for w in watchers:
+        w.join(20)
+    assert not errors, errors
+    mp4 = b"".join(pieces)
+    for name in urls:
+        assert b"".join(chunk for _, chunk in received[name]) == mp4, name
+    assert received["same"][0][0] < completed_at  # bytes flowed while it rendered
+    assert received["other"][0][0] >= completed_at  # nothing local to follow: from S3 afterwards
+    assert list(worker.storage.videos.iterdir()) == []  # the spool and the local copy are gone
+
+
+def test_api_answers_503_when_s3_fails(
+    make_api_settings: Callable[..., Settings], serve_app: Any, moto_s3: MotoS3
+) -> None:
+    settings = make_api_settings(**moto_s3.settings(f"hyv-missing-{uuid.uuid4().hex[:8]}"))
+    server = serve_app(settings)
+    with httpx.Client(base_url=server.url, headers=auth(KEY_A), timeout=30) as client:
+        vid = submit(client)
+        JobStore.from_url(settings.redis_url or "").update(vid, status=JobStatus.COMPLETED, progress=100)
+        response = client.get(f"/v1/videos/{vid}/content")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "storage_error"
+
+
+# --- end to end: a real worker process with HYV_STORAGE=s3 ------------------------------------------
+
+
+def test_worker_on_s3_end_to_end(
+    cluster: Callable[..., Cluster], serve_app: Any, moto_s3: MotoS3, bucket: str, tmp_path: Path
+) -> None:
+    c = cluster(workers=1, **moto_s3.settings(bucket))
+    api = serve_app(c.settings)
+    s3 = S3Storage.from_settings(c.settings)
+
+    def run_job() -> dict[str, Any]:
+        with httpx.Client(base_url=api.url, timeout=30) as client:
+            created = client.post(
+                "/v1/videos", json={"prompt": "a red circle", "size": "48x32", "num_frames": 9, "steps": 3}
+            )
+            assert created.status_code == 201, created.text
+            vid = created.json()["id"]
+
+            def done() -> dict[str, Any] | None:
+                body: dict[str, Any] = client.get(f"/v1/videos/{vid}").json()
+                return body if body["status"] in ("completed", "failed", "cancelled") else None
+
+            result: dict[str, Any] = wait_until(done, 120, 0.1)
+            return result
+
+    job = run_job()
+    assert job["status"] == "completed", job
+    vid = job["id"]
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        part = client.get(f"/v1/videos/{vid}/content", headers={"Range": "bytes=0-1023"})
+        full = client.get(f"/v1/videos/{vid}/content")
+        thumb = client.get(f"/v1/videos/{vid}/content", params={"variant": "thumbnail"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 0-1023/{len(full.content)}"
+    assert part.content == full.content[:1024]
+    assert full.status_code == 200 and read_mp4(full.content).shape == (9, 32, 48, 3)
+    info = s3.head(vid, "video")
+    assert info is not None and full.headers["etag"] == info.etag
+    with Image.open(io.BytesIO(thumb.content)) as image:
+        assert image.size == (48, 32)
+    assert [p.name for p in (c.settings.data_dir / "videos").iterdir()] == []  # nothing left locally
+
+    # The bucket goes away: the job fails with storage_error, and the worker lives on.
+    client_s3 = moto_s3.client()
+    for key in objects(moto_s3, bucket):
+        client_s3.delete_object(Bucket=bucket, Key=key)
+    client_s3.delete_bucket(Bucket=bucket)
+    failed = run_job()
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "storage_error"
+    assert "does not exist" in failed["error"]["message"]
+    client_s3.create_bucket(Bucket=bucket)
+    again = run_job()
+    assert again["status"] == "completed", again
+    assert all(w.poll() is None for w in c.workers)
+    assert s3.exists(again["id"])
