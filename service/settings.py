@@ -46,7 +46,9 @@ class Settings(BaseSettings):
 
     # --- auth and limits -------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Bearer keys; empty = no auth (the server binds loopback only)."
+        default_factory=list,
+        description="Bearer keys; empty = no auth (the server binds loopback only). Never logged.",
+        repr=False,
     )
     max_body_bytes: int = Field(default=16 * 2**20, gt=0)
     max_upload_bytes: int = Field(default=10 * 2**20, gt=0)
@@ -79,7 +81,7 @@ class Settings(BaseSettings):
     )
 
     # --- webhooks --------------------------------------------------------------------------------
-    webhook_secret: str | None = None
+    webhook_secret: str | None = Field(default=None, repr=False)
     webhook_max_attempts: int = Field(default=5, ge=1)
 
     # --- storage ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -59,6 +60,8 @@ async def _parse_json(request: Request, max_upload_bytes: int) -> CreateBody:
         data = json.loads(raw)
     except ValueError as exc:
         raise InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # e.g. [[[[...]]]] 100000 deep
+        raise InvalidRequestError("body is not valid JSON: nested too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError(
             f"body must be a JSON object, got {type(data).__name__}", code="invalid_json"
@@ -71,10 +74,18 @@ async def _parse_json(request: Request, max_upload_bytes: int) -> CreateBody:
 async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
     try:
         form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
-    except MultiPartException as exc:
-        raise InvalidRequestError(
-            f"malformed multipart body: {exc.message}", code="invalid_multipart"
-        ) from None
+    except (MultiPartException, StarletteHTTPException) as exc:
+        # Inside an app Starlette re-raises its MultiPartException as a bare HTTPException(400).
+        if isinstance(exc, StarletteHTTPException) and exc.status_code != 400:
+            raise
+        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
+        if "exceeded maximum size" in message:
+            raise TooLargeError(
+                f"a multipart field is over the limit of {MAX_FIELD_BYTES // 1024} KB (upload images "
+                "as the input_reference file)",
+                "field_too_large",
+            ) from None
+        raise InvalidRequestError(f"malformed multipart body: {message}", code="invalid_multipart") from None
     data: dict[str, Any] = {}
     image: bytes | None = None
     try:

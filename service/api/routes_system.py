@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from service import metrics
 from service.api.auth import CallerDep
@@ -44,7 +45,12 @@ async def get_model(model_id: str, caller: CallerDep, context: ContextDep) -> Mo
     return context.model.public()
 
 
-@router.get("/healthz", tags=["health"], summary="Liveness: the API process answers")
+PUBLIC: dict[str, Any] = {
+    "security": []
+}  # the health routes need no API key (probes and Prometheus scrape them)
+
+
+@router.get("/healthz", tags=["health"], summary="Liveness: the API process answers", openapi_extra=PUBLIC)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -54,6 +60,7 @@ async def healthz() -> dict[str, str]:
     tags=["health"],
     summary="Readiness: Redis answers and a worker has the model loaded",
     responses={503: {"description": "Not ready: the body says why"}},
+    openapi_extra=PUBLIC,
 )
 async def readyz(context: ContextDep) -> JSONResponse:
     try:
@@ -78,7 +85,14 @@ async def readyz(context: ContextDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics", tags=["health"], summary="Prometheus metrics (every process of the service)")
+@router.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics (every process of the service)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    openapi_extra=PUBLIC,
+)
 async def prometheus_metrics(context: ContextDep) -> Response:
     data, content_type = metrics.render_metrics(context.store, context.settings)
     return Response(data, media_type=content_type)
