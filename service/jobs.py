@@ -289,6 +289,27 @@ class JobStore:
         trip: what a status read needs."""
         return self._read(job_id, True)
 
+    def get_many_with_position(self, job_ids: list[str]) -> list[tuple[Job, int | None] | None]:
+        """get_with_position for several jobs in one round trip (a pipeline of the same script)."""
+        found: list[tuple[Job, int | None] | None] = [None] * len(job_ids)
+        valid = [(index, job_id) for index, job_id in enumerate(job_ids) if JOB_ID_RE.match(job_id)]
+        if not valid:
+            return found
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for _, job_id in valid:  # EVALSHA itself: Pipeline would check SCRIPT EXISTS every time
+                pipe.evalsha(self._read_script.sha, 1, self.job_key(job_id), PREFIX, job_id, "1")
+            replies = pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+                self.redis.script_load(_READ_LUA)  # a restarted Redis has forgotten it
+                continue
+            break
+        for (index, _), reply in zip(valid, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            found[index] = _read_result(reply)
+        return found
+
     def _read(self, job_id: str, with_position: bool) -> tuple[Job, int | None] | None:
         if not JOB_ID_RE.match(job_id):
             return None

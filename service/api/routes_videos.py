@@ -200,7 +200,7 @@ async def retrieve_video(video_id: str, request: Request) -> Response:
     # dependency solving, and one Redis round trip for the job and its queue position.
     caller = authenticate_request(request)
     context: AppContext = request.app.state.context
-    job, position = context.owned_job_with_position(video_id, caller)
+    job, position = await context.owned_job_with_position(video_id, caller)
     return _video_json(job, position, 200, {})
 
 
