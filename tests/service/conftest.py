@@ -24,8 +24,9 @@ import pytest
 
 # Before anything imports prometheus_client: every process of the test session (this one, the
 # workers) writes its metrics here, so the API's /metrics sees the workers' counters.
-_METRICS_DIR = Path(tempfile.mkdtemp(prefix="hyv-metrics-"))
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_METRICS_DIR)
+# (tests/conftest.py normally chose it already, for the whole session.)
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hyv-metrics-"))
+_METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import redis  # noqa: E402
