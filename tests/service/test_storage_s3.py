@@ -271,7 +271,7 @@ def test_cleanup_expired(s3: S3Storage, moto_s3: MotoS3, bucket: str) -> None:
     s3.save_input_image(old, b"old image")
     write_video(s3, old, b"old video")
     s3.save_thumbnail(old, b"old png")
-    time.sleep(1.2)  # S3 dates have one-second resolution
+    time.sleep(2.2)  # S3 dates are truncated to the second: keep the two writes > 2 s apart
     cut = time.time()
     write_video(s3, new, b"new video")
     orphan_spool = s3.partial_path(job_id())
@@ -281,7 +281,8 @@ def test_cleanup_expired(s3: S3Storage, moto_s3: MotoS3, bucket: str) -> None:
     fresh_spool.write_bytes(b"a running writer's spool")
 
     now = time.time()
-    ttl = now - cut + 0.6  # older than this: only `old`
+    # old's date <= cut - 2.2; new's date >= cut - 1 (truncation): a TTL between the two picks `old`
+    ttl = now - cut + 1.5
     assert s3.cleanup_expired(now, ttl_seconds=ttl) == [old]
     assert set(objects(moto_s3, bucket)) == {f"{PREFIX}videos/{new}.mp4"}
     assert not orphan_spool.exists() and fresh_spool.exists()

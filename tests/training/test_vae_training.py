@@ -138,6 +138,11 @@ def test_foreground_weight_marks_the_object() -> None:
     assert float(foreground_weight(video, 0.0)) == 1.0
 
 
+def test_foreground_weight_decays_over_the_run(tmp_path: Path) -> None:
+    trainer = VAETrainer(_config(tmp_path, steps=10, foreground_weight=10.0, foreground_weight_end=1.0))
+    assert [trainer.foreground_weight_at(s) for s in (0, 5, 10)] == [10.0, 5.5, 1.0]
+
+
 def test_fresh_vae_init(tmp_path: Path) -> None:
     """The posterior starts nearly deterministic and every resnet block as the identity."""
     trainer = VAETrainer(_config(tmp_path, init_logvar=-6.0))

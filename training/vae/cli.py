@@ -42,6 +42,9 @@ def vae_command(
     foreground_weight: Annotated[
         float, typer.Option(help="Extra reconstruction weight on object pixels.")
     ] = _DEFAULT.foreground_weight,
+    foreground_weight_end: Annotated[
+        float, typer.Option(help="Object-pixel weight at the last step (linear decay).")
+    ] = _DEFAULT.foreground_weight_end,
     kl_weight: Annotated[
         float, typer.Option(help="Weight of the KL term (per latent element).")
     ] = _DEFAULT.kl_weight,
@@ -82,6 +85,7 @@ def vae_command(
             crop_size=crop_size,
             mse_weight=mse_weight,
             foreground_weight=foreground_weight,
+            foreground_weight_end=foreground_weight_end,
             kl_weight=kl_weight,
             perceptual_weight=perceptual_weight,
             gan_weight=gan_weight,

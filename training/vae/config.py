@@ -68,7 +68,8 @@ class VAETrainConfig:
     max_frame_interval: int = 8
     dataset_length: int = 100_000
     # --- losses ---
-    foreground_weight: float = 10.0  # extra L1/L2 weight on object pixels (see trainer.py)
+    foreground_weight: float = 10.0  # extra L1/L2 weight on object pixels at step 0 (trainer.py)
+    foreground_weight_end: float = 1.0  # ... decaying linearly to this at the last step
     mse_weight: float = 1.0  # an L2 term beside L1 (PSNR, the acceptance metric, is L2)
     kl_weight: float = 1e-5
     zero_init_residual: bool = True  # fresh VAE: resnet blocks start as the identity (trainer.py)

@@ -132,6 +132,12 @@ class VAETrainer:
             scale = c.min_lr_ratio + (1.0 - c.min_lr_ratio) * scale
         return c.lr * scale
 
+    def foreground_weight_at(self, step: int) -> float:
+        """Linear from `foreground_weight` (find the objects) to `foreground_weight_end` (exact
+        background colors, which dominate PSNR) over the run."""
+        c = self.config
+        return c.foreground_weight + (c.foreground_weight_end - c.foreground_weight) * step / c.steps
+
     def gan_active(self, step: int) -> bool:
         return self.config.gan_weight > 0 and step >= self.config.gan_start
 
@@ -147,7 +153,7 @@ class VAETrainer:
         posterior = self.vae.encode(video, tiled=tiled, tiling=tiling)
         z = posterior.sample(generator)
         recon = self.vae.decode(z, tiled=tiled, tiling=tiling)
-        weight = foreground_weight(video, c.foreground_weight)  # (B, 1, T, H, W)
+        weight = foreground_weight(video, self.foreground_weight_at(step))  # (B, 1, T, H, W)
         l1 = ((recon - video).abs() * weight).mean()
         kl = posterior.kl().sum() / z.numel()
         perceptual = (
