@@ -65,7 +65,9 @@ def service_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_bundle(service_tmp: Path) -> Path:
     """The tiny bundle, with a higher step ceiling so tests can make a job last seconds."""
     bundle = init_random_bundle("tiny")
-    limits = dataclasses.replace(bundle.spec.limits, max_steps=1000, max_width=128, max_height=128)
+    limits = dataclasses.replace(
+        bundle.spec.limits, max_steps=1000, max_width=128, max_height=128, max_frames=17
+    )
     bundle.spec = dataclasses.replace(bundle.spec, limits=limits)
     return save_bundle(bundle, service_tmp / "bundle")
 

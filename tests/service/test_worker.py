@@ -178,8 +178,8 @@ def test_job_longer_than_visibility_timeout_runs_once(cluster: Callable[..., Clu
     """Celery's trap: Redis redelivers an unacknowledged message after the visibility timeout even
     though its worker is alive. The second worker receives it and must drop it."""
     c = cluster(workers=2, visibility_timeout_seconds=1, unacked_restore_interval=1)
-    # 128x128: ~5x the tokens of LONG, so >= ~5 s even on an idle machine
-    job = c.submit(**{**LONG, "width": 128, "height": 128})
+    # 128x128x17: ~10x the tokens of LONG, so several seconds even on an idle machine
+    job = c.submit(**{**LONG, "width": 128, "height": 128, "num_frames": 17})
     done = finished(c.store, job.id, 180)
     assert done.status == JobStatus.COMPLETED, done.error_message
     duration = done.timings["denoise"] + done.timings["decode"]
@@ -189,7 +189,7 @@ def test_job_longer_than_visibility_timeout_runs_once(cluster: Callable[..., Clu
     assert outcomes.count("claimed") == 1 and outcomes.count("completed") == 1
     assert "held" in outcomes  # it was redelivered while running, and dropped
     assert done.attempts == 1
-    assert read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4").shape == (9, 128, 128, 3)
+    assert read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4").shape == (17, 128, 128, 3)
 
 
 def _main_pid_of(c: Cluster, child_pid: int) -> int:
