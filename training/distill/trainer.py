@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-class DistillTrainer:
+class DistillTrainer(ABC):
     """Base class of the stages; see the module docstring."""
 
     stage = ""
@@ -126,14 +127,17 @@ class DistillTrainer:
 
     # --- what a stage provides ---------------------------------------------------------------------
 
+    @abstractmethod
     def build_pools(self) -> None:
-        raise NotImplementedError
+        """Build (or load) the stage's cached teacher targets."""
 
+    @abstractmethod
     def loss(self, step: int, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+        """The stage's training loss for one step."""
 
+    @abstractmethod
     def evaluate(self, dit: HunyuanVideoDiT) -> float:
-        raise NotImplementedError
+        """The stage's error against the teacher on held-out samples (lower is better)."""
 
     def export_metadata(self) -> dict[str, str]:
         """DiT metadata of the exported student (the stage adds its keys)."""
