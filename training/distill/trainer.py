@@ -39,7 +39,7 @@ from training.distill.config import DistillConfig
 from training.dit.config import DiTTrainConfig
 from training.dit.data import step_seed
 from training.dit.latents import build_latent_cache
-from training.dit.state import EMA, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint, save_loss_plot
+from training.dit.state import EMA, load_for_resume, lr_at, save_checkpoint, save_loss_plot
 from training.dit.trainer import init_distributed
 
 logger = logging.getLogger(__name__)
@@ -233,32 +233,22 @@ class DistillTrainer(ABC):
             path = save_checkpoint(self.out_dir, self.step, payload, self.config.keep_checkpoints)
             lines = ["step,loss", *(f"{i + 1},{v:.6g}" for i, v in enumerate(self.losses))]
             (self.out_dir / LOSS_CSV).write_text("\n".join(lines) + "\n")
-            save_loss_plot(self.losses, self.out_dir / LOSS_PLOT, title=self.plot_title)
+            save_loss_plot(
+                self.losses, self.out_dir / LOSS_PLOT, title=self.plot_title, ylabel="MSE to the teacher"
+            )
         self._barrier()
         return path
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            logger.info("resume: no checkpoint under %s, starting from step 0", self.out_dir)
+        payload = load_for_resume(self.out_dir, self.config.to_dict(), _RESUME_FREE)
+        if payload is None:
             return
-        payload = load_checkpoint(path)
-        saved = payload.get("config", {})
-        current = self.config.to_dict()
-        changed = sorted(
-            k for k in current if k not in _RESUME_FREE and saved.get(k, current[k]) != current[k]
-        )
-        if changed:
-            logger.warning(
-                "resuming %s with changed settings %s: the run will not replay exactly", path, changed
-            )
         self.student.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step = int(payload["step"])
         self.losses = [float(v) for v in payload["losses"]]
         self.metric_before = payload.get("metric_before")
-        logger.info("resumed from %s at step %d", path, self.step)
 
     def export_bundle(self, directory: Path | None = None) -> Path:
         """Write the EMA student as a served bundle, with its metadata, and `metrics.json`."""

@@ -122,7 +122,31 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def save_loss_plot(losses: list[float], path: Path, title: str = "DiT flow-matching loss") -> Path:
+def load_for_resume(out_dir: Path, config: dict[str, Any], resume_free: set[str]) -> dict[str, Any] | None:
+    """The latest checkpoint under `out_dir` (RNG states restored), or None when there is none.
+
+    Settings that differ from the checkpoint's saved config are logged as a warning, except those
+    in `resume_free` (bookkeeping such as progress bars or checkpoint cadence), which a resumed
+    run may change without changing the result."""
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        logger.info("resume: no checkpoint under %s, starting from step 0", out_dir)
+        return None
+    payload = load_checkpoint(path)
+    saved = payload.get("config", {})
+    changed = sorted(k for k in config if k not in resume_free and saved.get(k, config[k]) != config[k])
+    if changed:
+        logger.warning("resuming %s with changed settings %s: the run will not replay exactly", path, changed)
+    logger.info("resuming from %s at step %d", path, int(payload["step"]))
+    return payload
+
+
+def save_loss_plot(
+    losses: list[float],
+    path: Path,
+    title: str = "DiT flow-matching loss",
+    ylabel: str = "MSE (velocity)",
+) -> Path:
     """Per-step loss (faint) and its moving average, log scale, as a PNG (Agg, no display needed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -140,7 +164,7 @@ def save_loss_plot(losses: list[float], path: Path, title: str = "DiT flow-match
         if np.isfinite(values).all() and values.min() > 0 and values.max() / values.min() > 20:
             axes.set_yscale("log")  # long runs span decades; short ones read better linear
     axes.set_xlabel("step")
-    axes.set_ylabel("MSE (velocity)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="upper right")

@@ -51,8 +51,7 @@ from training.dit.config import DiTTrainConfig
 from training.dit.data import BatchSource, SyntheticBatches, TrainBatch, step_seed
 from training.dit.state import (
     EMA,
-    latest_checkpoint,
-    load_checkpoint,
+    load_for_resume,
     lr_at,
     save_checkpoint,
     save_loss_plot,
@@ -349,26 +348,14 @@ class DiTTrainer:
         return path
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            logger.info("resume: no checkpoint under %s, starting from step 0", self.out_dir)
+        payload = load_for_resume(self.out_dir, self.config.to_dict(), _RESUME_FREE)
+        if payload is None:
             return
-        payload = load_checkpoint(path)
-        saved = payload.get("config", {})
-        current = self.config.to_dict()
-        changed = sorted(
-            k for k in current if k not in _RESUME_FREE and saved.get(k, current[k]) != current[k]
-        )
-        if changed:
-            logger.warning(
-                "resuming %s with changed settings %s: the run will not replay exactly", path, changed
-            )
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.step = int(payload["step"])
         self.losses = [float(v) for v in payload["losses"]]
-        logger.info("resumed from %s at step %d", path, self.step)
 
     def export_bundle(self, directory: Path | None = None) -> Path:
         """Write the EMA weights (DiT, and the text encoder if trained) as a served bundle."""

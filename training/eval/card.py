@@ -1,4 +1,4 @@
-"""The model card (``MODEL_CARD.md`` in a bundle), the acceptance thresholds and the contact sheet.
+"""The model card (``MODEL_CARD.md`` in a bundle) and the acceptance thresholds.
 
 `write_model_card(bundle_dir, results)` renders what `evaluate_bundle` measured (the eval.json
 dict) together with the bundle's own description (`describe_bundle`: configs, parameter counts
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from training.data import (
     BACKGROUNDS,
@@ -451,58 +450,3 @@ def write_model_card(
     path.write_text(render_model_card(bundle_dir, results, recipe))
     logger.info("model card written to %s", path)
     return path
-
-
-# --- contact sheet ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SheetRow:
-    lines: list[str]  # text above the frames
-    frames: np.ndarray  # (T, H, W, 3) uint8
-
-
-def save_contact_sheet(
-    rows: list[SheetRow], path: str | Path, frames_per_clip: int = 5, scale: int = 2
-) -> Path:
-    """A PNG: per row its text lines, then ``frames_per_clip`` evenly spaced frames, upscaled."""
-    if not rows:
-        raise ValueError("a contact sheet needs at least one row")
-    font = ImageFont.load_default()
-    line_h, pad = 13, 4
-    _, h, w, _ = rows[0].frames.shape
-    fw, fh = w * scale, h * scale
-    text_w = max(int(font.getlength(t)) for r in rows for t in r.lines)
-    width = max(text_w, frames_per_clip * (fw + pad)) + 2 * pad
-    row_h = pad + line_h * max(len(r.lines) for r in rows) + fh + pad
-    sheet = Image.new("RGB", (width, row_h * len(rows)), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
-    for i, row in enumerate(rows):
-        top = i * row_h + pad
-        for k, text in enumerate(row.lines):
-            color = (255, 120, 120) if "WRONG" in text else (230, 230, 230)
-            draw.text((pad, top + k * line_h), text, fill=color, font=font)
-        t = row.frames.shape[0]
-        picks = np.linspace(0, t - 1, min(frames_per_clip, t)).round().astype(int)
-        y = top + line_h * len(row.lines)
-        for j, f in enumerate(picks):
-            image = Image.fromarray(row.frames[f]).resize((fw, fh), Image.Resampling.NEAREST)
-            sheet.paste(image, (pad + j * (fw + pad), y))
-    path = Path(path)
-    sheet.save(path)
-    return path
-
-
-def sheet_rows(runs: list[tuple[str, list[np.ndarray], list[dict[str, Any]]]], count: int) -> list[SheetRow]:
-    """Rows for ``count`` evenly spread clips: one row per (role, clips, judge records) run."""
-    n = len(runs[0][1])
-    picks = sorted({j * n // min(count, n) for j in range(min(count, n))})
-    rows = []
-    for i in picks:
-        for role, clips, records in runs:
-            rec, judged = records[i], records[i]["judged"]
-            verdict = "ok" if not rec["wrong"] else "WRONG " + ", ".join(rec["wrong"])
-            text = f"judged: {judged['color']} {judged['shape']} {judged['motion']} / {judged['background']}"
-            title = f"{role}: {rec['caption']} (seed {rec['seed']})"
-            rows.append(SheetRow([title, f"{text}  [{verdict}]"], clips[i]))
-    return rows

@@ -50,13 +50,7 @@ from models import VAETiling
 from models.checkpoint_io import parse_dtype
 from training.data import ClipSpec, SyntheticVideoDataset, caption, heldout_combinations, render_clip
 from training.data.dataset import to_tensor
-from training.eval.card import (
-    check_thresholds,
-    describe_bundle,
-    save_contact_sheet,
-    sheet_rows,
-    write_model_card,
-)
+from training.eval.card import check_thresholds, describe_bundle, write_model_card
 from training.eval.judge import evaluate, judge_clip
 from training.eval.metrics import i2v_consistency, psnr, ssim
 from training.eval.sampling import (
@@ -66,6 +60,7 @@ from training.eval.sampling import (
     served_sampler,
     teacher_sampler,
 )
+from training.eval.sheet import save_contact_sheet, sheet_rows
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from models import CausalVAE3D, load_vae, save_vae
 from models.vae_blocks import ResnetBlockCausal3D
 from models.vae_config import vae_preset
 from training.dit.data import step_seed
-from training.dit.state import EMA, latest_checkpoint, load_checkpoint, lr_at, save_checkpoint, save_loss_plot
+from training.dit.state import EMA, load_for_resume, lr_at, save_checkpoint, save_loss_plot
 from training.vae.config import VAETrainConfig
 from training.vae.data import VAEBatch, VAEBatches
 from training.vae.evaluate import evaluate_vae, heldout_videos, save_reconstructions, scaling_factor
@@ -274,24 +274,18 @@ class VAETrainer:
             ",".join((str(i + 1), *(f"{m[k]:.6g}" for k in METRICS))) for i, m in enumerate(self.history)
         ]
         (self.out_dir / LOSS_CSV).write_text("\n".join(lines) + "\n")
-        save_loss_plot([m["loss"] for m in self.history], self.out_dir / LOSS_PLOT, title="VAE loss")
+        save_loss_plot(
+            [m["loss"] for m in self.history],
+            self.out_dir / LOSS_PLOT,
+            title="VAE loss",
+            ylabel="L1 + MSE + perceptual + KL (+ GAN)",
+        )
         return path
 
     def _resume(self) -> None:
-        path = latest_checkpoint(self.out_dir)
-        if path is None:
-            logger.info("resume: no checkpoint under %s, starting from step 0", self.out_dir)
+        payload = load_for_resume(self.out_dir, self.config.to_dict(), _RESUME_FREE)
+        if payload is None:
             return
-        payload = load_checkpoint(path)
-        saved = payload.get("config", {})
-        current = self.config.to_dict()
-        changed = sorted(
-            k for k in current if k not in _RESUME_FREE and saved.get(k, current[k]) != current[k]
-        )
-        if changed:
-            logger.warning(
-                "resuming %s with changed settings %s: the run will not replay exactly", path, changed
-            )
         self.vae.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -299,7 +293,6 @@ class VAETrainer:
         self.disc_optimizer.load_state_dict(payload["disc_optimizer"])
         self.step = int(payload["step"])
         self.history = [dict(m) for m in payload["history"]]
-        logger.info("resumed from %s at step %d", path, self.step)
 
     # --- export -----------------------------------------------------------------------------------
 
