@@ -17,11 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from engine.bundle_spec import BUNDLE_FILE, DEFAULT_BUNDLE_DIR, BundleSpec, read_bundle_spec
 from engine.limits import BUCKETS_540P, BUCKETS_720P, ModelLimits
 from models import (
     BuiltinTextEncoder,
@@ -39,20 +40,19 @@ from models import (
 )
 from models.text_encoder_builtin import WordTokenizer, default_caption_vocabulary
 
+__all__ = [  # the spec half lives in engine.bundle_spec (no torch: the API reads it)
+    "BUNDLE_FILE",
+    "BUNDLE_PRESETS",
+    "DEFAULT_BUNDLE_DIR",
+    "BundleSpec",
+    "ModelBundle",
+    "init_random_bundle",
+    "load_bundle",
+    "read_bundle_spec",
+    "save_bundle",
+]
+
 logger = logging.getLogger(__name__)
-
-BUNDLE_FILE = "bundle.json"
-DEFAULT_BUNDLE_DIR = Path("weights/hyv-small")
-
-
-@dataclass(frozen=True)
-class BundleSpec:
-    name: str
-    dit_preset: str
-    vae_preset: str
-    text_encoder_preset: str | None  # a BuiltinTextEncoder preset; None = external encoders by path
-    limits: ModelLimits = field(default_factory=ModelLimits)
-    trained: bool = False
 
 
 _LIMITS_13B = ModelLimits(
@@ -148,18 +148,6 @@ def save_bundle(
     (directory / BUNDLE_FILE).write_text(json.dumps(asdict(bundle.spec), indent=2))
     logger.info("saved bundle %s to %s", bundle.spec.name, directory)
     return directory
-
-
-def read_bundle_spec(directory: str | Path) -> BundleSpec:
-    path = Path(directory) / BUNDLE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no model bundle at {Path(directory)} (missing {BUNDLE_FILE}); "
-            "create one with `hyv init-weights` or train one"
-        )
-    raw = json.loads(path.read_text())
-    limits = ModelLimits(**raw.pop("limits", {}))
-    return BundleSpec(**raw, limits=limits)
 
 
 def load_bundle(

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the API validates images without it
+    import torch
 
 MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs well before Pillow's own limit
 
@@ -52,5 +55,7 @@ def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
 
 def image_to_video_tensor(image: Image.Image) -> torch.Tensor:
     """RGB image -> (1, 3, 1, H, W) in [-1, 1]: a one-frame video for the VAE."""
+    import torch
+
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))  # (H, W, 3) in [0, 255]
     return (pixels / 127.5 - 1.0).permute(2, 0, 1)[None, :, None]  # (1, 3, 1, H, W)

@@ -8,6 +8,8 @@ Settings that matter for long GPU jobs:
   is alive (Celery's "long jobs run twice" trap). It is set above the hard time limit, and the
   per-job claim in service.jobs drops a duplicate delivery anyway (the tests shorten it on purpose).
 - soft/hard time limits, and worker_cancel_long_running_tasks_on_connection_loss.
+- the transport: kombu's Redis transport with its acknowledgement fixed for a Redis restart
+  (service.broker: otherwise a job ending while Redis is down leaves the worker idle for good).
 
 The API process never imports the worker module (torch): it sends the task by name via `enqueue`.
 """
@@ -19,6 +21,7 @@ import threading
 
 from celery import Celery
 
+from service.broker import transport_for
 from service.jobs import Job
 from service.settings import Settings, get_settings, queue_name
 
@@ -43,6 +46,7 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=settings.task_hard_time_limit,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
+        broker_transport=transport_for(settings.redis_url),
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_seconds,
             "unacked_restore_interval": settings.unacked_restore_interval,

@@ -39,7 +39,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the video API: starts Redis (unless HYV_REDIS_URL), the workers and the API together."""
-    from engine.bundle import read_bundle_spec
+    from engine.bundle_spec import read_bundle_spec
     from service.launcher import serve as run_serve
 
     settings = _settings(host=host, port=port, data_dir=data_dir, weights=weights, redis_url=redis_url)
@@ -63,7 +63,7 @@ def worker(
     name: Annotated[str, typer.Option(help="Worker name (Celery hostname prefix).")] = "worker",
 ) -> None:
     """Run one GPU worker (production): takes jobs of the served model from Redis."""
-    from engine.bundle import read_bundle_spec
+    from engine.bundle_spec import read_bundle_spec
     from service.launcher import run_worker
 
     settings = _settings(redis_url=redis_url, weights=weights, data_dir=data_dir, device=device)

@@ -7,11 +7,12 @@ indexes kept in step by Lua scripts, so every status change is atomic with its i
     hyv:queued:{model}     zset  queued jobs of a model by enqueue time (queue position)
     hyv:active:{owner}     set   the owner's queued + in_progress jobs (the queued-job cap)
     hyv:running            set   in_progress jobs (the worker's reaper looks for dead claims here)
-    hyv:cancel:{id}        flag  cancel requested (the worker polls it every denoising step)
+    hyv:cancel:{id}        flag  cancel requested (the worker reads it with its progress writes)
     hyv:claim:{id}         str   the token of the worker running the job, with a lease (PX)
     hyv:idem:{owner}:{h}   str   [job_id, body_hash] of an Idempotency-Key
     hyv:workers:{host}     str   a worker's heartbeat (JSON, TTL): ready with its model loaded
     hyv:events:{id}        pub/sub channel: {"event": ..., "job": {...}} after every write
+    hyv:cancel-requests:{host}  pub/sub channel: ids of that worker's jobs to cancel now
 
 Every write bumps `version` and publishes the whole job, so a subscriber that also read a snapshot
 can drop events older than what it has already shown.
@@ -22,204 +23,44 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Literal
 
 import redis
 import redis.asyncio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
+
+from service.job_model import (
+    FINISHED,
+    JOB_FIELDS,
+    JOB_ID_RE,
+    Job,
+    JobStatus,
+    Stage,
+    new_job_id,
+    owner_for_key,
+)
+from service.jobs_lua import CLAIM_LUA, DELETE_IF_LUA, READ_LUA, RENEW_LUA, UPDATE_LUA
+
+__all__ = [  # the record itself lives in service.job_model
+    "FINISHED",
+    "JOB_FIELDS",
+    "JOB_ID_RE",
+    "PREFIX",
+    "ClaimResult",
+    "Job",
+    "JobStatus",
+    "JobStore",
+    "Stage",
+    "new_job_id",
+    "owner_for_key",
+]
 
 PREFIX = "hyv:"
-JOB_ID_RE = re.compile(r"^video_[0-9a-f]{24}$")
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
-
-class JobStatus(enum.StrEnum):
-    QUEUED = "queued"
-    IN_PROGRESS = "in_progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED
-
-
-FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-Stage = Literal["text_encode", "denoise", "decode", "encode"]
-
-
-def new_job_id() -> str:
-    return "video_" + secrets.token_hex(12)
-
-
-def owner_for_key(api_key: str | None) -> str:
-    """The owner of a key's jobs: its SHA-256 (the key itself is never stored), or "anonymous"."""
-    return hashlib.sha256(api_key.encode()).hexdigest() if api_key else "anonymous"
-
-
-class Job(BaseModel):
-    id: str = Field(default_factory=new_job_id)
-    owner: str = "anonymous"
-    model: str
-    status: JobStatus = JobStatus.QUEUED
-    progress: int = Field(default=0, ge=0, le=100)
-    stage: Stage | None = None
-    step: int = 0
-    total_steps: int = 0
-    created_at: int = Field(default_factory=lambda: int(time.time()))
-    started_at: int | None = None
-    completed_at: int | None = None
-    expires_at: int | None = None
-    # GenerationRequest fields except `image` (the image lives in storage: save_input_image).
-    request: dict[str, Any] = Field(default_factory=dict)
-    prompt: str = ""
-    size: str = ""  # "WxH"
-    seconds: str = ""  # duration as the OpenAI API writes it ("4")
-    num_frames: int = 0
-    fps: int = 0
-    error_code: str | None = None
-    error_message: str | None = None
-    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
-    attempts: int = 0
-    worker: str | None = None
-    content_bytes: int = 0
-    webhook_url: str | None = None
-    version: int = 0  # bumped by every write
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    def event(self) -> dict[str, Any]:
-        """The pub/sub / SSE event for this state: event = "progress" while running, else the status."""
-        name = "progress" if self.status == JobStatus.IN_PROGRESS else self.status.value
-        return {"event": name, "job": self.model_dump(mode="json")}
-
-
-JOB_FIELDS = frozenset(Job.model_fields)
-
-# Lua: the job hash as ONE JSON object. Its values are JSON already, so they are spliced in as they
-# are and the client parses a single document (no json.loads per field); also returns the status.
-_SNAPSHOT_LUA = """
-local function snapshot(key)
-  local flat = redis.call('HGETALL', key)
-  local parts, status = {}, nil
-  for i = 1, #flat, 2 do
-    parts[#parts + 1] = '"' .. flat[i] .. '":' .. flat[i + 1]
-    if flat[i] == 'status' then status = cjson.decode(flat[i + 1]) end
-  end
-  return '{' .. table.concat(parts, ',') .. '}', status
-end
-"""
-
-# KEYS: job hash, claim key, cancel key. ARGV: fields (JSON object of JSON-encoded values), prefix,
-# job id, allowed current statuses (JSON list, [] = any), "1" = refuse while a claim exists, queue
-# score, record TTL seconds (set once the job is finished), event channel.
-# Returns nil if the job is missing, {0, job JSON, cancel flag} if a guard refused, {1, job JSON,
-# cancel flag} after the write, which also publishes {"event": ..., "job": ...} (Job.event()'s shape)
-# on the channel: one round trip per write, events published in version order, and the cancel flag
-# read with it (see JobStore.is_cancel_requested).
-_UPDATE_LUA = (
-    _SNAPSHOT_LUA
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-local current = cjson.decode(redis.call('HGET', KEYS[1], 'status'))
-local allowed = cjson.decode(ARGV[4])
-if #allowed > 0 then
-  local ok = false
-  for _, s in ipairs(allowed) do if s == current then ok = true end end
-  if not ok then return {0, (snapshot(KEYS[1])), redis.call('EXISTS', KEYS[3])} end
-end
-if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
-  return {0, (snapshot(KEYS[1])), redis.call('EXISTS', KEYS[3])}
-end
-local fields = cjson.decode(ARGV[1])
-local prefix, id = ARGV[2], ARGV[3]
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('HINCRBY', KEYS[1], 'version', 1)
-if fields['status'] then
-  local s = cjson.decode(fields['status'])
-  local owner = cjson.decode(redis.call('HGET', KEYS[1], 'owner'))
-  local model = cjson.decode(redis.call('HGET', KEYS[1], 'model'))
-  if s == 'queued' then
-    redis.call('ZADD', prefix .. 'queued:' .. model, 'NX', ARGV[6], id)
-  else
-    redis.call('ZREM', prefix .. 'queued:' .. model, id)
-  end
-  if s == 'in_progress' then
-    redis.call('SADD', prefix .. 'running', id)
-  else
-    redis.call('SREM', prefix .. 'running', id)
-  end
-  if s == 'queued' or s == 'in_progress' then
-    redis.call('SADD', prefix .. 'active:' .. owner, id)
-  else
-    redis.call('SREM', prefix .. 'active:' .. owner, id)
-  end
-end
-local document, status = snapshot(KEYS[1])
-if status == 'completed' or status == 'failed' or status == 'cancelled' then
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-end
-if type(status) == 'string' then
-  local name = status
-  if status == 'in_progress' then name = 'progress' end
-  redis.call('PUBLISH', ARGV[8], '{"event":"' .. name .. '","job":' .. document .. '}')
-end
-return {1, document, redis.call('EXISTS', KEYS[3])}
-"""
-)
-
-# KEYS: job hash, claim key, cancel key. ARGV: token, lease ms.
-_CLAIM_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
-local s = cjson.decode(redis.call('HGET', KEYS[1], 'status'))
-if s == 'completed' or s == 'failed' or s == 'cancelled' then return 'finished' end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return 'held' end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 1 then return 'cancel' end
-return 'claimed'
-"""
-
-# KEYS: claim key. ARGV: token, lease ms (0 = release). Returns 1 if the claim is (still) ours.
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
-"""
-
-# KEYS: job hash. ARGV: prefix, job id, "1" = also the queue position. A status read in one round
-# trip: the job's JSON and the 1-based queue position of a queued job.
-# Returns nil if the job is missing, else {job JSON, position or false}.
-_READ_LUA = (
-    _SNAPSHOT_LUA
-    + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-local document, status = snapshot(KEYS[1])
-local position = false
-if ARGV[3] == '1' and status == 'queued' then
-  local model = cjson.decode(redis.call('HGET', KEYS[1], 'model'))
-  local rank = redis.call('ZRANK', ARGV[1] .. 'queued:' .. model, ARGV[2])
-  if rank then position = rank + 1 end
-end
-return {document, position}
-"""
-)
-
 ClaimResult = Literal["claimed", "held", "finished", "missing", "cancel"]
-
-# is_cancel_requested answers from the flag the job's last write read, if that was this recent.
-CANCEL_FLAG_FRESH_S = 0.05
 
 
 class JobStore:
@@ -228,11 +69,11 @@ class JobStore:
     def __init__(self, redis_client: redis.Redis, record_ttl_seconds: int = 7 * 24 * 3600) -> None:
         self.redis = redis_client
         self.record_ttl_seconds = record_ttl_seconds
-        self._update_script = redis_client.register_script(_UPDATE_LUA)
-        self._claim_script = redis_client.register_script(_CLAIM_LUA)
-        self._renew_script = redis_client.register_script(_RENEW_LUA)
-        self._read_script = redis_client.register_script(_READ_LUA)
-        self._cancel_seen: tuple[str, float, bool] | None = None  # (job id, monotonic, flag)
+        self._update_script = redis_client.register_script(UPDATE_LUA)
+        self._claim_script = redis_client.register_script(CLAIM_LUA)
+        self._renew_script = redis_client.register_script(RENEW_LUA)
+        self._read_script = redis_client.register_script(READ_LUA)
+        self._delete_if_script = redis_client.register_script(DELETE_IF_LUA)
 
     @classmethod
     def from_url(cls, url: str, record_ttl_seconds: int = 7 * 24 * 3600) -> JobStore:
@@ -247,6 +88,11 @@ class JobStore:
     @staticmethod
     def channel(job_id: str) -> str:
         return f"{PREFIX}events:{job_id}"
+
+    @staticmethod
+    def cancel_channel(hostname: str) -> str:
+        """A worker's channel for cancel requests: the id of a job it runs that was cancelled."""
+        return f"{PREFIX}cancel-requests:{hostname}"
 
     @staticmethod
     def _claim_key(job_id: str) -> str:
@@ -301,7 +147,7 @@ class JobStore:
                 pipe.evalsha(self._read_script.sha, 1, self.job_key(job_id), PREFIX, job_id, "1")
             replies = pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self.redis.script_load(_READ_LUA)  # a restarted Redis has forgotten it
+                self.redis.script_load(READ_LUA)  # a restarted Redis has forgotten it
                 continue
             break
         for (index, _), reply in zip(valid, replies, strict=True):
@@ -322,6 +168,12 @@ class JobStore:
         """Set fields (validated names), bump the version and publish the new state; None if missing."""
         return self._write(job_id, fields)
 
+    def update_progress(self, job_id: str, **fields: Any) -> bool | None:
+        """update() for the worker's progress writes: returns whether the job's cancel flag is set
+        (read in the same round trip), None if the job is missing."""
+        _, job, cancel = self._write_guarded(job_id, fields, [], False)
+        return None if job is None else cancel
+
     def transition(
         self,
         job_id: str,
@@ -331,7 +183,23 @@ class JobStore:
     ) -> tuple[bool, Job | None]:
         """Compare-and-set: write only if the job's status is one of `allowed` (and, if asked, no
         worker holds it). Returns (written, job as it is now)."""
-        return self._write_guarded(job_id, fields, [JobStatus(s).value for s in allowed], require_unclaimed)
+        written, job, _ = self._write_guarded(
+            job_id, fields, [JobStatus(s).value for s in allowed], require_unclaimed
+        )
+        return written, job
+
+    def finish(self, job_id: str, token: str, status: JobStatus, **fields: Any) -> tuple[bool, Job | None]:
+        """A run's final write (completed, failed or cancelled), made only while `token` still holds
+        the job's claim and the job is queued or in progress: checked and written in one Lua script,
+        so a run whose lease lapsed (another worker took the job) can never end it. Returns
+        (written, job as it is now); refused, nothing changes (no version bump, no event)."""
+        if not JobStatus(status).finished:
+            raise ValueError(f"finish() writes a final status, not {status!r}")
+        if not token:
+            raise ValueError("finish() needs the claim token of the run")
+        allowed = [JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value]
+        written, job, _ = self._write_guarded(job_id, {**fields, "status": status}, allowed, False, token)
+        return written, job
 
     def delete(self, job_id: str) -> None:
         job = self.get(job_id)
@@ -348,8 +216,15 @@ class JobStore:
         return self._write_guarded(job_id, fields, [], False)[1]
 
     def _write_guarded(
-        self, job_id: str, fields: dict[str, Any], allowed: list[str], require_unclaimed: bool
-    ) -> tuple[bool, Job | None]:
+        self,
+        job_id: str,
+        fields: dict[str, Any],
+        allowed: list[str],
+        require_unclaimed: bool,
+        claim_token: str = "",
+    ) -> tuple[bool, Job | None, bool]:
+        """(written, the job as it is now or None if missing, whether its cancel flag is set);
+        `claim_token`: write only while the job's claim holds exactly that token."""
         unknown = set(fields) - JOB_FIELDS - {"version"} | ({"id", "version"} & set(fields))
         if unknown:
             raise ValueError(f"cannot update job field(s) {sorted(unknown)}")
@@ -367,13 +242,13 @@ class JobStore:
                 repr(time.time()),
                 str(self.record_ttl_seconds),
                 self.channel(job_id),
+                claim_token,
             ],
         )
         if result is None:
-            return False, None
+            return False, None, False
         written, document, cancel = result
-        self._cancel_seen = (job_id, time.monotonic(), bool(cancel))
-        return bool(written), Job.model_validate_json(document)
+        return bool(written), Job.model_validate_json(document), bool(cancel)
 
     # --- listing and counting --------------------------------------------------------------------
 
@@ -432,8 +307,14 @@ class JobStore:
     # --- cancel ----------------------------------------------------------------------------------
 
     def request_cancel(self, job_id: str) -> Job | None:
-        """Flag the job; a queued one becomes cancelled at once (it never runs), a running one stops
-        at the worker's next step check. Returns the job as it is now (None if missing)."""
+        """Flag the job; a queued one becomes cancelled at once (it never runs); for a running one
+        the job id is also published on its worker's cancel channel, which sets the worker's local
+        cancel event (service.worker_signals): it stops after the denoising step in flight.
+        Returns the job as it is now (None if missing).
+
+        The flag is set before the message is sent, so a worker that subscribes or starts the job
+        after the message went out still finds the flag (it reads it once when the job starts, and
+        again with its progress writes)."""
         if self.get(job_id) is None:
             return None
         self.redis.set(self._cancel_key(job_id), b"1", ex=self.record_ttl_seconds)
@@ -446,16 +327,12 @@ class JobStore:
             error_code="cancelled",
             error_message="cancelled before it started",
         )
+        if job is not None and job.status == JobStatus.IN_PROGRESS and job.worker:
+            self.redis.publish(self.cancel_channel(job.worker), job_id)
         return job
 
     def is_cancel_requested(self, job_id: str) -> bool:
-        """Whether the job's cancel flag is set. The worker checks after every denoising step, right
-        after writing the step: that write read the flag too, so a check within
-        CANCEL_FLAG_FRESH_S of it costs no second round trip (a cancel landing in between is seen
-        at the next step's write, still within one step)."""
-        seen = self._cancel_seen
-        if seen is not None and seen[0] == job_id and time.monotonic() - seen[1] < CANCEL_FLAG_FRESH_S:
-            return seen[2]
+        """Whether the job's cancel flag is set (one round trip)."""
         return bool(self.redis.exists(self._cancel_key(job_id)))
 
     # --- claims (the worker side of "never run a job twice") ------------------------------------
@@ -520,6 +397,14 @@ class JobStore:
             ex=IDEMPOTENCY_TTL_SECONDS,
         )
         return bool(stored)
+
+    def idempotency_release(self, owner: str, key: str, job_id: str, body_hash: str) -> bool:
+        """Forget key -> job if it still points at that job (its submission failed, so a retry
+        with the key must submit again); True if it was released."""
+        released = self._delete_if_script(
+            keys=[self._idempotency_key(owner, key)], args=[json.dumps([job_id, body_hash])]
+        )
+        return bool(released)
 
     # --- workers ---------------------------------------------------------------------------------
 
@@ -589,7 +474,7 @@ class JobStore:
 
 
 def _read_result(result: Any) -> tuple[Job, int | None] | None:
-    """What _READ_LUA returns -> (job, queue position or None); None if the job is missing.
+    """What READ_LUA returns -> (job, queue position or None); None if the job is missing.
     pydantic parses the JSON document itself: no json.loads per field."""
     if result is None:
         return None

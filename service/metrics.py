@@ -10,14 +10,21 @@ from Redis at scrape time, so it is right whichever process answers the scrape.
     worker: job_finished(model, status); observe_queue_wait / observe_stage / observe_denoise_step /
             observe_first_byte
     /metrics: body, content_type = render_metrics(store, settings)
+
+Recording a metric never raises: with the disk full (or a file-size limit) prometheus-client cannot
+create or grow its files, and that must not fail the job or the request being counted (logged
+at most once a minute instead).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec
 
 from service.settings import get_settings
 
@@ -51,6 +58,26 @@ if TYPE_CHECKING:
 
 values.ValueClass = values.get_value_class()  # in case prometheus_client was imported earlier
 
+logger = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_COMPLAINT_INTERVAL_S = 60.0
+_last_complaint = [-_COMPLAINT_INTERVAL_S]
+
+
+def _never_raises(record: Callable[_P, None]) -> Callable[_P, None]:
+    @functools.wraps(record)
+    def safe(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            record(*args, **kwargs)
+        except Exception as exc:
+            now = time.monotonic()
+            if now - _last_complaint[0] >= _COMPLAINT_INTERVAL_S:
+                _last_complaint[0] = now
+                logger.warning("metric %s not recorded: %s: %s", record.__name__, type(exc).__name__, exc)
+
+    return safe
+
+
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -77,32 +104,39 @@ FIRST_BYTE = Histogram(
 )
 
 
+@_never_raises
 def observe_request(route: str, method: str, code: int, seconds: float) -> None:
     REQUESTS.labels(route, method, str(code)).inc()
     REQUEST_DURATION.labels(route, method).observe(seconds)
 
 
+@_never_raises
 def job_submitted(model: str, mode: str) -> None:
     """mode: "t2v" or "i2v"."""
     JOBS_SUBMITTED.labels(model, mode).inc()
 
 
+@_never_raises
 def job_finished(model: str, status: str) -> None:
     JOBS_FINISHED.labels(model, status).inc()
 
 
+@_never_raises
 def observe_queue_wait(seconds: float) -> None:
     QUEUE_WAIT.observe(max(0.0, seconds))
 
 
+@_never_raises
 def observe_stage(stage: str, seconds: float) -> None:
     STAGE_SECONDS.labels(stage).observe(seconds)
 
 
+@_never_raises
 def observe_denoise_step(seconds: float) -> None:
     DENOISE_STEP.observe(seconds)
 
 
+@_never_raises
 def observe_first_byte(seconds: float) -> None:
     FIRST_BYTE.observe(max(0.0, seconds))
 

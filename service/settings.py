@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engine.bundle import DEFAULT_BUNDLE_DIR
+from engine.bundle_spec import DEFAULT_BUNDLE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1...; None = cuda if available.")
     dtype: str | None = Field(default=None, description="fp32, bf16, fp16; None = bf16 on CUDA, fp32 on CPU.")
     text_encoder: Path | None = Field(default=None, description="External text encoders (the 13B).")
+    job_memory_limit_mb: int = Field(
+        default=0,
+        ge=0,
+        description="Memory one job may use on top of the loaded model, in MiB (0 = no limit): a GPU "
+        "worker caps PyTorch's allocator, a CPU worker its private memory (RLIMIT_DATA). A job over it "
+        "fails with `out_of_memory` and the worker takes the next job.",
+    )
 
     # --- jobs and the queue ----------------------------------------------------------------------
     job_ttl_seconds: int = Field(default=24 * 3600, gt=0, description="How long videos are kept.")
@@ -78,6 +85,12 @@ class Settings(BaseSettings):
     )
     unacked_restore_interval: int = Field(
         default=10, ge=1, description="Seconds between the broker's sweeps for unacked messages to redeliver."
+    )
+    progress_interval_s: float = Field(
+        default=0.1,
+        ge=0,
+        description="A running job's progress goes to Redis at most this often (each stage's first and "
+        "last step always); 0 = every step.",
     )
 
     # --- webhooks --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ object store (the growing `.part` file stays a local spool under data_dir).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -109,7 +110,8 @@ class LocalVideoWriter:
         if self._file.closed:
             return
         owned = self._owns_part()
-        self._file.close()
+        with contextlib.suppress(OSError):  # a full disk fails the flush of the last bytes again
+            self._file.close()  # (closed all the same)
         if owned:
             self.part.unlink(missing_ok=True)
 

@@ -9,12 +9,17 @@ Redis (`hyv:workers:{host}`, TTL) as ready. For each job it:
 2. streams the fragmented MP4 from VideoPipeline.stream into storage (`{id}.mp4.part`, renamed
    to `{id}.mp4` at the end; with S3 storage uploaded first), with stage/step/progress written to
    the JobStore as they happen; a storage failure fails the job with `storage_error`;
-3. polls the cancel flag at every denoising step and decoded tile (the pipeline raises
-   GenerationCancelledError), and stops if it lost its claim;
+3. checks for a cancel after every denoising step and decoded tile (the pipeline raises
+   GenerationCancelledError) by reading a local event that a pub/sub message sets
+   (service.worker_signals: no Redis round trip per step), and stops if it lost its claim;
+   progress goes to Redis at most every `progress_interval_s` (each stage's start and end always);
 4. writes a PNG thumbnail of the first frame and the final state.
 
 The beat thread also renews the running job's claim and requeues in-progress jobs whose claim
 expired (their worker died without Celery noticing, e.g. the whole machine went away).
+Faults (service.worker_health): a model that fails to load leaves the process up but not ready
+(/readyz shows the error) and hands every job back to the queue; a Redis restart pauses a job;
+a full disk or a job over `job_memory_limit_mb` fails it (`storage_error`, `out_of_memory`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +38,10 @@ import av
 import torch
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import shared_task, signals
+from celery.exceptions import Reject
 from PIL import Image
 
-from engine.pipeline import GenerationCancelledError, PipelineOptions, Progress, VideoPipeline
+from engine.pipeline import GenerationCancelledError, Progress, VideoPipeline
 from engine.request import GenerationRequest
 from service import metrics, webhooks
 from service.celery_app import TASK_NAME, celery_for
@@ -44,17 +49,21 @@ from service.jobs import Job, JobStatus, JobStore
 from service.log import configure_logging, job_context
 from service.settings import Settings, get_settings, queue_name
 from service.storage import Storage, StorageError, make_storage
+from service.worker_health import (
+    LOAD_RETRY_S,
+    Failure,
+    abort_quietly,
+    classify_failure,
+    load_pipeline,
+    not_ready_delay,
+    release_memory,
+    worker_redis,
+)
+from service.worker_signals import CancelWatch, ProgressWriter, RunningJob
 
 logger = logging.getLogger(__name__)
 
 CLEANUP_INTERVAL_S = 600.0
-
-
-@dataclass
-class _Running:
-    job_id: str
-    token: str
-    lost: threading.Event = field(default_factory=threading.Event)
 
 
 class WorkerRuntime:
@@ -63,42 +72,55 @@ class WorkerRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         assert settings.redis_url
-        self.store = JobStore.from_url(settings.redis_url, settings.job_ttl_seconds * 2)
+        self.store = JobStore(worker_redis(settings.redis_url), settings.job_ttl_seconds * 2)
         self.storage: Storage = make_storage(settings)
         self.hostname = f"{socket.gethostname()}:{os.getpid()}"
-        self.running: _Running | None = None
+        self.running: RunningJob | None = None
+        self.cancels = CancelWatch(self.store, self.hostname, lambda: self.running)
         self._stop = threading.Event()
         self.pipeline: VideoPipeline | None = None
+        self.load_error: str | None = None  # why the model is not loaded (shown by /readyz)
+        self._load_tried = 0.0
         self.started = time.time()
         self._beat = threading.Thread(target=self._beat_loop, name="hyv-beat", daemon=True)
         self._cleaning = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def load(self) -> None:
-        from engine.pipeline import default_device_and_dtype
-        from models.checkpoint_io import parse_dtype
+    def load(self) -> bool:
+        """Load the model; on failure keep the error (the heartbeat shows it, not ready) and stay up:
+        the beat runs either way. True once loaded."""
+        self._load_tried = time.monotonic()
+        try:
+            self.pipeline, self.load_error = load_pipeline(self.settings), None
+        except Exception as exc:
+            self.load_error = f"cannot load {self.settings.weights}: {type(exc).__name__}: {exc}"
+            logger.exception("model not loaded: jobs stay queued", extra={"load_error": self.load_error})
+        if not self._beat.is_alive():
+            self.cancels.start()
+            self._beat.start()
+        try:
+            self._heartbeat()
+        except Exception:  # Redis away: the beat thread publishes it as soon as it can
+            logger.exception("heartbeat failed")
+        return self.pipeline is not None
 
-        device, dtype = default_device_and_dtype()
-        device = self.settings.device or device
-        if not device.startswith("cuda"):
-            dtype = torch.float32  # bf16 is the default on GPUs only
-        options = PipelineOptions(device=device, dtype=parse_dtype(self.settings.dtype) or dtype)
-        start = time.perf_counter()
-        self.pipeline = VideoPipeline.from_dir(self.settings.weights, options, self.settings.text_encoder)
-        logger.info(
-            "pipeline loaded",
-            extra={
-                "weights": str(self.settings.weights),
-                "device": options.device,
-                "load_s": round(time.perf_counter() - start, 3),
-            },
-        )
-        self._heartbeat()
-        self._beat.start()
+    def ready(self) -> bool:
+        """Whether jobs can run here; a failed load is retried at most every LOAD_RETRY_S."""
+        if self.pipeline is None and time.monotonic() - self._load_tried > LOAD_RETRY_S:
+            self.load()
+        return self.pipeline is not None
+
+    def hand_back(self, job_id: str) -> None:
+        """A job delivered while the model is not loaded: logged, held a moment (so this worker does
+        not spin on the queue), then Celery requeues the message; the job stays queued."""
+        self.store.log_run(job_id, "delivery", outcome="not_ready", worker=self.hostname)
+        logger.warning("model not loaded: handing the job back to the queue", extra={"job_id": job_id})
+        time.sleep(not_ready_delay(self.settings))
 
     def stop(self) -> None:
         self._stop.set()
+        self.cancels.stop()
         self.store.worker_gone(self.hostname)
 
     def info(self) -> dict[str, Any]:
@@ -108,6 +130,7 @@ class WorkerRuntime:
             "model": self.settings.model_name,
             "queue": self.settings.queue_name,
             "ready": self.pipeline is not None,
+            "load_error": self.load_error,
             "busy_job": running.job_id if running else None,
             "pid": os.getpid(),
             "device": self.pipeline.options.device if self.pipeline else None,
@@ -204,19 +227,20 @@ class WorkerRuntime:
             return "dropped"
         if job.attempts == 1:
             metrics.observe_queue_wait(now - job.created_at)
-        self.running = _Running(job_id, token)
+        running = self.running = RunningJob(job_id, token)
+        self.cancels.check_flag(running)  # cancelled between the claim and now: no message reached us
         self._heartbeat()
         outcome = "error"
         try:
-            outcome = self._generate(job, self.running)
+            outcome = self._generate(job, running)
             return outcome
         finally:
-            self.store.log_run(job_id, "end", outcome=outcome, worker=self.hostname)
+            self.store.log_run(job_id, "end", outcome=outcome, worker=self.hostname, **running.summary())
             self.running = None
             self.store.release_claim(job_id, token)
             self._heartbeat()
 
-    def _generate(self, job: Job, running: _Running) -> str:
+    def _generate(self, job: Job, running: RunningJob) -> str:
         assert self.pipeline is not None
         job_id = job.id
         store = self.store
@@ -229,58 +253,53 @@ class WorkerRuntime:
             return self._fail(job, "invalid_request", str(exc))
 
         last_step = [time.perf_counter()]
+        progress_writer = ProgressWriter(store, running, self.settings.progress_interval_s)
 
         def on_progress(progress: Progress) -> None:
             now = time.perf_counter()
-            fields: dict[str, Any] = {
-                "stage": progress.stage,
-                "progress": min(99, int(progress.fraction * 100)),
-            }
             if progress.stage == "denoise":
                 metrics.observe_denoise_step(now - last_step[0])
-                fields.update(step=progress.step, total_steps=progress.total)
             last_step[0] = now
-            store.update(job_id, **fields)
-
-        def cancelled() -> bool:
-            return running.lost.is_set() or store.is_cancel_requested(job_id)
+            progress_writer.report(progress.stage, progress.step, progress.total, progress.fraction)
 
         try:
             writer = self.storage.open_writer(job_id)
-        except (StorageError, OSError) as exc:
-            return self._fail(job, "storage_error", f"{type(exc).__name__}: {exc}")
+        except (StorageError, OSError) as exc:  # the message says why, without the server's paths
+            return self._fail(job, "storage_error", classify_failure(exc).message)
         result: dict[str, Any] = {}
         chunks = 0
+        failure: Failure | None = None
         try:
-            for chunk in self.pipeline.stream(request, on_progress, cancelled, result):
+            for chunk in self.pipeline.stream(request, on_progress, running.stop_requested, result):
                 writer.write(chunk)
                 chunks += 1
                 if chunks == 2:  # the first media fragment: the video can start playing
                     metrics.observe_first_byte(time.time() - job.created_at)
-                store.update(job_id, content_bytes=writer.bytes_written)
+                progress_writer.note(content_bytes=writer.bytes_written)
             writer.close()
         except GenerationCancelledError:
             if running.lost.is_set():  # another worker owns the job now: leave its files alone
                 writer.abandon()
                 return "lost"
             writer.abort()
-            self._finish_cancelled(job_id, "cancelled while running")
+            # The cancelled record shows where it stopped (the last step, even if not yet written).
+            self._finish_cancelled(job_id, "cancelled while running", **progress_writer.unwritten())
             return "cancelled"
         except (SoftTimeLimitExceeded, TimeLimitExceeded):
             writer.abort()
             return self._fail(
-                job, "timeout", f"the job ran past its time limit ({self.settings.task_soft_time_limit} s)"
+                job,
+                "timeout",
+                f"the job ran past its time limit ({self.settings.task_soft_time_limit} s)",
+                **progress_writer.unwritten(),
             )
-        except torch.cuda.OutOfMemoryError as exc:
-            writer.abort()
-            return self._fail(job, "out_of_memory", str(exc).splitlines()[0])
-        except StorageError as exc:  # e.g. the upload of the finished video to S3
-            writer.abort()
-            return self._fail(job, "storage_error", str(exc))
-        except Exception as exc:
-            writer.abort()
-            logger.exception("generation failed")
-            return self._fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # out_of_memory, storage_error (disk full, S3 upload)... or a bug
+            failure = classify_failure(exc)
+            abort_quietly(writer)
+            if failure.code == "internal_error":
+                logger.exception("generation failed")
+        if failure is not None:  # handled here, once the exception and its frames (tensors) are gone
+            return self._failed(job, failure, **progress_writer.unwritten())
 
         self._save_thumbnail(job_id)
         timings = {k: float(v) for k, v in dict(result.get("seconds", {})).items()}  # type: ignore[call-overload]
@@ -316,10 +335,22 @@ class WorkerRuntime:
         except Exception:
             logger.exception("thumbnail failed")
 
-    def _fail(self, job: Job, code: str, message: str) -> str:
+    def _failed(self, job: Job, failure: Failure, **progress: Any) -> str:
+        """A job that raised: memory released after an OOM; nothing written when Redis is away
+        (the claim lapses and the job is requeued: it is not the job's fault)."""
+        if failure.code == "redis_unavailable":
+            logger.error("Redis unreachable: the job will be requeued", extra={"error": failure.message})
+            return "redis_unavailable"
+        if failure.code == "out_of_memory" and self.pipeline is not None:
+            release_memory(self.pipeline.device)
+        return self._fail(job, failure.code, failure.message, **progress)
+
+    def _fail(self, job: Job, code: str, message: str, **progress: Any) -> str:
+        """The failed final state; `progress`: the last stage/step/progress not yet written."""
         now = int(time.time())
         self.store.update(
             job.id,
+            **progress,
             status=JobStatus.FAILED,
             error_code=code,
             error_message=message,
@@ -331,10 +362,11 @@ class WorkerRuntime:
         self._notify(job.id)
         return "failed"
 
-    def _finish_cancelled(self, job_id: str, message: str) -> None:
+    def _finish_cancelled(self, job_id: str, message: str, **progress: Any) -> None:
         written, job = self.store.transition(
             job_id,
             [JobStatus.QUEUED, JobStatus.IN_PROGRESS],
+            **progress,
             status=JobStatus.CANCELLED,
             error_code="cancelled",
             error_message=message,
@@ -396,7 +428,7 @@ def runtime() -> WorkerRuntime:
     with _runtime_lock:
         if _runtime is None:
             rt = WorkerRuntime(get_settings())
-            rt.load()
+            rt.load()  # on failure: up but not ready, see generate()
             _runtime = rt
         return _runtime
 
@@ -445,4 +477,8 @@ def _on_task_failure(
 @shared_task(name=TASK_NAME, ignore_result=True)
 def generate(job_id: str) -> str:
     with job_context(job_id):
-        return runtime().run(job_id)
+        rt = runtime()
+        if not rt.ready():
+            rt.hand_back(job_id)
+            raise Reject(f"model not loaded: {rt.load_error}", requeue=True)
+        return rt.run(job_id)

@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "no API keys configured: no authentication, so the server must bind a loopback address "
                 "only (set HYV_API_KEYS to serve other machines)"
             )
-        # Everything loaded so far (FastAPI, pydantic, torch via the bundle code: hundreds of
+        # Everything loaded so far (FastAPI, pydantic, redis, celery: hundreds of
         # thousands of objects) lives as long as the process: keep it out of the cyclic GC, whose
         # full collections otherwise stall every request in flight for 100-300 ms under load.
         gc.freeze()

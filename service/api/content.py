@@ -1,7 +1,8 @@
-"""GET /v1/videos/{id}/content: the MP4 (or its first-frame thumbnail).
+"""GET /v1/videos/{id}/content: the MP4 (or its first-frame thumbnail); HEAD: its headers only.
 
 - Completed: the file, with Range / 206 / If-Range (Starlette's FileResponse), a strong ETag
-  (`If-None-Match` -> 304) and Content-Length.
+  (`If-None-Match` -> 304) and Content-Length. HEAD answers the same headers (Content-Length, ETag,
+  Accept-Ranges, Content-Type) without reading the file or the object.
 - Queued or in progress: a chunked stream of the fragmented MP4 from its first byte, following
   the worker's growing `.part` file until the job completes, so a client that starts early still
   receives the whole playable file. If the job fails or is cancelled meanwhile the connection is
@@ -10,7 +11,8 @@
 With S3 storage (service.storage_s3) finished videos and thumbnails are read from S3: the Range
 header is passed through as a ranged GET, the ETag is S3's; the growing `.part` spool is followed
 as above where this process sees the worker's data_dir, otherwise the stream starts once the
-video is in S3.
+video is in S3. Every S3 call runs in the thread pool (boto3 blocks), and an S3 failure answers
+503 `storage_error`.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from service.api.auth import CallerDep
 from service.api.context import AppContext, ContextDep
-from service.api.errors import APIError, ConflictError, InvalidRequestError, NotFoundError
+from service.api.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from service.api.schemas import error_responses
 from service.api.views import status_of
 from service.storage import StorageError
-from service.storage_s3 import RangeNotSatisfiableError, S3Storage
+from service.storage_s3 import RangeNotSatisfiableError, S3ObjectInfo, S3Storage
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +74,7 @@ async def download_content(
 ) -> Response:
     job = context.owned_job(video_id, caller)
     status = status_of(job)
-    if variant == "spritesheet":
-        raise InvalidRequestError(
-            "variant 'spritesheet' is not offered here; use 'video' or 'thumbnail'", "variant"
-        )
+    _check_variant(variant)
     if variant == "thumbnail":
         return await _thumbnail(context, job.id, status, request)
     if status in ("failed", "cancelled"):
@@ -95,6 +94,93 @@ async def download_content(
         media_type="video/mp4",
         headers={"Cache-Control": "no-store", "X-Video-Status": status},
     )
+
+
+@router.head(
+    "/videos/{video_id}/content",
+    summary="A video's (or thumbnail's) headers: size, ETag, type",
+    response_class=Response,
+    responses={
+        200: {"description": "Headers only: Content-Length, ETag, Accept-Ranges, Content-Type"},
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        **error_responses(401, 404, 409, 422, 503),
+    },
+)
+async def content_headers(
+    video_id: str,
+    request: Request,
+    caller: CallerDep,
+    context: ContextDep,
+    variant: Annotated[
+        Literal["video", "thumbnail", "spritesheet"], Query(description="video (MP4) or thumbnail (PNG)")
+    ] = "video",
+) -> Response:
+    """HEAD: what GET would answer, without the body (and without reading the content). While the
+    job renders: 200 with `X-Video-Status` and no length (the GET would be a chunked stream)."""
+    job = context.owned_job(video_id, caller)
+    status = status_of(job)
+    _check_variant(variant)
+    if variant == "video" and status in ("failed", "cancelled"):
+        raise ConflictError(f"video {job.id} is {status}: it has no content", "video_not_available")
+    if variant == "video" and status != "completed":
+        response = Response(
+            media_type="video/mp4", headers={"Cache-Control": "no-store", "X-Video-Status": status}
+        )
+        del response.headers["content-length"]  # unknown until it completes
+        return response
+    storage = context.storage
+    if isinstance(storage, S3Storage):
+        info = await _s3_head(storage, job.id, variant)  # type: ignore[arg-type]
+        if info is not None:
+            return _s3_head_response(info, request, f"{job.id}.{'mp4' if variant == 'video' else 'png'}")
+    else:
+        path = storage.path(job.id) if variant == "video" else storage.thumbnail_path(job.id)
+        if path.is_file():
+            if variant == "video":
+                return _file_response(path, request, "video/mp4", f"{job.id}.mp4")
+            return _file_response(path, request, "image/png", f"{job.id}.png")
+    if variant == "video":
+        raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
+    if status in ("queued", "in_progress"):
+        raise ConflictError(f"video {job.id} is {status}: its thumbnail is not ready yet", "video_not_ready")
+    raise NotFoundError(f"video {job.id} has no thumbnail ({status})", "thumbnail_not_available")
+
+
+def _check_variant(variant: str) -> None:
+    if variant == "spritesheet":
+        raise InvalidRequestError(
+            "variant 'spritesheet' is not offered here; use 'video' or 'thumbnail'", "variant"
+        )
+
+
+async def _s3_head(
+    storage: S3Storage, job_id: str, variant: Literal["video", "thumbnail"]
+) -> S3ObjectInfo | None:
+    try:
+        return await run_in_threadpool(storage.head, job_id, variant)
+    except StorageError as exc:
+        raise _storage_unavailable(job_id, variant, exc) from exc
+
+
+def _s3_head_response(info: S3ObjectInfo, request: Request, filename: str) -> Response:
+    headers = {"ETag": info.etag, "Cache-Control": "private, max-age=3600"}
+    if info.etag in _etags(request.headers.get("if-none-match")):
+        return Response(status_code=304, headers=headers)
+    headers.update(
+        {
+            "Accept-Ranges": "bytes",
+            "Last-Modified": info.last_modified_http,
+            "Content-Length": str(info.size),
+            "Content-Disposition": f'inline; filename="{filename}"',
+        }
+    )
+    media_type = "video/mp4" if filename.endswith(".mp4") else "image/png"
+    return Response(status_code=200, headers=headers, media_type=media_type)
+
+
+def _storage_unavailable(job_id: str, what: str, exc: StorageError) -> ServiceUnavailableError:
+    logger.error("job %s: %s", job_id, exc, extra={"job_id": job_id})
+    return ServiceUnavailableError(f"the {what} cannot be read from storage now", "storage_error")
 
 
 async def _thumbnail(context: AppContext, job_id: str, status: str, request: Request) -> Response:
@@ -148,8 +234,7 @@ async def _s3_response(
     except RangeNotSatisfiableError as exc:
         return PlainTextResponse(status_code=416, headers={"Content-Range": f"bytes */{exc.size or '*'}"})
     except StorageError as exc:
-        logger.error("job %s: %s", job_id, exc, extra={"job_id": job_id})
-        raise APIError(503, "storage_error", f"the {variant} cannot be read from storage now") from exc
+        raise _storage_unavailable(job_id, variant, exc) from exc
     if obj is None:
         return None
     filename = f"{job_id}.mp4" if variant == "video" else f"{job_id}.png"

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.storage import StorageError
+
 logger = logging.getLogger(__name__)
 
 # HTTP status -> the OpenAI-style error "type" clients switch on.
@@ -71,6 +73,13 @@ class ConflictError(APIError):
 class TooLargeError(APIError):
     def __init__(self, message: str, code: str = "request_too_large", param: str | None = None) -> None:
         super().__init__(413, code, message, param)
+
+
+class ServiceUnavailableError(APIError):
+    """503: a backend the request needs (object storage, the queue) failed; retrying may work."""
+
+    def __init__(self, message: str, code: str, retry_after: int = 5) -> None:
+        super().__init__(503, code, message, headers={"Retry-After": str(max(1, retry_after))})
 
 
 class TooManyRequestsError(APIError):
@@ -152,6 +161,12 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message, None, headers)
 
 
+async def _storage_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A StorageError no route turned into an APIError: still 503 `storage_error`, never a 500."""
+    logger.error("storage error on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(503, "storage_error", "the storage backend failed; retry later", None)
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error; see the server log")
@@ -161,4 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(StorageError, _storage_handler)
     app.add_exception_handler(Exception, _unhandled_handler)

@@ -45,6 +45,8 @@ async def get_model(model_id: str, caller: CallerDep, context: ContextDep) -> Mo
     return context.model.public()
 
 
+LOAD_ERROR_CHARS = 500
+
 PUBLIC: dict[str, Any] = {
     "security": []
 }  # the health routes need no API key (probes and Prometheus scrape them)
@@ -70,17 +72,30 @@ async def readyz(context: ContextDep) -> JSONResponse:
         return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, 503)
     workers = context.store.workers(context.model.name)
     ready = [w for w in workers if w.get("ready")]
-    body = {
+    # Workers up whose model failed to load (their jobs stay queued): the error each one hit.
+    failed = [
+        {"worker": str(w.get("hostname")), "error": str(w["load_error"])[:LOAD_ERROR_CHARS]}
+        for w in workers
+        if w.get("load_error") and not w.get("ready")
+    ]
+    body: dict[str, Any] = {
         "status": "ready" if ready else "unavailable",
         "model": context.model.name,
         "workers": len(workers),
         "workers_ready": len(ready),
         "queue_depth": context.store.queue_depth(context.model.name),
     }
+    if failed:
+        body["load_errors"] = failed
     if not ready:
-        body["reason"] = (
-            f"no worker has loaded {context.model.name!r} yet" if workers else "no worker running"
-        )
+        if failed:
+            body["reason"] = (
+                f"{len(failed)} worker(s) could not load {context.model.name!r}: {failed[0]['error']}"
+            )
+        else:
+            body["reason"] = (
+                f"no worker has loaded {context.model.name!r} yet" if workers else "no worker running"
+            )
         return JSONResponse(body, 503)
     return JSONResponse(body)
 

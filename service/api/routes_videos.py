@@ -7,18 +7,20 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service import metrics
 from service.api.auth import CallerDep, authenticate_request
 from service.api.body import parse_create_body
 from service.api.context import AppContext, ContextDep
-from service.api.errors import ConflictError, InvalidRequestError
+from service.api.errors import ConflictError, InvalidRequestError, ServiceUnavailableError
 from service.api.openapi_docs import CREATE_REQUEST_BODY
 from service.api.schemas import VideoDeleted, VideoList, VideoPublic, error_responses
 from service.api.validation import build_plan, duration_text, now, plan_to_request_dict
 from service.api.views import status_of, to_public
 from service.celery_app import enqueue
 from service.jobs import Job, JobStatus, new_job_id
+from service.storage import StorageError
 from service.webhooks import check_webhook_url
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def _video_json(job: Job, position: int | None, status_code: int, headers: dict[
     "An `Idempotency-Key` makes retries safe: the same key and body return the same job.",
     responses={
         200: {"model": VideoPublic, "description": "Idempotent replay of an earlier submission"},
-        **error_responses(401, 409, 413, 422, 429),
+        **error_responses(401, 409, 413, 422, 429, 503),
     },
     openapi_extra={"requestBody": CREATE_REQUEST_BODY},
 )
@@ -105,10 +107,14 @@ async def create_video(
         fps=plan.fps,
         webhook_url=body.video.webhook_url,
     )
-    if body.image is not None:
-        context.storage.save_input_image(job_id, body.image)
-    context.store.create(job)
-    enqueue(job, settings)
+    try:
+        await _store_and_enqueue(context, job, body.image)
+    except BaseException:
+        # Nothing was queued: the key must not keep pointing at a job that will never run, or a
+        # retry with the same key would replay it instead of submitting again.
+        if idempotency_key is not None:
+            _release_key(context, caller.owner, idempotency_key, job_id, fingerprint)
+        raise
     metrics.job_submitted(job.model, "i2v" if body.image is not None else "t2v")
     logger.info(
         "job %s queued for %s: %s %d frames %d steps",
@@ -120,6 +126,46 @@ async def create_video(
         extra={"job_id": job_id},
     )
     return video_response(job, context, 201, Location=f"/v1/videos/{job_id}")
+
+
+async def _store_and_enqueue(context: AppContext, job: Job, image: bytes | None) -> None:
+    """Save the input image (object storage: in the thread pool), store the job, send the task. A
+    failure leaves no job behind and answers 503 (`storage_error` or `queue_unavailable`)."""
+    if image is not None:
+        try:
+            await run_in_threadpool(context.storage.save_input_image, job.id, image)
+        except StorageError as exc:
+            logger.error("job %s: %s", job.id, exc, extra={"job_id": job.id})
+            raise ServiceUnavailableError("the input image cannot be stored now", "storage_error") from exc
+    context.store.create(job)
+    try:
+        enqueue(job, context.settings)
+    except Exception as exc:
+        logger.error(
+            "job %s could not be queued: %s: %s", job.id, type(exc).__name__, exc, extra={"job_id": job.id}
+        )
+        context.store.delete(job.id)
+        if image is not None:
+            await _delete_quietly(context, job.id)
+        raise ServiceUnavailableError(
+            "the job could not be queued (the broker did not take it); retry, with the same "
+            "Idempotency-Key if you sent one",
+            "queue_unavailable",
+        ) from exc
+
+
+async def _delete_quietly(context: AppContext, job_id: str) -> None:
+    try:
+        await run_in_threadpool(context.storage.delete, job_id)
+    except (StorageError, OSError):
+        logger.exception("job %s: could not delete the files of a job that was not queued", job_id)
+
+
+def _release_key(context: AppContext, owner: str, key: str, job_id: str, fingerprint: str) -> None:
+    try:
+        context.store.idempotency_release(owner, key, job_id, fingerprint)
+    except Exception:
+        logger.exception("job %s: could not release its Idempotency-Key", job_id)
 
 
 def _check_webhook(url: str, secret: str | None) -> None:
@@ -211,7 +257,7 @@ async def retrieve_video(video_id: str, request: Request) -> Response:
     description="A queued job is cancelled and never runs; a running one stops within one denoising "
     "step (status `cancelled` once its worker has stopped). A finished job (completed, failed or "
     "cancelled) is deleted with its files: `deleted` is true and the id is gone.",
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 503),
 )
 async def delete_video(video_id: str, caller: CallerDep, context: ContextDep) -> VideoDeleted:
     job = context.owned_job(video_id, caller)
@@ -225,7 +271,13 @@ async def delete_video(video_id: str, caller: CallerDep, context: ContextDep) ->
             extra={"job_id": job.id},
         )
         return VideoDeleted(id=job.id, deleted=False, status=status_of(now_job))  # type: ignore[arg-type]
-    context.storage.delete(job.id)
+    try:  # object storage blocks: in the thread pool; on failure the record stays, so a retry works
+        await run_in_threadpool(context.storage.delete, job.id)
+    except StorageError as exc:
+        logger.error("job %s: %s", job.id, exc, extra={"job_id": job.id})
+        raise ServiceUnavailableError(
+            f"video {job.id}'s files cannot be deleted from storage now; retry", "storage_error"
+        ) from exc
     context.store.delete(job.id)
     logger.info("job %s deleted by %s", job.id, caller.label, extra={"job_id": job.id})
     return VideoDeleted(id=job.id, deleted=True, status=status_of(job))  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from engine.bundle import read_bundle_spec
+from engine.bundle_spec import read_bundle_spec
 from engine.image_cond import load_image
 from engine.limits import GenerationPlan, ModelLimits, resolve
 from engine.request import GenerationRequest
@@ -58,9 +58,7 @@ class ServedModel:
         except (OSError, ValueError):
             logger.warning("cannot read %s; assuming the model accepts an input image", config_path)
         try:
-            from models import read_dit_metadata
-
-            metadata = read_dit_metadata(weights / "dit")
+            metadata = read_weights_metadata(weights / "dit" / "model.safetensors")
             if SCHEDULE_METADATA_KEY in metadata:
                 fixed_steps = len(json.loads(metadata[SCHEDULE_METADATA_KEY])) - 1
         except Exception as exc:  # a missing or foreign checkpoint: the worker will say more
@@ -91,6 +89,15 @@ class ServedModel:
             fixed_steps=self.fixed_steps,
             sizes=[f"{w}x{h}" for w, h in limits.buckets] if limits.buckets else None,
         )
+
+
+def read_weights_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (what models.save_dit stores, e.g. a distilled
+    schedule), read from its header without torch: the API process never imports it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return dict(handle.metadata() or {})
 
 
 def parse_size(size: str) -> tuple[int, int]:

@@ -38,6 +38,7 @@ from service.launcher import RedisServer, start_worker, stop_worker, wait_for_wo
 from service.settings import Settings  # noqa: E402
 from service.storage import LocalStorage  # noqa: E402
 from tests.service.conftest_api import *  # noqa: E402, F403  (the API tests' fixtures)
+from tests.service.conftest_s3 import *  # noqa: E402, F403  (moto_s3, bucket)
 
 MODEL = "hyv-tiny"
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -90,6 +91,9 @@ def make_settings(redis_url: str, data_dir: Path, weights: Path, **overrides: An
         "job_lease_seconds": 1.5,
         "rate_limit_per_minute": 0,
         "webhook_secret": WEBHOOK_SECRET,
+        # Every step written: the tests that follow a job step by step read the live step. The
+        # throttled default (0.1 s) has its own tests (test_worker_signals.py).
+        "progress_interval_s": 0.0,
     }
     values.update(overrides)
     return Settings(**values)
