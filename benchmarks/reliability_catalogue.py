@@ -23,8 +23,8 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
     "test_api_restart_while_streaming_resumes_with_range": (
         "Faults",
         "the API process SIGKILLed while a client streams a rendering video, started again; the "
-        "client resumes with `Range: bytes=<received>-` once the job completed (206), or at once "
-        "(the job still rendering: 200 from byte 0, the client drops what it has); 2 per run",
+        "client resumes with `Range: bytes=<received>-` once the job completed, or at once while "
+        "it still renders (206 either way: the growing file followed from that byte); 2 per run",
         "bytes missing, duplicated or different from the final MP4; the job disturbed",
     ),
     "test_storage_full_or_unwritable_fails_the_job_cleanly": (

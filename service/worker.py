@@ -13,7 +13,10 @@ Redis (`hyv:workers:{host}`, TTL) as ready. For each job it:
    GenerationCancelledError) by reading a local event that a pub/sub message sets
    (service.worker_signals: no Redis round trip per step), and stops if it lost its claim;
    progress goes to Redis at most every `progress_interval_s` (each stage's start and end always);
-4. writes a PNG thumbnail of the first frame and the final state.
+4. renews its claim before publishing the video (a run whose lease lapsed unnoticed drops its
+   output there), writes a PNG thumbnail of the first frame and the final state, which
+   JobStore.finish writes only while this run's token still holds the claim (one Lua script): a
+   run that lost the job to another worker never ends it, it logs and returns `lost`.
 
 The beat thread also renews the running job's claim and requeues in-progress jobs whose claim
 expired (their worker died without Celery noticing, e.g. the whole machine went away).
@@ -35,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import torch
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import shared_task, signals
 from celery.exceptions import Reject
@@ -55,6 +57,7 @@ from service.worker_health import (
     abort_quietly,
     classify_failure,
     load_pipeline,
+    memory_usage,
     not_ready_delay,
     release_memory,
     worker_redis,
@@ -135,7 +138,7 @@ class WorkerRuntime:
             "pid": os.getpid(),
             "device": self.pipeline.options.device if self.pipeline else None,
             "started_at": int(self.started),
-            "memory": _memory(self.pipeline),
+            "memory": memory_usage(self.pipeline),
         }
 
     # --- the beat ----------------------------------------------------------------------------------
@@ -203,9 +206,9 @@ class WorkerRuntime:
             logger.info(f"dropping delivery: job {claim}", extra={"job_id": job_id, "claim": claim})
             return claim
         if claim == "cancel":
-            self._finish_cancelled(job_id, "cancelled before it started")
+            outcome = self._finish_cancelled(job_id, token, "cancelled before it started")
             self.store.release_claim(job_id, token)
-            return "cancelled"
+            return outcome
         current = self.store.get(job_id)
         assert current is not None
         now = time.time()
@@ -248,9 +251,9 @@ class WorkerRuntime:
             request = GenerationRequest(**job.request, image=self.storage.load_input_image(job_id))
             plan = self.pipeline.plan(request)
         except StorageError as exc:
-            return self._fail(job, "storage_error", str(exc))
+            return self._fail(job, running.token, "storage_error", str(exc))
         except (ValueError, TypeError) as exc:
-            return self._fail(job, "invalid_request", str(exc))
+            return self._fail(job, running.token, "invalid_request", str(exc))
 
         last_step = [time.perf_counter()]
         progress_writer = ProgressWriter(store, running, self.settings.progress_interval_s)
@@ -265,7 +268,7 @@ class WorkerRuntime:
         try:
             writer = self.storage.open_writer(job_id)
         except (StorageError, OSError) as exc:  # the message says why, without the server's paths
-            return self._fail(job, "storage_error", classify_failure(exc).message)
+            return self._fail(job, running.token, "storage_error", classify_failure(exc).message)
         result: dict[str, Any] = {}
         chunks = 0
         failure: Failure | None = None
@@ -276,19 +279,26 @@ class WorkerRuntime:
                 if chunks == 2:  # the first media fragment: the video can start playing
                     metrics.observe_first_byte(time.time() - job.created_at)
                 progress_writer.note(content_bytes=writer.bytes_written)
+            # Publish only while the job is still ours (renewing the lease covers the rename, the
+            # upload and the final write): a run whose lease lapsed unnoticed ends here.
+            if not store.renew_claim(job_id, running.token, self.settings.job_lease_seconds):
+                running.lost.set()
+                writer.abandon()
+                return self._lost(job_id, "before publishing its video")
             writer.close()
         except GenerationCancelledError:
             if running.lost.is_set():  # another worker owns the job now: leave its files alone
                 writer.abandon()
-                return "lost"
+                return self._lost(job_id, "before publishing its video")
             writer.abort()
             # The cancelled record shows where it stopped (the last step, even if not yet written).
-            self._finish_cancelled(job_id, "cancelled while running", **progress_writer.unwritten())
-            return "cancelled"
+            unwritten = progress_writer.unwritten()
+            return self._finish_cancelled(job_id, running.token, "cancelled while running", **unwritten)
         except (SoftTimeLimitExceeded, TimeLimitExceeded):
             writer.abort()
             return self._fail(
                 job,
+                running.token,
                 "timeout",
                 f"the job ran past its time limit ({self.settings.task_soft_time_limit} s)",
                 **progress_writer.unwritten(),
@@ -299,16 +309,17 @@ class WorkerRuntime:
             if failure.code == "internal_error":
                 logger.exception("generation failed")
         if failure is not None:  # handled here, once the exception and its frames (tensors) are gone
-            return self._failed(job, failure, **progress_writer.unwritten())
+            return self._failed(job, running.token, failure, **progress_writer.unwritten())
 
         self._save_thumbnail(job_id)
         timings = {k: float(v) for k, v in dict(result.get("seconds", {})).items()}  # type: ignore[call-overload]
         for stage, seconds in timings.items():
             metrics.observe_stage(stage, seconds)
         now = int(time.time())
-        store.update(
+        written, _ = store.finish(
             job_id,
-            status=JobStatus.COMPLETED,
+            running.token,
+            JobStatus.COMPLETED,
             progress=100,
             stage="encode",
             completed_at=now,
@@ -319,6 +330,8 @@ class WorkerRuntime:
             fps=plan.fps,
             size=f"{plan.width}x{plan.height}",
         )
+        if not written:  # the lease lapsed after the check above: the new owner's run decides
+            return self._lost(job_id, "after publishing its video")
         metrics.job_finished(job.model, JobStatus.COMPLETED)
         logger.info(
             "job completed",
@@ -335,7 +348,7 @@ class WorkerRuntime:
         except Exception:
             logger.exception("thumbnail failed")
 
-    def _failed(self, job: Job, failure: Failure, **progress: Any) -> str:
+    def _failed(self, job: Job, token: str, failure: Failure, **progress: Any) -> str:
         """A job that raised: memory released after an OOM; nothing written when Redis is away
         (the claim lapses and the job is requeued: it is not the job's fault)."""
         if failure.code == "redis_unavailable":
@@ -343,43 +356,57 @@ class WorkerRuntime:
             return "redis_unavailable"
         if failure.code == "out_of_memory" and self.pipeline is not None:
             release_memory(self.pipeline.device)
-        return self._fail(job, failure.code, failure.message, **progress)
+        return self._fail(job, token, failure.code, failure.message, **progress)
 
-    def _fail(self, job: Job, code: str, message: str, **progress: Any) -> str:
-        """The failed final state; `progress`: the last stage/step/progress not yet written."""
+    def _fail(self, job: Job, token: str, code: str, message: str, **progress: Any) -> str:
+        """The failed final state (if the claim is still ours); `progress`: the last
+        stage/step/progress not yet written."""
         now = int(time.time())
-        self.store.update(
+        written, _ = self.store.finish(
             job.id,
+            token,
+            JobStatus.FAILED,
             **progress,
-            status=JobStatus.FAILED,
             error_code=code,
             error_message=message,
             completed_at=now,
             expires_at=now + self.settings.job_ttl_seconds,
         )
+        if not written:
+            return self._lost(job.id, f"while failing it ({code}: {message})")
         metrics.job_finished(job.model, JobStatus.FAILED)
         logger.warning("job failed", extra={"error_code": code, "error_message": message})
         self._notify(job.id)
         return "failed"
 
-    def _finish_cancelled(self, job_id: str, message: str, **progress: Any) -> None:
-        written, job = self.store.transition(
+    def _finish_cancelled(self, job_id: str, token: str, message: str, **progress: Any) -> str:
+        written, job = self.store.finish(
             job_id,
-            [JobStatus.QUEUED, JobStatus.IN_PROGRESS],
+            token,
+            JobStatus.CANCELLED,
             **progress,
-            status=JobStatus.CANCELLED,
             error_code="cancelled",
             error_message=message,
             completed_at=int(time.time()),
         )
+        if not written or job is None:  # not ours any more: the files are the new owner's
+            return self._lost(job_id, "while cancelling it")
         try:
             self.storage.delete(job_id)
         except StorageError:
             logger.exception("could not delete a cancelled job's files")
-        if written and job is not None:
-            metrics.job_finished(job.model, JobStatus.CANCELLED)
-            logger.info("job cancelled", extra={"job_id": job_id})
-            self._notify(job_id)
+        metrics.job_finished(job.model, JobStatus.CANCELLED)
+        logger.info("job cancelled", extra={"job_id": job_id})
+        self._notify(job_id)
+        return "cancelled"
+
+    def _lost(self, job_id: str, when: str) -> str:
+        """This run's claim lapsed and another worker took the job: the job is left untouched."""
+        logger.warning(
+            f"lost the claim {when}: another worker owns the job now; this run's output is dropped",
+            extra={"job_id": job_id},
+        )
+        return "lost"
 
     def _notify(self, job_id: str) -> None:
         """The job's webhook, if it asked for one (service.webhooks delivers in the background)."""
@@ -399,21 +426,6 @@ def first_frame_png(path: Path) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _memory(pipeline: VideoPipeline | None) -> dict[str, int]:
-    if pipeline is not None and pipeline.device.type == "cuda":
-        device = pipeline.device
-        return {
-            "allocated": torch.cuda.memory_allocated(device),
-            "reserved": torch.cuda.memory_reserved(device),
-            "peak_allocated": torch.cuda.max_memory_allocated(device),
-        }
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return {"process_rss": pages * os.sysconf("SC_PAGE_SIZE")}
-    except (OSError, ValueError, IndexError):
-        return {}
 
 
 # --- Celery wiring ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import ctypes
 import errno
 import gc
 import logging
+import os
 import resource
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,6 +202,25 @@ def load_pipeline(settings: Settings) -> Any:
         },
     )
     return pipeline
+
+
+def memory_usage(pipeline: Any) -> dict[str, int]:
+    """What the worker's heartbeat reports: the CUDA allocator's counters on a GPU, else the
+    process's resident memory."""
+    import torch
+
+    if pipeline is not None and pipeline.device.type == "cuda":
+        device = pipeline.device
+        return {
+            "allocated": torch.cuda.memory_allocated(device),
+            "reserved": torch.cuda.memory_reserved(device),
+            "peak_allocated": torch.cuda.max_memory_allocated(device),
+        }
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return {"process_rss": pages * os.sysconf("SC_PAGE_SIZE")}
+    except (OSError, ValueError, IndexError):
+        return {}
 
 
 def abort_quietly(writer: Any) -> None:

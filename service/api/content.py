@@ -7,6 +7,8 @@
   the worker's growing `.part` file until the job completes, so a client that starts early still
   receives the whole playable file. If the job fails or is cancelled meanwhile the connection is
   cut without the closing chunk, so the client sees an incomplete body rather than a short file.
+  A client whose stream broke resumes with `Range: bytes=N-`: 206 from byte N, followed the same
+  way (service.api.content_live, which also says which ranges are served while rendering).
 
 With S3 storage (service.storage_s3) finished videos and thumbnails are read from S3: the Range
 header is passed through as a ranged GET, the ETag is S3's; the growing `.part` spool is followed
@@ -17,18 +19,17 @@ video is in S3. Every S3 call runs in the thread pool (boto3 blocks), and an S3 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Annotated, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import CallerDep
+from service.api.content_live import CHUNK_BYTES, follow, live_range, ranged
 from service.api.context import AppContext, ContextDep
 from service.api.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from service.api.schemas import error_responses
@@ -40,13 +41,7 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 
-CHUNK_BYTES = 256 * 1024
-FOLLOW_POLL_SECONDS = 0.05
 _SINGLE_RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # what S3 takes (one range, no lists)
-
-
-class StreamAbortedError(Exception):
-    """The job ended without a video while its MP4 was being streamed."""
 
 
 @router.get(
@@ -58,8 +53,13 @@ class StreamAbortedError(Exception):
             "content": {"video/mp4": {}, "image/png": {}},
             "description": "The MP4 (chunked while the job runs), or the thumbnail PNG",
         },
-        206: {"content": {"video/mp4": {}}, "description": "A byte range of a completed video"},
+        206: {
+            "content": {"video/mp4": {}},
+            "description": "A byte range: of a completed video, or from `bytes=N-` of one still rendering"
+            " (`Content-Range: bytes N-*/*`, followed until it completes)",
+        },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        416: {"description": "Range not satisfiable (`Content-Range: bytes */<size or *>`)"},
         **error_responses(401, 404, 409, 422, 503),
     },
 )
@@ -77,23 +77,37 @@ async def download_content(
     _check_variant(variant)
     if variant == "thumbnail":
         return await _thumbnail(context, job.id, status, request)
+    if status in ("queued", "in_progress") and (byte_range := live_range(request)) is not None:
+        answer = await ranged(context, job.id, request, *byte_range)
+        if isinstance(answer, Response):
+            return answer
+        status = answer  # the job ended before those bytes were written
+        if status == "disconnected":
+            return Response(status_code=499)  # nobody to answer (nginx's "client closed request")
+        if status == "deleted":
+            raise NotFoundError(f"no video {job.id!r} for this API key")
     if status in ("failed", "cancelled"):
         raise ConflictError(f"video {job.id} is {status}: it has no content", "video_not_available")
     if status == "completed":
-        if isinstance(context.storage, S3Storage):
-            response = await _s3_response(context.storage, job.id, "video", request)
-            if response is None:
-                raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
-            return response
-        path = context.storage.path(job.id)
-        if not path.is_file():
-            raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
-        return _file_response(path, request, "video/mp4", f"{job.id}.mp4")
+        return await _completed_video(context, job.id, request)
     return StreamingResponse(
-        _follow(context, job.id),
+        follow(context, job.id),
         media_type="video/mp4",
         headers={"Cache-Control": "no-store", "X-Video-Status": status},
     )
+
+
+async def _completed_video(context: AppContext, job_id: str, request: Request) -> Response:
+    """The finished MP4 (Range/206/416, If-Range, ETag/304): the file, or the object in S3."""
+    if isinstance(context.storage, S3Storage):
+        response = await _s3_response(context.storage, job_id, "video", request)
+        if response is None:
+            raise NotFoundError(f"video {job_id}'s file has expired or was removed", "video_expired")
+        return response
+    path = context.storage.path(job_id)
+    if not path.is_file():
+        raise NotFoundError(f"video {job_id}'s file has expired or was removed", "video_expired")
+    return _file_response(path, request, "video/mp4", f"{job_id}.mp4")
 
 
 @router.head(
@@ -260,74 +274,3 @@ def _etags(header: str | None) -> set[str]:
     if not header:
         return set()
     return {tag.strip().removeprefix("W/") for tag in header.split(",")}
-
-
-async def _follow(context: AppContext, job_id: str) -> AsyncIterator[bytes]:
-    """Bytes of the job's MP4 from the start, as the worker writes them, until it completes.
-
-    The reader keeps its file descriptor across the worker's rename of `.part` to `.mp4`, so it
-    reads one file from its first byte to its last whatever the timing."""
-    handle = await _open_when_written(context, job_id)
-    if handle is None:  # finished before we saw a local file: the video is in S3
-        async for data in _s3_video(context, job_id):
-            yield data
-        return
-    sent = 0
-    try:
-        while True:
-            data = handle.read(CHUNK_BYTES)
-            if data:
-                sent += len(data)
-                yield data
-                continue
-            job = context.store.get(job_id)
-            status = status_of(job) if job is not None else "deleted"
-            if status == "completed":
-                while data := handle.read(CHUNK_BYTES):  # written between the last read and now
-                    sent += len(data)
-                    yield data
-                logger.info(
-                    "job %s: streamed %d bytes while it rendered", job_id, sent, extra={"job_id": job_id}
-                )
-                return
-            if status not in ("queued", "in_progress"):
-                logger.info(
-                    "job %s ended %s after %d streamed bytes: cutting the stream", job_id, status, sent
-                )
-                raise StreamAbortedError(f"video {job_id} is {status}")
-            await asyncio.sleep(FOLLOW_POLL_SECONDS)
-    finally:
-        handle.close()
-
-
-async def _s3_video(context: AppContext, job_id: str) -> AsyncIterator[bytes]:
-    assert isinstance(context.storage, S3Storage)
-    try:
-        obj = await run_in_threadpool(context.storage.open_object, job_id, "video")
-    except StorageError as exc:
-        raise StreamAbortedError(f"video {job_id}: {exc}") from exc
-    if obj is None:
-        raise StreamAbortedError(f"video {job_id} is completed but not in S3")
-    async for data in iterate_in_threadpool(obj.chunks(CHUNK_BYTES)):
-        yield data
-
-
-async def _open_when_written(context: AppContext, job_id: str) -> IO[bytes] | None:
-    """Open the growing .part file (or the finished file), waiting while the job is queued; None
-    when the job completed and its video is only in S3."""
-    storage = context.storage
-    while True:
-        for path in (storage.partial_path(job_id), storage.path(job_id)):
-            try:
-                return path.open("rb")
-            except FileNotFoundError:
-                continue
-        job = context.store.get(job_id)
-        status = status_of(job) if job is not None else "deleted"
-        if status not in ("queued", "in_progress"):
-            if status == "completed" and storage.path(job_id).is_file():
-                continue  # renamed between our two opens
-            if status == "completed" and isinstance(storage, S3Storage):
-                return None
-            raise StreamAbortedError(f"video {job_id} is {status}: no content to stream")
-        await asyncio.sleep(FOLLOW_POLL_SECONDS)

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from engine.video_io import FragmentedMP4Encoder, read_mp4
+from tests.service.conftest import wait_until
 from tests.service.conftest_api import KEY_A, auth
 
 pytestmark = pytest.mark.timeout(120)
@@ -187,6 +188,152 @@ def test_stream_is_cut_when_the_job_fails(env: tuple[httpx.Client, FakeWorkerSid
     failed = client.get(f"/v1/videos/{job_id}").json()
     assert failed["status"] == "failed"
     assert failed["error"] == {"code": "internal_error", "message": "boom"}
+
+
+class Download:
+    """A GET of the content in a background thread: status, headers, the bytes as they arrive."""
+
+    def __init__(self, client: httpx.Client, job_id: str, headers: dict[str, str] | None = None) -> None:
+        self.response: httpx.Response | None = None
+        self.chunks: list[tuple[float, bytes]] = []
+        self.error: BaseException | None = None
+        self.answered = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(client, job_id, headers or {}))
+        self._thread.start()
+
+    def _run(self, client: httpx.Client, job_id: str, headers: dict[str, str]) -> None:
+        try:
+            with client.stream("GET", f"/v1/videos/{job_id}/content", headers=headers) as response:
+                self.response = response
+                self.answered.set()
+                for chunk in response.iter_bytes():
+                    self.chunks.append((time.monotonic(), chunk))
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.answered.set()
+
+    def join(self) -> bytes:
+        self._thread.join(20)
+        assert not self._thread.is_alive(), "the download did not end"
+        return b"".join(chunk for _, chunk in self.chunks)
+
+
+def test_range_while_rendering_follows_the_file_from_the_offset(
+    env: tuple[httpx.Client, FakeWorkerSide],
+) -> None:
+    client, worker = env
+    job_id = submit(client)
+    pieces = mp4_pieces()
+    mp4 = b"".join(pieces)
+    writer = worker.start(job_id)
+    writer.write(b"".join(pieces[:2]))
+    start = len(pieces[0]) + 7  # written already: answered at once
+    resumed = Download(client, job_id, {"Range": f"bytes={start}-"})
+    assert resumed.answered.wait(5)
+    later = len(mp4) - len(pieces[-1]) - 3  # not written yet: answered once it is
+    waiting = Download(client, job_id, {"Range": f"bytes={later}-"})
+    time.sleep(0.3)
+    assert not waiting.answered.is_set()
+    for piece in pieces[2:-1]:
+        writer.write(piece)
+        time.sleep(0.05)
+    assert waiting.answered.wait(5)
+    written_at = time.monotonic()
+    time.sleep(0.3)
+    writer.write(pieces[-1])
+    worker.complete(job_id, writer)
+
+    for download, offset in ((resumed, start), (waiting, later)):
+        data = download.join()
+        assert download.error is None, download.error
+        response = download.response
+        assert response is not None and response.status_code == 206
+        assert response.headers["content-range"] == f"bytes {offset}-*/*"
+        assert response.headers["x-video-status"] == "in_progress"
+        assert "content-length" not in response.headers
+        assert data == mp4[offset:] and mp4 == worker.storage.path(job_id).read_bytes()
+    assert resumed.chunks[0][0] < written_at  # it streamed while the job rendered
+    assert read_mp4(mp4[:start] + resumed.join()).shape == (9, 32, 32, 3)
+
+
+def test_bounded_and_invalid_ranges_while_rendering(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
+    client, worker = env
+    job_id = submit(client)
+    pieces = mp4_pieces()
+    mp4 = b"".join(pieces)
+    writer = worker.start(job_id)
+    writer.write(pieces[0])
+    url = f"/v1/videos/{job_id}/content"
+
+    span = client.get(url, headers={"Range": "bytes=10-29"})  # written: exactly that span
+    assert span.status_code == 206 and span.content == mp4[10:30]
+    assert span.headers["content-range"] == "bytes 10-29/*" and span.headers["content-length"] == "20"
+    for bad in ("bytes=30-10", "bytes = 9-8"):
+        invalid = client.get(url, headers={"Range": bad})
+        assert invalid.status_code == 416 and invalid.headers["content-range"] == "bytes */*"
+        assert invalid.json()["error"]["code"] == "range_not_satisfiable"
+        assert invalid.json()["error"]["param"] == "Range"
+
+    # Beyond what is written: each waits; the job completes before bytes 1000000 and len(mp4):
+    # what exists is served from the finished file, a start past its end is 416.
+    late_span = Download(client, job_id, {"Range": f"bytes={len(pieces[0])}-{len(pieces[0]) + 99}"})
+    past_end = Download(client, job_id, {"Range": "bytes=100-999999"})
+    beyond = Download(client, job_id, {"Range": f"bytes={len(mp4)}-"})
+    time.sleep(0.3)
+    assert not any(d.answered.is_set() for d in (late_span, past_end, beyond))
+    writer.write(b"".join(pieces[1:]))  # the late span exists now, the job still renders
+    assert late_span.join() == mp4[len(pieces[0]) : len(pieces[0]) + 100]
+    assert late_span.response is not None and late_span.response.status_code == 206
+    assert not past_end.answered.is_set()
+    worker.complete(job_id, writer)
+    assert past_end.join() == mp4[100:]
+    assert past_end.response is not None and past_end.response.status_code == 206
+    assert past_end.response.headers["content-range"] == f"bytes 100-{len(mp4) - 1}/{len(mp4)}"
+    beyond.join()
+    assert beyond.response is not None and beyond.response.status_code == 416
+
+
+def test_whole_stream_answers_while_rendering(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
+    """Ranges that are the whole file or cannot be cut yet: the whole live stream, 200."""
+    client, worker = env
+    job_id = submit(client)
+    pieces = mp4_pieces()
+    writer = worker.start(job_id)
+    writer.write(pieces[0])
+    downloads = [
+        Download(client, job_id, {"Range": value})
+        for value in ("bytes=0-", "bytes=-100", "bytes=0-9,20-29", "items=0-9", "nonsense")
+    ]
+    downloads.append(Download(client, job_id, {"Range": "bytes=5-", "If-Range": '"an-etag"'}))
+    for download in downloads:
+        assert download.answered.wait(5)
+    writer.write(b"".join(pieces[1:]))
+    worker.complete(job_id, writer)
+    for download in downloads:
+        assert download.join() == b"".join(pieces)
+        assert download.response is not None and download.response.status_code == 200
+
+
+def test_stream_is_cut_when_a_rerun_replaces_the_file(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
+    """The job restarted on another worker (its first was presumed dead): the stream of the first
+    run's file is cut, not ended as if complete; a Range resume gets the rest of the final file."""
+    client, worker = env
+    job_id = submit(client)
+    pieces = mp4_pieces()
+    first = worker.start(job_id)
+    first.write(b"".join(pieces[:2]))
+    stream = Download(client, job_id)
+    wait_until(lambda: sum(len(c) for _, c in stream.chunks) == len(pieces[0]) + len(pieces[1]))
+    rerun = worker.storage.open_writer(job_id)  # a new file over `.part`: the first is abandoned
+    first.abandon()
+    have = stream.join()
+    assert isinstance(stream.error, httpx.RemoteProtocolError), stream.error
+    rerun.write(b"".join(pieces))
+    worker.complete(job_id, rerun)
+    rest = client.get(f"/v1/videos/{job_id}/content", headers={"Range": f"bytes={len(have)}-"})
+    assert rest.status_code == 206
+    assert have + rest.content == b"".join(pieces) == worker.storage.path(job_id).read_bytes()
 
 
 def test_thumbnail_variant(env: tuple[httpx.Client, FakeWorkerSide]) -> None:

@@ -1,6 +1,6 @@
 """End to end through the API with a real Redis and a real Celery worker process on the tiny model:
-submit -> complete -> a valid MP4; watching the MP4 while it renders; SSE order; cancelling queued
-and running jobs; readiness; and /metrics after a job."""
+submit -> complete -> a valid MP4; watching the MP4 while it renders, and resuming that stream with
+a Range; SSE order; cancelling queued and running jobs; readiness; and /metrics after a job."""
 
 from __future__ import annotations
 
@@ -127,6 +127,35 @@ def test_stream_started_while_rendering_is_the_whole_mp4(live: httpx.Client) -> 
     final = live.get(f"/v1/videos/{created['id']}/content").content
     assert data == final
     assert read_mp4(data).shape == (9, 64, 64, 3)
+
+
+def test_stream_dropped_mid_render_resumes_with_range(live: httpx.Client) -> None:
+    """A client whose connection dropped while the job renders resumes with `Range: bytes=N-` from
+    the byte count it received: 206 from there, followed until the job completes. What it got over
+    its three connections is the final file, byte for byte."""
+    created = live.post("/v1/videos", json={**LONG, "steps": 400}).json()
+    url = f"/v1/videos/{created['id']}/content"
+    with live.stream("GET", url, timeout=120) as response:  # dropped after its first 100 bytes
+        assert response.status_code == 200
+        have = next(response.iter_bytes(chunk_size=100))
+    assert len(have) == 100
+    assert live.get(f"/v1/videos/{created['id']}").json()["status"] == "in_progress"
+    # Written already (the MP4's header, while the job denoises): answered at once; dropped again.
+    with live.stream("GET", url, headers={"Range": "bytes=100-"}, timeout=120) as response:
+        assert response.status_code == 206
+        assert response.headers["content-range"] == "bytes 100-*/*"
+        assert response.headers["x-video-status"] == "in_progress"
+        have += next(response.iter_bytes())
+    # Not written yet: answered once the frames are, then followed to the end.
+    with live.stream("GET", url, headers={"Range": f"bytes={len(have)}-"}, timeout=120) as response:
+        assert response.status_code == 206
+        assert response.headers["content-range"].startswith(f"bytes {len(have)}-")
+        have += response.read()
+    video = wait_for(live, created["id"], finished)
+    assert video["status"] == "completed", video
+    final = live.get(url).content
+    assert have == final and len(final) == video["content_bytes"]
+    assert read_mp4(have).shape == (9, 64, 64, 3)
 
 
 def test_events_follow_the_stages_in_order(live: httpx.Client) -> None:

@@ -114,6 +114,42 @@ def test_transition_is_compare_and_set(fresh: JobStore) -> None:
     assert written and now is not None and now.status == JobStatus.IN_PROGRESS
 
 
+def test_finish_only_by_the_claim_holder(fresh: JobStore) -> None:
+    """A run whose lease lapsed (another worker took the job) cannot end it: its final write is
+    refused atomically and changes nothing (fields, version, indexes, no event)."""
+    job = make(fresh)
+    assert fresh.claim(job.id, "w1", 0.2) == "claimed"
+    fresh.update(job.id, status="in_progress", stage="denoise", step=3)
+    time.sleep(0.3)  # w1 stopped beating: its lease lapsed
+    written, now = fresh.finish(job.id, "w1", JobStatus.FAILED, error_code="internal_error")
+    assert not written and now is not None and now.status == JobStatus.IN_PROGRESS  # nobody holds it
+    assert fresh.claim(job.id, "w2", 5) == "claimed"  # another worker took it over
+    before = fresh.get(job.id)
+    pubsub = fresh.redis.pubsub()
+    pubsub.subscribe(fresh.channel(job.id))
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
+    for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
+        written, now = fresh.finish(job.id, "w1", status, progress=100, completed_at=1)
+        assert not written and now == before
+    assert fresh.get(job.id) == before and fresh.running_ids() == [job.id]
+    assert fresh.queued_count("o") == 1 and fresh.claim_holder(job.id) == "w2"
+    assert pubsub.get_message(timeout=0.3) is None  # no event either
+
+    written, now = fresh.finish(job.id, "w2", JobStatus.COMPLETED, progress=100, completed_at=1)
+    assert written and now is not None and now.status == JobStatus.COMPLETED
+    assert before is not None and now.version == before.version + 1 and now.progress == 100
+    assert fresh.running_ids() == [] and fresh.queued_count("o") == 0
+    message = pubsub.get_message(timeout=1)
+    assert message is not None and b'"completed"' in message["data"]
+    pubsub.close()
+    written, _ = fresh.finish(job.id, "w2", JobStatus.FAILED)  # finished already: final
+    assert not written and fresh.get(job.id) == now
+    with pytest.raises(ValueError, match="final status"):
+        fresh.finish(job.id, "w2", JobStatus.IN_PROGRESS)
+    with pytest.raises(ValueError, match="token"):
+        fresh.finish(job.id, "", JobStatus.COMPLETED)
+
+
 def test_idempotency_keys(fresh: JobStore) -> None:
     owner = owner_for_key("sk-test")
     assert owner != "sk-test" and len(owner) == 64 and owner_for_key(None) == "anonymous"

@@ -192,6 +192,49 @@ def test_job_longer_than_visibility_timeout_runs_once(cluster: Callable[..., Clu
     assert read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4").shape == (17, 128, 128, 3)
 
 
+def test_a_run_that_lost_its_claim_publishes_nothing_and_leaves_the_job(
+    redis_server: Any, tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's runtime in this process with no beat thread, so nothing renews its claim: the
+    lease lapses mid-run and another worker takes the job. The run goes on to its end without
+    noticing, then finds the claim gone: it drops its video and writes no final state."""
+    from service.worker import WorkerRuntime
+    from service.worker_health import load_pipeline
+    from tests.service.conftest import make_settings
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/15"  # a private db (no worker, no reaper on it)
+    settings = make_settings(url, tmp_path / "data", tiny_bundle, job_lease_seconds=0.5)
+    runtime = WorkerRuntime(settings)  # not load(): no beat, no cancel listener
+    store, storage = runtime.store, LocalStorage(settings.data_dir)
+    store.redis.flushdb()
+    runtime.pipeline = load_pipeline(settings)
+    job = Job(model=MODEL, request={"prompt": "x", **LONG, "steps": 300}, prompt="x")
+    store.create(job)
+    outcome: list[str] = []
+    run = threading.Thread(target=lambda: outcome.append(runtime.run(job.id)))
+    run.start()
+    try:
+        at_step(store, job.id, 2)
+        wait_until(lambda: store.claim_holder(job.id) is None, 10)  # the lease lapsed
+        assert store.claim(job.id, "another-worker:1", 60) == "claimed"
+        run.join(120)
+        assert outcome == ["lost"]
+        left = store.get(job.id)
+        assert left is not None and left.status == JobStatus.IN_PROGRESS and left.completed_at is None
+        assert left.attempts == 1 and left.error_code is None
+        assert store.claim_holder(job.id) == "another-worker:1"  # its claim was not released either
+        assert not storage.path(job.id).exists() and not storage.thumbnail_path(job.id).exists()
+        assert [(r["event"], r["outcome"]) for r in store.runs(job.id)] == [
+            ("delivery", "claimed"),
+            ("end", "lost"),
+        ]
+        assert "lost the claim before publishing its video" in caplog.text
+    finally:
+        run.join(120)
+        runtime.stop()
+        store.redis.flushdb()
+
+
 def _main_pid_of(c: Cluster, child_pid: int) -> int:
     stat = Path(f"/proc/{child_pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])  # ppid: the Celery main process of the pool child
