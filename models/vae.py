@@ -149,6 +149,7 @@ class CausalVAE3D(nn.Module):
             add_attention=config.mid_block_add_attention,
         )
         self.encoder = Encoder3D(config.in_channels, config.latent_channels, **blocks)  # type: ignore[arg-type]
+        blocks["groups"] = config.decoder_groups
         self.decoder = Decoder3D(config.latent_channels, config.out_channels, **blocks)  # type: ignore[arg-type]
         self.quant_conv = nn.Conv3d(2 * config.latent_channels, 2 * config.latent_channels, kernel_size=1)
         self.post_quant_conv = nn.Conv3d(config.latent_channels, config.latent_channels, kernel_size=1)

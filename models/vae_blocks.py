@@ -24,6 +24,17 @@ from models import ops
 GROUP_NORM_EPS = 1e-6
 
 
+def group_norm(groups: int, channels: int) -> nn.Module:
+    """GroupNorm over (channels / groups, T, H, W), or the identity when `groups` is 0.
+
+    groups=0 is for decoders of flat-colored data (VAEConfig.decoder_norm_num_groups): a group
+    normalized over a flat frame keeps only the direction of its within-group vector, so a
+    GroupNorm decoder cannot paint a flat frame in the color its latent encodes."""
+    if groups == 0:
+        return nn.Identity()
+    return nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS, affine=True)
+
+
 def block_scales(index: int, num_blocks: int, spatial_ratio: int, temporal_ratio: int) -> tuple[bool, bool]:
     """(spatial, temporal) resampling of block `index`, the rule of HunyuanVideo's encoder/decoder.
 
@@ -64,9 +75,9 @@ class CausalConv3d(nn.Module):
 class ResnetBlockCausal3D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=GROUP_NORM_EPS, affine=True)
+        self.norm1 = group_norm(groups, in_channels)
         self.conv1 = CausalConv3d(in_channels, out_channels, 3)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=GROUP_NORM_EPS, affine=True)
+        self.norm2 = group_norm(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = CausalConv3d(out_channels, out_channels, 3)
         self.conv_shortcut = (
@@ -123,7 +134,7 @@ class MidBlockAttention(nn.Module):
 
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, channels, eps=GROUP_NORM_EPS, affine=True)
+        self.group_norm = group_norm(groups, channels)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)
@@ -252,7 +263,7 @@ class Encoder3D(nn.Module):
             prev = channels
         top = block_out_channels[-1]
         self.mid_block = MidBlock3D(top, groups, add_attention)
-        self.conv_norm_out = nn.GroupNorm(groups, top, eps=GROUP_NORM_EPS)
+        self.conv_norm_out = group_norm(groups, top)
         self.conv_act = nn.SiLU()
         self.conv_out = CausalConv3d(top, 2 * latent_channels, 3)
 
@@ -295,7 +306,7 @@ class Decoder3D(nn.Module):
                 )
             )
             prev = channels
-        self.conv_norm_out = nn.GroupNorm(groups, block_out_channels[0], eps=GROUP_NORM_EPS)
+        self.conv_norm_out = group_norm(groups, block_out_channels[0])
         self.conv_act = nn.SiLU()
         self.conv_out = CausalConv3d(block_out_channels[0], out_channels, 3)
 

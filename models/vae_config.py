@@ -98,6 +98,9 @@ class VAEConfig:
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
     layers_per_block: int = 2
     norm_num_groups: int = 32
+    # Groups of the decoder's norms; None: norm_num_groups (the official model); 0: no normalization
+    # in the decoder (for flat-colored synthetic data, see models.vae_blocks.group_norm).
+    decoder_norm_num_groups: int | None = None
     act_fn: str = "silu"
     spatial_compression_ratio: int = 8
     temporal_compression_ratio: int = 4
@@ -126,6 +129,17 @@ class VAEConfig:
                     f"block channels {channels} "
                     f"(block_out_channels={self.block_out_channels})"
                 )
+        groups = self.decoder_norm_num_groups
+        if groups is not None:
+            if not isinstance(groups, int) or isinstance(groups, bool) or groups < 0:
+                raise ValueError(
+                    f"VAEConfig.decoder_norm_num_groups must be None or an int >= 0, not {groups!r}"
+                )
+            if groups and any(channels % groups for channels in self.block_out_channels):
+                raise ValueError(
+                    f"VAEConfig.decoder_norm_num_groups={groups} does not divide the block channels "
+                    f"{self.block_out_channels}"
+                )
         if self.act_fn not in SUPPORTED_ACTIVATIONS:
             raise ValueError(f"VAEConfig.act_fn must be one of {SUPPORTED_ACTIVATIONS}, got {self.act_fn!r}")
         if self.temporal_compression_ratio != 4:
@@ -146,6 +160,11 @@ class VAEConfig:
                 f"VAEConfig.scaling_factor must be a positive finite number, got {self.scaling_factor!r}"
             )
         self.tiling()  # validates tile_sample_size / tile_sample_frames / tile_overlap
+
+    @property
+    def decoder_groups(self) -> int:
+        """The decoder's norm groups (0: none)."""
+        return self.norm_num_groups if self.decoder_norm_num_groups is None else self.decoder_norm_num_groups
 
     def tiling(self) -> VAETiling:
         return VAETiling(
@@ -177,6 +196,11 @@ _PRESETS: dict[str, VAEConfig] = {
     "tiny": VAEConfig(block_out_channels=(8, 8, 16, 16), norm_num_groups=4, layers_per_block=1),
     # The bundled model trained in this project on CPU / one GPU.
     "small": VAEConfig(block_out_channels=(16, 32, 64, 64), norm_num_groups=8, layers_per_block=1),
+    # The same without normalization in the decoder, which can then paint the flat backgrounds of the
+    # synthetic data (docs/training.md, "Status").
+    "small-flat": VAEConfig(
+        block_out_channels=(16, 32, 64, 64), norm_num_groups=8, layers_per_block=1, decoder_norm_num_groups=0
+    ),
 }
 
 
