@@ -16,10 +16,11 @@ timestep sampling, checkpointing, resume).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from training.config_io import ConfigIO
 
 STAGES = ("cfg", "steps")
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
@@ -34,7 +35,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(ConfigIO):
     teacher: Path = Path("runs/dit/bundle")  # the teacher bundle directory
     out_dir: Path = Path("runs/distill/cfg")
     stage: str = "cfg"  # cfg | steps
@@ -169,24 +170,6 @@ class DistillConfig:
         for name, allowed in (("timestep_sampling", TIMESTEP_SAMPLINGS), ("lr_schedule", LR_SCHEDULES)):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"must be one of {list(allowed)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for name in _PATH_FIELDS:
-            data[name] = str(data[name])
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DistillConfig fields {unknown}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> DistillConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def _fail(name: str, value: object, why: str) -> None:

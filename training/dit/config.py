@@ -35,10 +35,10 @@ Choices worth knowing (see also training/dit/trainer.py):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from training.config_io import ConfigIO
 
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 LR_SCHEDULES = ("constant", "cosine")
@@ -47,7 +47,7 @@ _PATH_FIELDS = ("out_dir", "init_from", "vae_path", "text_encoder_path")
 
 
 @dataclass
-class DiTTrainConfig:
+class DiTTrainConfig(ConfigIO):
     out_dir: Path = Path("runs/dit")
     # --- models ---
     bundle: str = "small"  # preset for a fresh start (ignored when init_from is set)
@@ -139,25 +139,6 @@ class DiTTrainConfig:
             _fail("i2v_fraction", self.i2v_fraction, "must be 0 for a text-to-video-only DiT")
         if not self.bundle:
             _fail("bundle", self.bundle, "must name a bundle preset")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for name in _PATH_FIELDS:
-            if data[name] is not None:
-                data[name] = str(data[name])
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiTTrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DiTTrainConfig fields {unknown}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> DiTTrainConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def _fail(name: str, value: object, why: str) -> None:

@@ -24,18 +24,17 @@ discriminator.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from models.vae_config import VAETiling
+from training.config_io import ConfigIO
 
 LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(ConfigIO):
     out_dir: Path = Path("runs/vae")
     preset: str = "small"  # models.vae_preset name of the fresh VAE
     init_from: Path | None = None  # start from a saved VAE instead (fine-tuning)
@@ -181,25 +180,6 @@ class VAETrainConfig:
         return VAETiling(
             sample_size=self.tile_size, sample_frames=self.tile_frames, overlap=self.tile_overlap
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for name in ("out_dir", "init_from"):
-            if data[name] is not None:
-                data[name] = str(data[name])
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VAETrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VAETrainConfig fields {unknown}")
-        return cls(**data)
-
-    def replace(self, **changes: Any) -> VAETrainConfig:
-        return dataclasses.replace(self, **changes)
 
 
 def _fail(name: str, value: object, why: str) -> None:
