@@ -40,6 +40,9 @@ from service.storage_s3 import RangeNotSatisfiableError, S3ObjectInfo, S3Storage
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["videos"])
+VariantQuery = Annotated[
+    Literal["video", "thumbnail", "spritesheet"], Query(description="video (MP4) or thumbnail (PNG)")
+]
 
 _SINGLE_RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # what S3 takes (one range, no lists)
 
@@ -68,9 +71,7 @@ async def download_content(
     request: Request,
     caller: CallerDep,
     context: ContextDep,
-    variant: Annotated[
-        Literal["video", "thumbnail", "spritesheet"], Query(description="video (MP4) or thumbnail (PNG)")
-    ] = "video",
+    variant: VariantQuery = "video",
 ) -> Response:
     job = context.owned_job(video_id, caller)
     status = status_of(job)
@@ -125,9 +126,7 @@ async def content_headers(
     request: Request,
     caller: CallerDep,
     context: ContextDep,
-    variant: Annotated[
-        Literal["video", "thumbnail", "spritesheet"], Query(description="video (MP4) or thumbnail (PNG)")
-    ] = "video",
+    variant: VariantQuery = "video",
 ) -> Response:
     """HEAD: what GET would answer, without the body (and without reading the content). While the
     job renders: 200 with `X-Video-Status` and no length (the GET would be a chunked stream)."""

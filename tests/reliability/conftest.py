@@ -11,7 +11,9 @@ redis-server and tiny bundle (tests/service/conftest_api.py), plus
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,23 @@ def healthy(client: httpx.Client) -> None:
     job_id = created.json()["id"]
     read = client.get(f"/v1/videos/{job_id}")
     assert read.status_code == 200 and read.json()["status"] == "queued", read.text
+
+
+def raw_request(server: LiveServer, data: bytes, timeout_s: float = 10.0) -> bytes:
+    """Send bytes as they are; read until the server closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout_s) as sock:
+        # The server may refuse early and close: what it sent is still readable.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        sock.settimeout(1.0)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+    assert received, "no response at all"
+    return received
