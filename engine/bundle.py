@@ -77,7 +77,7 @@ BUNDLE_PRESETS: dict[str, BundleSpec] = {
         "tiny",
         ModelLimits(width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9),
     ),
-    "small": BundleSpec("hyv-small", "small", "small", "small"),
+    "small": BundleSpec("hyv-small", "small", "small-flat", "small"),
     "hunyuan-video-13b": BundleSpec(
         "hunyuan-video-13b",
         "hunyuan-video-13b",

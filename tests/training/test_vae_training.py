@@ -38,6 +38,7 @@ def _config(out_dir: Path, **changes: object) -> VAETrainConfig:
         low_res_batch_size=2,
         crop_size=8,
         crop_fraction=0.0,
+        image_phase_fraction=0.0,
         low_res_fraction=0.25,
         tiling_fraction=0.25,
         tiling_probability=1.0,

@@ -1,7 +1,12 @@
 """`VAETrainConfig`: every knob of the VAE training loop, validated up front.
 
-The curriculum (see training/vae/data.py) has four phases over `steps`:
+The curriculum (see training/vae/data.py) has five phases over `steps`:
 
+0. images: the first `image_phase_fraction` of the steps train on images only, `image_batch_size`
+   random `crop_size` px windows of full-size frames per batch: many objects per second at the final
+   pixel scale. A young VAE on this data first learns the flat background and leaves that ~16 dB
+   plateau only after seeing some 40k objects (docs/training.md), which small video batches take
+   hours to show on a CPU;
 1. low resolution: the first `low_res_fraction` of the steps train on `low_res_size` px,
    `low_res_frames`-frame clips, `low_res_batch_size` per batch (cheap, learns colors and shapes);
 2. crops: the next `crop_fraction` of the steps render full-size, full-length clips and train on
@@ -36,11 +41,12 @@ LR_SCHEDULES = ("constant", "cosine")
 @dataclass
 class VAETrainConfig(ConfigIO):
     out_dir: Path = Path("runs/vae")
-    preset: str = "small"  # models.vae_preset name of the fresh VAE
+    preset: str = "small-flat"  # models.vae_preset name of the fresh VAE
     init_from: Path | None = None  # start from a saved VAE instead (fine-tuning)
     # --- optimization ---
-    steps: int = 3000
+    steps: int = 5000
     lr: float = 5e-4
+    video_lr: float | None = 2e-4  # lr after the image phase (None: lr); warmup and schedule restart there
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
     lr_schedule: str = "cosine"
@@ -52,12 +58,14 @@ class VAETrainConfig(ConfigIO):
     size: int = 64  # final (square) size, a multiple of 8
     num_frames: int = 17  # final clip length, 4n + 1
     batch_size: int = 2
+    image_phase_fraction: float = 0.4
+    image_batch_size: int = 32
     low_res_size: int = 32
     low_res_frames: int = 9
     low_res_batch_size: int = 4
-    low_res_fraction: float = 0.35
+    low_res_fraction: float = 0.0
     crop_size: int = 32
-    crop_fraction: float = 0.35
+    crop_fraction: float = 0.4
     tiling_fraction: float = 0.1
     tiling_probability: float = 0.5
     tile_size: int = 48  # px; with tile_overlap 1/3: stride 32, so 64 px splits into 2 tiles
@@ -75,7 +83,7 @@ class VAETrainConfig(ConfigIO):
     init_logvar: float = -8.0  # initial posterior log-variance of a fresh VAE (see trainer.py)
     perceptual_weight: float = 0.1
     gan_weight: float = 0.1  # times the adaptive weight |grad rec| / |grad gan| at the last layer
-    gan_start: int = 2600  # first step with the GAN loss (the discriminator trains from here too)
+    gan_start: int = 4500  # first step with the GAN loss (the discriminator trains from here too)
     disc_lr: float = 2e-4
     # --- after training ---
     scale_clips: int = 32  # train clips whose posterior-mode std gives the scaling factor
@@ -101,6 +109,7 @@ class VAETrainConfig(ConfigIO):
             "steps",
             "batch_size",
             "low_res_batch_size",
+            "image_batch_size",
             "checkpoint_every",
             "dataset_length",
             "max_frame_interval",
@@ -138,6 +147,7 @@ class VAETrainConfig(ConfigIO):
         )
         for name in ("lr", "disc_lr"):
             _check(name, getattr(self, name), getattr(self, name) > 0, "must be > 0")
+        _check("video_lr", self.video_lr, self.video_lr is None or self.video_lr > 0, "must be > 0 or None")
         _check("min_lr_ratio", self.min_lr_ratio, 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]")
         _check("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas))
         for name in (
@@ -151,6 +161,7 @@ class VAETrainConfig(ConfigIO):
             _check(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0")
         _check("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "must be in [0, 1)")
         for name in (
+            "image_phase_fraction",
             "low_res_fraction",
             "crop_fraction",
             "tiling_fraction",
@@ -159,11 +170,12 @@ class VAETrainConfig(ConfigIO):
         ):
             value = getattr(self, name)
             _check(name, value, 0.0 <= value <= 1.0, "must be a fraction in [0, 1]")
-        if self.low_res_fraction + self.crop_fraction + self.tiling_fraction > 1.0:
+        fractions = self.image_phase_fraction + self.low_res_fraction + self.crop_fraction
+        if fractions + self.tiling_fraction > 1.0:
             _fail(
                 "tiling_fraction",
                 self.tiling_fraction,
-                "plus low_res_fraction and crop_fraction must be <= 1",
+                "plus image_phase_fraction, low_res_fraction and crop_fraction must be <= 1",
             )
         if self.lr_schedule not in LR_SCHEDULES:
             _fail("lr_schedule", self.lr_schedule, f"must be one of {list(LR_SCHEDULES)}")

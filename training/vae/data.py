@@ -23,7 +23,7 @@ from training.vae.config import VAETrainConfig
 class Phase:
     """What one step trains on."""
 
-    name: str  # "low_res" | "crop" | "full" | "tiling"
+    name: str  # "images" | "low_res" | "crop" | "full" | "tiling"
     size: int
     frames: int
     batch_size: int
@@ -38,8 +38,11 @@ class VAEBatch:
 
 
 def phase_name(config: VAETrainConfig, step: int) -> str:
-    """The curriculum phase of 0-based `step`: low_res, crop, full or tiling."""
-    low_res_end = round(config.low_res_fraction * config.steps)
+    """The curriculum phase of 0-based `step`: images, low_res, crop, full or tiling."""
+    images_end = round(config.image_phase_fraction * config.steps)
+    if step < images_end:
+        return "images"
+    low_res_end = images_end + round(config.low_res_fraction * config.steps)
     if step < low_res_end:
         return "low_res"
     if step < low_res_end + round(config.crop_fraction * config.steps):
@@ -88,10 +91,12 @@ class VAEBatches:
         name = phase_name(c, step)
         low = name == "low_res"
         size = c.low_res_size if low else c.size  # rendered size
-        crop = c.crop_size if name == "crop" else size
+        crop = c.crop_size if name in ("crop", "images") else size
         frames = c.low_res_frames if low else c.num_frames
-        batch_size = c.low_res_batch_size if name in ("low_res", "crop") else c.batch_size
-        is_image = bool(rng.random() < c.image_fraction) or frames == 1
+        batch_size = {"images": c.image_batch_size, "low_res": c.low_res_batch_size}.get(
+            name, c.low_res_batch_size if name == "crop" else c.batch_size
+        )
+        is_image = name == "images" or bool(rng.random() < c.image_fraction) or frames == 1
         tiled = name == "tiling" and not is_image and bool(rng.random() < c.tiling_probability)
         interval = 0 if is_image else int(rng.integers(1, c.max_frame_interval + 1))
         clips = []

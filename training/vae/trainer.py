@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from models import CausalVAE3D, load_vae, save_vae
-from models.vae_blocks import ResnetBlockCausal3D
+from models.vae_blocks import CausalConv3d, ResnetBlockCausal3D
 from models.vae_config import vae_preset
 from training.dit.data import step_seed
 from training.dit.state import EMA, load_for_resume, lr_at, save_checkpoint, save_loss_plot
 from training.vae.config import VAETrainConfig
-from training.vae.data import VAEBatch, VAEBatches
+from training.vae.data import VAEBatch, VAEBatches, phase_name
 from training.vae.evaluate import evaluate_vae, heldout_videos, save_reconstructions, scaling_factor
 from training.vae.losses import (
     FixedFeatures,
@@ -95,6 +95,25 @@ def zero_init_residuals(vae: CausalVAE3D) -> None:
                     module.conv2.conv.bias.zero_()
 
 
+def inflate_temporal_kernels(vae: CausalVAE3D) -> None:
+    """Fold every causal conv's temporal taps into its last (current-frame) tap.
+
+    After the image phase only the sum over a kernel's taps is trained: a 1-frame clip is padded
+    by replicating its frame, so every tap sees the same input. On a video those untrained
+    per-tap splits mix past frames into garbage (later frames drift back towards frame 0:
+    16 dB held-out). With all the weight on the current frame each frame is encoded as the image
+    it is and the strided convs keep every other frame: the VAE starts its video phases as a
+    keyframe codec (23 dB held-out straight away, docs/training.md) and only has to learn the
+    in-between frames. The image behaviour is unchanged (same sum)."""
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, CausalConv3d) and module.conv.weight.shape[2] > 1:
+                weight = module.conv.weight  # (out, in, k_t, k_h, k_w)
+                folded = weight.sum(dim=2)
+                weight.zero_()
+                weight[:, :, -1] = folded
+
+
 class VAETrainer:
     def __init__(self, config: VAETrainConfig) -> None:
         self.config = c = config
@@ -113,7 +132,7 @@ class VAETrainer:
         self.disc = PatchDiscriminator3D().to(self.device).train()
         self.ema = EMA(self.vae, c.ema_decay)
         self.ema_vae: CausalVAE3D = self.ema.model  # type: ignore[assignment]
-        self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=c.lr, betas=c.betas, weight_decay=0.0)
+        self.optimizer = self._new_optimizer()
         self.disc_optimizer = torch.optim.AdamW(self.disc.parameters(), lr=c.disc_lr, betas=(0.5, 0.9))
         self.batches = VAEBatches(c)
         self.tiling = c.tiling()
@@ -123,14 +142,39 @@ class VAETrainer:
         if c.resume:
             self._resume()
 
+    def _new_optimizer(self) -> torch.optim.AdamW:
+        c = self.config
+        return torch.optim.AdamW(self.vae.parameters(), lr=c.lr, betas=c.betas, weight_decay=0.0)
+
+    def start_videos(self) -> None:
+        """The image phase is over: inflate the temporal kernels (model and EMA) and start Adam
+        afresh (its moments were per tap, and the taps just changed)."""
+        inflate_temporal_kernels(self.vae)
+        inflate_temporal_kernels(self.ema_vae)
+        self.optimizer = self._new_optimizer()
+        logger.info("step %d: image phase done; temporal kernels inflated to the current frame", self.step)
+
+    def is_video_start(self, step: int) -> bool:
+        """The first step after the image phase (if there is one)."""
+        return step > 0 and phase_name(self.config, step - 1) == "images" != phase_name(self.config, step)
+
     # --- one step ---------------------------------------------------------------------------------
 
     def lr(self, step: int) -> float:
+        """Warmup + schedule, restarted at the first video step when there is an image phase
+        (`video_lr` from there: the inflated VAE is a different optimization problem)."""
         c = self.config
-        scale = lr_at(step, 1.0, c.warmup_steps, c.lr_schedule, c.steps)
-        if step >= c.warmup_steps:
+        base, start, end = c.lr, 0, c.steps
+        images_end = round(c.image_phase_fraction * c.steps)
+        if 0 < images_end < c.steps:
+            if step < images_end:
+                end = images_end
+            else:
+                base, start = (c.video_lr if c.video_lr is not None else c.lr), images_end
+        scale = lr_at(step - start, 1.0, c.warmup_steps, c.lr_schedule, end - start)
+        if step - start >= c.warmup_steps:
             scale = c.min_lr_ratio + (1.0 - c.min_lr_ratio) * scale
-        return c.lr * scale
+        return base * scale
 
     def foreground_weight_at(self, step: int) -> float:
         """Linear from `foreground_weight` (find the objects) to `foreground_weight_end` (exact
@@ -210,6 +254,8 @@ class VAETrainer:
         with Progress(*columns, disable=not c.progress, transient=False) as bar:
             task = bar.add_task("vae", total=c.steps, completed=self.step, phase="-", l1="-", psnr="-")
             while self.step < c.steps:
+                if self.is_video_start(self.step):
+                    self.start_videos()
                 batch = self.batches.batch(self.step)
                 metrics = self.train_step(self.step, batch)
                 self.step += 1
