@@ -174,6 +174,13 @@ train_app = typer.Typer(
 app.add_typer(train_app, name="train")
 
 
+@train_app.callback()
+def train_main() -> None:
+    """Training reports its milestones (held-out PSNR at checkpoints, stage times) at INFO level:
+    show them without the noise of `--verbose`."""
+    logging.getLogger("training").setLevel(min(logging.INFO, logging.getLogger().level))
+
+
 def _register_training_commands() -> None:
     from training.distill.cli import distill_command
     from training.eval.cli import eval_command

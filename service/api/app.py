@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range", "If-None-Match"],
             expose_headers=["Location", "Retry-After", "ETag", "Content-Range", "Idempotent-Replayed"],
         )

@@ -217,3 +217,22 @@ def test_s3_failures_answer_503_storage_error_and_never_block_the_loop(
     thumbnail = client.get(f"/v1/videos/{vid}/content", params={"variant": "thumbnail"})
     assert thumbnail.status_code == 503 and thumbnail.json()["error"]["code"] == "storage_error"
     assert client.head(f"/v1/videos/{vid}/content").status_code == 503
+
+
+def test_cors_preflight_allows_every_method_the_api_answers(
+    make_api_settings: Callable[..., Any], serve_app: Callable[[Any], Any]
+) -> None:
+    """A page on another origin may HEAD a video (its size before a ranged download) like GET it."""
+    origin = "http://page.example"
+    server = serve_app(make_api_settings(cors_origins=[origin]))
+    for method in ("GET", "HEAD", "POST", "DELETE"):
+        response = httpx.options(
+            f"{server.url}/v1/videos/video_x/content",
+            headers={"Origin": origin, "Access-Control-Request-Method": method},
+        )
+        assert response.status_code == 200, (method, response.text)
+        assert method in response.headers["access-control-allow-methods"]
+        assert response.headers["access-control-allow-origin"] == origin
+    evil = {"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
+    refused = httpx.options(f"{server.url}/v1/videos", headers=evil)
+    assert refused.status_code == 400
