@@ -77,7 +77,8 @@ BUNDLE_PRESETS: dict[str, BundleSpec] = {
         "tiny",
         ModelLimits(width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9),
     ),
-    "small": BundleSpec("hyv-small", "small", "small-flat", "small"),
+    # Served at its training size by default (the recipe trains at 64x64; larger sizes fragment).
+    "small": BundleSpec("hyv-small", "small", "small-flat", "small", ModelLimits(width=64, height=64)),
     "hunyuan-video-13b": BundleSpec(
         "hunyuan-video-13b",
         "hunyuan-video-13b",

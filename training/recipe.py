@@ -21,7 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import platform
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -257,21 +260,30 @@ class Recipe:
         return self._run("eval", run, {"teacher": str(teacher), "student": str(bundle_dir)})
 
     def write_recipe(self) -> Path:
-        """`recipe.json` beside the weights: what the model card reports as the training recipe."""
+        """`recipe.json` beside the weights, in the schema the model card reads (training/eval/card.py)."""
         c = self.config
-        stages = {
-            name: {k: v for k, v in info.items() if k != "finished"}
-            for name, info in self.state["stages"].items()
-        }
+        command = ("hyv train bundle " + _cli_args(c)).strip()
+        stages = []
+        for name, info in self.state["stages"].items():
+            settings = info.get("settings", {})
+            stages.append(
+                {
+                    "name": name,
+                    "steps": settings.get("steps", "-"),
+                    "wall_time_s": round(float(info.get("wall_s", 0.0)), 1),
+                    **{k: settings[k] for k in _STAGE_DETAILS if k in settings},
+                    "settings": settings,  # in full for the record (the card leaves it out)
+                }
+            )
         recipe = {
-            "command": "hyv train bundle " + _cli_args(c),
+            "command": command,
             "seed": c.seed,
-            "device": c.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            "torch_threads": torch.get_num_threads(),
+            "hardware": _hardware(c.device),
+            "git_commit": _git_commit(),
             "data": "synthetic clips of training/data (train split; 44 held-out combinations never seen)",
-            "config": c.to_dict(),
+            "total_wall_time_s": round(sum(s["wall_time_s"] for s in stages), 1),
             "stages": stages,
-            "wall_s_total": round(sum(float(s.get("wall_s", 0.0)) for s in stages.values()), 1),
+            "config": c.to_dict(),
         }
         path = c.export_dir / RECIPE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,14 +313,72 @@ class Recipe:
         return exported
 
 
+# The settings a stage's row in the model card shows (recipe.json keeps them all).
+_STAGE_DETAILS = (
+    "preset",
+    "lr",
+    "video_lr",
+    "batch_size",
+    "image_batch_size",
+    "student_steps",
+    "teacher_steps",
+)
+
+
+def _hardware(device: str | None) -> str:
+    if (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda"):
+        return f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible)"
+    return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {platform.machine()}"
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout the recipe ran from ("+dirty" with uncommitted changes), if it is one."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+# RecipeConfig fields that `hyv train bundle` takes as options (engine/cli.py), and their names.
+_CLI_OPTIONS = {
+    "out_dir": "--out",
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in (
+            "export_dir",
+            "seed",
+            "device",
+            "vae_steps",
+            "dit_steps",
+            "dit_batch_size",
+            "cfg_steps",
+            "distill_steps",
+            "student_steps",
+        )
+    },
+}
+
+
 def _cli_args(c: RecipeConfig) -> str:
+    """The options that reproduce `c` (changes the command line cannot carry are named after a #)."""
     defaults = RecipeConfig()
-    args = []
+    args, elsewhere = [], []
     for field in dataclasses.fields(c):
         value, default = getattr(c, field.name), getattr(defaults, field.name)
-        if value != default and field.name != "progress" and not field.name.endswith("_overrides"):
-            args.append(f"--{field.name.replace('_', '-')} {value}")
-    return " ".join(args)
+        if value == default or field.name == "progress":
+            continue
+        if field.name in _CLI_OPTIONS:
+            args.append(f"{_CLI_OPTIONS[field.name]} {value}")
+        else:
+            elsewhere.append(f"{field.name}={value!r}")
+    return " ".join(args) + (f"  # with RecipeConfig({', '.join(elsewhere)})" if elsewhere else "")
 
 
 def train_bundle(config: RecipeConfig, until: str = "eval") -> Path:

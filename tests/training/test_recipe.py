@@ -5,6 +5,7 @@ recipe + model card beside them, and a second run skips the finished stages."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ _VAE: dict[str, Any] = dict(
     low_res_batch_size=2,
     crop_size=16,
     crop_fraction=0.0,
-    low_res_fraction=0.34,
+    image_phase_fraction=0.34,  # 2 steps of images, then the temporal kernels are folded
+    image_batch_size=2,
+    low_res_fraction=0.0,
     tiling_fraction=0.34,
     tiling_probability=1.0,
     tile_size=16,
@@ -115,11 +118,15 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     # Recipe, eval and model card beside the weights.
     recipe = json.loads((exported / RECIPE_FILE).read_text())
     assert recipe["command"].startswith("hyv train bundle")
-    assert set(recipe["stages"]) >= {"vae", "dit", "cfg", "steps", "export"}
+    assert [stage["name"] for stage in recipe["stages"]][:5] == ["vae", "dit", "cfg", "steps", "export"]
+    assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"][:4])
+    assert recipe["total_wall_time_s"] >= sum(stage["wall_time_s"] for stage in recipe["stages"])
+    assert recipe["git_commit"] and "CPU" in recipe["hardware"]
     results = json.loads((exported / "eval.json").read_text())
     assert 0.0 <= results["student"]["accuracy"]["color"] <= 1.0
     card = (exported / "MODEL_CARD.md").read_text()
     assert "PSNR" in card and "hyv train bundle" in card
+    assert re.search(r"\| vae \| 6 \| \d+\.\d min \| - \| preset=tiny, lr=0.0005, video_lr=0.0002", card)
 
     # Running it again finds every stage finished: nothing is retrained.
     before = {p: p.stat().st_mtime for p in exported.rglob("*.safetensors")}

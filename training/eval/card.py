@@ -17,8 +17,11 @@ optional; anything else is listed as-is):
       "stages": [                           # in order (a {name: {...}} mapping works too)
         {"name": "vae", "command": "hyv train vae ...", "steps": 3000, "wall_time_s": 1500.0,
          ...any other key (batch_size, lr, size, notes) goes to the stage's "details" column}
-      ]
+      ],
+      "config": {...}                       # the pipeline's own config: recorded, not shown
     }
+
+Dict-valued stage keys (a stage's full settings) are recorded but left out of the card.
 """
 
 from __future__ import annotations
@@ -292,7 +295,7 @@ def _recipe_section(recipe: dict[str, Any]) -> list[str]:
     total = recipe.get("total_wall_time_s")
     if total is None and stages:
         total = sum(float(s.get("wall_time_s") or 0.0) for s in stages)
-    known = {"command", "seed", "hardware", "total_wall_time_s", "git_commit", "data", "stages"}
+    known = {"command", "seed", "hardware", "total_wall_time_s", "git_commit", "data", "stages", "config"}
     lines += [
         f"- Command: `{recipe.get('command', '?')}`",
         f"- Seed: {recipe.get('seed', '?')}; hardware: {recipe.get('hardware', '?')}; "
@@ -304,13 +307,16 @@ def _recipe_section(recipe: dict[str, Any]) -> list[str]:
         lines += ["", "| stage | steps | wall time | command | details |", "|---|---|---|---|---|"]
         for s in stages:
             wall = s.get("wall_time_s")
+            command = f"`{s['command']}`" if s.get("command") else "-"
             details = ", ".join(
-                f"{k}={v}" for k, v in s.items() if k not in {"name", "steps", "wall_time_s", "command"}
+                f"{k}={v}"
+                for k, v in s.items()
+                if k not in {"name", "steps", "wall_time_s", "command"} and not isinstance(v, dict)
             )
             lines.append(
                 f"| {s.get('name', '?')} | {s.get('steps', '?')} | "
                 f"{_num(None if wall is None else wall / 60.0, '.1f', ' min')} | "
-                f"`{s.get('command', '')}` | {details} |"
+                f"{command} | {details} |"
             )
     return [*lines, ""]
 
