@@ -339,7 +339,8 @@ class VideoPipeline:
             _report(on_progress, "denoise", step, total)
             check()
 
-        return euler_denoise(velocity, noise, sigmas, on_step)
+        latents = euler_denoise(velocity, noise, sigmas, on_step)
+        return pin_first_frame(latents, image_cond) if plan.image is not None else latents
 
     def _velocity_fn(
         self,
@@ -375,6 +376,15 @@ class VideoPipeline:
             return cfg_combine(v_uncond, v_cond, plan.guidance)
 
         return cfg_velocity
+
+
+def pin_first_frame(latents: torch.Tensor, image_cond: torch.Tensor | None) -> torch.Tensor:
+    """I2V: make the first latent frame the image's own latent (the first C channels of frame 0 of
+    `image_cond`, (B, C+1, t, h, w)), as HunyuanVideo-I2V's token replacement does: the video starts
+    exactly on the user's picture, not on the model's redrawing of it. In place; returns `latents`."""
+    if image_cond is not None:
+        latents[:, :, :1] = image_cond[:, : latents.shape[1], :1]
+    return latents
 
 
 def _report(on_progress: ProgressFn | None, stage: str, step: int, total: int) -> None:

@@ -125,6 +125,13 @@ def test_i2v_puts_the_image_latent_in_frame_zero(i2v_pipeline: VideoPipeline) ->
         assert torch.all(cond[:, :16, 1:] == 0) and cond[:, :16, 0].abs().sum() > 0
         t2v = i2v_pipeline._image_condition(i2v_pipeline.plan(request.model_copy(update={"image": None})))
         assert t2v is not None and torch.all(t2v == 0)  # no image: zero latent and mask = T2V
+        # The generated first latent frame is the image's own latent, exactly.
+        text, uncond = i2v_pipeline._encode_text(plan)
+        latents = i2v_pipeline._denoise(plan, text, uncond, cond, None, lambda: None)
+        assert torch.equal(latents[:, :, :1], cond[:, :16, :1])
+        t2v_plan = i2v_pipeline.plan(request.model_copy(update={"image": None}))
+        free = i2v_pipeline._denoise(t2v_plan, text, uncond, t2v, None, lambda: None)
+        assert free[:, :, :1].abs().mean() > 0.1  # T2V: frame 0 is the model's, not pinned to zeros
     with_image = read_mp4(i2v_pipeline.generate(request).mp4)
     without = read_mp4(i2v_pipeline.generate(request.model_copy(update={"image": None})).mp4)
     assert with_image.shape == without.shape == (9, 32, 32, 3)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from engine.limits import TIME_STRIDE
-from engine.pipeline import VideoPipeline
+from engine.pipeline import VideoPipeline, pin_first_frame
 from engine.request import GenerationRequest
 from engine.sampling import cfg_combine, euler_denoise, flow_schedule
 from engine.video_io import video_to_uint8
@@ -172,6 +172,8 @@ def generate_batch(
         ).to(device, dtype)
         velocity = _velocity(pipeline, sampler, cond, uncond, image_cond)
         latents = euler_denoise(velocity, noise, torch.tensor(sampler.sigmas, dtype=torch.float64))
+        if images is not None:
+            pin_first_frame(latents, image_cond)
         vae_device = next(vae.parameters()).device
         z = (latents / vae.config.scaling_factor).to(vae_device, dtype)
         video = vae.decode(z, tiled=None, tiling=pipeline.options.vae_tiling)
