@@ -93,9 +93,8 @@ class VAEBatches:
         size = c.low_res_size if low else c.size  # rendered size
         crop = c.crop_size if name in ("crop", "images") else size
         frames = c.low_res_frames if low else c.num_frames
-        batch_size = {"images": c.image_batch_size, "low_res": c.low_res_batch_size}.get(
-            name, c.low_res_batch_size if name == "crop" else c.batch_size
-        )
+        small = c.low_res_batch_size  # low_res and crop batches; full and tiling take batch_size
+        batch_size = {"images": c.image_batch_size, "low_res": small, "crop": small}.get(name, c.batch_size)
         is_image = name == "images" or bool(rng.random() < c.image_fraction) or frames == 1
         tiled = name == "tiling" and not is_image and bool(rng.random() < c.tiling_probability)
         interval = 0 if is_image else int(rng.integers(1, c.max_frame_interval + 1))
