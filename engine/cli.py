@@ -256,6 +256,14 @@ def train_dit_command(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 10_000,
     batch_size: Annotated[int, typer.Option(help="Clips per step (per process).")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    lr_schedule: Annotated[str, typer.Option(help="After warmup: constant or cosine (to 0).")] = "constant",
+    vae_path: Annotated[
+        Path | None, typer.Option(help="A trained VAE replacing the bundle's (frozen).")
+    ] = None,
+    cache_videos: Annotated[
+        int, typer.Option(help="Encode this many train videos once and train on their latents (0: off).")
+    ] = 0,
+    cache_images: Annotated[int, typer.Option(help="Images in the latent cache.")] = 0,
     size: Annotated[int, typer.Option(help="Square training size in pixels (multiple of 16).")] = 64,
     frames: Annotated[int, typer.Option(help="Frames per training clip (4n+1).")] = 17,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
@@ -274,6 +282,10 @@ def train_dit_command(
             steps=steps,
             batch_size=batch_size,
             lr=lr,
+            lr_schedule=lr_schedule,
+            vae_path=vae_path,
+            cache_videos=cache_videos,
+            cache_images=cache_images,
             size=size,
             num_frames=frames,
             checkpoint_every=checkpoint_every,

@@ -90,14 +90,15 @@ def test_console_script_is_installed():
 def test_train_dit_writes_a_bundle_that_generates_and_resumes(tmp_path):
     run = tmp_path / "run"
     args = ["train", "dit", "--bundle", "tiny", "--size", "32", "--frames", "5", "--batch-size", "1"]
-    args += ["--checkpoint-every", "2", "--out", str(run)]
+    args += ["--checkpoint-every", "2", "--out", str(run), "--lr-schedule", "cosine"]
+    args += ["--cache-videos", "2", "--cache-images", "1"]
     result = runner.invoke(app, [*args, "--steps", "2"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, [*args, "--steps", "4", "--resume"])
     assert result.exit_code == 0, result.output
     losses = (run / "losses.csv").read_text().strip().splitlines()
     assert len(losses) == 1 + 4  # header + one row per step, the resumed run continued at step 3
-    assert (run / "loss.png").stat().st_size > 0
+    assert (run / "loss.png").stat().st_size > 0 and (run / "latent_cache.pt").is_file()
     video = tmp_path / "trained.mp4"
     result = generate(run / "bundle", video)
     assert result.exit_code == 0, result.output
@@ -109,3 +110,6 @@ def test_train_dit_rejects_bad_options(tmp_path):
     result = runner.invoke(app, ["train", "dit", "--frames", "8", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "num_frames" in result.output
+    result = runner.invoke(app, ["train", "dit", "--lr-schedule", "linear", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "lr_schedule" in result.output
