@@ -141,3 +141,22 @@ def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:
         RecipeConfig(out_dir=tmp_path, bundle_preset="hunyuan-video-13b")
     with pytest.raises(ValueError, match="until"):
         Recipe(RecipeConfig(out_dir=tmp_path)).run(until="deploy")
+
+
+def test_the_recorded_command_uses_only_options_the_cli_has(tmp_path: Path) -> None:
+    """`recipe.json`'s command must run: its option names come from a hand list (_CLI_OPTIONS)
+    that has to follow `hyv train bundle`'s signature in engine/cli.py."""
+    import typer
+
+    from engine.cli import app
+    from training.recipe import _CLI_OPTIONS, _cli_args
+
+    group: Any = typer.main.get_command(app)  # a click group (typer may vendor its own click)
+    bundle_command = group.commands["train"].commands["bundle"]
+    bundle_options = {opt for param in bundle_command.params for opt in param.opts}
+    assert "--out" in bundle_options and "--until" in bundle_options
+    assert set(_CLI_OPTIONS.values()) <= bundle_options
+    config = RecipeConfig(out_dir=tmp_path / "r", dit_steps=7, size=32)
+    args = _cli_args(config)
+    assert args.startswith(f"--out {tmp_path / 'r'} --dit-steps 7")
+    assert args.endswith("# with RecipeConfig(size=32)")  # not an option: named, not invented

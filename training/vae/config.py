@@ -7,7 +7,7 @@ The curriculum (see training/vae/data.py) has five phases over `steps`:
    pixel scale. A young VAE on this data first learns the flat background and leaves that ~16 dB
    plateau only after seeing some 40k objects (docs/training.md), which small video batches take
    hours to show on a CPU;
-1. low resolution: the first `low_res_fraction` of the steps train on `low_res_size` px,
+1. low resolution: the next `low_res_fraction` of the steps train on `low_res_size` px,
    `low_res_frames`-frame clips, `low_res_batch_size` per batch (cheap, learns colors and shapes);
 2. crops: the next `crop_fraction` of the steps render full-size, full-length clips and train on
    random `crop_size` px windows of them (`low_res_batch_size` per batch): the final pixel scale
