@@ -272,6 +272,8 @@ class Recipe:
                     "steps": settings.get("steps", "-"),
                     "wall_time_s": round(float(info.get("wall_s", 0.0)), 1),
                     **{k: settings[k] for k in _STAGE_DETAILS if k in settings},
+                    # a stage carried over from an earlier run says which (the card shows it)
+                    **({"reused_from": info["reused_from"]} if "reused_from" in info else {}),
                     "settings": settings,  # in full for the record (the card leaves it out)
                 }
             )
