@@ -1,6 +1,7 @@
 """GET /v1/videos/{id}/content: the MP4 (or its first-frame thumbnail); HEAD: its headers only.
 
-- Completed: the file, with Range / 206 / If-Range (Starlette's FileResponse), a strong ETag
+- Completed: the file, with Range / 206 / 416 / If-Range (Starlette's FileResponse, with the live
+  stream's answers to reversed and unreadable ranges: `_FinishedFileResponse`), a strong ETag
   (`If-None-Match` -> 304) and Content-Length. HEAD answers the same headers (Content-Length, ETag,
   Accept-Ranges, Content-Type) without reading the file or the object.
 - Queued or in progress: a chunked stream of the fragmented MP4 from its first byte, following
@@ -27,6 +28,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from service.api.auth import CallerDep
 from service.api.content_live import CHUNK_BYTES, follow, live_range, ranged
@@ -210,13 +212,36 @@ async def _thumbnail(context: AppContext, job_id: str, status: str, request: Req
     raise NotFoundError(f"video {job_id} has no thumbnail ({status})", "thumbnail_not_available")
 
 
+_REVERSED_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+
+
+class _FinishedFileResponse(FileResponse):
+    """Starlette's FileResponse, with the Range answers of the live stream and of S3: a Range it
+    cannot read (another unit, no range in it) is ignored, as RFC 9110 allows (200, the whole
+    file), and a reversed one (`bytes=30-10`) is 416 with `Content-Range: bytes */<size>`;
+    Starlette answers 400 to both."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        unit, _, spec = http_range.partition("=")
+        if unit.strip().lower() == "bytes":
+            for part in spec.split(","):
+                bounds = _REVERSED_RANGE.fullmatch(part)
+                if bounds is not None and int(bounds[2]) < int(bounds[1]):
+                    raise RangeNotSatisfiable(file_size)
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader:
+            return []  # no range: the whole file
+
+
 def _file_response(path: Path, request: Request, media_type: str, filename: str) -> Response:
     stat = path.stat()
     etag = f'"{path.stem.split(".")[0]}-{stat.st_size}-{int(stat.st_mtime)}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
     if etag in _etags(request.headers.get("if-none-match")):
         return Response(status_code=304, headers=headers)
-    return FileResponse(
+    return _FinishedFileResponse(
         path, media_type=media_type, headers=headers, content_disposition_type="inline", filename=filename
     )
 

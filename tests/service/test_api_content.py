@@ -110,6 +110,13 @@ def test_completed_video_has_length_etag_and_ranges(env: tuple[httpx.Client, Fak
     assert middle.status_code == 206 and middle.content == mp4[100:]
     beyond = client.get(url, headers={"Range": f"bytes={len(mp4) + 10}-"})
     assert beyond.status_code == 416
+    for reversed_range in ("bytes=30-10", "bytes = 9-8", "bytes=0-9, 30-10"):
+        invalid = client.get(url, headers={"Range": reversed_range})  # as while rendering: 416
+        assert invalid.status_code == 416, reversed_range
+        assert invalid.headers["content-range"] == f"bytes */{len(mp4)}"
+    for unreadable in ("items=0-9", "nonsense", "bytes=", "bytes=-", "bytes=abc"):
+        ignored = client.get(url, headers={"Range": unreadable})  # ignored (RFC 9110): the whole file
+        assert ignored.status_code == 200 and ignored.content == mp4, unreadable
 
     assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
     assert client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
