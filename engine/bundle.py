@@ -78,12 +78,7 @@ BUNDLE_PRESETS: dict[str, BundleSpec] = {
         ModelLimits(width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9),
     ),
     # Served at its training size by default (the recipe trains at 64x64; larger sizes fragment).
-    # Flow shift 1: an 8x8x5 latent needs no bend towards high noise (HunyuanVideo's 5-7 is for
-    # ~100k-token 720p clips); shift 5 left the low and middle noise levels, where the shapes and
-    # the sub-token positions form, nearly untrained (docs/training.md, "flow shift").
-    "small": BundleSpec(
-        "hyv-small", "small", "small-flat", "small", ModelLimits(width=64, height=64, flow_shift=1.0)
-    ),
+    "small": BundleSpec("hyv-small", "small", "small-flat", "small", ModelLimits(width=64, height=64)),
     "hunyuan-video-13b": BundleSpec(
         "hunyuan-video-13b",
         "hunyuan-video-13b",

@@ -54,9 +54,10 @@ class RecipeConfig:
     num_frames: int = 17
     # --- stage lengths (None: the stage trainer's own default) ---
     vae_steps: int | None = None
-    dit_steps: int = 4000
+    dit_steps: int = 10_000
     dit_batch_size: int = 16
     dit_lr: float = 3e-4
+    dit_lr_schedule: str = "cosine"  # after warmup: cosine to 0 at dit_steps (or constant)
     dit_cache_videos: int = 3000
     dit_cache_images: int = 750
     cfg_steps: int | None = None
@@ -183,6 +184,7 @@ class Recipe:
             steps=c.dit_steps,
             batch_size=c.dit_batch_size,
             lr=c.dit_lr,
+            lr_schedule=c.dit_lr_schedule,
             size=c.size,
             num_frames=c.num_frames,
             cache_videos=c.dit_cache_videos,
