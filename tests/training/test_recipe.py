@@ -128,10 +128,20 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert "PSNR" in card and "hyv train bundle" in card
     assert re.search(r"\| vae \| 6 \| \d+\.\d min \| - \| preset=tiny, lr=0.0005, video_lr=0.0002", card)
 
+    assert state["stages"]["dit"]["settings"]["lr_schedule"] == "cosine"  # the recipe's DiT decays
+
     # Running it again finds every stage finished: nothing is retrained.
     before = {p: p.stat().st_mtime for p in exported.rglob("*.safetensors")}
     Recipe(config).run()
     assert {p: p.stat().st_mtime for p in exported.rglob("*.safetensors")} == before
+
+    # A stage carried over from an earlier run says so in recipe.json (the card's details column).
+    state["stages"]["vae"]["reused_from"] = "the VAE of an earlier run"
+    (config.out_dir / STATE_FILE).write_text(json.dumps(state))
+    Recipe(config).write_recipe()
+    stages = json.loads((exported / RECIPE_FILE).read_text())["stages"]
+    assert stages[0]["reused_from"] == "the VAE of an earlier run"
+    assert all("reused_from" not in stage for stage in stages[1:])
 
 
 def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:

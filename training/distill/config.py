@@ -2,8 +2,8 @@
 
 Both stages start from a *teacher bundle* (the DiT trained by `training/dit`, or the output of the
 previous stage) and write a served bundle (`out_dir/bundle`). `DistillConfig.for_stage(stage, ...)`
-fills the stage's defaults, tuned for the bundled model (10M-parameter "small" DiT, 64x64x17
-clips = latents 16x5x8x8) on 2 CPU cores:
+fills the stage's defaults, tuned for the bundled model (the "small" DiT, 10M parameters when
+they were set, 2.7M since; 64x64x17 clips = latents 16x5x8x8) on 2 CPU cores:
 
 * **cfg** (~10 min): 2048 cached teacher samples (~1 min: one batched cond+uncond forward each),
   then 1500 steps of batch 8 (~0.3 s each on one core).

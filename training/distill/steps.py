@@ -18,7 +18,7 @@ and uses with no extra options; the bundle's default steps match it.
 
 Why this method, for ~20 minutes on 2 CPU cores:
 
-* The teacher's cost is paid once: trajectories are cached (~4 min for 768 of 24 steps with the
+* The teacher's cost is paid once: trajectories are cached (~4 min for 768 of 24 steps with a
   10M-parameter DiT) and regressed on for any number of epochs; a resumed run reuses them.
 * It is plain supervised regression with a fixed target: no target network or EMA bootstrapping
   (consistency models, LCM), whose targets only become right after many steps; no fake-score
