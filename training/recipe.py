@@ -256,10 +256,11 @@ class Recipe:
         def run() -> Path:
             evaluate_bundle(config)
             shutil.copy(c.eval_run / "eval.json", bundle_dir / "eval.json")
-            self.write_recipe()  # with the eval's wall time
             return c.eval_run
 
-        return self._run("eval", run, {"teacher": str(teacher), "student": str(bundle_dir)})
+        output = self._run("eval", run, {"teacher": str(teacher), "student": str(bundle_dir)})
+        self.write_recipe()  # now that the eval's wall time is recorded
+        return output
 
     def write_recipe(self) -> Path:
         """`recipe.json` beside the weights, in the schema the model card reads (training/eval/card.py)."""
@@ -283,7 +284,7 @@ class Recipe:
             "command": command,
             "seed": c.seed,
             "hardware": _hardware(c.device),
-            "git_commit": _git_commit(),
+            "git_commit": _git_commit(c.export_dir),
             "data": "synthetic clips of training/data (train split; 44 held-out combinations never seen)",
             "total_wall_time_s": round(sum(s["wall_time_s"] for s in stages), 1),
             "stages": stages,
@@ -322,6 +323,7 @@ _STAGE_DETAILS = (
     "preset",
     "lr",
     "video_lr",
+    "lr_schedule",
     "batch_size",
     "image_batch_size",
     "student_steps",
@@ -335,16 +337,18 @@ def _hardware(device: str | None) -> str:
     return f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {platform.machine()}"
 
 
-def _git_commit() -> str | None:
-    """HEAD of the checkout the recipe ran from ("+dirty" with uncommitted changes), if it is one."""
+def _git_commit(export_dir: Path) -> str | None:
+    """HEAD of the checkout the recipe ran from ("+dirty" with uncommitted changes), if it is one.
+    The export directory is left out: the recipe itself rewrites it (weights/hyv-small is tracked)."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+        if export_dir.resolve().is_relative_to(root):
+            status.append(f":(exclude){export_dir.resolve().relative_to(root)}")
+        dirty = subprocess.run(status, cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head + ("+dirty" if dirty else "")

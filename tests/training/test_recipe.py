@@ -120,6 +120,7 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert recipe["command"].startswith("hyv train bundle")
     assert [stage["name"] for stage in recipe["stages"]][:5] == ["vae", "dit", "cfg", "steps", "export"]
     assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"][:4])
+    assert recipe["stages"][5]["name"] == "eval" and recipe["stages"][5]["wall_time_s"] > 0
     assert recipe["total_wall_time_s"] >= sum(stage["wall_time_s"] for stage in recipe["stages"])
     assert recipe["git_commit"] and "CPU" in recipe["hardware"]
     results = json.loads((exported / "eval.json").read_text())
