@@ -277,4 +277,8 @@ def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, servic
     assert values["hyv_workers_ready"] >= 1
     assert values['hyv_queue_depth{queue="hyv.hyv-tiny"}'] == 0
     assert 1e8 < values['hyv_gpu_memory_bytes{kind="process_rss"}'] < 8e9  # the worker's RSS
-    assert 0 < values['hyv_job_stage_seconds_sum{stage="denoise"}'] < 60
+    # The metric files are the whole session's (one PROMETHEUS_MULTIPROC_DIR), long jobs of other
+    # tests included: the mean per job is bounded, the sum depends on the machine's speed.
+    denoise_jobs = values['hyv_job_stage_seconds_count{stage="denoise"}']
+    assert denoise_jobs >= 1
+    assert 0 < values['hyv_job_stage_seconds_sum{stage="denoise"}'] / denoise_jobs < 60
