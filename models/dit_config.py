@@ -156,7 +156,7 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     ),
     # The bundled model, trained on the 2-core CPU machine (~2.7M parameters, fp16 on disk). Hidden
     # 128 rather than 256: the recipe's DiT budget (~1e15 FLOPs) is compute-bound, and a 4x smaller
-    # model takes ~2.7x the steps in the same time (docs/training.md, "DiT size").
+    # model takes ~2.5x the steps in the same time (docs/training.md, "The experiments behind it").
     "small": DiTConfig(
         hidden_size=128,
         num_heads=2,
