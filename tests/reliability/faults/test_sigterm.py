@@ -71,7 +71,7 @@ def test_sigterm_requeues_what_it_cannot_finish(
             process.wait(GRACE_S)
         else:
             stop_worker(process, grace_s=0.5)
-        # The 1000-step job reruns from its first step on the other worker: over 2 min on a slow 2-core machine.
+        # The 1000-step job reruns from step 0 on the other worker: over 2 min on a slow 2-core machine.
         done = stack.assert_completed(job.id, frames=request["num_frames"], timeout_s=360.0)
         assert done.worker != running.worker and done.attempts == 2, done
         _replace(stack, name)
