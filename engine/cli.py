@@ -257,6 +257,12 @@ def train_dit_command(
     batch_size: Annotated[int, typer.Option(help="Clips per step (per process).")] = 4,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
     lr_schedule: Annotated[str, typer.Option(help="After warmup: constant or cosine (to 0).")] = "constant",
+    unshifted_fraction: Annotated[
+        float, typer.Option(help="Share of sigmas drawn without the flow shift (more low-noise training).")
+    ] = 0.0,
+    latent_norm: Annotated[
+        str, typer.Option(help="global (z x scaling factor) or per_channel (standardized per channel).")
+    ] = "global",
     vae_path: Annotated[
         Path | None, typer.Option(help="A trained VAE replacing the bundle's (frozen).")
     ] = None,
@@ -283,6 +289,8 @@ def train_dit_command(
             batch_size=batch_size,
             lr=lr,
             lr_schedule=lr_schedule,
+            unshifted_fraction=unshifted_fraction,
+            latent_norm=latent_norm,
             vae_path=vae_path,
             cache_videos=cache_videos,
             cache_images=cache_images,

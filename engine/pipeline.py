@@ -30,7 +30,7 @@ from engine.limits import GenerationPlan, resolve
 from engine.request import GenerationRequest
 from engine.sampling import cfg_combine, euler_denoise, flow_schedule
 from engine.video_io import FragmentedMP4Encoder, encode_mp4, video_to_uint8
-from models import TextEmbeddings, VAETiling, read_dit_metadata
+from models import TextEmbeddings, VAETiling, from_dit_latents, read_dit_metadata, to_dit_latents
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class VideoPipeline:
 
         start = time.perf_counter()
         self.vae.to(self.device)
-        z = (latents / self.vae.config.scaling_factor).to(self.options.dtype)
+        z = from_dit_latents(latents.float(), self.vae.config).to(self.options.dtype)
         decoded = 0
         for chunk in self.vae.iter_decode(z, self.options.vae_tiling):
             decoded += chunk.shape[2]
@@ -302,7 +302,7 @@ class VideoPipeline:
             video = image_to_video_tensor(fit_image(load_image(plan.image), plan.width, plan.height))
             vae_device = next(self.vae.parameters()).device
             posterior = self.vae.encode(video.to(vae_device, self.options.dtype), tiled=False)
-            latent = posterior.mode() * self.vae.config.scaling_factor  # (1, C, 1, h, w)
+            latent = to_dit_latents(posterior.mode(), self.vae.config)  # (1, C, 1, h, w)
             cond[:, : config.latent_channels, :1] = latent.to(self.device, cond.dtype)
             cond[:, config.latent_channels :, :1] = 1.0
         return cond.to(self.options.dtype)

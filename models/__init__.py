@@ -21,7 +21,7 @@ from models.dit_loading import (
 )
 
 # --- VAE (models/vae*.py) ---
-from models.vae import CausalVAE3D, DiagonalGaussian
+from models.vae import CausalVAE3D, DiagonalGaussian, from_dit_latents, to_dit_latents
 from models.vae_config import VAEConfig, VAETiling, vae_preset
 from models.vae_loading import load_vae, save_vae
 
@@ -56,6 +56,7 @@ __all__ = [
     "default_caption_vocabulary",
     "diffusers_to_official_state_dict",
     "dit_preset",
+    "from_dit_latents",
     "gated_residual",
     "infer_dit_config",
     "layernorm_modulate",
@@ -68,5 +69,6 @@ __all__ = [
     "rope_tables",
     "save_dit",
     "save_vae",
+    "to_dit_latents",
     "vae_preset",
 ]

@@ -2,7 +2,8 @@
 
 Shapes: a video is (B, 3, T, H, W) in [-1, 1] with T = 4n + 1 (an image is a 1-frame video) and
 H, W multiples of 8; its latents are (B, 16, n + 1, H/8, W/8). Latents are NOT scaled: the caller
-multiplies by `config.scaling_factor` before the DiT and divides after it (as diffusers does).
+maps them to the DiT's space with `to_dit_latents` (z * scaling_factor, as diffusers does, or the
+per-channel (z - mean) / std when the config has latent statistics) and back with `from_dit_latents`.
 
 Tiling follows diffusers' `AutoencoderKLHunyuanVideo` (which follows the official code):
 - temporal tiles of `sample_frames + 1` frames every `stride_frames`, the first frame of every
@@ -27,6 +28,26 @@ from torch import nn
 
 from models.vae_blocks import Decoder3D, Encoder3D
 from models.vae_config import VAEConfig, VAETiling
+
+
+def _channel_view(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+    shape = (1, len(values)) + (1,) * (like.ndim - 2)  # broadcast over (B, C, t, h, w)
+    return torch.tensor(values, device=like.device, dtype=like.dtype).view(shape)
+
+
+def to_dit_latents(z: torch.Tensor, config: VAEConfig) -> torch.Tensor:
+    """VAE latents (B, C, t, h, w) -> the DiT's latent space (unit variance)."""
+    if config.latents_mean is None or config.latents_std is None:
+        return z * config.scaling_factor
+    return (z - _channel_view(config.latents_mean, z)) / _channel_view(config.latents_std, z)
+
+
+def from_dit_latents(x: torch.Tensor, config: VAEConfig) -> torch.Tensor:
+    """The inverse of `to_dit_latents`."""
+    if config.latents_mean is None or config.latents_std is None:
+        return x / config.scaling_factor
+    return x * _channel_view(config.latents_std, x) + _channel_view(config.latents_mean, x)
+
 
 logger = logging.getLogger(__name__)
 

@@ -105,6 +105,11 @@ class VAEConfig:
     spatial_compression_ratio: int = 8
     temporal_compression_ratio: int = 4
     scaling_factor: float = 0.476986
+    # Per-channel latent statistics (diffusers' AutoencoderKLWan names). When set, the DiT sees
+    # (z - latents_mean) / latents_std, unit variance in every channel, instead of z * scaling_factor;
+    # the official HunyuanVideo VAE has none.
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
     mid_block_add_attention: bool = True
     # Default tiling (official: sample_size 256, sample_tsize 64, overlap factor 0.25).
     tile_sample_size: int = 256
@@ -159,7 +164,28 @@ class VAEConfig:
             raise ValueError(
                 f"VAEConfig.scaling_factor must be a positive finite number, got {self.scaling_factor!r}"
             )
+        self._check_latent_stats()
         self.tiling()  # validates tile_sample_size / tile_sample_frames / tile_overlap
+
+    def _check_latent_stats(self) -> None:
+        if (self.latents_mean is None) != (self.latents_std is None):
+            raise ValueError(
+                "VAEConfig.latents_mean and latents_std must be given together, got "
+                f"latents_mean={self.latents_mean!r}, latents_std={self.latents_std!r}"
+            )
+        for name in ("latents_mean", "latents_std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            values = tuple(float(v) for v in values)
+            object.__setattr__(self, name, values)
+            if len(values) != self.latent_channels or not all(math.isfinite(v) for v in values):
+                raise ValueError(
+                    f"VAEConfig.{name} must hold {self.latent_channels} finite numbers (one per latent "
+                    f"channel), got {values!r}"
+                )
+        if self.latents_std is not None and min(self.latents_std) <= 0:
+            raise ValueError(f"VAEConfig.latents_std must be positive, got {self.latents_std!r}")
 
     @property
     def decoder_groups(self) -> int:
@@ -175,9 +201,16 @@ class VAEConfig:
             temporal_ratio=self.temporal_compression_ratio,
         )
 
+    def replace(self, **changes: Any) -> VAEConfig:
+        """A copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["block_out_channels"] = list(self.block_out_channels)
+        for name in ("latents_mean", "latents_std"):
+            if data[name] is not None:
+                data[name] = list(data[name])
         return data
 
     @classmethod

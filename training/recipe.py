@@ -56,8 +56,10 @@ class RecipeConfig:
     vae_steps: int | None = None
     dit_steps: int = 10_000
     dit_batch_size: int = 16
-    dit_lr: float = 3e-4
+    dit_lr: float = 6e-4
     dit_lr_schedule: str = "cosine"  # after warmup: cosine to 0 at dit_steps (or constant)
+    dit_unshifted_fraction: float = 0.3  # share of DiT sigmas drawn without the flow shift
+    dit_latent_norm: str = "per_channel"  # the DiT's latents standardized per channel (or global)
     dit_cache_videos: int = 3000
     dit_cache_images: int = 750
     cfg_steps: int | None = None
@@ -185,6 +187,8 @@ class Recipe:
             batch_size=c.dit_batch_size,
             lr=c.dit_lr,
             lr_schedule=c.dit_lr_schedule,
+            unshifted_fraction=c.dit_unshifted_fraction,
+            latent_norm=c.dit_latent_norm,
             size=c.size,
             num_frames=c.num_frames,
             cache_videos=c.dit_cache_videos,
@@ -324,6 +328,8 @@ _STAGE_DETAILS = (
     "lr",
     "video_lr",
     "lr_schedule",
+    "unshifted_fraction",
+    "latent_norm",
     "batch_size",
     "image_batch_size",
     "student_steps",

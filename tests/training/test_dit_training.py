@@ -15,7 +15,7 @@ from PIL import Image
 from engine.pipeline import PipelineOptions, VideoPipeline
 from engine.request import GenerationRequest
 from engine.video_io import read_mp4
-from models import load_dit
+from models import load_dit, to_dit_latents
 from training.data.dataset import SyntheticVideoDataset
 from training.dit import DiTTrainConfig, DiTTrainer, FixedBatch, SyntheticBatches, list_checkpoints, train_dit
 
@@ -272,3 +272,69 @@ def test_latent_cache_matches_the_encoder_and_resumes(tmp_path: Path) -> None:
         next(trainer.vae.parameters()).add_(1.0)
     rebuilt = build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
     assert not torch.equal(rebuilt.video_moments, cache.video_moments)
+
+
+# --- latent normalization and the timestep mixture ---------------------------------------------------
+
+
+def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # (C, everything else)
+    return flat.mean(dim=1), flat.std(dim=1)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_per_channel_latent_norm_standardizes_and_travels_with_the_bundle(tmp_path: Path, cached: bool) -> None:
+    changes: dict[str, object] = dict(latent_norm="per_channel", latent_stats_clips=8, image_fraction=0.0)
+    if cached:
+        changes.update(cache_videos=8, cache_images=0)
+    trainer = DiTTrainer(_config(tmp_path, **changes))
+    vae_config = trainer.vae.config
+    assert vae_config.latents_mean is not None and vae_config.latents_std is not None
+    videos = SyntheticVideoDataset("train", num_frames=FRAMES, size=SIZE, image_fraction=0.0, length=64)
+    clips = torch.stack([videos[i]["video"] for i in range(8)])
+    with torch.no_grad():
+        z = trainer.vae.encode(clips, tiled=False).mode()
+    mean, std = _channel_moments(z)
+    tol = 2e-3 if cached else 1e-4  # the cache keeps fp16 moments
+    torch.testing.assert_close(torch.tensor(vae_config.latents_mean), mean, atol=tol, rtol=tol)
+    torch.testing.assert_close(torch.tensor(vae_config.latents_std), std, atol=tol, rtol=tol)
+    x = to_dit_latents(z, vae_config)
+    x_mean, x_std = _channel_moments(x)
+    assert x_mean.abs().max() < 1e-2 and (x_std - 1).abs().max() < 1e-2  # what the DiT is fed
+    inputs = trainer.prepare(FixedBatch(clips[:2], ["a", "b"]).batch(0), torch.Generator().manual_seed(0))
+    assert inputs["x"].shape[1] == 33
+    # The exported bundle's VAE carries the statistics, so the engine decodes with the same map.
+    bundle = trainer.export_bundle()
+    loaded = VideoPipeline.from_dir(bundle, PipelineOptions()).vae.config
+    assert loaded.latents_mean == pytest.approx(vae_config.latents_mean)
+    assert loaded.latents_std == pytest.approx(vae_config.latents_std)
+
+
+def test_global_latent_norm_leaves_the_vae_config_alone(tmp_path: Path) -> None:
+    trainer = DiTTrainer(_config(tmp_path), batches=_fixed_batch())
+    assert trainer.vae.config.latents_mean is None and trainer.vae.config.latents_std is None
+
+
+def test_unshifted_fraction_mixes_shifted_and_plain_sigmas(tmp_path: Path) -> None:
+    def sigmas(fraction: float) -> torch.Tensor:
+        trainer = DiTTrainer(
+            _config(tmp_path, flow_shift=5.0, unshifted_fraction=fraction), batches=_fixed_batch()
+        )
+        return trainer.sample_sigmas(20_000, torch.Generator().manual_seed(0))
+
+    shifted, plain, mixed = sigmas(0.0), sigmas(1.0), sigmas(0.5)
+    # logit-normal(0, 1): median 0.5 unshifted; a shift of 5 moves it to 5 * 0.5 / (1 + 4 * 0.5) = 0.83
+    assert plain.median().item() == pytest.approx(0.5, abs=0.02)
+    assert shifted.median().item() == pytest.approx(5 / 6, abs=0.02)
+    low = {name: (s < 0.3).float().mean().item() for name, s in (("shifted", shifted), ("mixed", mixed))}
+    assert low["shifted"] < 0.02 and 0.08 < low["mixed"] < 0.14  # half of plain's ~21% below 0.3
+    assert 0 < mixed.min() and mixed.max() < 1
+
+
+def test_mixture_and_latent_norm_fields_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unshifted_fraction"):
+        _config(tmp_path, unshifted_fraction=1.5)
+    with pytest.raises(ValueError, match="latent_norm"):
+        _config(tmp_path, latent_norm="per_pixel")
+    with pytest.raises(ValueError, match="latent_stats_clips"):
+        _config(tmp_path, latent_stats_clips=0)

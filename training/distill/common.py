@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from models import DiagonalGaussian, HunyuanVideoDiT, TextEmbeddings, TextEncoder
+from models import DiagonalGaussian, HunyuanVideoDiT, TextEmbeddings, TextEncoder, VAEConfig, to_dit_latents
 from training.dit.latents import LatentCache
 
 logger = logging.getLogger(__name__)
@@ -105,9 +105,9 @@ class Teacher:
 class ClipSource:
     """Captions, clean latents and first-frame latents of the cached training clips."""
 
-    def __init__(self, cache: LatentCache, scaling_factor: float, device: torch.device) -> None:
+    def __init__(self, cache: LatentCache, vae_config: VAEConfig, device: torch.device) -> None:
         self.cache = cache
-        self.scale = scaling_factor
+        self.vae_config = vae_config
         self.device = device
 
     def count(self, kind: str) -> int:
@@ -123,8 +123,8 @@ class ClipSource:
         moments = self.cache.video_moments if video else self.cache.image_moments
         captions = self.cache.video_captions if video else self.cache.image_captions
         posterior = DiagonalGaussian(moments[torch.tensor(indices)].to(self.device, torch.float32))
-        x0 = posterior.sample(generator).float() * self.scale
-        first = posterior.mode().float()[:, :, :1] * self.scale
+        x0 = to_dit_latents(posterior.sample(generator).float(), self.vae_config)
+        first = to_dit_latents(posterior.mode().float()[:, :, :1], self.vae_config)
         return x0, first, [captions[i] for i in indices]
 
 

@@ -109,7 +109,7 @@ class DistillTrainer(ABC):
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.student, config.weight_decay), lr=config.lr, betas=config.betas
         )
-        self.clips = ClipSource(self._latent_cache(), self.vae.config.scaling_factor, self.device)
+        self.clips = ClipSource(self._latent_cache(), self.vae.config, self.device)
         self.build_pools()
         del self.teacher  # everything the stage needs from it is cached now
         self.step = 0

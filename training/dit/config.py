@@ -15,7 +15,17 @@ Choices worth knowing (see also training/dit/trainer.py):
 * **Timesteps.** sigma is drawn from a logit-normal (`sigmoid(N(logit_mean, logit_std))`, SD3's
   default) or uniformly in (0, 1), then HunyuanVideo's shift `s' = k s / (1 + (k - 1) s)` is applied
   with k = `flow_shift` (None: the bundle's inference `flow_shift`, 5.0 for the bundled model; 1.0
-  disables it). Training and sampling thus concentrate on the same noise levels.
+  disables it). Training and sampling thus concentrate on the same noise levels. With
+  `unshifted_fraction` > 0 that share of each batch skips the shift: a mixture that still trains
+  the high noise levels but also the low ones (a shift of 5 puts only ~0.7% of logit-normal
+  samples below sigma 0.3).
+* **Latent normalization.** `latent_norm="global"` feeds the DiT ``z * scaling_factor`` (HunyuanVideo,
+  SD). The bundled VAE's 16 channels differ 8x in spread (std 0.2 to 1.6), so one factor leaves
+  the quiet channels far below the noise until the last steps; `"per_channel"` (Wan's VAE does
+  this) measures each channel's mean and std over `latent_stats_clips` training clips (the latent
+  cache's first ones when there is one) before the first step, stores them in the VAE config as
+  `latents_mean` / `latents_std`, and the DiT sees ``(z - mean) / std``; the exported bundle's
+  VAE carries them, so the engine undoes the same map. A VAE that already has statistics keeps them.
 * **Guidance embedding.** Base training feeds the fixed value `guidance` x 1000 (the embedding gets
   a meaning only in CFG distillation). With `freeze_guidance_embed` (default) a freshly initialized
   `guidance_in` has its output layer zeroed and is frozen, so it adds exactly zero to the
@@ -41,6 +51,7 @@ from pathlib import Path
 from training.config_io import ConfigIO
 
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
+LATENT_NORMS = ("global", "per_channel")
 LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISIONS = ("bf16", "no")
 _PATH_FIELDS = ("out_dir", "init_from", "vae_path", "text_encoder_path")
@@ -77,10 +88,13 @@ class DiTTrainConfig(ConfigIO):
     cache_videos: int = 0  # > 0: encode this many train videos once and train on their latents
     cache_images: int = 0  # images in the latent cache (needed when cache_videos > 0 and image_fraction > 0)
     # --- flow matching and conditioning ---
+    latent_norm: str = "global"  # global: z * scaling_factor; per_channel: (z - mean) / std per channel
+    latent_stats_clips: int = 256  # clips whose posterior means give the per-channel statistics
     timestep_sampling: str = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     flow_shift: float | None = None  # None: the bundle's limits.flow_shift
+    unshifted_fraction: float = 0.0  # share of the sigmas drawn without the shift (a mixture)
     text_dropout: float = 0.1  # caption -> "" (the unconditional / negative prompt) for CFG
     i2v_fraction: float = 0.3  # video samples conditioned on their first latent frame
     guidance: float = 1.0  # fed x1000 to a guidance embedding during base training
@@ -102,7 +116,15 @@ class DiTTrainConfig(ConfigIO):
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        positive_ints = ("steps", "batch_size", "num_frames", "size", "checkpoint_every", "dataset_length")
+        positive_ints = (
+            "steps",
+            "batch_size",
+            "num_frames",
+            "size",
+            "checkpoint_every",
+            "dataset_length",
+            "latent_stats_clips",
+        )
         for name in positive_ints:
             _check(
                 name, getattr(self, name), isinstance(getattr(self, name), int) and getattr(self, name) > 0
@@ -123,13 +145,14 @@ class DiTTrainConfig(ConfigIO):
         _check("guidance", self.guidance, self.guidance >= 0)
         if self.flow_shift is not None:
             _check("flow_shift", self.flow_shift, self.flow_shift > 0)
-        for name in ("image_fraction", "text_dropout", "i2v_fraction"):
+        for name in ("image_fraction", "text_dropout", "i2v_fraction", "unshifted_fraction"):
             value = getattr(self, name)
             _check(name, value, 0.0 <= value <= 1.0, "must be a probability in [0, 1]")
         for name, allowed in (
             ("timestep_sampling", TIMESTEP_SAMPLINGS),
             ("lr_schedule", LR_SCHEDULES),
             ("mixed_precision", MIXED_PRECISIONS),
+            ("latent_norm", LATENT_NORMS),
         ):
             if getattr(self, name) not in allowed:
                 _fail(name, getattr(self, name), f"must be one of {list(allowed)}")

@@ -113,6 +113,34 @@ def build_latent_cache(
     return LatentCache(moments("video"), caption["video"], moments("image"), caption["image"])
 
 
+def channel_stats(means: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of posterior means (N, C, t, h, w), accumulated in float64."""
+    x = means.double().transpose(0, 1).reshape(means.shape[1], -1)  # (C, N * t * h * w)
+    std = x.std(dim=1).clamp_min(1e-6)  # a dead channel must not divide by zero
+    return tuple(x.mean(dim=1).tolist()), tuple(std.tolist())
+
+
+def encoded_channel_stats(
+    vae: CausalVAE3D, config: DiTTrainConfig, device: torch.device
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`channel_stats` of the first `config.latent_stats_clips` train videos, encoded now."""
+    from training.data.dataset import SyntheticVideoDataset
+
+    dataset = SyntheticVideoDataset(
+        "train",
+        num_frames=config.num_frames,
+        size=config.size,
+        image_fraction=0.0,
+        seed=config.seed,
+        length=config.dataset_length,
+    )
+    count = min(config.latent_stats_clips, len(dataset))
+    spans = [range(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
+    chunks = [_encode(vae, dataset, span, device) for span in spans]
+    channels = vae.config.latent_channels
+    return channel_stats(torch.cat(chunks)[:, :channels].float())
+
+
 class CachedLatentBatches:
     """Joint image + video batches drawn from a `LatentCache` (same coin and seeding as SyntheticBatches)."""
 

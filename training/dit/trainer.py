@@ -2,12 +2,14 @@
 
 One step, per process:
 
-    video (B, 3, T, H, W) --frozen VAE--> x0 = posterior sample x scaling_factor   (B, 16, t, h, w)
-    sigma ~ logit-normal or uniform, then HunyuanVideo's shift; noise ~ N(0, I)
+    video (B, 3, T, H, W) --frozen VAE--> x0 = to_dit_latents(posterior sample)   (B, 16, t, h, w)
+        (x scaling_factor, or per channel (z - mean) / std with latent_norm="per_channel")
+    sigma ~ logit-normal or uniform, then HunyuanVideo's shift (for all but unshifted_fraction)
+    noise ~ N(0, I)
     x_t = (1 - sigma) x0 + sigma noise;  target = noise - x0          (the velocity, as sampled)
     latent_concat DiT: input = [x_t, image latent (16), mask (1)]; for an I2V sample (probability
-        i2v_fraction, videos only) the image latent is the posterior mean of latent frame 0 x scaling
-        factor and the mask is 1 there, exactly what the pipeline feeds for an input image;
+        i2v_fraction, videos only) the image latent is the posterior mean of latent frame 0, mapped
+        the same way, and the mask is 1 there, exactly what the pipeline feeds for an input image;
         otherwise both are zero (T2V)
     caption -> "" with probability text_dropout (the unconditional prompt of CFG)
     loss = MSE(DiT(input, 1000 sigma, text, guidance 1000 x g), target); AdamW; grad clipping; EMA
@@ -46,9 +48,11 @@ from models import (
     TextEncoder,
     load_text_encoder,
     load_vae,
+    to_dit_latents,
 )
 from training.dit.config import DiTTrainConfig
 from training.dit.data import BatchSource, SyntheticBatches, TrainBatch, step_seed
+from training.dit.latents import LatentCache
 from training.dit.state import (
     EMA,
     load_for_resume,
@@ -196,6 +200,7 @@ class DiTTrainer:
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, config.weight_decay), lr=config.lr, betas=config.betas
         )
+        cache: LatentCache | None = None
         if batches is None and config.cache_videos > 0:
             from training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
 
@@ -206,6 +211,8 @@ class DiTTrainer:
             )
             batches = CachedLatentBatches(config, cache)
         self.batches: BatchSource = batches if batches is not None else SyntheticBatches(config)
+        if config.latent_norm == "per_channel" and self.vae.config.latents_mean is None:
+            self._set_latent_stats(cache)
         self.step = 0
         self.losses: list[float] = []
         if config.resume:
@@ -214,6 +221,25 @@ class DiTTrainer:
         if self.world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _set_latent_stats(self, cache: LatentCache | None) -> None:
+        """Measure per-channel latent statistics and store them in the (frozen) VAE's config."""
+        from training.dit.latents import channel_stats, encoded_channel_stats
+
+        c = self.config
+        channels = self.vae.config.latent_channels
+        if cache is not None:
+            means = cache.video_moments[: c.latent_stats_clips, :channels].float()  # (N, C, t, h, w)
+            mean, std = channel_stats(means)
+        else:
+            mean, std = encoded_channel_stats(self.vae, c, self.device)
+        self.vae.config = self.vae.config.replace(latents_mean=mean, latents_std=std)
+        logger.info(
+            "per-channel latent statistics: std %.3f..%.3f, |mean| <= %.3f",
+            min(std),
+            max(std),
+            max(abs(m) for m in mean),
+        )
 
     def _autocast(self) -> AbstractContextManager[Any]:
         """bf16 autocast (fp32 master weights) when `use_bf16`, i.e. on CUDA unless disabled."""
@@ -230,7 +256,16 @@ class DiTTrainer:
             u = torch.sigmoid(normal * c.logit_std + c.logit_mean)
         else:
             u = torch.rand(n, generator=generator, device=self.device)
-        return shift_sigmas(u, self.flow_shift) if self.flow_shift != 1.0 else u
+        if self.flow_shift == 1.0:
+            return u
+        shifted = shift_sigmas(u, self.flow_shift)
+        if c.unshifted_fraction == 0.0:
+            return shifted
+        # A mixture: the shift keeps the high noise levels (where motion words bind) well trained,
+        # the unshifted share trains the low ones (outlines, clean backgrounds) that a shift of 5
+        # leaves to ~1% of the samples.
+        keep = torch.rand(n, generator=generator, device=self.device) < c.unshifted_fraction
+        return torch.where(keep, u, shifted)
 
     def prepare(self, batch: TrainBatch, generator: torch.Generator) -> dict[str, Any]:
         """Model inputs and the velocity target of one batch (no gradients through the VAE)."""
@@ -242,8 +277,7 @@ class DiTTrainer:
             assert batch.video is not None  # TrainBatch holds one of the two
             with torch.no_grad(), self._autocast():
                 posterior = self.vae.encode(batch.video.to(self.device), tiled=False)
-        scale = self.vae.config.scaling_factor
-        x0 = posterior.sample(generator).float() * scale  # (B, C, t, h, w)
+        x0 = to_dit_latents(posterior.sample(generator).float(), self.vae.config)  # (B, C, t, h, w)
         b, channels, frames = x0.shape[:3]
         sigma = self.sample_sigmas(b, generator)  # (B,)
         noise = torch.randn(x0.shape, generator=generator, device=self.device)
@@ -253,7 +287,7 @@ class DiTTrainer:
             cond = torch.zeros(b, channels + 1, *x0.shape[2:], device=self.device)
             i2v = torch.rand(b, generator=generator, device=self.device) < c.i2v_fraction
             if frames > 1:  # for an image the "first frame" is the whole target: no I2V
-                cond[:, :channels, :1] = posterior.mode().float()[:, :, :1] * scale
+                cond[:, :channels, :1] = to_dit_latents(posterior.mode().float()[:, :, :1], self.vae.config)
                 cond[:, channels:, :1] = 1.0
                 cond = cond * i2v.view(b, 1, 1, 1, 1)
             x_in = torch.cat([x_in, cond], dim=1)  # (B, 2C + 1, t, h, w)

@@ -32,7 +32,7 @@ from engine.pipeline import VideoPipeline, pin_first_frame
 from engine.request import GenerationRequest
 from engine.sampling import cfg_combine, euler_denoise, flow_schedule
 from engine.video_io import video_to_uint8
-from models import TextEmbeddings
+from models import TextEmbeddings, from_dit_latents, to_dit_latents
 from training.data.dataset import to_tensor
 
 TEACHER_EMBEDDED_GUIDANCE = 1.0  # what base training feeds a (frozen) guidance embedding
@@ -160,7 +160,7 @@ def generate_batch(
                 video = torch.stack([to_tensor(np.asarray(im)[None]) for im in images])  # (B, 3, 1, H, W)
                 vae_device = next(vae.parameters()).device
                 latent = vae.encode(video.to(vae_device, dtype), tiled=False).mode()
-                image_cond[:, :channels, :1] = (latent * vae.config.scaling_factor).to(device, dtype)
+                image_cond[:, :channels, :1] = to_dit_latents(latent, vae.config).to(device, dtype)
                 image_cond[:, channels:, :1] = 1.0
         elif images is not None:
             raise ValueError("this model is text-to-video only: it cannot take an input image")
@@ -175,7 +175,7 @@ def generate_batch(
         if images is not None:
             pin_first_frame(latents, image_cond)
         vae_device = next(vae.parameters()).device
-        z = (latents / vae.config.scaling_factor).to(vae_device, dtype)
+        z = from_dit_latents(latents.float(), vae.config).to(vae_device, dtype)
         video = vae.decode(z, tiled=None, tiling=pipeline.options.vae_tiling)
         return [video_to_uint8(v) for v in video.float()]
 
