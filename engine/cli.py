@@ -183,12 +183,13 @@ def train_main() -> None:
 
 def _register_training_commands() -> None:
     from training.distill.cli import distill_command
-    from training.eval.cli import eval_command
+    from training.eval.cli import eval_command, retention_command
     from training.vae.cli import vae_command
 
     train_app.command("vae")(vae_command)
     train_app.command("distill")(distill_command)
     train_app.command("eval")(eval_command)
+    train_app.command("retention")(retention_command)
 
 
 _register_training_commands()

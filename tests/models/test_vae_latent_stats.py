@@ -57,4 +57,5 @@ def test_statistics_round_trip_through_a_saved_vae(tmp_path: object) -> None:
     torch.manual_seed(0)
     directory = save_vae(CausalVAE3D(config), tmp_path / "vae")  # type: ignore[operator]
     loaded = load_vae(directory)
-    assert loaded.config.latents_mean == pytest.approx(MEAN) and loaded.config.latents_std == pytest.approx(STD)
+    assert loaded.config.latents_mean == pytest.approx(MEAN)
+    assert loaded.config.latents_std == pytest.approx(STD)

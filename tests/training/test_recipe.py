@@ -129,7 +129,16 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert "PSNR" in card and "hyv train bundle" in card
     assert re.search(r"\| vae \| 6 \| \d+\.\d min \| - \| preset=tiny, lr=0.0005, video_lr=0.0002", card)
 
-    assert state["stages"]["dit"]["settings"]["lr_schedule"] == "cosine"  # the recipe's DiT decays
+    dit_settings = state["stages"]["dit"]["settings"]
+    assert dit_settings["lr_schedule"] == "cosine"  # the recipe's DiT decays
+    assert dit_settings["latent_norm"] == "per_channel" and dit_settings["unshifted_fraction"] == 0.3
+    # The per-channel latent statistics the DiT was trained with are in the served VAE's config
+    # (the distilled student and the teacher share them).
+    vae_config = pipeline.vae.config
+    assert vae_config.latents_mean is not None and vae_config.latents_std is not None
+    teacher_vae = json.loads((config.dit_run / "bundle" / "vae" / "config.json").read_text())
+    assert teacher_vae["latents_std"] == pytest.approx(list(vae_config.latents_std), rel=1e-3)
+    assert re.search(r"latent_norm=per_channel", card)
 
     # Running it again finds every stage finished: nothing is retrained.
     before = {p: p.stat().st_mtime for p in exported.rglob("*.safetensors")}

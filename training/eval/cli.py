@@ -99,3 +99,52 @@ def eval_command(
         "wall_s": round(results["wall_s"], 1),
     }
     print(json.dumps(summary))
+
+
+def retention_command(
+    bundle: Annotated[Path, typer.Option(help="Bundle to probe (sampled as the teacher: true CFG).")],
+    out: Annotated[Path, typer.Option(help="Directory for retention.json and retention.png.")] = Path(
+        "runs/retention"
+    ),
+    sigmas: Annotated[str, typer.Option(help="Start noise levels, comma-separated, in (0, 1].")] = (
+        "0.2,0.4,0.6,0.8,1.0"
+    ),
+    steps: Annotated[
+        int, typer.Option(help="Steps of the full schedule (a start at s keeps those below s).")
+    ] = 30,
+    guidance: Annotated[float | None, typer.Option(help="True CFG scale (default: the bundle's).")] = None,
+    combinations: Annotated[
+        int, typer.Option(help="Held-out combinations to use, spread evenly (0: all 44).")
+    ] = 0,
+    batch_size: Annotated[int, typer.Option(help="Clips per batched generation.")] = 16,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+) -> None:
+    """Attribute retention by noise level: noise the held-out clips to s, denoise, judge (SDEdit probe)."""
+    from training.eval.retention import RETENTION_FILE, RETENTION_PLOT, RetentionConfig, run_retention
+    from training.eval.runner import InvalidBundleError
+
+    try:
+        levels = tuple(float(s) for s in sigmas.split(",") if s.strip())
+        config = RetentionConfig(
+            bundle=bundle,
+            out_dir=out,
+            sigmas=levels,
+            steps=steps,
+            guidance=guidance,
+            combinations=combinations or None,
+            batch_size=batch_size,
+            device=device,
+        )
+        results = run_retention(config)
+    except InvalidBundleError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    for entry in results["curve"]:
+        acc = entry["accuracy"]
+        console.print(
+            f"s={entry['sigma']:.2f} ({entry['steps']} steps): color {100 * acc['color']:.1f}%  "
+            f"shape {100 * acc['shape']:.1f}%  motion {100 * acc['motion']:.1f}%  all {100 * acc['all']:.1f}%"
+        )
+    print(json.dumps({"retention": str(out / RETENTION_FILE), "plot": str(out / RETENTION_PLOT)}))

@@ -134,8 +134,12 @@ def generate_batch(
     size: int,
     frames: int,
     images: Sequence[np.ndarray] | None = None,
+    start: torch.Tensor | None = None,
 ) -> list[np.ndarray]:
-    """One batch of clips, uint8 (T, H, W, 3) each; ``images`` (H, W, 3) uint8 make it I2V."""
+    """One batch of clips, uint8 (T, H, W, 3) each; ``images`` (H, W, 3) uint8 make it I2V.
+
+    ``start``: (B, C, t, h, w) latents at ``sampler.sigmas[0]`` to integrate from instead of the
+    seeds' pure noise (a partly noised clip: `training.eval.retention`)."""
     dit, vae, encoder = pipeline.dit, pipeline.vae, pipeline.text_encoder
     assert encoder is not None  # VideoPipeline refuses a bundle without one
     n_images = len(prompts) if images is None else len(images)
@@ -164,12 +168,15 @@ def generate_batch(
                 image_cond[:, channels:, :1] = 1.0
         elif images is not None:
             raise ValueError("this model is text-to-video only: it cannot take an input image")
-        noise = torch.cat(
-            [
-                torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
-                for s in seeds
-            ]
-        ).to(device, dtype)
+        if start is not None:
+            noise = start.to(device, dtype)
+        else:
+            noise = torch.cat(
+                [
+                    torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32)
+                    for s in seeds
+                ]
+            ).to(device, dtype)
         velocity = _velocity(pipeline, sampler, cond, uncond, image_cond)
         latents = euler_denoise(velocity, noise, torch.tensor(sampler.sigmas, dtype=torch.float64))
         if images is not None:
