@@ -263,7 +263,12 @@ class Recipe:
             return c.eval_run
 
         output = self._run("eval", run, {"teacher": str(teacher), "student": str(bundle_dir)})
-        self.write_recipe()  # now that the eval's wall time is recorded
+        recipe = self.write_recipe()  # now that the eval's wall time is recorded ...
+        if config.write_card:  # ... and the card, written during the eval, shows it too
+            from training.eval.card import write_model_card
+
+            results = json.loads((bundle_dir / "eval.json").read_text())
+            write_model_card(bundle_dir, results, json.loads(recipe.read_text()))
         return output
 
     def write_recipe(self) -> Path:

@@ -128,6 +128,8 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     card = (exported / "MODEL_CARD.md").read_text()
     assert "PSNR" in card and "hyv train bundle" in card
     assert re.search(r"\| vae \| 6 \| \d+\.\d min \| - \| preset=tiny, lr=0.0005, video_lr=0.0002", card)
+    assert re.search(r"\| eval \| - \| \d+\.\d min \|", card)  # the eval's own time, as in recipe.json
+    assert f"Total wall time: {recipe['total_wall_time_s'] / 60:.1f} min" in card
 
     dit_settings = state["stages"]["dit"]["settings"]
     assert dit_settings["lr_schedule"] == "cosine"  # the recipe's DiT decays

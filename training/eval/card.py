@@ -200,6 +200,11 @@ def _architecture(name: str, config: dict[str, Any]) -> str:
             f"{c.get('spatial_compression_ratio', 8)}x{c.get('spatial_compression_ratio', 8)} space, "
             f"{c.get('latent_channels', 16)} latent channels), channels {c.get('block_out_channels')}, "
             f"{c.get('layers_per_block')} layer(s) per block"
+            + (
+                "; the DiT sees its latents standardized per channel"
+                if c.get("latents_mean") is not None
+                else f"; latent scaling factor {c.get('scaling_factor', 0.0):.4f}"
+            )
         )
     return (
         f"built-in word-level transformer: dim {c.get('dim')}, {c.get('num_layers')} layers, "
