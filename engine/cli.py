@@ -216,7 +216,7 @@ def train_bundle_command(
     seed: Annotated[int, typer.Option(help="Seed of every stage.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
     vae_steps: Annotated[int | None, typer.Option(help="VAE steps (default: the VAE trainer's).")] = None,
-    dit_steps: Annotated[int, typer.Option(help="DiT flow-matching steps.")] = 10_000,
+    dit_steps: Annotated[int, typer.Option(help="DiT flow-matching steps.")] = 20_000,
     dit_batch_size: Annotated[int, typer.Option(help="DiT clips per step.")] = 16,
     cfg_steps: Annotated[int | None, typer.Option(help="CFG-distillation steps.")] = None,
     distill_steps: Annotated[int | None, typer.Option(help="Step-distillation steps.")] = None,

@@ -54,7 +54,7 @@ class RecipeConfig:
     num_frames: int = 17
     # --- stage lengths (None: the stage trainer's own default) ---
     vae_steps: int | None = None
-    dit_steps: int = 10_000
+    dit_steps: int = 20_000
     dit_batch_size: int = 16
     dit_lr: float = 6e-4
     dit_lr_schedule: str = "cosine"  # after warmup: cosine to 0 at dit_steps (or constant)
