@@ -19,6 +19,7 @@ from training.eval.retention import (
     RETENTION_FILE,
     RETENTION_PLOT,
     RetentionConfig,
+    clean_latents_and_noise,
     noised_latents,
     run_retention,
 )
@@ -40,7 +41,7 @@ def test_noised_start_is_the_flow_interpolation(still_bundle: Path) -> None:
     pipeline = open_bundle(still_bundle, "bundle", "cpu", "fp32")
     items = heldout_items(2)
     truth = [render_clip(it.spec, 17, 64) for it in items]
-    start = noised_latents(pipeline, truth, items, 0.3)
+    start = noised_latents(*clean_latents_and_noise(pipeline, truth, items), 0.3)
     with torch.inference_mode():
         x0 = to_dit_latents(
             pipeline.vae.encode(to_tensor(truth[1])[None], tiled=False).mode(), pipeline.vae.config

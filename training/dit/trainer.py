@@ -52,7 +52,14 @@ from models import (
 )
 from training.dit.config import DiTTrainConfig
 from training.dit.data import BatchSource, SyntheticBatches, TrainBatch, step_seed
-from training.dit.latents import LatentCache
+from training.dit.latents import (
+    CACHE_FILE,
+    CachedLatentBatches,
+    LatentCache,
+    build_latent_cache,
+    channel_stats,
+    encoded_channel_stats,
+)
 from training.dit.state import (
     EMA,
     load_for_resume,
@@ -202,8 +209,6 @@ class DiTTrainer:
         )
         cache: LatentCache | None = None
         if batches is None and config.cache_videos > 0:
-            from training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
-
             self.out_dir.mkdir(parents=True, exist_ok=True)
             name = CACHE_FILE if self.world == 1 else f"rank{self.rank}_{CACHE_FILE}"  # no write races
             cache = build_latent_cache(
@@ -224,8 +229,6 @@ class DiTTrainer:
 
     def _set_latent_stats(self, cache: LatentCache | None) -> None:
         """Measure per-channel latent statistics and store them in the (frozen) VAE's config."""
-        from training.dit.latents import channel_stats, encoded_channel_stats
-
         c = self.config
         channels = self.vae.config.latent_channels
         if cache is not None:
@@ -263,7 +266,7 @@ class DiTTrainer:
             return shifted
         # A mixture: the shift keeps the high noise levels (where motion words bind) well trained,
         # the unshifted share trains the low ones (outlines, clean backgrounds) that a shift of 5
-        # leaves to ~1% of the samples.
+        # leaves to ~0.7% of the samples.
         keep = torch.rand(n, generator=generator, device=self.device) < c.unshifted_fraction
         return torch.where(keep, u, shifted)
 

@@ -17,6 +17,16 @@ from engine.bundle import DEFAULT_BUNDLE_DIR
 
 console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line
 
+Combinations = Annotated[int, typer.Option(help="Held-out combinations to use, spread evenly (0: all 44).")]
+BatchSize = Annotated[int, typer.Option(help="Clips per batched generation.")]
+Device = Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")]
+
+
+def exit_on_invalid_bundle(exc: Exception) -> typer.Exit:
+    """Print why a bundle cannot be opened; the caller raises the returned exit (status 2)."""
+    console.print(f"[red]{exc}[/]")
+    return typer.Exit(2)
+
 
 def eval_command(
     student: Annotated[
@@ -31,11 +41,9 @@ def eval_command(
     size: Annotated[int, typer.Option(help="Square size in pixels (multiple of 16).")] = 64,
     frames: Annotated[int, typer.Option(help="Frames per clip (4n+1, >= 5).")] = 17,
     samples_per_combination: Annotated[int, typer.Option(help="Clips per held-out combination.")] = 1,
-    combinations: Annotated[
-        int, typer.Option(help="Held-out combinations to use, spread evenly (0: all 44).")
-    ] = 0,
+    combinations: Combinations = 0,
     seed: Annotated[int, typer.Option(help="Seed of the clip geometry and the noise.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Clips per batched generation.")] = 16,
+    batch_size: BatchSize = 16,
     teacher_steps: Annotated[int, typer.Option(help="Teacher denoising steps.")] = 50,
     teacher_guidance: Annotated[
         float | None, typer.Option(help="Teacher CFG scale (default: the teacher bundle's).")
@@ -45,7 +53,7 @@ def eval_command(
     i2v: Annotated[bool, typer.Option(help="Measure image-to-video first-frame PSNR.")] = True,
     sheet_clips: Annotated[int, typer.Option(help="Clips on the contact sheet (0: none).")] = 8,
     card: Annotated[bool, typer.Option(help="Write MODEL_CARD.md into the student bundle.")] = True,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
 ) -> None:
     """Evaluate a bundle on the held-out combinations (and the teacher, VAE, I2V); write the card."""
@@ -78,8 +86,7 @@ def eval_command(
     try:
         results = evaluate_bundle(config)
     except InvalidBundleError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
+        raise exit_on_invalid_bundle(exc) from exc
     except ValueError as exc:  # e.g. a size or step count the bundle cannot serve
         console.print(f"[red]cannot evaluate: {exc}[/]")
         raise typer.Exit(2) from exc
@@ -113,11 +120,9 @@ def retention_command(
         int, typer.Option(help="Steps of the full schedule (a start at s keeps those below s).")
     ] = 30,
     guidance: Annotated[float | None, typer.Option(help="True CFG scale (default: the bundle's).")] = None,
-    combinations: Annotated[
-        int, typer.Option(help="Held-out combinations to use, spread evenly (0: all 44).")
-    ] = 0,
-    batch_size: Annotated[int, typer.Option(help="Clips per batched generation.")] = 16,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    combinations: Combinations = 0,
+    batch_size: BatchSize = 16,
+    device: Device = None,
 ) -> None:
     """Attribute retention by noise level: noise the held-out clips to s, denoise, judge (SDEdit probe)."""
     from training.eval.retention import RETENTION_FILE, RETENTION_PLOT, RetentionConfig, run_retention
@@ -137,8 +142,7 @@ def retention_command(
         )
         results = run_retention(config)
     except InvalidBundleError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
+        raise exit_on_invalid_bundle(exc) from exc
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     for entry in results["curve"]:

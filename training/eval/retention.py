@@ -33,7 +33,7 @@ from models import to_dit_latents
 from training.data import render_clip
 from training.data.dataset import to_tensor
 from training.eval.runner import EvalItem, heldout_items, judge_clips, open_bundle
-from training.eval.sampling import batches, generate_batch, teacher_sampler
+from training.eval.sampling import SamplerSettings, batches, generate_batch, teacher_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +69,26 @@ class RetentionConfig:
             raise ValueError(f"num_frames must be 4n+1, got {self.num_frames}")
 
 
-def noised_latents(
-    pipeline: VideoPipeline, truth: Sequence[np.ndarray], items: Sequence[EvalItem], sigma: float
-) -> torch.Tensor:
-    """(N, C, t, h, w): the clips' posterior modes in the DiT's space, noised to ``sigma``."""
+def clean_latents_and_noise(
+    pipeline: VideoPipeline, truth: Sequence[np.ndarray], items: Sequence[EvalItem]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, t, h, w) twice: the clips' posterior modes in the DiT's space, and each clip's noise."""
     vae = pipeline.vae
     device, dtype = next(vae.parameters()).device, pipeline.options.dtype
-    out = []
+    clean, noise = [], []
     with torch.inference_mode():
         for clip, item in zip(truth, items, strict=True):
             video = to_tensor(clip)[None].to(device, dtype)  # (1, 3, T, H, W)
             x0 = to_dit_latents(vae.encode(video, tiled=False).mode().float(), vae.config)
             generator = torch.Generator().manual_seed(item.noise_seed)
-            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
-            out.append((1.0 - sigma) * x0.cpu() + sigma * noise)
-    return torch.cat(out)
+            noise.append(torch.randn(x0.shape, generator=generator, dtype=torch.float32))
+            clean.append(x0.cpu())
+    return torch.cat(clean), torch.cat(noise)
+
+
+def noised_latents(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The flow-matching interpolant at ``sigma``: ``(1 - sigma) x0 + sigma noise``."""
+    return (1.0 - sigma) * x0 + sigma * noise
 
 
 def retention_curve(
@@ -91,16 +96,21 @@ def retention_curve(
     items: Sequence[EvalItem],
     truth: Sequence[np.ndarray],
     config: RetentionConfig,
+    full: SamplerSettings,
 ) -> list[dict[str, Any]]:
-    """One entry per sigma: {"sigma", "steps", "accuracy", "clips", "wall_s"} (see the module doc)."""
-    full = teacher_sampler(pipeline, config.size, config.num_frames, config.steps, config.guidance, "")
+    """One entry per sigma: {"sigma", "steps", "accuracy", "clips", "wall_s"} (see the module doc).
+
+    ``full`` is the teacher's sampler over the whole 1 -> 0 schedule; a start at ``s`` keeps its
+    sigmas below ``s``.
+    """
+    x0, noise = clean_latents_and_noise(pipeline, truth, items)
     prompts, seeds = [it.caption for it in items], [it.noise_seed for it in items]
     curve = []
     for sigma in config.sigmas:
         start_time = time.perf_counter()
         below = tuple(s for s in full.sigmas if s < sigma)
         sampler = dataclasses.replace(full, sigmas=(sigma, *below))
-        start = noised_latents(pipeline, truth, items, sigma)
+        start = noised_latents(x0, noise, sigma)
         clips: list[np.ndarray] = []
         for idx in batches(len(items), config.batch_size):
             clips += generate_batch(
@@ -151,7 +161,8 @@ def run_retention(config: RetentionConfig) -> dict[str, Any]:
     pipeline = open_bundle(config.bundle, "bundle", config.device, config.dtype)
     items = heldout_items(config.combinations, 1, config.seed)
     truth = [render_clip(it.spec, config.num_frames, config.size) for it in items]
-    curve = retention_curve(pipeline, items, truth, config)
+    full = teacher_sampler(pipeline, config.size, config.num_frames, config.steps, config.guidance, "")
+    curve = retention_curve(pipeline, items, truth, config, full)
     results = {
         "bundle": str(config.bundle),
         "settings": {
@@ -159,9 +170,7 @@ def run_retention(config: RetentionConfig) -> dict[str, Any]:
             "bundle": str(config.bundle),
             "out_dir": str(config.out_dir),
         },
-        "guidance": teacher_sampler(
-            pipeline, config.size, config.num_frames, 1, config.guidance, ""
-        ).guidance,
+        "guidance": full.guidance,
         "n_clips": len(items),
         "curve": curve,
     }
