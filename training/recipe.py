@@ -60,6 +60,7 @@ class RecipeConfig:
     dit_lr_schedule: str = "cosine"  # after warmup: cosine to 0 at dit_steps (or constant)
     dit_unshifted_fraction: float = 0.3  # share of DiT sigmas drawn without the flow shift
     dit_latent_norm: str = "per_channel"  # the DiT's latents standardized per channel (or global)
+    dit_train_text_encoder: bool = False  # the built-in text encoder stays at its random init (frozen)
     dit_cache_videos: int = 3000
     dit_cache_images: int = 750
     cfg_steps: int | None = None
@@ -189,6 +190,7 @@ class Recipe:
             lr_schedule=c.dit_lr_schedule,
             unshifted_fraction=c.dit_unshifted_fraction,
             latent_norm=c.dit_latent_norm,
+            train_text_encoder=c.dit_train_text_encoder,
             size=c.size,
             num_frames=c.num_frames,
             cache_videos=c.dit_cache_videos,
@@ -335,6 +337,7 @@ _STAGE_DETAILS = (
     "lr_schedule",
     "unshifted_fraction",
     "latent_norm",
+    "train_text_encoder",
     "batch_size",
     "image_batch_size",
     "student_steps",

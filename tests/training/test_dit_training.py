@@ -120,13 +120,21 @@ def test_step_inputs_i2v_condition_text_dropout_and_guidance(tmp_path: Path) -> 
     mean = trainer.vae.encode(batch.video, tiled=False).mode() * trainer.vae.config.scaling_factor
     torch.testing.assert_close(x[:, 16:32, :1], mean[:, :, :1])  # image latent in frame 0 ...
     assert torch.all(x[:, 16:32, 1:] == 0) and torch.all(x[:, 32, 0] == 1) and torch.all(x[:, 32, 1:] == 0)
-    assert inputs["text"] == ["", ""]  # dropped captions are the unconditional prompt
+    assert trainer.frozen_text_encoder is not None  # the default: the built-in encoder is frozen
+    with torch.no_grad():
+        unconditional = trainer.frozen_text_encoder.encode(["", ""])
+    # dropped captions are the unconditional prompt, encoded once by the frozen encoder
+    torch.testing.assert_close(inputs["text"].states, unconditional.states)
+    torch.testing.assert_close(inputs["text"].pooled, unconditional.pooled)
     assert torch.all(inputs["guidance"] == 1000.0)
     assert torch.all((inputs["timestep"] > 0) & (inputs["timestep"] < 1000))
 
     trainer.config.i2v_fraction, trainer.config.text_dropout = 0.0, 0.0
     inputs = trainer.prepare(batch, torch.Generator().manual_seed(0))
-    assert torch.all(inputs["x"][:, 16:] == 0) and inputs["text"] == batch.captions  # plain T2V
+    with torch.no_grad():
+        conditional = trainer.frozen_text_encoder.encode(batch.captions)
+    assert torch.all(inputs["x"][:, 16:] == 0)  # plain T2V
+    torch.testing.assert_close(inputs["text"].pooled, conditional.pooled)
 
 
 # --- the overfit check ------------------------------------------------------------------------------
