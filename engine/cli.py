@@ -267,6 +267,10 @@ def train_dit_command(
     vae_path: Annotated[
         Path | None, typer.Option(help="A trained VAE replacing the bundle's (frozen).")
     ] = None,
+    train_text_encoder: Annotated[
+        bool,
+        typer.Option(help="Train the built-in text encoder jointly (default: frozen)."),
+    ] = False,
     cache_videos: Annotated[
         int, typer.Option(help="Encode this many train videos once and train on their latents (0: off).")
     ] = 0,
@@ -293,6 +297,7 @@ def train_dit_command(
             unshifted_fraction=unshifted_fraction,
             latent_norm=latent_norm,
             vae_path=vae_path,
+            train_text_encoder=train_text_encoder,
             cache_videos=cache_videos,
             cache_images=cache_images,
             size=size,

@@ -15,7 +15,7 @@ from PIL import Image
 from engine.pipeline import PipelineOptions, VideoPipeline
 from engine.request import GenerationRequest
 from engine.video_io import read_mp4
-from models import load_dit, to_dit_latents
+from models import load_dit, load_text_encoder, to_dit_latents
 from training.data.dataset import SyntheticVideoDataset
 from training.dit import DiTTrainConfig, DiTTrainer, FixedBatch, SyntheticBatches, list_checkpoints, train_dit
 
@@ -248,6 +248,17 @@ def test_fine_tune_from_a_bundle_with_a_frozen_text_encoder(
     after = trainer.frozen_text_encoder.state_dict()  # type: ignore[attr-defined]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (out / "text_encoder" / "model.safetensors").is_file()
+
+
+def test_joint_text_encoder_training_updates_and_exports_the_encoder(tmp_path: Path) -> None:
+    config = _config(tmp_path, train_text_encoder=True, steps=3)
+    trainer = DiTTrainer(config, batches=_fixed_batch())
+    assert trainer.frozen_text_encoder is None and trainer.model.text_encoder is not None
+    before = {k: v.clone() for k, v in trainer.model.text_encoder.state_dict().items()}
+    out = trainer.train()
+    exported = load_text_encoder(out / "text_encoder", dtype=torch.float32).state_dict()
+    changed = [k for k in before if not torch.equal(before[k], exported[k].to(before[k].dtype))]
+    assert changed, "jointly trained text encoder did not change"
 
 
 # --- the latent cache -------------------------------------------------------------------------------
