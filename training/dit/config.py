@@ -35,8 +35,8 @@ Choices worth knowing (see also training/dit/trainer.py):
   frozen); the built-in one is then a fixed random word-level transformer that the DiT's token
   refiner learns to read. `train_text_encoder=True` trains it jointly, but the DiT's loss then
   collapses the words it cannot use yet: after 20000 joint steps "moving left / right / up /
-  down" encoded to states 0.07 apart (norm 10.5; 3.3 apart at the random init) and the directions
-  were never learned (18.8% on train captions, chance 25%).
+  down" encoded to states 0.07-0.10 apart (norm 10.5; 2.4-3.4 apart at the random init) and the
+  directions were never learned (18.8% on train captions, chance 25%).
 * **Latent cache.** With `cache_videos` > 0 the frozen VAE encodes that many train clips (and
   `cache_images` images) once, before the first step, and batches come from their posteriors
   (`training/dit/latents.py`): on the CPU the encoder costs more than the small DiT's step.
