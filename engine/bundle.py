@@ -78,7 +78,15 @@ BUNDLE_PRESETS: dict[str, BundleSpec] = {
         ModelLimits(width=32, height=32, num_frames=5, steps=2, max_width=64, max_height=64, max_frames=9),
     ),
     # Served at its training size by default (the recipe trains at 64x64; larger sizes fragment).
-    "small": BundleSpec("hyv-small", "small", "small-flat", "small", ModelLimits(width=64, height=64)),
+    "small": BundleSpec(
+        "hyv-small",
+        "small",
+        "small-flat",
+        "small",
+        # guidance 4, not 6: the one-forward CFG-distilled model keeps more of the teacher's
+        # shapes at lower guidance (docs/training.md, 2026-12-02 evening)
+        ModelLimits(width=64, height=64, guidance=4.0),
+    ),
     "hunyuan-video-13b": BundleSpec(
         "hunyuan-video-13b",
         "hunyuan-video-13b",

@@ -26,11 +26,16 @@ from training.data.grammar import (
 )
 
 MARGIN = 0.05  # minimum gap between the object's bounding box and the frame edge (fraction)
-MOVE_SIZE = (0.10, 0.16)  # half-extent range of moving objects
-STILL_SIZE = (0.10, 0.18)
+# Half-extents (fraction of the frame side). At 64 px and the VAE's 8x spatial compression an
+# object of half-extent 0.13 is 2x2 latent cells, and its circle and square differ by |dz|^2 ~185
+# in the DiT's unit-variance latents against ~450 between circle and triangle (docs/training.md,
+# 2026-12-03): the DiT learned triangles but drew one squircle for circle and square. 1.45x larger
+# objects make the circle/square gap ~430, what the learned triangle gap was.
+MOVE_SIZE = (0.15, 0.22)  # half-extent range of moving objects (0.22 + travel 0.45 + margins fit)
+STILL_SIZE = (0.15, 0.26)
 TRAVEL = (0.30, 0.45)  # distance a moving object covers over the clip
-GROW_START_SIZE = (0.08, 0.11)
-SHRINK_START_SIZE = (0.18, 0.25)
+GROW_START_SIZE = (0.11, 0.16)
+SHRINK_START_SIZE = (0.26, 0.36)
 SCALE_FACTOR = (1.8, 2.3)  # linear size change of growing / shrinking objects
 
 

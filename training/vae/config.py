@@ -44,7 +44,7 @@ class VAETrainConfig(ConfigIO):
     preset: str = "small-flat"  # models.vae_preset name of the fresh VAE
     init_from: Path | None = None  # start from a saved VAE instead (fine-tuning)
     # --- optimization ---
-    steps: int = 5000
+    steps: int = 6000
     lr: float = 5e-4
     video_lr: float | None = 2e-4  # lr after the image phase (None: lr); warmup and schedule restart there
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
@@ -83,7 +83,7 @@ class VAETrainConfig(ConfigIO):
     init_logvar: float = -8.0  # initial posterior log-variance of a fresh VAE (see trainer.py)
     perceptual_weight: float = 0.1
     gan_weight: float = 0.1  # times the adaptive weight |grad rec| / |grad gan| at the last layer
-    gan_start: int = 4500  # first step with the GAN loss (the discriminator trains from here too)
+    gan_start: int = 5400  # first step with the GAN loss (the discriminator trains from here too)
     disc_lr: float = 2e-4
     # --- after training ---
     scale_clips: int = 32  # train clips whose posterior-mode std gives the scaling factor
