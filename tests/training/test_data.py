@@ -31,6 +31,7 @@ from training.data import (
     to_uint8,
     train_combinations,
 )
+from training.data import render
 from training.data.render import in_frame
 
 HELDOUT_SHA256 = "bc0e09b1dbb5c6eced6bac81f32f49dc465d8756dc0fff702b29ff007e496036"
@@ -162,6 +163,25 @@ def test_render_motion_is_clear() -> None:
             assert ratio < 1 / 3.0, motion
         else:
             assert abs(ratio - 1) < 0.02, motion
+
+
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_sampled_sizes_stay_in_frame_and_keep_corners(motion: str) -> None:
+    """Every size the sampler draws keeps the object inside the margin all clip long, and even the
+    smallest object of its largest frame has corners a 64 px circle and square differ by (the
+    judge reads shape at the frames of at least half the largest area)."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        spec = sample_spec(Attributes("white", "square", motion, "black"), rng)
+        assert in_frame(spec, render.MARGIN - 1e-6), spec
+    smallest = {
+        "growing": render.GROW_START_SIZE[0] * render.SCALE_FACTOR[0],
+        "shrinking": render.SHRINK_START_SIZE[0],
+        "standing still": render.STILL_SIZE[0],
+    }.get(motion, render.MOVE_SIZE[0])
+    # square minus circle of that half-extent, px; the sizes before 2026-12-03 gave 35 px
+    corners = (4 - np.pi) * (smallest * 64) ** 2
+    assert corners >= 75, f"{motion}: circle and square differ by only {corners:.0f} px"
 
 
 def test_render_is_antialiased_and_small_shapes_read() -> None:
