@@ -26,12 +26,12 @@ from training.data import (
     heldout_combinations,
     is_heldout,
     parse_caption,
+    render,
     render_clip,
     sample_spec,
     to_uint8,
     train_combinations,
 )
-from training.data import render
 from training.data.render import in_frame
 
 HELDOUT_SHA256 = "bc0e09b1dbb5c6eced6bac81f32f49dc465d8756dc0fff702b29ff007e496036"
