@@ -49,20 +49,20 @@ RUN if [ -n "${FLASH_ATTN_VERSION}" ]; then \
         MAX_JOBS=${MAX_JOBS} pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"; fi
 
 WORKDIR /app
-# The dependencies first (a layer that survives source edits), read from pyproject.toml itself.
-COPY pyproject.toml README.md ./
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
+# The dependencies first (a layer that survives source edits), read from pyproject.toml itself:
+# the runtime ones plus the `text-encoders` extra (transformers, tokenizers, sentencepiece: the
+# 13B's LLaVA-LLaMA-3 + CLIP encoders, HYV_TEXT_ENCODER), at the versions of the committed lock
+# file (requirements/lock.txt, `make lock`), the same set `make install` and CI use.
+COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY requirements ./requirements
+RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['text-encoders']))" > /tmp/requirements.txt \
+    && pip install -c requirements/lock.txt -r /tmp/requirements.txt \
     && python3 -c "import torch; assert torch.__version__.startswith('${TORCH_VERSION}'), torch.__version__"
-COPY models ./models
-COPY kernels ./kernels
-COPY engine ./engine
-COPY service ./service
-COPY training ./training
-COPY deploy ./deploy
+# One import package, hyv (models, kernels, engine, service, training below it).
+COPY hyv ./hyv
 COPY benchmarks ./benchmarks
-# Editable: the code runs from /app, so data files (service/web) are where the code looks for them.
+# Editable: the code runs from /app, so data files (hyv/service/web) are where the code looks for them.
 RUN pip install --no-deps -e .
 # weights/ holds README.md and, when the context has it, the bundled hyv-small (see .dockerignore).
 COPY weights ./weights
@@ -80,7 +80,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Non-root. /data is the shared storage volume (videos, images, thumbnails); /weights the mount
-# point for big weights; the metrics folder is per container (deploy/metrics_exporter.py says why).
+# point for big weights; the metrics folder is per container (hyv/service/metrics_exporter.py says why).
 ARG UID=10001
 RUN groupadd --system --gid ${UID} hyv \
     && useradd --system --uid ${UID} --gid hyv --create-home --home-dir /home/hyv --shell /usr/sbin/nologin hyv \
@@ -101,12 +101,12 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 VOLUME ["/data", "/weights"]
 USER hyv
-# 8000: the API; 9101: a worker's metrics (python -m deploy.metrics_exporter).
+# 8000: the API; 9101: a worker's metrics (python -m hyv.service.metrics_exporter).
 EXPOSE 8000 9101
 
 # The API's liveness; compose and Kubernetes give workers their own check (`... healthcheck worker`).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "deploy.healthcheck", "api"]
+    CMD ["python", "-m", "hyv.service.healthcheck", "api"]
 
 # tini as PID 1: signals reach the service (SIGTERM = graceful stop) and zombies are reaped.
 ENTRYPOINT ["/usr/bin/tini", "--"]

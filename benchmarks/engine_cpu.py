@@ -53,10 +53,10 @@ def build_pair(root: Path, steps: int) -> tuple[Any, Any]:
         HunyuanVideoTransformer3DModel,
     )
 
-    from engine.bundle import BundleSpec, ModelBundle
-    from engine.limits import ModelLimits
-    from engine.pipeline import PipelineOptions, VideoPipeline
-    from models import load_dit, load_text_encoder, load_vae
+    from hyv.engine.bundle import BundleSpec, ModelBundle
+    from hyv.engine.limits import ModelLimits
+    from hyv.engine.pipeline import PipelineOptions, VideoPipeline
+    from hyv.models import load_dit, load_text_encoder, load_vae
     from tests.models.hf_fixtures import save_tiny_hunyuan_text_stack
 
     stack = save_tiny_hunyuan_text_stack(root / "text")
@@ -125,7 +125,7 @@ def time_diffusers(reference: Any, width: int, height: int, frames: int, steps: 
 
 
 def time_ours(ours: Any, width: int, height: int, frames: int, steps: int) -> dict[str, float]:
-    from engine.request import GenerationRequest
+    from hyv.engine.request import GenerationRequest
 
     request = GenerationRequest(
         prompt=PROMPT, width=width, height=height, num_frames=frames, steps=steps, seed=0
@@ -138,8 +138,8 @@ def time_ours(ours: Any, width: int, height: int, frames: int, steps: int) -> di
 def time_stream(ours: Any, width: int, height: int, frames: int, steps: int, tile_frames: int | None) -> dict:
     from dataclasses import replace
 
-    from engine.request import GenerationRequest
-    from models import VAETiling
+    from hyv.engine.request import GenerationRequest
+    from hyv.models import VAETiling
 
     tiling = VAETiling(sample_size=256, sample_frames=tile_frames, overlap=0.25) if tile_frames else None
     ours.options = replace(ours.options, vae_tiling=tiling)

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-import kernels
 from benchmarks.report import machine_description, update_benchmarks_doc
+from hyv import kernels
 
 logger = logging.getLogger(__name__)
 RESULTS = Path("benchmarks/results/kernels.json")

@@ -72,7 +72,7 @@ def free_port() -> int:
 
 
 def tiny_bundle(root: Path) -> Path:
-    from engine.bundle import init_random_bundle, save_bundle
+    from hyv.engine.bundle import init_random_bundle, save_bundle
 
     return save_bundle(init_random_bundle("tiny"), root / "hyv-tiny")
 
@@ -92,7 +92,7 @@ def serve(
         HYV_MAX_QUEUED_JOBS_PER_KEY=str(queue_cap),
         HYV_LOG_LEVEL="WARNING",
     )
-    code = "import typer; from service.cli import serve; typer.run(serve)"
+    code = "import typer; from hyv.cli import serve; typer.run(serve)"
     command = [sys.executable, "-c", code, "--port", str(port), "--data-dir", str(root / "data")]
     command += ["--weights", str(weights), "--workers", str(workers)]
     log = root / "serve.log"

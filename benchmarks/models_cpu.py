@@ -65,7 +65,7 @@ def time_pair(ours: Callable[[], Any], baseline: Callable[[], Any], repeats: int
 def bench_dit(repeats: int) -> dict[str, Any]:
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from models import load_dit
+    from hyv.models import load_dit
 
     torch.manual_seed(0)
     reference = HunyuanVideoTransformer3DModel(**DIT_BENCH_CONFIG).eval()  # type: ignore[arg-type]
@@ -103,7 +103,7 @@ def bench_dit(repeats: int) -> dict[str, Any]:
 def bench_vae_decode(repeats: int) -> dict[str, Any]:
     from diffusers import AutoencoderKLHunyuanVideo
 
-    from models import load_vae
+    from hyv.models import load_vae
 
     torch.manual_seed(0)
     reference = AutoencoderKLHunyuanVideo(**VAE_BENCH_CONFIG).eval()  # type: ignore[arg-type]
@@ -138,7 +138,7 @@ def _decode_peak_rss(frames: int, mode: str, size: int, queue: Any) -> None:
     """Runs in a fresh process: peak RSS during one decode minus the RSS before it (model and
     latents loaded), in MiB. Linux only (/proc)."""
     torch.set_num_threads(1)
-    from models import CausalVAE3D, VAETiling, vae_preset
+    from hyv.models import CausalVAE3D, VAETiling, vae_preset
 
     torch.manual_seed(0)
     vae = CausalVAE3D(vae_preset("tiny")).eval()

@@ -205,16 +205,16 @@ def render(
         "## Fixes these tests led to",
         "",
         "- A JSON body nested 100000 deep made `json.loads` raise RecursionError: a 500. Now a 422 "
-        "`invalid_json` (service/api/body.py).",
+        "`invalid_json` (hyv/service/api/body.py).",
         "- Every malformed multipart body was a 400 `http_error` (Starlette turns its "
         "MultiPartException into an HTTPException inside an app, so our handler never ran), and a "
         "field over 64 KB (a 1 MB prompt) the same. Now a 422 `invalid_multipart`, or a 413 "
-        "`field_too_large` (service/api/body.py).",
+        "`field_too_large` (hyv/service/api/body.py).",
         "- The OpenAPI document said every route needs a key and that /metrics returns JSON: "
         "/healthz, /readyz and /metrics are now documented as public, /metrics as text/plain "
-        "(service/api/routes_system.py).",
+        "(hyv/service/api/routes_system.py).",
         "- `repr(Settings)` showed the API keys and the webhook secret; both are hidden now "
-        "(service/settings.py).",
+        "(hyv/service/settings.py).",
         *FAULT_FIXES,
         "",
         *render_load(load),
@@ -226,22 +226,22 @@ FAULT_FIXES = [
     "- A job that ended while Redis was restarting left its worker idle for good: kombu's Redis "
     "transport frees the worker's only prefetch slot only once Redis confirms the acknowledgement, "
     "and all the worker logged was `Couldn't ack`. The workers now use a transport that frees the "
-    "slot whatever Redis answers (service/broker.py).",
+    "slot whatever Redis answers (hyv/service/broker.py).",
     "- A Redis restart made every running job raise at its next progress write: it failed with "
     "`internal_error` if Redis was back in time for that write, else it was rerun from the start "
     "once its claim lapsed. The worker's Redis client now retries for up to 30 s, so the job pauses "
     "and goes on; a job that still cannot reach Redis is left to the claim reaper (requeued), never "
-    "marked failed for Redis' sake (service/worker_health.py).",
+    "marked failed for Redis' sake (hyv/service/worker_health.py).",
     "- A worker whose model did not load took jobs anyway: the task raised (the load was retried "
     "in it), Celery acknowledged the message, and the job stayed `queued` with no message left to "
     "run it. Now the worker stays "
     "up but not ready, hands every delivery back to the queue, retries the load every minute, and "
-    "/readyz answers 503 with its load error (service/worker.py, service/api/routes_system.py).",
+    "/readyz answers 503 with its load error (hyv/service/worker.py, hyv/service/api/routes_system.py).",
     "- A full disk failed a job with `internal_error` and a message naming the server's paths, or "
     "(a file-size limit) with a TypeError from prometheus-client, which could not create its "
     "metric files: the job failed for the metrics' sake. Disk errors (ENOSPC, EFBIG, EDQUOT, EROFS, "
     "EACCES, EIO) are `storage_error` now, and recording a metric never raises "
-    "(service/worker_health.py, service/metrics.py).",
+    "(hyv/service/worker_health.py, hyv/service/metrics.py).",
     "- Out of memory was recognised only as CUDA's error; on the CPU it was `internal_error`, and "
     "libx264 failing to open for lack of memory too. `job_memory_limit_mb` (new) bounds a job; "
     "torch's CPU and CUDA OOM, MemoryError, and any error raised at the limit are `out_of_memory`, "

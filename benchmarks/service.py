@@ -275,8 +275,8 @@ def drain(stack: Stack, job_ids: list[str], timeout_s: float = 300.0) -> None:
     """Cancel the load phases' jobs, empty the Celery queue, wait for the worker to be idle."""
     import redis
 
-    from service.celery_app import celery_for
-    from service.jobs import JobStore
+    from hyv.service.celery_app import celery_for
+    from hyv.service.jobs import JobStore
 
     assert stack.settings.redis_url
     store = JobStore(redis.Redis.from_url(stack.settings.redis_url))

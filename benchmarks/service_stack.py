@@ -84,7 +84,7 @@ class CpuMeter:
 class Stack:
     host: str
     port: int
-    settings: Any  # service.settings.Settings
+    settings: Any  # hyv.service.settings.Settings
     redis_pid: int
     worker: subprocess.Popen[bytes]
     api: subprocess.Popen[bytes]
@@ -103,7 +103,7 @@ def prepare_bundle(root: Path, weights: Path | None) -> Path:
     to last a few seconds (size, frames and steps; the model itself is unchanged)."""
     if weights is not None:
         return weights
-    from engine.bundle import init_random_bundle, save_bundle
+    from hyv.engine.bundle import init_random_bundle, save_bundle
 
     bundle = init_random_bundle("tiny")
     limits = dataclasses.replace(
@@ -120,9 +120,9 @@ def engine_env(threads: int) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_stack(root: Path, weights: Path, threads: int) -> Iterator[Stack]:
-    from engine.bundle import read_bundle_spec
-    from service.launcher import RedisServer, child_env, free_port, start_worker, stop_worker
-    from service.settings import Settings
+    from hyv.engine.bundle import read_bundle_spec
+    from hyv.service.launcher import RedisServer, child_env, free_port, start_worker, stop_worker
+    from hyv.service.settings import Settings
 
     spec = read_bundle_spec(weights)
     logs = root / "logs"
@@ -148,7 +148,7 @@ def running_stack(root: Path, weights: Path, threads: int) -> Iterator[Stack]:
         api_log = (logs / "api.log").open("ab")
         # Exactly the production API process: `hyv serve --workers 0` on an existing Redis.
         api = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--workers", "0"],
+            [sys.executable, "-m", "hyv", "serve", "--workers", "0"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=api_log,

@@ -29,8 +29,8 @@ OVERHEAD_TARGET = 0.05
 
 ENGINE_CHILD = """
 import json, sys, time
-from engine.pipeline import PipelineOptions, VideoPipeline
-from engine.request import GenerationRequest
+from hyv.engine.pipeline import PipelineOptions, VideoPipeline
+from hyv.engine.request import GenerationRequest
 pipeline = VideoPipeline.from_dir(sys.argv[1], PipelineOptions(device="cpu"))
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:

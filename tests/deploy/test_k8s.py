@@ -116,7 +116,7 @@ def test_environment_is_read_by_the_code(
 
 
 def test_commands_and_probes(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
-    from service.api.routes_system import router
+    from hyv.service.api.routes_system import router
 
     routes = {route.path for route in router.routes}  # type: ignore[attr-defined]
     api = container(objects, "hyv-api")
@@ -233,7 +233,7 @@ def test_prometheus_rule_is_alerts_yml(objects: dict[tuple[str, str], dict[str, 
 def test_keda_scales_workers_on_the_celery_queue(
     objects: dict[tuple[str, str], dict[str, Any]], secrets: dict[str, str]
 ) -> None:
-    from service.settings import queue_name
+    from hyv.service.settings import queue_name
 
     scaled = of_kind(objects, "ScaledObject")["hyv-worker"]["spec"]
     target = scaled["scaleTargetRef"]

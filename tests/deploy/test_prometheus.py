@@ -2,7 +2,7 @@
 
 - promtool (Debian's `prometheus` package; `make sysdeps` installs it) checks the config and the
   rules and runs the rules' unit tests (deploy/prometheus/alerts_test.yml);
-- every metric the dashboard and the alerts name is one the code exports (service/metrics.py's
+- every metric the dashboard and the alerts name is one the code exports (hyv/service/metrics.py's
   metrics and Redis-state collector; the worker exporter's process_* metrics; Prometheus' `up`),
   with the labels they match on;
 - the live stack (tests/deploy/conftest.py) exports every one of them after a real job, the API's
@@ -73,7 +73,7 @@ def exported_series() -> dict[str, set[str]]:
     from prometheus_client import CollectorRegistry, ProcessCollector
     from prometheus_client.metrics import MetricWrapperBase
 
-    from service import metrics
+    from hyv.service import metrics
 
     found: dict[str, set[str]] = {}
     for value in vars(metrics).values():
@@ -91,7 +91,7 @@ def exported_series() -> dict[str, set[str]]:
     for family in metrics.RedisStateCollector(_FakeStore(), ["m"]).collect():  # type: ignore[arg-type]
         for sample in family.samples:
             found[sample.name] = set(sample.labels)
-    # deploy/metrics_exporter.py adds the exporter's process metrics (worker restarts).
+    # hyv/service/metrics_exporter.py adds the exporter's process metrics (worker restarts).
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     for family in registry.collect():
@@ -256,7 +256,7 @@ def test_health_checks_against_the_live_stack(stack: Stack) -> None:
 
     def run(role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "deploy.healthcheck", role],
+            [sys.executable, "-m", "hyv.service.healthcheck", role],
             env=env,
             capture_output=True,
             text=True,
@@ -366,7 +366,7 @@ def test_dashboard_queries_and_rules_run_in_prometheus(prometheus: str, stack: S
 
 
 def test_exporter_metric_names_cover_the_worker_side() -> None:
-    """The worker metrics named by the alerts are among what service/metrics.py defines for workers."""
+    """The worker metrics named by the alerts are among what hyv/service/metrics.py defines for workers."""
     exported = {family(name) for name in exported_series()}
     assert {name.removesuffix("_total") for name in WORKER_METRICS} <= {
         n.removesuffix("_total") for n in exported

@@ -1,5 +1,5 @@
-"""The two helpers that run inside the containers: deploy/metrics_exporter.py (serves a container's
-multiprocess metrics and supervises the worker) and deploy/healthcheck.py."""
+"""The two helpers that run inside the containers: hyv/service/metrics_exporter.py (serves a container's
+multiprocess metrics and supervises the worker) and hyv/service/healthcheck.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.metrics_exporter import clear_stale_files, parse_args
+from hyv.service.metrics_exporter import clear_stale_files, parse_args
 from tests.deploy.conftest import free_port, stop_group, wait_until
 
 CHILD = """
@@ -32,7 +32,7 @@ def test_parse_args() -> None:
     assert parse_args(["--dir", "/tmp/m"]).command == []
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     result = subprocess.run(
-        [sys.executable, "-m", "deploy.metrics_exporter", "--port", "1"],
+        [sys.executable, "-m", "hyv.service.metrics_exporter", "--port", "1"],
         env=env,
         capture_output=True,
         text=True,
@@ -59,7 +59,7 @@ def test_exporter_serves_the_child_metrics_and_forwards_sigterm(tmp_path: Path) 
         [
             sys.executable,
             "-m",
-            "deploy.metrics_exporter",
+            "hyv.service.metrics_exporter",
             "--host",
             "127.0.0.1",
             "--port",
@@ -91,7 +91,7 @@ def test_exporter_without_command_serves_until_stopped(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "deploy.metrics_exporter",
+            "hyv.service.metrics_exporter",
             "--host",
             "127.0.0.1",
             "--port",
@@ -117,7 +117,7 @@ def test_exporter_without_command_serves_until_stopped(tmp_path: Path) -> None:
 
 
 def test_healthcheck_usage_and_missing_redis() -> None:
-    from deploy import healthcheck
+    from hyv.service import healthcheck
 
     assert healthcheck.main(["nonsense"]) == 2
     saved = os.environ.pop("HYV_REDIS_URL", None)

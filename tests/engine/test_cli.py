@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.video_io import read_mp4
+from hyv.cli import app
+from hyv.engine.video_io import read_mp4
 
 runner = CliRunner()
 
@@ -80,9 +80,7 @@ def test_generate_without_a_bundle_says_how_to_make_one(tmp_path):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--help"], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-m", "hyv", "--help"], capture_output=True, text=True, check=True)
     for command in ("generate", "init-weights", "convert"):
         assert command in out.stdout
 

@@ -2,9 +2,9 @@ import re
 
 import pytest
 
-from engine.bundle import BUNDLE_PRESETS
-from engine.limits import BUCKETS_540P, BUCKETS_720P, resolve
-from engine.request import GenerationRequest
+from hyv.engine.bundle import BUNDLE_PRESETS
+from hyv.engine.limits import BUCKETS_540P, BUCKETS_720P, resolve
+from hyv.engine.request import GenerationRequest
 
 LIMITS_13B = BUNDLE_PRESETS["hunyuan-video-13b"].limits
 LIMITS_I2V = BUNDLE_PRESETS["hunyuan-video-i2v-13b"].limits

@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.parallel import (
+from hyv.engine.parallel import (
     SPConfig,
     attention_with_lse,
     init_sequence_parallel,
@@ -34,11 +34,11 @@ from engine.parallel import (
     sp_forward,
     spawn_sequence_parallel,
 )
-from engine.parallel.vae import time_windows
-from models.dit import HunyuanVideoDiT
-from models.dit_config import dit_preset
-from models.vae import CausalVAE3D
-from models.vae_config import VAETiling, vae_preset
+from hyv.engine.parallel.vae import time_windows
+from hyv.models.dit import HunyuanVideoDiT
+from hyv.models.dit_config import dit_preset
+from hyv.models.vae import CausalVAE3D
+from hyv.models.vae_config import VAETiling, vae_preset
 
 TOL = 1e-5
 # 4 heads so that Ulysses 4 is possible; head dim 16 = sum of the rope axes.
@@ -228,11 +228,11 @@ def test_online_softmax_merge_matches_sdpa() -> None:
 def test_generate_sequence_parallel_writes_the_same_video(tmp_path: Path) -> None:
     """`hyv generate --sp 2` path: the tiny bundle (2 heads -> Ulysses 2), 9 frames decoded in 2
     blended time tiles, one per rank."""
-    from engine.bundle import init_random_bundle, save_bundle
-    from engine.parallel.generate import generate_sequence_parallel
-    from engine.pipeline import PipelineOptions, VideoPipeline
-    from engine.request import GenerationRequest
-    from engine.video_io import read_mp4
+    from hyv.engine.bundle import init_random_bundle, save_bundle
+    from hyv.engine.parallel.generate import generate_sequence_parallel
+    from hyv.engine.pipeline import PipelineOptions, VideoPipeline
+    from hyv.engine.request import GenerationRequest
+    from hyv.engine.video_io import read_mp4
 
     save_bundle(init_random_bundle("tiny", seed=0), tmp_path / "bundle")
     request = GenerationRequest(prompt="a red kite", steps=2, seed=3, num_frames=9)

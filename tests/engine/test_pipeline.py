@@ -15,11 +15,16 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from engine.bundle import BUNDLE_PRESETS, ModelBundle, init_random_bundle, save_bundle
-from engine.pipeline import SCHEDULE_METADATA_KEY, GenerationCancelledError, PipelineOptions, VideoPipeline
-from engine.request import GenerationRequest
-from engine.video_io import read_mp4
-from models import HunyuanVideoDiT, VAETiling, dit_preset, save_dit
+from hyv.engine.bundle import BUNDLE_PRESETS, ModelBundle, init_random_bundle, save_bundle
+from hyv.engine.pipeline import (
+    SCHEDULE_METADATA_KEY,
+    GenerationCancelledError,
+    PipelineOptions,
+    VideoPipeline,
+)
+from hyv.engine.request import GenerationRequest
+from hyv.engine.video_io import read_mp4
+from hyv.models import HunyuanVideoDiT, VAETiling, dit_preset, save_dit
 
 PROMPT = "a red circle moving left on a black background"
 

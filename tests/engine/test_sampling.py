@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.sampling import euler_denoise, flow_schedule, shift_sigmas
+from hyv.engine.sampling import euler_denoise, flow_schedule, shift_sigmas
 
 
 def test_schedule_endpoints_and_monotonic():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.video_io import (
+from hyv.engine.video_io import (
     FragmentedMP4Encoder,
     StreamStats,
     encode_mp4,

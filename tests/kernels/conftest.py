@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-import kernels
-from kernels._common import interpret_mode, triton_available
+from hyv import kernels
+from hyv.kernels._common import interpret_mode, triton_available
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # max |fused - fp32 reference| <= TOL * max(1, max |reference|): fp32 is exact up to reduction
@@ -47,7 +47,7 @@ def fused() -> Iterator[None]:
 
 @pytest.fixture
 def unfused() -> Iterator[None]:
-    """The fused path switched off: models.ops must then be exactly the references."""
+    """The fused path switched off: hyv.models.ops must then be exactly the references."""
     before = kernels.fused_enabled()
     kernels.set_fused_enabled(False)
     yield

@@ -6,12 +6,12 @@ import logging
 import pytest
 import torch
 
-import kernels
-from models import ops
+from hyv import kernels
+from hyv.models import ops
 from tests.kernels.conftest import DEVICE
 
 # the module, not the same-named function that kernels/__init__ exports
-attn = importlib.import_module("kernels.attention")
+attn = importlib.import_module("hyv.kernels.attention")
 
 B, H, D = 3, 2, 16
 VALID = [11, 7, 9]  # valid tokens per sample (video + real text); padding at the end
@@ -72,7 +72,7 @@ def test_auto_is_sdpa_on_cpu_and_matches_ops(caplog: pytest.LogCaptureFixture) -
     q, k, v = (t.detach() for t in _qkv())
     mask = _mask(VALID)
     attn._logged.clear()
-    with caplog.at_level(logging.INFO, logger="kernels.attention"):
+    with caplog.at_level(logging.INFO, logger="hyv.kernels.attention"):
         out = kernels.attention(q, k, v, mask)
         kernels.attention(q, k, v, mask)
     assert torch.equal(out, ops.attention(q, k, v, key_padding_mask=mask))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from models import HunyuanVideoDiT, dit_preset
+from hyv import kernels
+from hyv.models import HunyuanVideoDiT, dit_preset
 
 
 @pytest.mark.usefixtures("fused")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from models import ops
+from hyv import kernels
+from hyv.models import ops
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close, launched, upcast
 
 HIDDEN = [3072, 3070, 130, 96]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from models import ops
+from hyv import kernels
+from hyv.models import ops
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close, launched, upcast
 
 HIDDEN = [3072, 3070, 130, 96]
@@ -107,7 +107,8 @@ def test_import_and_fallback_without_triton() -> None:
     # A machine without triton (macOS, aarch64): import works and every op falls back.
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import torch, kernels\n"
+        "import torch\n"
+        "from hyv import kernels\n"
         "assert not kernels.triton_available()\n"
         "x = torch.randn(2, 3, 96)\n"
         "y = kernels.rms_norm(x, torch.ones(96), 1e-6)\n"

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from models import ops
+from hyv import kernels
+from hyv.models import ops
 from tests.kernels.conftest import DEVICE, DTYPES, assert_close, launched, upcast
 
 HEAD_DIMS = [128, 96, 130, 16]  # 130: D/2 = 65 pairs, a non-power-of-two block

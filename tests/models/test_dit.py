@@ -11,10 +11,10 @@ from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoRotaryPosEmbed
 from torch import nn
 
-from models.dit import HunyuanVideoDiT
-from models.dit_config import DIT_PRESETS, DiTConfig, dit_preset
-from models.dit_loading import diffusers_to_official_state_dict, load_dit
-from models.ops import rope_tables
+from hyv.models.dit import HunyuanVideoDiT
+from hyv.models.dit_config import DIT_PRESETS, DiTConfig, dit_preset
+from hyv.models.dit_loading import diffusers_to_official_state_dict, load_dit
+from hyv.models.ops import rope_tables
 
 TOL = 1e-5
 TINY = dit_preset("tiny")
@@ -262,7 +262,7 @@ def test_training_init_and_checkpointing() -> None:
 
 
 def test_extra_text_padding_is_trimmed_exactly() -> None:
-    from models.dit import trim_text_padding
+    from hyv.models.dit import trim_text_padding
 
     torch.manual_seed(0)
     model = HunyuanVideoDiT(dit_preset("tiny")).eval()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.checkpoint_io import CheckpointError
-from models.dit import HunyuanVideoDiT
-from models.dit_config import dit_preset
-from models.dit_loading import (
+from hyv.models.checkpoint_io import CheckpointError
+from hyv.models.dit import HunyuanVideoDiT
+from hyv.models.dit_config import dit_preset
+from hyv.models.dit_loading import (
     config_from_diffusers,
     diffusers_to_official_state_dict,
     infer_dit_config,

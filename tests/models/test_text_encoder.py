@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import (
+from hyv.models import (
     BuiltinTextEncoder,
     BuiltinTextEncoderConfig,
     HunyuanTextEncoder,
@@ -18,14 +18,14 @@ from models import (
     default_caption_vocabulary,
     load_text_encoder,
 )
-from models.checkpoint_io import CheckpointError
-from models.text_encoder_builtin import (
+from hyv.models.checkpoint_io import CheckpointError
+from hyv.models.text_encoder_builtin import (
     CAPTION_BACKGROUNDS,
     CAPTION_COLORS,
     CAPTION_MOTIONS,
     CAPTION_SHAPES,
 )
-from models.text_encoder_hf import HUNYUAN_CROP_START, HUNYUAN_PROMPT_TEMPLATE, compute_crop_start
+from hyv.models.text_encoder_hf import HUNYUAN_CROP_START, HUNYUAN_PROMPT_TEMPLATE, compute_crop_start
 from tests.models.hf_fixtures import SAMPLE_PROMPTS, TinyHunyuanTextStack, save_tiny_hunyuan_text_stack
 
 CPU = torch.device("cpu")
@@ -255,7 +255,7 @@ def test_builtin_padding_invariance() -> None:
 
 def test_builtin_unknown_words_and_truncation(caplog: pytest.LogCaptureFixture) -> None:
     enc = _tiny()
-    with caplog.at_level(logging.DEBUG, logger="models.text_encoder_builtin"):
+    with caplog.at_level(logging.DEBUG, logger="hyv.models.text_encoder_builtin"):
         emb = enc.encode(["a purple dodecahedron"])
     assert enc.tokenizer.unknown_counts == {"purple": 1, "dodecahedron": 1}
     ids, _ = enc.tokenizer.batch_encode(["a purple dodecahedron"], enc.max_length)
@@ -263,7 +263,7 @@ def test_builtin_unknown_words_and_truncation(caplog: pytest.LogCaptureFixture) 
     assert any("unknown" in r.message and r.levelno == logging.DEBUG for r in caplog.records)
     assert emb.mask.sum().item() == 5
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="models.text_encoder_builtin"):
+    with caplog.at_level(logging.WARNING, logger="hyv.models.text_encoder_builtin"):
         long = enc.encode([" ".join(["red"] * 50)])
     assert long.mask.sum().item() == enc.max_length
     assert any("truncated" in r.message for r in caplog.records)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import CausalVAE3D, VAEConfig, VAETiling, vae_preset
-from models.vae_blocks import CausalConv3d, UpsampleCausal3D
+from hyv.models import CausalVAE3D, VAEConfig, VAETiling, vae_preset
+from hyv.models.vae_blocks import CausalConv3d, UpsampleCausal3D
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -244,7 +244,7 @@ def test_causal_conv_and_upsample_are_causal_in_time() -> None:
 
 def test_posterior() -> None:
     moments = torch.randn(2, 32, 3, 4, 4)
-    from models import DiagonalGaussian
+    from hyv.models import DiagonalGaussian
 
     post = DiagonalGaussian(moments)
     assert post.mode() is post.mean and post.mean.shape == (2, 16, 3, 4, 4)

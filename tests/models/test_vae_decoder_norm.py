@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import CausalVAE3D
-from models.vae_config import VAEConfig, vae_preset
+from hyv.models import CausalVAE3D
+from hyv.models.vae_config import VAEConfig, vae_preset
 
 
 def _flat_color_fit(config: VAEConfig, steps: int = 150) -> float:

@@ -7,7 +7,15 @@ import json
 import pytest
 import torch
 
-from models import CausalVAE3D, VAEConfig, from_dit_latents, load_vae, save_vae, to_dit_latents, vae_preset
+from hyv.models import (
+    CausalVAE3D,
+    VAEConfig,
+    from_dit_latents,
+    load_vae,
+    save_vae,
+    to_dit_latents,
+    vae_preset,
+)
 
 MEAN = tuple(0.1 * c - 0.5 for c in range(16))
 STD = tuple(0.2 + 0.1 * c for c in range(16))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import CausalVAE3D, CheckpointError, load_vae, save_vae, vae_preset
+from hyv.models import CausalVAE3D, CheckpointError, load_vae, save_vae, vae_preset
 
 diffusers = pytest.importorskip("diffusers")
 

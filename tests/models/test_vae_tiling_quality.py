@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import CausalVAE3D, VAETiling, load_vae, vae_preset
+from hyv.models import CausalVAE3D, VAETiling, load_vae, vae_preset
 from tests.fixtures.make_tiny_vae import held_out_clip, psnr
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_vae"

@@ -31,7 +31,7 @@ ERROR_FIELDS = {"code", "message", "param", "type"}
 
 
 def make_reliability_settings(redis_url: str, bundle: Path, data_dir: Path, **overrides: Any) -> Any:
-    from service.settings import Settings
+    from hyv.service.settings import Settings
 
     values: dict[str, Any] = {
         "redis_url": redis_url,
@@ -49,7 +49,7 @@ def make_reliability_settings(redis_url: str, bundle: Path, data_dir: Path, **ov
 
 
 def image_capable_app(settings: Any) -> Any:
-    from service.api.app import create_app
+    from hyv.service.api.app import create_app
 
     app = create_app(settings)
     context = app.state.context

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api import auth as auth_module
+from hyv.service.api import auth as auth_module
 from tests.reliability.conftest import VALID, error_of, make_reliability_settings
 from tests.service.conftest_api import KEY_A, KEY_B, LiveServer, auth, free_port
 
@@ -100,7 +100,7 @@ def test_keyring_behaviour() -> None:
 
 
 def test_settings_never_show_secrets() -> None:
-    from service.settings import Settings
+    from hyv.service.settings import Settings
 
     settings = Settings(api_keys=["sekrit-one", "sekrit-two"], webhook_secret="sekrit-hook")
     for text in (repr(settings), str(settings)):
@@ -126,7 +126,7 @@ def _serve(data_dir: Path, bundle: Path, port: int, log: Path) -> subprocess.Pop
         HYV_JOB_LEASE_SECONDS="1.5",
         HYV_RATE_LIMIT_PER_MINUTE="0",
     )
-    code = "import typer; from service.cli import serve; typer.run(serve)"
+    code = "import typer; from hyv.cli import serve; typer.run(serve)"
     command = [
         sys.executable,
         "-c",
@@ -232,7 +232,7 @@ def test_api_keys_never_reach_any_log_or_data_file(tmp_path: Path, tiny_bundle_d
 def two_key_server(
     api_redis_url: str, tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    from service.api.app import create_app
+    from hyv.service.api.app import create_app
 
     settings = make_reliability_settings(api_redis_url, tiny_bundle_dir, tmp_path_factory.mktemp("auth-data"))
     server = LiveServer(create_app(settings)).start()

@@ -28,8 +28,8 @@ def _operations() -> list[tuple[str, str]]:
     (built without touching Redis: the client only connects when used)."""
     import tempfile
 
-    from service.api.app import create_app
-    from service.settings import Settings
+    from hyv.service.api.app import create_app
+    from hyv.service.settings import Settings
 
     data = Path(tempfile.mkdtemp(prefix="hyv-schema-"))
     app = create_app(
@@ -51,7 +51,7 @@ OPERATIONS = _operations()
 def schema_app(api_redis_url: str, tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     import redis
 
-    from service.api.app import create_app
+    from hyv.service.api.app import create_app
 
     redis.Redis.from_url(api_redis_url).flushdb()
     data = tmp_path_factory.mktemp("schema-data")

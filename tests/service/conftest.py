@@ -31,12 +31,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import redis  # noqa: E402
 
-from engine.bundle import init_random_bundle, save_bundle  # noqa: E402
-from service.celery_app import enqueue  # noqa: E402
-from service.jobs import Job, JobStore  # noqa: E402
-from service.launcher import RedisServer, start_worker, stop_worker, wait_for_workers  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.storage import LocalStorage  # noqa: E402
+from hyv.engine.bundle import init_random_bundle, save_bundle  # noqa: E402
+from hyv.service.celery_app import enqueue  # noqa: E402
+from hyv.service.jobs import Job, JobStore  # noqa: E402
+from hyv.service.launcher import RedisServer, start_worker, stop_worker, wait_for_workers  # noqa: E402
+from hyv.service.settings import Settings  # noqa: E402
+from hyv.service.storage import LocalStorage  # noqa: E402
 from tests.service.conftest_api import *  # noqa: E402, F403  (the API tests' fixtures)
 from tests.service.conftest_s3 import *  # noqa: E402, F403  (moto_s3, bucket)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-# prometheus-client's multiprocess mode reads this when service.metrics is first imported.
+# prometheus-client's multiprocess mode reads this when hyv.service.metrics is first imported.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hyv-test-metrics-"))
 
 KEY_A = "test-key-alpha"
@@ -70,7 +70,7 @@ def api_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-weight bundle (32x32 default, <= 64x64, <= 9 frames, T2V only)."""
-    from engine.bundle import init_random_bundle, save_bundle
+    from hyv.engine.bundle import init_random_bundle, save_bundle
 
     return save_bundle(init_random_bundle("tiny"), tmp_path_factory.mktemp("bundle") / "hyv-tiny")
 
@@ -80,7 +80,7 @@ def make_api_settings(api_redis_url: str, tiny_bundle_dir: Path, tmp_path: Path)
     """Settings on the private Redis (flushed first) and a fresh data dir; keyword overrides."""
     import redis
 
-    from service.settings import Settings
+    from hyv.service.settings import Settings
 
     redis.Redis.from_url(api_redis_url).flushdb()
 
@@ -135,8 +135,8 @@ def serve_app() -> Iterator[Callable[[Any], LiveServer]]:
     servers: list[LiveServer] = []
 
     def serve(target: Any) -> LiveServer:
-        from service.api.app import create_app
-        from service.settings import Settings
+        from hyv.service.api.app import create_app
+        from hyv.service.settings import Settings
 
         app = create_app(target) if isinstance(target, Settings) else target
         server = LiveServer(app).start()

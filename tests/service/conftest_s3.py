@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from service.storage_s3 import S3Storage
+from hyv.service.storage_s3 import S3Storage
 from tests.service.conftest_api import free_port
 
 __all__ = ["bucket", "moto_s3"]  # the fixtures (conftest.py star-imports them)

@@ -177,7 +177,7 @@ def i2v_api(
 
 
 def test_image_to_video_upload_and_data_url(i2v_api: tuple[httpx.Client, Any]) -> None:
-    from service.storage import LocalStorage
+    from hyv.service.storage import LocalStorage
 
     client, settings = i2v_api
     image = png_bytes(40, 20)
@@ -253,7 +253,7 @@ def test_without_keys_everyone_is_anonymous(
 
 
 def test_no_keys_means_loopback_only() -> None:
-    from service.api.auth import check_bind
+    from hyv.service.api.auth import check_bind
 
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.5"):
         check_bind(host, [])

@@ -1,5 +1,5 @@
 """Content (Range, ETag, the growing MP4), thumbnails and SSE, with the test playing the worker's
-part through the real storage and job store (the same calls service.worker makes), so the timing
+part through the real storage and job store (the same calls hyv.service.worker makes), so the timing
 of every write is under the test's control. The end-to-end versions with a real Celery worker are
 in test_api_e2e.py."""
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.video_io import FragmentedMP4Encoder, read_mp4
+from hyv.engine.video_io import FragmentedMP4Encoder, read_mp4
 from tests.service.conftest import wait_until
 from tests.service.conftest_api import KEY_A, auth
 
@@ -28,20 +28,20 @@ class FakeWorkerSide:
     """Writes what a worker writes: status/progress in the JobStore, MP4 bytes in storage."""
 
     def __init__(self, settings: Any) -> None:
-        from service.jobs import JobStore
-        from service.storage import LocalStorage
+        from hyv.service.jobs import JobStore
+        from hyv.service.storage import LocalStorage
 
         self.store = JobStore.from_url(settings.redis_url)
         self.storage = LocalStorage(settings.data_dir)
 
     def start(self, job_id: str) -> Any:
-        from service.jobs import JobStatus
+        from hyv.service.jobs import JobStatus
 
         self.store.update(job_id, status=JobStatus.IN_PROGRESS, started_at=int(time.time()), stage="denoise")
         return self.storage.open_writer(job_id)
 
     def complete(self, job_id: str, writer: Any) -> None:
-        from service.jobs import JobStatus
+        from hyv.service.jobs import JobStatus
 
         writer.close()
         self.store.update(
@@ -168,7 +168,7 @@ def test_stream_of_a_rendering_video_follows_the_growing_file(
 
 
 def test_stream_is_cut_when_the_job_fails(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
-    from service.jobs import JobStatus
+    from hyv.service.jobs import JobStatus
 
     client, worker = env
     job_id = submit(client)
@@ -376,7 +376,7 @@ def read_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
 def test_events_stream_progress_in_order_then_the_final_state(
     env: tuple[httpx.Client, FakeWorkerSide],
 ) -> None:
-    from service.jobs import JobStatus
+    from hyv.service.jobs import JobStatus
 
     client, worker = env
     job_id = submit(client)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from engine.video_io import read_mp4
+from hyv.engine.video_io import read_mp4
 from tests.service.conftest_api import KEY_A, KEY_B, auth
 from tests.service.test_api_content import read_events
 

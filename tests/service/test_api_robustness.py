@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
-from service.jobs import JobStatus, JobStore
-from service.settings import queue_name
+from hyv.service.jobs import JobStatus, JobStore
+from hyv.service.settings import queue_name
 from tests.service.conftest_api import KEY_A, auth
 from tests.service.test_api_content import FakeWorkerSide, mp4_pieces, submit
 
@@ -29,11 +29,11 @@ pytestmark = pytest.mark.timeout(120)
 def test_the_api_process_never_imports_torch(tiny_bundle_dir: Path, tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from service.api.app import create_app\n"
-        "from service.settings import Settings\n"
+        "from hyv.service.api.app import create_app\n"
+        "from hyv.service.settings import Settings\n"
         f"create_app(Settings(redis_url='redis://127.0.0.1:1/0', weights={str(tiny_bundle_dir)!r}, "
         f"data_dir={str(tmp_path)!r}))\n"
-        "heavy = ('torch', 'models', 'engine.pipeline', 'engine.bundle', 'service.worker')\n"
+        "heavy = ('torch', 'models', 'hyv.engine.pipeline', 'hyv.engine.bundle', 'hyv.service.worker')\n"
         "print(sorted(m for m in sys.modules if m in heavy or m.startswith('torch.')))\n"
     )
     result = subprocess.run(

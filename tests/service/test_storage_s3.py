@@ -1,4 +1,4 @@
-"""S3 storage (service.storage_s3) against a real S3-compatible server: moto's, run as its own
+"""S3 storage (hyv.service.storage_s3) against a real S3-compatible server: moto's, run as its own
 process with IAM authentication on (tests/service/conftest_s3.py).
 
 - S3Storage itself: the local spool and the upload (single PUT and multipart), ranged reads,
@@ -26,11 +26,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from engine.video_io import read_mp4
-from service.jobs import JobStatus, JobStore
-from service.settings import Settings
-from service.storage import StorageError, make_storage
-from service.storage_s3 import RangeNotSatisfiableError, S3Storage
+from hyv.engine.video_io import read_mp4
+from hyv.service.jobs import JobStatus, JobStore
+from hyv.service.settings import Settings
+from hyv.service.storage import StorageError, make_storage
+from hyv.service.storage_s3 import RangeNotSatisfiableError, S3Storage
 from tests.service.conftest import Cluster, wait_until
 from tests.service.conftest_api import KEY_A, auth, free_port
 from tests.service.conftest_s3 import PREFIX, MotoS3, make_s3, objects
@@ -47,7 +47,7 @@ def s3(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> S3Storage:
 
 
 def job_id() -> str:
-    from service.jobs import new_job_id
+    from hyv.service.jobs import new_job_id
 
     return new_job_id()
 

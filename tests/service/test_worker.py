@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from engine.video_io import read_mp4
-from service.celery_app import enqueue
-from service.jobs import Job, JobStatus, JobStore
-from service.settings import Settings
-from service.storage import LocalStorage
+from hyv.engine.video_io import read_mp4
+from hyv.service.celery_app import enqueue
+from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.settings import Settings
+from hyv.service.storage import LocalStorage
 from tests.service.conftest import MODEL, WEBHOOK_SECRET, Cluster, wait_until
 
 STAGE_ORDER = ["text_encode", "denoise", "decode", "encode"]
@@ -85,7 +85,7 @@ def test_invalid_request_fails_cleanly(submit: Callable[..., Job], store: JobSto
 
 
 def test_webhook_signed_on_completion(submit: Callable[..., Job], store: JobStore) -> None:
-    from service import webhooks
+    from hyv.service import webhooks
 
     received: list[tuple[dict[str, str], str]] = []
 
@@ -198,8 +198,8 @@ def test_a_run_that_lost_its_claim_publishes_nothing_and_leaves_the_job(
     """The worker's runtime in this process with no beat thread, so nothing renews its claim: the
     lease lapses mid-run and another worker takes the job. The run goes on to its end without
     noticing, then finds the claim gone: it drops its video and writes no final state."""
-    from service.worker import WorkerRuntime
-    from service.worker_health import load_pipeline
+    from hyv.service.worker import WorkerRuntime
+    from hyv.service.worker_health import load_pipeline
     from tests.service.conftest import make_settings
 
     url = redis_server.url.rsplit("/", 1)[0] + "/15"  # a private db (no worker, no reaper on it)

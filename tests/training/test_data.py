@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.text_encoder_builtin import CAPTION_BACKGROUNDS, CAPTION_COLORS, CAPTION_MOTIONS, CAPTION_SHAPES
-from training.data import (
+from hyv.models.text_encoder_builtin import (
+    CAPTION_BACKGROUNDS,
+    CAPTION_COLORS,
+    CAPTION_MOTIONS,
+    CAPTION_SHAPES,
+)
+from hyv.training.data import (
     BACKGROUND_RGB,
     BACKGROUNDS,
     COLOR_RGB,
@@ -32,7 +37,7 @@ from training.data import (
     to_uint8,
     train_combinations,
 )
-from training.data.render import in_frame
+from hyv.training.data.render import in_frame
 
 HELDOUT_SHA256 = "bc0e09b1dbb5c6eced6bac81f32f49dc465d8756dc0fff702b29ff007e496036"
 

@@ -1,4 +1,4 @@
-"""Distillation (training/distill) on the tiny bundle at 32x32x5: the CFG student reproduces the
+"""Distillation (hyv/training/distill) on the tiny bundle at 32x32x5: the CFG student reproduces the
 teacher's true CFG in one forward, the step student follows the teacher's trajectory in 2 steps,
 both bundles load and serve, the pipeline picks up the distilled schedule, resume is exact."""
 
@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from engine.bundle import init_random_bundle, load_bundle, save_bundle
-from engine.pipeline import SCHEDULE_METADATA_KEY, Progress, VideoPipeline
-from engine.request import GenerationRequest
-from engine.sampling import flow_schedule
-from models import HunyuanVideoDiT, load_dit, read_dit_metadata
-from training.distill import METRICS_FILE, CFGDistiller, DistillConfig, StepDistiller
-from training.distill.cli import stage_configs
-from training.distill.common import CFG_DISTILLED_KEY, image_condition, select
-from training.dit import list_checkpoints
+from hyv.engine.bundle import init_random_bundle, load_bundle, save_bundle
+from hyv.engine.pipeline import SCHEDULE_METADATA_KEY, Progress, VideoPipeline
+from hyv.engine.request import GenerationRequest
+from hyv.engine.sampling import flow_schedule
+from hyv.models import HunyuanVideoDiT, load_dit, read_dit_metadata
+from hyv.training.distill import METRICS_FILE, CFGDistiller, DistillConfig, StepDistiller
+from hyv.training.distill.cli import stage_configs
+from hyv.training.distill.common import CFG_DISTILLED_KEY, image_condition, select
+from hyv.training.dit import list_checkpoints
 
 SIZE, FRAMES = 32, 5
 
@@ -254,7 +254,7 @@ def test_distill_command_runs_both_stages(teacher_dir: Path, tmp_path: Path) -> 
     import typer
     from typer.testing import CliRunner
 
-    from training.distill.cli import distill_command
+    from hyv.training.distill.cli import distill_command
 
     app = typer.Typer()
     app.command("distill")(distill_command)

@@ -1,4 +1,4 @@
-"""DiT training (training/dit) on the tiny bundle at 32x32x5: the exported bundle serves T2V and
+"""DiT training (hyv/training/dit) on the tiny bundle at 32x32x5: the exported bundle serves T2V and
 I2V, a fixed batch is overfitted, resume replays an interrupted run exactly, and the step's inputs
 (I2V condition, text dropout, guidance) are what the pipeline feeds at inference."""
 
@@ -12,12 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.pipeline import PipelineOptions, VideoPipeline
-from engine.request import GenerationRequest
-from engine.video_io import read_mp4
-from models import load_dit, load_text_encoder, to_dit_latents
-from training.data.dataset import SyntheticVideoDataset
-from training.dit import DiTTrainConfig, DiTTrainer, FixedBatch, SyntheticBatches, list_checkpoints, train_dit
+from hyv.engine.pipeline import PipelineOptions, VideoPipeline
+from hyv.engine.request import GenerationRequest
+from hyv.engine.video_io import read_mp4
+from hyv.models import load_dit, load_text_encoder, to_dit_latents
+from hyv.training.data.dataset import SyntheticVideoDataset
+from hyv.training.dit import (
+    DiTTrainConfig,
+    DiTTrainer,
+    FixedBatch,
+    SyntheticBatches,
+    list_checkpoints,
+    train_dit,
+)
 
 SIZE, FRAMES = 32, 5
 
@@ -265,7 +272,7 @@ def test_joint_text_encoder_training_updates_and_exports_the_encoder(tmp_path: P
 
 
 def test_latent_cache_matches_the_encoder_and_resumes(tmp_path: Path) -> None:
-    from training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
+    from hyv.training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
 
     config = _config(tmp_path, cache_videos=5, cache_images=3, image_fraction=0.5)
     trainer = DiTTrainer(config)

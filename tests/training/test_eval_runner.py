@@ -15,16 +15,16 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from engine.bundle import ModelBundle, init_random_bundle, save_bundle
-from engine.pipeline import PipelineOptions, VideoPipeline
-from engine.request import GenerationRequest
-from engine.video_io import video_to_uint8
-from models import HunyuanVideoDiT, dit_preset
-from training.data import heldout_combinations, is_heldout, render_clip
-from training.eval import evaluate
-from training.eval.card import CARD_FILE, RECIPE_FILE, THRESHOLDS, check_thresholds, render_model_card
-from training.eval.cli import eval_command
-from training.eval.runner import (
+from hyv.engine.bundle import ModelBundle, init_random_bundle, save_bundle
+from hyv.engine.pipeline import PipelineOptions, VideoPipeline
+from hyv.engine.request import GenerationRequest
+from hyv.engine.video_io import video_to_uint8
+from hyv.models import HunyuanVideoDiT, dit_preset
+from hyv.training.data import heldout_combinations, is_heldout, render_clip
+from hyv.training.eval import evaluate
+from hyv.training.eval.card import CARD_FILE, RECIPE_FILE, THRESHOLDS, check_thresholds, render_model_card
+from hyv.training.eval.cli import eval_command
+from hyv.training.eval.runner import (
     EVAL_FILE,
     SHEET_FILE,
     EvalConfig,
@@ -32,7 +32,7 @@ from training.eval.runner import (
     evaluate_bundle,
     heldout_items,
 )
-from training.eval.sampling import generate_batch, served_sampler, teacher_sampler
+from hyv.training.eval.sampling import generate_batch, served_sampler, teacher_sampler
 
 SIZE, FRAMES = 32, 5
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.data import (
+from hyv.training.data import (
     Attributes,
     ClipSpec,
     SyntheticVideoDataset,
@@ -18,7 +18,7 @@ from training.data import (
     sample_spec,
     to_uint8,
 )
-from training.eval import evaluate, i2v_consistency, judge_clip, psnr, ssim
+from hyv.training.eval import evaluate, i2v_consistency, judge_clip, psnr, ssim
 
 
 def _render_all(size: int = 64, frames: int = 17, seed: int = 0) -> list[tuple[np.ndarray, ClipSpec]]:

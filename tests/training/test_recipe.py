@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.bundle import read_bundle_spec
-from engine.pipeline import SCHEDULE_METADATA_KEY, PipelineOptions, VideoPipeline
-from engine.request import GenerationRequest
-from engine.video_io import read_mp4
-from models import read_dit_metadata
-from training.recipe import RECIPE_FILE, STATE_FILE, Recipe, RecipeConfig, train_bundle
+from hyv.engine.bundle import read_bundle_spec
+from hyv.engine.pipeline import SCHEDULE_METADATA_KEY, PipelineOptions, VideoPipeline
+from hyv.engine.request import GenerationRequest
+from hyv.engine.video_io import read_mp4
+from hyv.models import read_dit_metadata
+from hyv.training.recipe import RECIPE_FILE, STATE_FILE, Recipe, RecipeConfig, train_bundle
 
 SIZE, FRAMES = 32, 5
 
@@ -168,11 +168,11 @@ def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:
 
 def test_the_recorded_command_uses_only_options_the_cli_has(tmp_path: Path) -> None:
     """`recipe.json`'s command must run: its option names come from a hand list (_CLI_OPTIONS)
-    that has to follow `hyv train bundle`'s signature in engine/cli.py."""
+    that has to follow `hyv train bundle`'s signature in hyv/training/cli.py."""
     import typer
 
-    from engine.cli import app
-    from training.recipe import _CLI_OPTIONS, _cli_args
+    from hyv.cli import app
+    from hyv.training.recipe import _CLI_OPTIONS, _cli_args
 
     group: Any = typer.main.get_command(app)  # a click group (typer may vendor its own click)
     bundle_command = group.commands["train"].commands["bundle"]

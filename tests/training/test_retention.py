@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from engine.bundle import DEFAULT_BUNDLE_DIR, load_bundle, save_bundle
-from models import HunyuanVideoDiT, to_dit_latents
-from training.data import render_clip
-from training.data.dataset import to_tensor
-from training.eval.retention import (
+from hyv.engine.bundle import DEFAULT_BUNDLE_DIR, load_bundle, save_bundle
+from hyv.models import HunyuanVideoDiT, to_dit_latents
+from hyv.training.data import render_clip
+from hyv.training.data.dataset import to_tensor
+from hyv.training.eval.retention import (
     RETENTION_FILE,
     RETENTION_PLOT,
     RetentionConfig,
@@ -23,7 +23,7 @@ from training.eval.retention import (
     noised_latents,
     run_retention,
 )
-from training.eval.runner import heldout_items, open_bundle
+from hyv.training.eval.runner import heldout_items, open_bundle
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_zero_velocity_model_keeps_what_it_is_shown_and_nothing_else(
 
 
 def test_cli_runs_and_rejects_bad_levels(still_bundle: Path, tmp_path: Path) -> None:
-    from engine.cli import app
+    from hyv.cli import app
 
     runner = CliRunner()
     args = ["train", "retention", "--bundle", str(still_bundle), "--out", str(tmp_path), "--steps", "2"]

@@ -1,4 +1,4 @@
-"""The VAE's image phase (training/vae): large batches of image crops first, then the temporal
+"""The VAE's image phase (hyv/training/vae): large batches of image crops first, then the temporal
 kernels folded onto the current frame (a keyframe codec to start the video phases from), with
 the learning-rate schedule restarting at the first video step and exact resume across it."""
 
@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import CausalVAE3D
-from models.vae_blocks import CausalConv3d
-from models.vae_config import vae_preset
+from hyv.models import CausalVAE3D
+from hyv.models.vae_blocks import CausalConv3d
+from hyv.models.vae_config import vae_preset
+from hyv.training.vae import VAETrainConfig, VAETrainer, train_vae
+from hyv.training.vae.data import VAEBatches, phase_name
+from hyv.training.vae.trainer import inflate_temporal_kernels
 from tests.training.test_vae_training import _config
-from training.vae import VAETrainConfig, VAETrainer, train_vae
-from training.vae.data import VAEBatches, phase_name
-from training.vae.trainer import inflate_temporal_kernels
 
 
 @pytest.fixture(autouse=True)

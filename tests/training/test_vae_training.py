@@ -1,5 +1,5 @@
-"""VAE training (training/vae) on the tiny preset at 16x16: the curriculum's batches, the losses
-going down, the saved VAE round-tripping through models.load_vae, exact resume, the GAN switching
+"""VAE training (hyv/training/vae) on the tiny preset at 16x16: the curriculum's batches, the losses
+going down, the saved VAE round-tripping through hyv.models.load_vae, exact resume, the GAN switching
 on after its warm-up, and config validation."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from models import load_vae
-from models.vae_blocks import ResnetBlockCausal3D
-from training.data.render import render_clip
-from training.vae import VAETrainConfig, VAETrainer, train_vae
-from training.vae.data import VAEBatches, frame_times, phase_name, render_times
-from training.vae.losses import FixedFeatures, PatchDiscriminator3D, perceptual_loss
-from training.vae.trainer import foreground_weight
+from hyv.models import load_vae
+from hyv.models.vae_blocks import ResnetBlockCausal3D
+from hyv.training.data.render import render_clip
+from hyv.training.vae import VAETrainConfig, VAETrainer, train_vae
+from hyv.training.vae.data import VAEBatches, frame_times, phase_name, render_times
+from hyv.training.vae.losses import FixedFeatures, PatchDiscriminator3D, perceptual_loss
+from hyv.training.vae.trainer import foreground_weight
 
 
 @pytest.fixture(autouse=True)

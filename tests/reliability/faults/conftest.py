@@ -27,12 +27,12 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.bundle import init_random_bundle, save_bundle
-from engine.video_io import read_mp4
-from service.celery_app import enqueue
-from service.jobs import Job, JobStatus, JobStore
-from service.launcher import RedisServer, free_port, start_worker, stop_worker, wait_for_workers
-from service.settings import Settings
+from hyv.engine.bundle import init_random_bundle, save_bundle
+from hyv.engine.video_io import read_mp4
+from hyv.service.celery_app import enqueue
+from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.launcher import RedisServer, free_port, start_worker, stop_worker, wait_for_workers
+from hyv.service.settings import Settings
 
 MODEL = "hyv-tiny"
 READY_TIMEOUT_S = 120.0
@@ -221,13 +221,13 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def start_api(self, timeout_s: float = 60.0) -> subprocess.Popen[bytes]:
-        from service.launcher import settings_env
+        from hyv.service.launcher import settings_env
 
         self.api_port = self.api_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYV_")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # its own, under data_dir (serve clears it)
         env.update(settings_env(self.settings))
-        code = "import typer; from service.cli import serve; typer.run(serve)"
+        code = "import typer; from hyv.cli import serve; typer.run(serve)"
         command = [sys.executable, "-c", code, "--workers", "0", "--port", str(self.api_port)]
         with (self.root / "api.log").open("ab") as out:
             self.api = subprocess.Popen(

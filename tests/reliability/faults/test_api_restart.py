@@ -18,8 +18,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from engine.video_io import read_mp4
-from service.jobs import JobStatus
+from hyv.engine.video_io import read_mp4
+from hyv.service.jobs import JobStatus
 from tests.reliability.faults.conftest import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api.app import create_app
+from hyv.service.api.app import create_app
 from tests.reliability.faults.conftest import MODEL, SMALL, Stack, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -2,7 +2,7 @@
 RLIMIT_DATA of its pool process, set once the model is loaded) gets a job that needs more. The job
 fails with `out_of_memory`, the worker (the same process) completes the next job, again and again.
 On a GPU the same setting caps PyTorch's allocator and torch.cuda.OutOfMemoryError is classified
-the same way (service.worker_health)."""
+the same way (hyv.service.worker_health)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from service.jobs import JobStatus
+from hyv.service.jobs import JobStatus
 from tests.reliability.faults.conftest import SMALL, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -11,8 +11,8 @@ import kombu
 import pytest
 import redis
 
-from service.broker import TRANSPORT
-from service.launcher import RedisServer
+from hyv.service.broker import TRANSPORT
+from hyv.service.launcher import RedisServer
 from tests.reliability.faults.conftest import MEDIUM, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -48,7 +48,7 @@ def test_redis_restart_with_jobs_queued_and_running(
 
 
 def test_an_ack_that_fails_while_redis_is_down_frees_the_prefetch_slot(tmp_path: Path) -> None:
-    """service.broker's fix, on its own: with kombu's Redis transport a failed ack keeps the
+    """hyv.service.broker's fix, on its own: with kombu's Redis transport a failed ack keeps the
     consumer's only prefetch slot taken, and the worker never takes another message."""
     received: list[kombu.Message] = []
     with RedisServer(tmp_path / "redis", persist=True) as server:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from service.launcher import stop_worker
+from hyv.service.launcher import stop_worker
 from tests.reliability.faults.conftest import MEDIUM, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

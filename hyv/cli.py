@@ -1,0 +1,301 @@
+"""`hyv`: the project's one console command, above every layer.
+
+    generate, init-weights, convert    the engine (one video; a bundle's weights)
+    serve, worker                      the HTTP service (hyv.service)
+    train ...                          the training recipe (hyv.training.cli, loaded lazily)
+
+Each command imports its layer when it runs, so `hyv --help` and the API container's
+`hyv serve --workers 0` never import torch (tests/test_cli_imports.py checks it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from hyv.engine.bundle_spec import BUNDLE_PRESETS, CHECKOUT_BUNDLE_DIR, DEFAULT_BUNDLE_DIR, read_bundle_spec
+
+if TYPE_CHECKING:
+    import torch
+
+TRAIN_HELP = "Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`."
+
+
+class LazyGroup(TyperGroup):
+    """A command group whose commands are imported on first use (listing it in `hyv --help` only
+    needs its name and help text)."""
+
+    def __init__(self, *, name: str, target: str, help: str) -> None:
+        self._target = target  # "module:typer_app_attribute"
+        self._group: TyperGroup | None = None
+        super().__init__(name=name, help=help, no_args_is_help=True)
+
+    def _load(self) -> TyperGroup:
+        if self._group is None:
+            module, attribute = self._target.split(":")
+            group = typer.main.get_group(getattr(importlib.import_module(module), attribute))
+            assert isinstance(group, TyperGroup)
+            self._group = group
+            self.callback = group.callback
+        return self._group
+
+    # typer vendors its own click, so the click types stay Any here.
+    @property  # type: ignore[override]
+    def commands(self) -> dict[str, Any]:
+        return dict(self._load().commands)
+
+    @commands.setter
+    def commands(self, value: object) -> None:  # TyperGroup.__init__ assigns an empty dict
+        pass
+
+    def invoke(self, ctx: Any) -> Any:
+        self._load()
+        return super().invoke(ctx)
+
+
+class RootGroup(TyperGroup):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_command(LazyGroup(name="train", target="hyv.training.cli:train_app", help=TRAIN_HELP))
+
+
+app = typer.Typer(
+    cls=RootGroup,
+    help="HunyuanVideo-style video generation: generate, serve, train.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)  # progress and messages on stderr; stdout carries the JSON line
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    from hyv.models.checkpoint_io import parse_dtype
+
+    try:
+        return parse_dtype(name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command("init-weights")
+def init_weights(
+    preset: Annotated[str, typer.Option(help=f"Bundle preset: {', '.join(BUNDLE_PRESETS)}.")] = "small",
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")] = CHECKOUT_BUNDLE_DIR,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (bf16 for the 13B).")] = "fp32",
+    seed: Annotated[int, typer.Option(help="Initialization seed.")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing bundle.")] = False,
+) -> None:
+    """Write a model bundle with RANDOM weights (the pipeline runs; the video is noise until trained)."""
+    import torch
+
+    from hyv.engine.bundle import init_random_bundle, save_bundle
+
+    if (out / "bundle.json").exists() and not force:
+        console.print(f"[yellow]{out} already holds a bundle; pass --force to overwrite.[/]")
+        raise typer.Exit(0)
+    try:
+        bundle = init_random_bundle(preset, seed=seed, dtype=_dtype(dtype) or torch.float32)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    save_bundle(bundle, out)
+    params = sum(p.numel() for p in bundle.dit.parameters())
+    console.print(f"Wrote untrained bundle [bold]{preset}[/] to {out} (DiT: {params / 1e6:.1f}M parameters).")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What the video shows.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="MP4 file to write.")] = Path("outputs/video.mp4"),
+    weights: Annotated[Path, typer.Option(help="Model bundle directory.")] = DEFAULT_BUNDLE_DIR,
+    image: Annotated[Path | None, typer.Option(help="First frame for image-to-video.")] = None,
+    width: Annotated[int | None, typer.Option(help="Width in pixels (multiple of 16).")] = None,
+    height: Annotated[int | None, typer.Option(help="Height in pixels (multiple of 16).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Number of frames, 4n+1.")] = None,
+    fps: Annotated[int | None, typer.Option(help="Frames per second of the MP4.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt (true-CFG models).")] = "",
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: random, printed).")] = None,
+    sp: Annotated[
+        int, typer.Option(help="Sequence-parallel processes on this machine (or run under torchrun).")
+    ] = 1,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
+    text_encoder: Annotated[Path | None, typer.Option(help="HunyuanVideo text encoders (13B).")] = None,
+    offload: Annotated[bool, typer.Option(help="Text encoder and VAE on the CPU during denoising.")] = False,
+    offload_blocks: Annotated[bool, typer.Option(help="DiT blocks on the CPU (small GPUs).")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the DiT blocks.")] = False,
+) -> None:
+    """Generate one video and write it as an MP4; prints one JSON line (path, stage seconds, memory)."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from hyv.engine.pipeline import PipelineOptions, VideoPipeline, default_device_and_dtype
+    from hyv.engine.pipeline import Progress as StepProgress
+    from hyv.engine.request import GenerationRequest
+
+    try:
+        spec = read_bundle_spec(weights)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    if not spec.trained:
+        console.print(f"[yellow]{weights} holds untrained (random) weights: expect noise.[/]")
+    try:
+        request = GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            image=image.read_bytes() if image is not None else None,
+            width=width,
+            height=height,
+            num_frames=frames,
+            fps=fps,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+        )
+    except (ValidationError, OSError) as exc:
+        console.print(f"[red]invalid request: {exc}[/]")
+        raise typer.Exit(2) from exc
+    default_device, default_dtype = default_device_and_dtype()
+    options = PipelineOptions(
+        device=device or default_device,
+        dtype=_dtype(dtype) or default_dtype,
+        offload_encoders=offload,
+        offload_blocks=offload_blocks,
+        compile_blocks=compile,
+    )
+    from hyv.engine.parallel.launch import launched_by_torchrun
+
+    if sp > 1 or launched_by_torchrun():  # torchrun: one process per GPU, world size from torchrun
+        from hyv.engine.parallel.generate import generate_sequence_parallel
+
+        summary = generate_sequence_parallel(weights, request, options, out, sp, text_encoder)
+        print(json.dumps({"path": str(out), **summary}))
+        return
+    try:
+        pipeline = VideoPipeline.from_dir(weights, options, text_encoder_path=text_encoder)
+        pipeline.plan(request)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]invalid request: {exc}[/]")
+        raise typer.Exit(2) from exc
+    with Progress(
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def on_progress(event: StepProgress) -> None:
+            if event.stage not in ("denoise", "decode"):
+                return
+            if event.stage not in tasks:
+                tasks[event.stage] = bar.add_task(event.stage, total=event.total)
+            bar.update(tasks[event.stage], completed=event.step, total=event.total)
+
+        result = pipeline.generate(request, on_progress=on_progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.mp4)
+    print(json.dumps({"path": str(out), **result.summary()}))
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Official .pt/.safetensors or a diffusers directory.")],
+    output: Annotated[Path, typer.Argument(help="Directory for the project's own format.")],
+    kind: Annotated[str, typer.Option(help="dit or vae.")] = "dit",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "bf16",
+) -> None:
+    """Convert an official or diffusers checkpoint into the project's own format."""
+    from hyv.models import load_dit, load_vae, save_dit, save_vae
+
+    if kind == "dit":
+        save_dit(load_dit(source, dtype=_dtype(dtype)), output)
+    elif kind == "vae":
+        save_vae(load_vae(source, dtype=_dtype(dtype)), output)
+    else:
+        raise typer.BadParameter(f"--kind must be 'dit' or 'vae', got {kind!r}")
+    console.print(f"Converted {kind} {source} -> {output}")
+
+
+def _settings(**overrides: Any) -> Any:
+    from pydantic import ValidationError
+
+    from hyv.service.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (HYV_HOST; default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (HYV_PORT; default 8000).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Videos, Redis data and metrics (HYV_DATA_DIR; default ./data).")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Model bundle (HYV_WEIGHTS).")] = None,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes to start (one per GPU; 0 = API only, with HYV_REDIS_URL).")
+    ] = 1,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Use this Redis instead of starting one (HYV_REDIS_URL).")
+    ] = None,
+) -> None:
+    """Serve the video API: starts Redis (unless HYV_REDIS_URL), the workers and the API together."""
+    from hyv.service.launcher import serve as run_serve
+
+    settings = _settings(host=host, port=port, data_dir=data_dir, weights=weights, redis_url=redis_url)
+    try:
+        spec = read_bundle_spec(settings.weights)
+    except FileNotFoundError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    if "model_name" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"model_name": spec.name})
+    if workers < 0 or (workers == 0 and not settings.redis_url):
+        raise typer.BadParameter(f"--workers must be >= 1 (or 0 with HYV_REDIS_URL), got {workers}")
+    run_serve(settings, workers)
+
+
+@app.command()
+def worker(
+    redis_url: Annotated[str | None, typer.Option(help="The API's Redis (HYV_REDIS_URL).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Model bundle (HYV_WEIGHTS).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Shared storage folder (HYV_DATA_DIR).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (HYV_DEVICE).")] = None,
+    name: Annotated[str, typer.Option(help="Worker name (Celery hostname prefix).")] = "worker",
+) -> None:
+    """Run one GPU worker (production): takes jobs of the served model from Redis."""
+    from hyv.service.launcher import run_worker
+
+    settings = _settings(redis_url=redis_url, weights=weights, data_dir=data_dir, device=device)
+    if not settings.redis_url:
+        raise typer.BadParameter("hyv worker needs --redis-url or HYV_REDIS_URL")
+    try:
+        spec = read_bundle_spec(settings.weights)
+    except FileNotFoundError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    if "model_name" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"model_name": spec.name})
+    run_worker(settings, name)

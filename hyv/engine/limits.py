@@ -1,0 +1,107 @@
+"""Sizes a model can serve: the request -> concrete plan resolution with clear errors.
+
+Width and height are multiples of 16 (8x VAE downsampling, then 2x2 patches); frame counts are 4n+1
+(4x causal temporal compression). The 13B model serves HunyuanVideo's resolution buckets only.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from hyv.engine.request import GenerationRequest
+
+SIZE_MULTIPLE = 16
+TIME_STRIDE = 4
+
+# HunyuanVideo's official buckets as (width, height): 9:16, 16:9, 4:3, 3:4, 1:1.
+BUCKETS_540P: tuple[tuple[int, int], ...] = ((544, 960), (960, 544), (832, 624), (624, 832), (720, 720))
+BUCKETS_720P: tuple[tuple[int, int], ...] = ((720, 1280), (1280, 720), (1104, 832), (832, 1104), (960, 960))
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Defaults for omitted fields and the bounds a request must stay within."""
+
+    width: int = 128
+    height: int = 128
+    num_frames: int = 17
+    fps: int = 8
+    steps: int = 12
+    flow_shift: float = 5.0
+    guidance: float = 6.0
+    max_width: int = 512
+    max_height: int = 512
+    max_frames: int = 65
+    max_steps: int = 100
+    buckets: tuple[tuple[int, int], ...] | None = None  # allowed (width, height); None = any
+    requires_image: bool = False  # an image-to-video-only model (e.g. HunyuanVideo-I2V)
+
+    def __post_init__(self) -> None:
+        if self.buckets is not None:  # JSON gives lists
+            object.__setattr__(self, "buckets", tuple((int(w), int(h)) for w, h in self.buckets))
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """A request resolved against a model: every value concrete and valid."""
+
+    prompt: str
+    negative_prompt: str
+    image: bytes | None
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    steps: int
+    guidance: float
+    flow_shift: float
+    seed: int
+
+    @property
+    def latent_frames(self) -> int:
+        return (self.num_frames - 1) // TIME_STRIDE + 1
+
+
+def resolve(
+    request: GenerationRequest, limits: ModelLimits, fixed_steps: int | None = None
+) -> GenerationPlan:
+    """Fill defaults and check the request against the model; ValueError names the offending field.
+
+    fixed_steps: a step-distilled student's step count (its schedule is fixed by training).
+    """
+    if limits.requires_image and request.image is None:
+        raise ValueError("image is required: this model is image-to-video only")
+    width = request.width if request.width is not None else limits.width
+    height = request.height if request.height is not None else limits.height
+    frames = request.num_frames if request.num_frames is not None else limits.num_frames
+    for name, value, upper in (("width", width, limits.max_width), ("height", height, limits.max_height)):
+        if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= upper:
+            raise ValueError(
+                f"{name} must be a multiple of {SIZE_MULTIPLE} in [{SIZE_MULTIPLE}, {upper}], got {value}"
+            )
+    if limits.buckets is not None and (width, height) not in limits.buckets:
+        sizes = ", ".join(f"{w}x{h}" for w, h in limits.buckets)
+        raise ValueError(f"size {width}x{height} is not one of this model's resolution buckets: {sizes}")
+    if (frames - 1) % TIME_STRIDE or not 1 <= frames <= limits.max_frames:
+        raise ValueError(f"num_frames must be 4n+1 in [1, {limits.max_frames}], got {frames}")
+    steps = request.steps if request.steps is not None else (fixed_steps or limits.steps)
+    if fixed_steps is not None and steps != fixed_steps:
+        raise ValueError(
+            f"steps: this step-distilled model samples in exactly {fixed_steps} steps, got {steps}"
+        )
+    if steps > limits.max_steps:
+        raise ValueError(f"steps must be in [1, {limits.max_steps}], got {steps}")
+    return GenerationPlan(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        image=request.image,
+        width=width,
+        height=height,
+        num_frames=frames,
+        fps=request.fps if request.fps is not None else limits.fps,
+        steps=steps,
+        guidance=request.guidance if request.guidance is not None else limits.guidance,
+        flow_shift=request.flow_shift if request.flow_shift is not None else limits.flow_shift,
+        seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+    )

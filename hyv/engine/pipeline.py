@@ -1,0 +1,404 @@
+"""The warm generation pipeline: text encoder, DiT and VAE loaded once, requests in, MP4s out.
+
+    pipeline = VideoPipeline.from_dir("weights/hyv-small")
+    result = pipeline.generate(GenerationRequest(prompt="a red circle moving left on a black background"))
+    for chunk in pipeline.stream(request):   # fragmented MP4, bytes as frames are decoded
+        ...
+
+Stages: text_encode -> denoise (flow-matching Euler, embedded guidance or true CFG) -> decode
+(temporal tiles of the causal VAE) -> encode (H.264). `on_progress` sees every step; `cancel`
+is polled after every denoising step and decoded tile, so a cancelled job stops within one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hyv.engine import memory
+from hyv.engine.bundle import ModelBundle, load_bundle
+from hyv.engine.image_cond import fit_image, image_to_video_tensor, load_image
+from hyv.engine.limits import GenerationPlan, resolve
+from hyv.engine.request import GenerationRequest
+from hyv.engine.sampling import cfg_combine, euler_denoise, flow_schedule
+from hyv.engine.video_io import FragmentedMP4Encoder, encode_mp4, video_to_uint8
+from hyv.models import TextEmbeddings, VAETiling, from_dit_latents, read_dit_metadata, to_dit_latents
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_METADATA_KEY = "sampling_sigmas"  # JSON list written by step distillation
+STAGE_SPAN = {
+    "text_encode": (0.0, 0.02),
+    "denoise": (0.02, 0.90),
+    "decode": (0.90, 0.98),
+    "encode": (0.98, 1.0),
+}
+
+
+class GenerationCancelledError(Exception):
+    """Raised out of generate()/stream() when the caller's cancel signal is set."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # text_encode | denoise | decode | encode
+    step: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """Overall progress in [0, 1]."""
+        start, end = STAGE_SPAN[self.stage]
+        return start + (end - start) * (self.step / self.total if self.total else 0.0)
+
+
+ProgressFn = Callable[[Progress], None]
+CancelSignal = threading.Event | Callable[[], bool] | None
+
+
+@dataclass
+class GenerationResult:
+    mp4: bytes
+    plan: GenerationPlan
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int = 0
+    memory_kind: str = ""
+
+    def summary(self) -> dict[str, object]:
+        """One JSON-able line: what the CLI prints and the service stores."""
+        return {
+            "width": self.plan.width,
+            "height": self.plan.height,
+            "num_frames": self.plan.num_frames,
+            "fps": self.plan.fps,
+            "steps": self.plan.steps,
+            "seed": self.plan.seed,
+            "bytes": len(self.mp4),
+            "seconds": {k: round(v, 4) for k, v in self.timings.items()},
+            "peak_memory_mb": round(self.peak_memory_bytes / 2**20, 1),
+            "peak_memory_kind": self.memory_kind,
+        }
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    offload_encoders: bool = False  # text encoder and VAE on the CPU while the DiT runs
+    offload_blocks: bool = False  # DiT blocks on the CPU, moved to the device one at a time
+    compile_blocks: bool = False  # torch.compile each DiT block
+    vae_tiling: VAETiling | None = None  # None: the VAE's own tiles (shorter time tiles stream sooner)
+    # None: true CFG (two branches per step) exactly when the DiT has no guidance embedding. True forces
+    # it on a DiT whose embedding was never trained (a base model before CFG distillation: the teacher).
+    true_cfg: bool | None = None
+
+
+def default_device_and_dtype() -> tuple[str, torch.dtype]:
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
+
+
+class VideoPipeline:
+    def __init__(
+        self, bundle: ModelBundle, options: PipelineOptions, schedule: list[float] | None = None
+    ) -> None:
+        if bundle.text_encoder is None:
+            raise ValueError(f"bundle {bundle.spec.name} has no text encoder loaded")
+        self.bundle = bundle
+        self.options = options
+        self.schedule = schedule  # a step-distilled student's fixed sigmas, or None
+        self.dit = bundle.dit.eval().requires_grad_(False)
+        self.vae = bundle.vae.eval().requires_grad_(False)
+        self.text_encoder = bundle.text_encoder
+        self.device = torch.device(options.device)
+        encoder_device = "cpu" if options.offload_encoders else self.device
+        self.text_encoder.to(device=encoder_device, dtype=options.dtype)
+        self.vae.to(device=encoder_device, dtype=options.dtype)
+        if options.offload_blocks:
+            from hyv.engine.offload import offload_blocks
+
+            offload_blocks(self.dit, self.device, options.dtype)
+        else:
+            self.dit.to(device=self.device, dtype=options.dtype)
+        if options.compile_blocks:
+            for block in [*self.dit.double_blocks, *self.dit.single_blocks]:
+                block.compile()
+        self._lock = threading.Lock()  # one generation at a time per pipeline (one GPU)
+
+    @classmethod
+    def from_dir(
+        cls,
+        weights: str | Path,
+        options: PipelineOptions | None = None,
+        text_encoder_path: str | Path | None = None,
+    ) -> VideoPipeline:
+        if options is None:
+            device, dtype = default_device_and_dtype()
+            options = PipelineOptions(device=device, dtype=dtype)
+        weights = Path(weights)
+        bundle = load_bundle(weights, device="cpu", dtype=options.dtype, text_encoder_path=text_encoder_path)
+        metadata = read_dit_metadata(weights / "dit")
+        schedule = json.loads(metadata[SCHEDULE_METADATA_KEY]) if SCHEDULE_METADATA_KEY in metadata else None
+        return cls(bundle, options, schedule)
+
+    # --- planning -------------------------------------------------------------------------------
+
+    def plan(self, request: GenerationRequest) -> GenerationPlan:
+        """Resolve a request against this model; ValueError with a clear message if it can't run."""
+        fixed_steps = len(self.schedule) - 1 if self.schedule else None
+        plan = resolve(request, self.bundle.spec.limits, fixed_steps)
+        if plan.image is not None and self.dit.config.image_condition is None:
+            raise ValueError("this model is text-to-video only: it cannot take an input image")
+        if plan.image is not None:
+            load_image(plan.image)  # fail fast on an unreadable image, before any model work
+        return plan
+
+    # --- public entry points ----------------------------------------------------------------------
+
+    def generate(
+        self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: CancelSignal = None
+    ) -> GenerationResult:
+        """Run the whole request and return a finished (faststart) MP4."""
+        plan = self.plan(request)
+        with self._lock, self._run_context() as (timings, peak):
+            frames = [video_to_uint8(chunk[0]) for chunk in self._frames(plan, timings, on_progress, cancel)]
+            start = time.perf_counter()
+            mp4 = encode_mp4(frames, plan.fps)
+            timings["encode"] = time.perf_counter() - start
+            _report(on_progress, "encode", 1, 1)
+        return GenerationResult(mp4, plan, timings, peak.bytes, peak.kind)
+
+    def stream(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressFn | None = None,
+        cancel: CancelSignal = None,
+        result: dict[str, object] | None = None,
+    ) -> Iterator[bytes]:
+        """Yield a fragmented MP4 as frames are decoded; concatenated chunks are a playable file.
+
+        The first chunk is the init segment (before any model work); media fragments follow as the
+        VAE's time tiles are decoded. `result`, if given, receives the summary plus `first_byte_s`
+        and `first_fragment_s` (seconds from the call to the first MP4 byte / first playable
+        frames) and `total_s` once the stream ends."""
+        plan = self.plan(request)
+        started = time.perf_counter()
+        first_fragment: float | None = None
+        with (
+            self._lock,
+            self._run_context() as (timings, peak),
+            FragmentedMP4Encoder(plan.width, plan.height, plan.fps) as encoder,
+        ):
+            yield encoder.pending()  # the init segment: the response starts before any model work
+            first_byte = time.perf_counter() - started
+            encode_s = 0.0
+            for chunk in self._frames(plan, timings, on_progress, cancel):
+                t0 = time.perf_counter()
+                data = encoder.push(video_to_uint8(chunk[0]))
+                encode_s += time.perf_counter() - t0
+                if data:
+                    first_fragment = first_fragment or time.perf_counter() - started
+                    yield data
+            t0 = time.perf_counter()
+            tail = encoder.finish()
+            timings["encode"] = encode_s + time.perf_counter() - t0
+            first_fragment = first_fragment or time.perf_counter() - started
+            yield tail
+            _report(on_progress, "encode", 1, 1)
+        if result is not None:
+            summary = GenerationResult(b"", plan, timings, peak.bytes, peak.kind).summary()
+            summary.pop("bytes")
+            result.update(
+                summary,
+                first_byte_s=round(first_byte, 4),
+                first_fragment_s=round(first_fragment, 4),
+                total_s=round(time.perf_counter() - started, 4),
+            )
+
+    # --- stages ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _run_context(self) -> Iterator[tuple[dict[str, float], memory.PeakMemory]]:
+        timings: dict[str, float] = {}
+        peak = memory.PeakMemory(self.device)
+        failed = True
+        try:
+            with torch.inference_mode():
+                yield timings, peak
+            failed = False
+        finally:
+            peak.stop()
+            memory.release(self.device, failed)  # a cancelled or failed job leaves nothing cached behind
+
+    def _frames(
+        self,
+        plan: GenerationPlan,
+        timings: dict[str, float],
+        on_progress: ProgressFn | None,
+        cancel: CancelSignal,
+    ) -> Iterator[torch.Tensor]:
+        """Decoded video chunks (1, 3, n, H, W) in [-1, 1], in order."""
+        check = _cancel_check(cancel)
+        start = time.perf_counter()
+        cond, uncond = self._encode_text(plan)
+        image_cond = self._image_condition(plan)
+        timings["text_encode"] = time.perf_counter() - start
+        _report(on_progress, "text_encode", 1, 1)
+        check()
+
+        start = time.perf_counter()
+        latents = self._denoise(plan, cond, uncond, image_cond, on_progress, check)
+        timings["denoise"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        self.vae.to(self.device)
+        z = from_dit_latents(latents.float(), self.vae.config).to(self.options.dtype)
+        decoded = 0
+        for chunk in self.vae.iter_decode(z, self.options.vae_tiling):
+            decoded += chunk.shape[2]
+            check()
+            _report(on_progress, "decode", decoded, plan.num_frames)
+            yield chunk.float()
+        if self.options.offload_encoders:
+            self.vae.to("cpu")
+        timings["decode"] = time.perf_counter() - start
+        if decoded != plan.num_frames:
+            raise RuntimeError(f"decoded {decoded} frames, expected {plan.num_frames}")
+
+    def _true_cfg(self) -> bool:
+        if self.options.true_cfg is not None:
+            return self.options.true_cfg
+        return not self.dit.config.guidance_embed
+
+    def _encode_text(self, plan: GenerationPlan) -> tuple[TextEmbeddings, TextEmbeddings | None]:
+        assert self.text_encoder is not None
+        true_cfg = self._true_cfg() and plan.guidance != 1.0
+        prompts = [plan.prompt, plan.negative_prompt] if true_cfg else [plan.prompt]
+        encoded = self.text_encoder.encode(prompts).to(self.device, self.options.dtype)
+        cond = TextEmbeddings(encoded.states[:1], encoded.mask[:1], encoded.pooled[:1])
+        uncond = (
+            TextEmbeddings(encoded.states[1:], encoded.mask[1:], encoded.pooled[1:]) if true_cfg else None
+        )
+        return cond, uncond
+
+    def _image_condition(self, plan: GenerationPlan) -> torch.Tensor | None:
+        """(1, C+1, t, h, w): the image latent in frame 0 and its mask, or zeros for T2V; None for a
+        T2V-only model."""
+        config = self.dit.config
+        if config.image_condition is None:
+            return None
+        h, w = plan.height // 8, plan.width // 8
+        cond = torch.zeros(1, config.latent_channels + 1, plan.latent_frames, h, w, device=self.device)
+        if plan.image is not None:
+            video = image_to_video_tensor(fit_image(load_image(plan.image), plan.width, plan.height))
+            vae_device = next(self.vae.parameters()).device
+            posterior = self.vae.encode(video.to(vae_device, self.options.dtype), tiled=False)
+            latent = to_dit_latents(posterior.mode(), self.vae.config)  # (1, C, 1, h, w)
+            cond[:, : config.latent_channels, :1] = latent.to(self.device, cond.dtype)
+            cond[:, config.latent_channels :, :1] = 1.0
+        return cond.to(self.options.dtype)
+
+    def _denoise(
+        self,
+        plan: GenerationPlan,
+        cond: TextEmbeddings,
+        uncond: TextEmbeddings | None,
+        image_cond: torch.Tensor | None,
+        on_progress: ProgressFn | None,
+        check: Callable[[], None],
+    ) -> torch.Tensor:
+        config = self.dit.config
+        shape = (
+            1,
+            config.latent_channels,
+            plan.latent_frames,
+            plan.height // 8,
+            plan.width // 8,
+        )  # (B, C, t, h, w)
+        # Noise is drawn on the CPU from the seed: the same seed gives the same video on any device.
+        generator = torch.Generator(device="cpu").manual_seed(plan.seed)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(
+            self.device, self.options.dtype
+        )
+        if self.schedule is not None:
+            sigmas = torch.tensor(self.schedule, dtype=torch.float64)
+        else:
+            sigmas = flow_schedule(plan.steps, plan.flow_shift)
+        velocity = self._velocity_fn(plan, cond, uncond, image_cond)
+
+        def on_step(step: int, total: int) -> None:
+            _report(on_progress, "denoise", step, total)
+            check()
+
+        latents = euler_denoise(velocity, noise, sigmas, on_step)
+        return pin_first_frame(latents, image_cond) if plan.image is not None else latents
+
+    def _velocity_fn(
+        self,
+        plan: GenerationPlan,
+        cond: TextEmbeddings,
+        uncond: TextEmbeddings | None,
+        image_cond: torch.Tensor | None,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        dit = self.dit
+        guidance = None
+        if dit.config.guidance_embed:  # guidance-distilled: one forward per step
+            embedded = 1.0 if self._true_cfg() else plan.guidance  # the base value it was trained with
+            guidance = torch.full((1,), embedded * 1000.0, device=self.device, dtype=self.options.dtype)
+
+        def with_image(latents: torch.Tensor) -> torch.Tensor:
+            if image_cond is None:
+                return latents
+            return torch.cat([latents, image_cond.expand(latents.shape[0], -1, -1, -1, -1)], dim=1)
+
+        if uncond is None:
+            return lambda x, t: dit(with_image(x), t, cond.states, cond.mask, cond.pooled, guidance)
+
+        # True CFG: both branches in one batched forward.
+        states = torch.cat([uncond.states, cond.states])  # (2, L, D)
+        mask = torch.cat([uncond.mask, cond.mask])
+        pooled = torch.cat([uncond.pooled, cond.pooled])
+
+        def cfg_velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            pair = None if guidance is None else guidance.expand(2)
+            v_uncond, v_cond = dit(
+                with_image(torch.cat([x, x])), torch.cat([t, t]), states, mask, pooled, pair
+            ).chunk(2)
+            return cfg_combine(v_uncond, v_cond, plan.guidance)
+
+        return cfg_velocity
+
+
+def pin_first_frame(latents: torch.Tensor, image_cond: torch.Tensor | None) -> torch.Tensor:
+    """I2V: make the first latent frame the image's own latent (the first C channels of frame 0 of
+    `image_cond`, (B, C+1, t, h, w)), as HunyuanVideo-I2V's token replacement does: the video starts
+    exactly on the user's picture, not on the model's redrawing of it. In place; returns `latents`."""
+    if image_cond is not None:
+        latents[:, :, :1] = image_cond[:, : latents.shape[1], :1]
+    return latents
+
+
+def _report(on_progress: ProgressFn | None, stage: str, step: int, total: int) -> None:
+    if on_progress is not None:
+        on_progress(Progress(stage, step, total))
+
+
+def _cancel_check(cancel: CancelSignal) -> Callable[[], None]:
+    if cancel is None:
+        return lambda: None
+    is_set = cancel.is_set if isinstance(cancel, threading.Event) else cancel
+
+    def check() -> None:
+        if is_set():
+            raise GenerationCancelledError("generation cancelled")
+
+    return check

@@ -1,0 +1,137 @@
+"""POST /v1/videos bodies: multipart/form-data (the OpenAI SDK's encoding) or JSON, one model.
+
+Multipart: text fields by name plus the image as the `input_reference` file part (or a data URL in
+`input_reference[image_url]`, how the SDK encodes OpenAI's reference object). JSON: the image as a
+base64 data URL. Empty form values count as omitted. The image is checked against the upload
+limit; the whole body against the body limit by `BodyLimitMiddleware`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from hyv.service.api.errors import APIError, InvalidRequestError, TooLargeError, validation_message
+from hyv.service.api.schemas import VideoCreate
+from hyv.service.api.validation import decode_data_url
+
+MAX_FORM_FIELDS = 32
+MAX_FIELD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CreateBody:
+    video: VideoCreate
+    image: bytes | None
+
+    def fingerprint(self) -> str:
+        """A hash of what was asked (not of the encoding), to compare idempotent retries: the same
+        fields and image sent as multipart with another boundary, or as JSON, match."""
+        fields = self.video.model_dump(exclude_none=True, exclude={"input_reference"})
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+        digest.update(b"\x00image:" + (hashlib.sha256(self.image).digest() if self.image else b"none"))
+        return digest.hexdigest()
+
+
+async def parse_create_body(request: Request, max_upload_bytes: int) -> CreateBody:
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return await _parse_form(request, max_upload_bytes)
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return await _parse_json(request, max_upload_bytes)
+    raise APIError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type must be multipart/form-data or application/json, got {content_type or 'none'!r}",
+    )
+
+
+async def _parse_json(request: Request, max_upload_bytes: int) -> CreateBody:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # e.g. [[[[...]]]] 100000 deep
+        raise InvalidRequestError("body is not valid JSON: nested too deeply", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(
+            f"body must be a JSON object, got {type(data).__name__}", code="invalid_json"
+        )
+    video = _validate(data)
+    image = decode_data_url(video.input_reference, max_upload_bytes) if video.input_reference else None
+    return CreateBody(video, image)
+
+
+async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except (MultiPartException, StarletteHTTPException) as exc:
+        # Inside an app Starlette re-raises its MultiPartException as a bare HTTPException(400).
+        if isinstance(exc, StarletteHTTPException) and exc.status_code != 400:
+            raise
+        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
+        if "exceeded maximum size" in message:
+            raise TooLargeError(
+                f"a multipart field is over the limit of {MAX_FIELD_BYTES // 1024} KB (upload images "
+                "as the input_reference file)",
+                "field_too_large",
+            ) from None
+        raise InvalidRequestError(f"malformed multipart body: {message}", code="invalid_multipart") from None
+    data: dict[str, Any] = {}
+    image: bytes | None = None
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "input_reference":
+                    raise InvalidRequestError(
+                        f"unexpected file field {name!r}; send the image as input_reference", name
+                    )
+                image = await _read_upload(value, max_upload_bytes)
+            elif name == "input_reference[image_url]":
+                data["input_reference"] = {"image_url": value}
+            elif name == "input_reference[file_id]":
+                data["input_reference"] = {"file_id": value}
+            elif value != "":
+                data[name] = value
+    finally:
+        await form.close()
+    video = _validate(data)
+    if image is None and video.input_reference is not None:
+        image = decode_data_url(video.input_reference, max_upload_bytes)
+    return CreateBody(video, image)
+
+
+async def _read_upload(upload: UploadFile, max_upload_bytes: int) -> bytes:
+    if upload.size is not None and upload.size > max_upload_bytes:
+        raise TooLargeError(
+            f"input_reference is {upload.size} bytes, over the upload limit of {max_upload_bytes}",
+            "upload_too_large",
+            "input_reference",
+        )
+    data = await upload.read(max_upload_bytes + 1)
+    if len(data) > max_upload_bytes:
+        raise TooLargeError(
+            f"input_reference is over the upload limit of {max_upload_bytes} bytes",
+            "upload_too_large",
+            "input_reference",
+        )
+    if not data:
+        raise InvalidRequestError("input_reference is an empty file", "input_reference")
+    return data
+
+
+def _validate(data: dict[str, Any]) -> VideoCreate:
+    try:
+        return VideoCreate.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise InvalidRequestError(message, param) from None

@@ -1,0 +1,113 @@
+"""GET /v1/models, /healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from hyv.service import metrics
+from hyv.service.api.auth import CallerDep
+from hyv.service.api.context import ContextDep
+from hyv.service.api.errors import NotFoundError
+from hyv.service.api.schemas import ModelList, ModelPublic, error_responses
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    tags=["models"],
+    summary="The served model, its defaults and limits",
+    responses=error_responses(401),
+)
+async def list_models(caller: CallerDep, context: ContextDep) -> ModelList:
+    return ModelList(data=[context.model.public()])
+
+
+@router.get(
+    "/v1/models/{model_id}",
+    response_model=ModelPublic,
+    tags=["models"],
+    summary="One model",
+    responses=error_responses(401, 404),
+)
+async def get_model(model_id: str, caller: CallerDep, context: ContextDep) -> ModelPublic:
+    if model_id != context.model.name:
+        raise NotFoundError(
+            f"no model {model_id!r}; this server serves {context.model.name!r}", "model_not_found"
+        )
+    return context.model.public()
+
+
+LOAD_ERROR_CHARS = 500
+
+PUBLIC: dict[str, Any] = {
+    "security": []
+}  # the health routes need no API key (probes and Prometheus scrape them)
+
+
+@router.get("/healthz", tags=["health"], summary="Liveness: the API process answers", openapi_extra=PUBLIC)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="Readiness: Redis answers and a worker has the model loaded",
+    responses={503: {"description": "Not ready: the body says why"}},
+    openapi_extra=PUBLIC,
+)
+async def readyz(context: ContextDep) -> JSONResponse:
+    try:
+        context.redis.ping()
+    except Exception as exc:
+        logger.warning("readyz: redis unreachable: %s", exc)
+        return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, 503)
+    workers = context.store.workers(context.model.name)
+    ready = [w for w in workers if w.get("ready")]
+    # Workers up whose model failed to load (their jobs stay queued): the error each one hit.
+    failed = [
+        {"worker": str(w.get("hostname")), "error": str(w["load_error"])[:LOAD_ERROR_CHARS]}
+        for w in workers
+        if w.get("load_error") and not w.get("ready")
+    ]
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "unavailable",
+        "model": context.model.name,
+        "workers": len(workers),
+        "workers_ready": len(ready),
+        "queue_depth": context.store.queue_depth(context.model.name),
+    }
+    if failed:
+        body["load_errors"] = failed
+    if not ready:
+        if failed:
+            body["reason"] = (
+                f"{len(failed)} worker(s) could not load {context.model.name!r}: {failed[0]['error']}"
+            )
+        else:
+            body["reason"] = (
+                f"no worker has loaded {context.model.name!r} yet" if workers else "no worker running"
+            )
+        return JSONResponse(body, 503)
+    return JSONResponse(body)
+
+
+@router.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics (every process of the service)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    openapi_extra=PUBLIC,
+)
+async def prometheus_metrics(context: ContextDep) -> Response:
+    data, content_type = metrics.render_metrics(context.store, context.settings)
+    return Response(data, media_type=content_type)

@@ -1,0 +1,246 @@
+"""From a `VideoCreate` body to a fully resolved generation plan, or a 422 naming the problem.
+
+The served model's limits come from its bundle (bundle.json, and the DiT's config for image
+conditioning and a distilled schedule), read once at start without loading any weights; the same
+`hyv.engine.limits.resolve` the worker runs decides, so whatever the API accepts the worker can run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from hyv.engine.bundle_spec import read_bundle_spec
+from hyv.engine.image_cond import load_image
+from hyv.engine.limits import GenerationPlan, ModelLimits, resolve
+from hyv.engine.request import GenerationRequest
+from hyv.service.api.errors import InvalidRequestError, TooLargeError, validation_message
+from hyv.service.api.schemas import ImageReference, ModelPublic, VideoCreate
+
+logger = logging.getLogger(__name__)
+
+SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+DATA_URL_PATTERN = re.compile(r"^data:(image/[\w.+-]+)?(;[\w=-]+)*;base64,(.*)$", re.DOTALL)
+SCHEDULE_METADATA_KEY = "sampling_sigmas"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the API needs to know about the model the workers serve (no weights loaded)."""
+
+    name: str
+    limits: ModelLimits = field(default_factory=ModelLimits)
+    fixed_steps: int | None = None
+    supports_image: bool = True
+    created: int = 0
+
+    @classmethod
+    def from_bundle(cls, name: str, weights: Path) -> ServedModel:
+        """Read the bundle's limits; without a bundle, the engine's default limits (logged)."""
+        try:
+            spec = read_bundle_spec(weights)
+        except FileNotFoundError as exc:
+            logger.warning("%s; validating requests against the default model limits", exc)
+            return cls(name)
+        supports_image, fixed_steps = True, None
+        config_path = weights / "dit" / "config.json"
+        try:
+            config = json.loads(config_path.read_text())
+            supports_image = config.get("image_condition") is not None
+        except (OSError, ValueError):
+            logger.warning("cannot read %s; assuming the model accepts an input image", config_path)
+        try:
+            metadata = read_weights_metadata(weights / "dit" / "model.safetensors")
+            if SCHEDULE_METADATA_KEY in metadata:
+                fixed_steps = len(json.loads(metadata[SCHEDULE_METADATA_KEY])) - 1
+        except Exception as exc:  # a missing or foreign checkpoint: the worker will say more
+            logger.warning("cannot read the DiT metadata in %s: %s", weights / "dit", exc)
+        created = int((weights / "bundle.json").stat().st_mtime)
+        return cls(name, spec.limits, fixed_steps, supports_image or spec.limits.requires_image, created)
+
+    def public(self) -> ModelPublic:
+        limits = self.limits
+        return ModelPublic(
+            id=self.name,
+            created=self.created,
+            supports_image=self.supports_image,
+            requires_image=limits.requires_image,
+            defaults={
+                "width": limits.width,
+                "height": limits.height,
+                "num_frames": limits.num_frames,
+                "fps": limits.fps,
+                "steps": self.fixed_steps or limits.steps,
+                "guidance": limits.guidance,
+                "flow_shift": limits.flow_shift,
+            },
+            max_width=limits.max_width,
+            max_height=limits.max_height,
+            max_frames=limits.max_frames,
+            max_steps=limits.max_steps,
+            fixed_steps=self.fixed_steps,
+            sizes=[f"{w}x{h}" for w, h in limits.buckets] if limits.buckets else None,
+        )
+
+
+def read_weights_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (what hyv.models.save_dit stores, e.g. a distilled
+    schedule), read from its header without torch: the API process never imports it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return dict(handle.metadata() or {})
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    match = SIZE_PATTERN.match(size)
+    if not match:
+        raise InvalidRequestError(f"size must be 'WIDTHxHEIGHT' such as '128x128', got {size!r}", "size")
+    return int(match.group(1)), int(match.group(2))
+
+
+def frames_for_seconds(seconds: str, fps: int, max_frames: int) -> int:
+    """OpenAI's `seconds` -> a 4n+1 frame count whose duration (frames - 1) / fps is nearest."""
+    try:
+        value = float(seconds)
+    except ValueError:
+        raise InvalidRequestError(
+            f"seconds must be a number such as '4', got {seconds!r}", "seconds"
+        ) from None
+    if not 0 < value < 3600:
+        raise InvalidRequestError(f"seconds must be > 0, got {seconds!r}", "seconds")
+    frames = 4 * max(1, round(value * fps / 4)) + 1
+    if frames > max_frames:
+        longest = (max_frames - 1) / fps
+        raise InvalidRequestError(
+            f"seconds={seconds} needs {frames} frames at {fps} fps; this model makes at most "
+            f"{max_frames} frames ({longest:g} s at {fps} fps)",
+            "seconds",
+        )
+    return frames
+
+
+def decode_data_url(value: str | ImageReference, max_bytes: int) -> bytes:
+    """A base64 data URL (or OpenAI's {'image_url': ...}) -> image bytes, within the upload limit."""
+    if isinstance(value, ImageReference):
+        if value.file_id is not None:
+            raise InvalidRequestError(
+                "input_reference.file_id is not supported: upload the image", "input_reference"
+            )
+        if value.image_url is None:
+            raise InvalidRequestError(
+                "input_reference needs image_url (a base64 data URL)", "input_reference"
+            )
+        value = value.image_url
+    match = DATA_URL_PATTERN.match(value.strip())
+    if not match:
+        shown = value[:40] + ("..." if len(value) > 40 else "")
+        raise InvalidRequestError(
+            f"input_reference must be a base64 data URL ('data:image/png;base64,...'), got {shown!r}; "
+            "remote URLs are not fetched",
+            "input_reference",
+        )
+    payload = match.group(3)
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise TooLargeError(
+            f"input_reference is about {len(payload) * 3 // 4} bytes, over the upload limit of {max_bytes}",
+            "upload_too_large",
+            "input_reference",
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequestError(f"input_reference is not valid base64: {exc}", "input_reference") from None
+
+
+def _param_of(message: str) -> str:
+    head = message.split(" ", 1)[0].rstrip(":")
+    return {"width": "size", "height": "size", "image": "input_reference"}.get(head, head)
+
+
+def build_plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> GenerationPlan:
+    """Validate the body against the engine's request rules and the model's limits."""
+    if body.model is not None and body.model != model.name:
+        raise InvalidRequestError(
+            f"model {body.model!r} is not served here; this server serves {model.name!r}", "model"
+        )
+    if image is not None and not model.supports_image:
+        raise InvalidRequestError(
+            f"model {model.name!r} is text-to-video only: it cannot take input_reference", "input_reference"
+        )
+    width = height = None
+    if body.size is not None:
+        width, height = parse_size(body.size)
+    num_frames = body.num_frames
+    if num_frames is None and body.seconds is not None:
+        fps = body.fps if body.fps is not None and body.fps > 0 else model.limits.fps
+        num_frames = frames_for_seconds(body.seconds, fps, model.limits.max_frames)
+    try:
+        request = GenerationRequest(
+            prompt=body.prompt,
+            negative_prompt=body.negative_prompt or "",
+            image=image,
+            width=width,
+            height=height,
+            num_frames=num_frames,
+            fps=body.fps,
+            steps=body.steps,
+            guidance=body.guidance,
+            seed=body.seed,
+        )
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        if param in ("width", "height"):
+            param = "size"
+        raise InvalidRequestError(message, param) from None
+    try:
+        plan = resolve(request, model.limits, model.fixed_steps)
+    except ValueError as exc:
+        param = _param_of(str(exc))
+        message = str(exc)
+        if param == "size" and not message.startswith("size"):
+            message = f"size {plan_size(width, height, model)}: {message}"
+        raise InvalidRequestError(message, param) from None
+    if image is not None:
+        try:
+            load_image(image)
+        except ValueError as exc:
+            raise InvalidRequestError(f"input_reference: {exc}", "input_reference") from None
+    return plan
+
+
+def plan_size(width: int | None, height: int | None, model: ServedModel) -> str:
+    return f"{width or model.limits.width}x{height or model.limits.height}"
+
+
+def plan_to_request_dict(plan: GenerationPlan) -> dict[str, object]:
+    """The GenerationRequest-compatible dict stored with the job: every value resolved (the seed
+    too), the image left out (it is stored separately)."""
+    return {
+        "prompt": plan.prompt,
+        "negative_prompt": plan.negative_prompt,
+        "width": plan.width,
+        "height": plan.height,
+        "num_frames": plan.num_frames,
+        "fps": plan.fps,
+        "steps": plan.steps,
+        "guidance": plan.guidance,
+        "flow_shift": plan.flow_shift,
+        "seed": plan.seed,
+    }
+
+
+def duration_text(num_frames: int, fps: int) -> str:
+    return f"{(num_frames - 1) / fps:g}"
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,84 @@
+"""A video job as stored in Redis and shown by the API: `Job`, its status and its id.
+
+hyv.service.jobs (the JobStore) keeps these records; everything here is re-exported there.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JOB_ID_RE = re.compile(r"^video_[0-9a-f]{24}$")
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+Stage = Literal["text_encode", "denoise", "decode", "encode"]
+
+
+def new_job_id() -> str:
+    return "video_" + secrets.token_hex(12)
+
+
+def owner_for_key(api_key: str | None) -> str:
+    """The owner of a key's jobs: its SHA-256 (the key itself is never stored), or "anonymous"."""
+    return hashlib.sha256(api_key.encode()).hexdigest() if api_key else "anonymous"
+
+
+class Job(BaseModel):
+    id: str = Field(default_factory=new_job_id)
+    owner: str = "anonymous"
+    model: str
+    status: JobStatus = JobStatus.QUEUED
+    progress: int = Field(default=0, ge=0, le=100)
+    stage: Stage | None = None
+    step: int = 0
+    total_steps: int = 0
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    started_at: int | None = None
+    completed_at: int | None = None
+    expires_at: int | None = None
+    # GenerationRequest fields except `image` (the image lives in storage: save_input_image).
+    request: dict[str, Any] = Field(default_factory=dict)
+    prompt: str = ""
+    size: str = ""  # "WxH"
+    seconds: str = ""  # duration as the OpenAI API writes it ("4")
+    num_frames: int = 0
+    fps: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
+    attempts: int = 0
+    worker: str | None = None
+    content_bytes: int = 0
+    webhook_url: str | None = None
+    version: int = 0  # bumped by every write
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def event(self) -> dict[str, Any]:
+        """The pub/sub / SSE event for this state: event = "progress" while running, else the status."""
+        name = "progress" if self.status == JobStatus.IN_PROGRESS else self.status.value
+        return {"event": name, "job": self.model_dump(mode="json")}
+
+
+JOB_FIELDS = frozenset(Job.model_fields)

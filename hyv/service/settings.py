@@ -1,0 +1,174 @@
+"""Service settings: one pydantic-settings model, read from `HYV_*` environment variables (or .env).
+
+HYV_REDIS_URL=redis://redis:6379/0   production: Redis run elsewhere
+(unset)                              single-machine mode: `hyv serve` starts its own redis-server
+HYV_API_KEYS='["key-a","key-b"]'     a JSON list, or comma separated: key-a,key-b
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _split_list(value: object) -> object:
+    """Accept a JSON list or a comma-separated string for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HYV_", env_file=".env", extra="ignore")
+
+    # --- where things are ------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None, description="Redis URL; None = single-machine mode starts its own redis-server."
+    )
+    data_dir: Path = Field(default=Path("data"), description="Videos, images, Redis data and metrics.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    # --- auth and limits -------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer keys; empty = no auth (the server binds loopback only). Never logged.",
+        repr=False,
+    )
+    max_body_bytes: int = Field(default=16 * 2**20, gt=0)
+    max_upload_bytes: int = Field(default=10 * 2**20, gt=0)
+    rate_limit_per_minute: int = Field(default=120, ge=0, description="Requests per key per minute; 0 = off.")
+    max_queued_jobs_per_key: int = Field(default=16, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- the model -------------------------------------------------------------------------------
+    weights: Path = DEFAULT_BUNDLE_DIR
+    model_name: str = "hyv-small"
+    device: str | None = Field(default=None, description="cpu, cuda, cuda:1...; None = cuda if available.")
+    dtype: str | None = Field(default=None, description="fp32, bf16, fp16; None = bf16 on CUDA, fp32 on CPU.")
+    text_encoder: Path | None = Field(default=None, description="External text encoders (the 13B).")
+    job_memory_limit_mb: int = Field(
+        default=0,
+        ge=0,
+        description="Memory one job may use on top of the loaded model, in MiB (0 = no limit): a GPU "
+        "worker caps PyTorch's allocator, a CPU worker its private memory (RLIMIT_DATA). A job over it "
+        "fails with `out_of_memory` and the worker takes the next job.",
+    )
+
+    # --- jobs and the queue ----------------------------------------------------------------------
+    job_ttl_seconds: int = Field(default=24 * 3600, gt=0, description="How long videos are kept.")
+    visibility_timeout_seconds: int = Field(
+        default=6 * 3600, gt=0, description="Redis redelivery timeout; must exceed the longest job."
+    )
+    task_soft_time_limit: int = Field(default=3 * 3600, gt=0)
+    task_hard_time_limit: int = Field(default=3 * 3600 + 300, gt=0)
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    job_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job's claim expires this long after its worker's last beat.",
+    )
+    unacked_restore_interval: int = Field(
+        default=10, ge=1, description="Seconds between the broker's sweeps for unacked messages to redeliver."
+    )
+    progress_interval_s: float = Field(
+        default=0.1,
+        ge=0,
+        description="A running job's progress goes to Redis at most this often (each stage's first and "
+        "last step always); 0 = every step.",
+    )
+
+    # --- webhooks --------------------------------------------------------------------------------
+    webhook_secret: str | None = Field(default=None, repr=False)
+    webhook_max_attempts: int = Field(default=5, ge=1)
+
+    # --- storage ---------------------------------------------------------------------------------
+    storage: Literal["local", "s3"] = Field(
+        default="local",
+        description="local = files under data_dir (a volume shared by API and workers); "
+        "s3 = an S3-compatible object store (AWS S3, MinIO, Ceph RGW...) configured by the s3_* settings.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 API endpoint, e.g. http://minio:9000; None = AWS S3 (from s3_region).",
+    )
+    s3_bucket: str | None = Field(
+        default=None, description="Bucket for videos, thumbnails and input images (must exist)."
+    )
+    s3_prefix: str = Field(
+        default="hyv/", description="Key prefix inside the bucket ('hyv/' -> hyv/videos/{id}.mp4...)."
+    )
+    s3_region: str | None = Field(
+        default=None, description="Signing region; None = us-east-1 (what MinIO expects by default)."
+    )
+    s3_access_key_id: str | None = Field(
+        default=None, description="Access key; None = boto3's usual chain (AWS_* variables, IAM role...)."
+    )
+    s3_secret_access_key: str | None = Field(
+        default=None, description="Secret key (with s3_access_key_id); never logged.", repr=False
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_list(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.task_hard_time_limit <= self.task_soft_time_limit:
+            raise ValueError(
+                f"task_hard_time_limit ({self.task_hard_time_limit}) must exceed "
+                f"task_soft_time_limit ({self.task_soft_time_limit})"
+            )
+        if self.visibility_timeout_seconds <= self.task_hard_time_limit:
+            # Allowed (the tests do it on purpose): the per-job claim in hyv.service.jobs keeps a
+            # redelivered job from running twice; it only costs a dropped duplicate message.
+            logger.warning(
+                "visibility_timeout_seconds (%s) <= task_hard_time_limit (%s): long jobs will be "
+                "redelivered by Redis while they run (the job claim drops the duplicate)",
+                self.visibility_timeout_seconds,
+                self.task_hard_time_limit,
+            )
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("storage is 's3' but s3_bucket is not set (HYV_S3_BUCKET)")
+        return self
+
+    @property
+    def queue_name(self) -> str:
+        return queue_name(self.model_name)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.data_dir / "metrics"
+
+
+def queue_name(model_name: str) -> str:
+    return f"hyv.{model_name}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,221 @@
+"""Where videos, input images and thumbnails live: a shared folder by default (S3 as an option).
+
+Local layout under data_dir:
+
+    videos/{id}.mp4.part    the fragmented MP4 while the worker writes it (readable while it grows)
+    videos/{id}.mp4         the finished file (renamed from .part on close: readers never see half)
+    images/{id}             the input image of an image-to-video job
+    thumbnails/{id}.png     the first frame
+
+`storage = "s3"` selects hyv.service.storage_s3.S3Storage: the same protocol on an S3-compatible
+object store (the growing `.part` file stays a local spool under data_dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from hyv.service.jobs import JOB_ID_RE
+
+if TYPE_CHECKING:
+    from hyv.service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class StorageError(Exception):
+    """The storage backend failed (bucket missing, credentials refused, endpoint down...); the
+    message says which, and never contains a secret. Jobs that hit it fail with `storage_error`."""
+
+
+def _check_id(job_id: str) -> str:
+    if not JOB_ID_RE.match(job_id):
+        raise ValueError(f"not a job id: {job_id!r}")  # also keeps paths inside data_dir
+    return job_id
+
+
+class VideoWriter(Protocol):
+    bytes_written: int
+
+    def write(self, chunk: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def abandon(self) -> None: ...
+
+
+class Storage(Protocol):
+    def open_writer(self, job_id: str) -> VideoWriter: ...
+    def path(self, job_id: str) -> Path: ...
+    def partial_path(self, job_id: str) -> Path: ...
+    def exists(self, job_id: str) -> bool: ...
+    def delete(self, job_id: str) -> None: ...
+    def save_input_image(self, job_id: str, data: bytes) -> None: ...
+    def load_input_image(self, job_id: str) -> bytes | None: ...
+    def save_thumbnail(self, job_id: str, png: bytes) -> None: ...
+    def thumbnail_path(self, job_id: str) -> Path: ...
+    def video_file(self, job_id: str) -> AbstractContextManager[Path]: ...
+    def cleanup_expired(self, now: float, ttl_seconds: float | None = None) -> list[str]: ...
+
+
+class LocalVideoWriter:
+    """Appends to `{id}.mp4.part`, flushing every chunk so a reader of the growing file sees it.
+
+    Each writer has its own inode (a fresh file renamed over `.part`), so a worker that lost its
+    job to another one can never scribble into, rename or delete the new owner's file."""
+
+    _mode = "wb"
+
+    def __init__(self, part: Path, final: Path) -> None:
+        self.part = part
+        self.final = final
+        self.bytes_written = 0
+        part.parent.mkdir(parents=True, exist_ok=True)
+        fresh = part.with_name(f".{part.name}.{os.getpid()}.{time.monotonic_ns()}")
+        self._file = fresh.open(self._mode)
+        os.replace(fresh, part)  # a redelivered job starts its file over
+
+    def _owns_part(self) -> bool:
+        try:
+            return os.stat(self.part).st_ino == os.fstat(self._file.fileno()).st_ino
+        except (FileNotFoundError, ValueError):
+            return False
+
+    def write(self, chunk: bytes) -> None:
+        if chunk:
+            self._file.write(chunk)
+            self._file.flush()
+            self.bytes_written += len(chunk)
+
+    def close(self) -> None:
+        """Finish: fsync and rename .part -> .mp4 (atomic on one filesystem)."""
+        if self._file.closed:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        owned = self._owns_part()
+        self._file.close()
+        if not owned:
+            raise RuntimeError(f"{self.part} was replaced by another writer; not publishing it")
+        os.replace(self.part, self.final)
+
+    def abort(self) -> None:
+        """Give up: the partial file is deleted (if it is still ours)."""
+        if self._file.closed:
+            return
+        owned = self._owns_part()
+        with contextlib.suppress(OSError):  # a full disk fails the flush of the last bytes again
+            self._file.close()  # (closed all the same)
+        if owned:
+            self.part.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """Stop writing and leave the files as they are (another worker took the job over)."""
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> LocalVideoWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class LocalStorage:
+    def __init__(self, data_dir: str | Path, ttl_seconds: float = 24 * 3600) -> None:
+        self.root = Path(data_dir)
+        self.ttl_seconds = ttl_seconds
+        self.videos = self.root / "videos"
+        self.images = self.root / "images"
+        self.thumbnails = self.root / "thumbnails"
+        for folder in (self.videos, self.images, self.thumbnails):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def open_writer(self, job_id: str) -> LocalVideoWriter:
+        return LocalVideoWriter(self.partial_path(job_id), self.path(job_id))
+
+    def path(self, job_id: str) -> Path:
+        return self.videos / f"{_check_id(job_id)}.mp4"
+
+    def partial_path(self, job_id: str) -> Path:
+        return self.videos / f"{_check_id(job_id)}.mp4.part"
+
+    def thumbnail_path(self, job_id: str) -> Path:
+        return self.thumbnails / f"{_check_id(job_id)}.png"
+
+    def exists(self, job_id: str) -> bool:
+        return self.path(job_id).is_file()
+
+    @contextmanager
+    def video_file(self, job_id: str) -> Iterator[Path]:
+        """A local file of the finished video to read (here: the file itself)."""
+        yield self.path(job_id)
+
+    def delete(self, job_id: str) -> None:
+        for path in (
+            self.path(job_id),
+            self.partial_path(job_id),
+            self.thumbnail_path(job_id),
+            self.images / job_id,
+        ):
+            path.unlink(missing_ok=True)
+
+    def save_input_image(self, job_id: str, data: bytes) -> None:
+        _atomic_write(self.images / _check_id(job_id), data)
+
+    def load_input_image(self, job_id: str) -> bytes | None:
+        path = self.images / _check_id(job_id)
+        return path.read_bytes() if path.is_file() else None
+
+    def save_thumbnail(self, job_id: str, png: bytes) -> None:
+        _atomic_write(self.thumbnail_path(job_id), png)
+
+    def cleanup_expired(self, now: float, ttl_seconds: float | None = None) -> list[str]:
+        """Delete the files of jobs whose video is older than ttl_seconds (default: the storage's;
+        by modification time); returns their ids. Partial files are left alone unless twice as old
+        (a crashed writer)."""
+        ttl_seconds = self.ttl_seconds if ttl_seconds is None else ttl_seconds
+        removed: list[str] = []
+        for path in self.videos.glob("video_*.mp4*"):
+            job_id = path.name.split(".", 1)[0]
+            limit = ttl_seconds * (2 if path.name.endswith(".part") else 1)
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age > limit and JOB_ID_RE.match(job_id):
+                self.delete(job_id)
+                removed.append(job_id)
+        for path in self.images.glob("video_*"):
+            if now - path.stat().st_mtime > ttl_seconds * 2:
+                path.unlink(missing_ok=True)
+        if removed:
+            logger.info("removed %d expired videos", len(removed))
+        return removed
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def make_storage(settings: Settings) -> Storage:
+    """The storage the settings name (`storage = "local"` or `"s3"`)."""
+    if settings.storage == "local":
+        return LocalStorage(settings.data_dir, settings.job_ttl_seconds)
+    if settings.storage == "s3":
+        from hyv.service.storage_s3 import S3Storage  # boto3 is only imported when S3 is used
+
+        return S3Storage.from_settings(settings)
+    raise ValueError(f"unknown storage {settings.storage!r} (expected 'local' or 's3')")

@@ -1,0 +1,176 @@
+"""`DiTTrainConfig`: every knob of the DiT training loop, validated up front.
+
+Choices worth knowing (see also hyv/training/dit/trainer.py):
+
+* **Where the models come from.** `bundle` names a preset of `hyv.engine.bundle.BUNDLE_PRESETS`; the
+  DiT and the built-in text encoder are freshly initialized from it (the DiT with its adaLN-Zero
+  training init). `init_from` instead loads an existing bundle directory (fine-tuning, or a bundle
+  whose VAE was trained first). `vae_path` / `text_encoder_path` replace the bundle's VAE / text
+  encoder with ones on disk (the VAE trained by the VAE stage; HunyuanVideo's external encoders).
+* **T2V + I2V in one model.** At random init the DiT gets `image_condition` (default
+  "latent_concat": 33 input channels = noisy latent, image latent, mask), so even the "tiny"
+  preset (16 channels) trains as a 33-channel model. `i2v_fraction` is the probability that a video
+  sample is trained with its first latent frame as image condition (mask 1 on frame 0); the rest
+  get an all-zero condition, which is text-to-video.
+* **Timesteps.** sigma is drawn from a logit-normal (`sigmoid(N(logit_mean, logit_std))`, SD3's
+  default) or uniformly in (0, 1), then HunyuanVideo's shift `s' = k s / (1 + (k - 1) s)` is applied
+  with k = `flow_shift` (None: the bundle's inference `flow_shift`, 5.0 for the bundled model; 1.0
+  disables it). Training and sampling thus concentrate on the same noise levels. With
+  `unshifted_fraction` > 0 that share of each batch skips the shift: a mixture that still trains
+  the high noise levels but also the low ones (a shift of 5 puts only ~0.7% of logit-normal
+  samples below sigma 0.3).
+* **Latent normalization.** `latent_norm="global"` feeds the DiT ``z * scaling_factor`` (HunyuanVideo,
+  SD). The bundled VAE's 16 channels differ 8x in spread (std 0.2 to 1.6), so one factor leaves
+  the quiet channels far below the noise until the last steps; `"per_channel"` (Wan's VAE does
+  this) measures each channel's mean and std over `latent_stats_clips` training clips (the latent
+  cache's first ones when there is one) before the first step, stores them in the VAE config as
+  `latents_mean` / `latents_std`, and the DiT sees ``(z - mean) / std``; the exported bundle's
+  VAE carries them, so the engine undoes the same map. A VAE that already has statistics keeps them.
+* **Guidance embedding.** Base training feeds the fixed value `guidance` x 1000 (the embedding gets
+  a meaning only in CFG distillation). With `freeze_guidance_embed` (default) a freshly initialized
+  `guidance_in` has its output layer zeroed and is frozen, so it adds exactly zero to the
+  conditioning vector: the trained model ignores whatever guidance the pipeline sends, until
+  distillation unfreezes it.
+* **Text encoder.** Frozen by default, as HunyuanVideo's LLaVA + CLIP (external encoders are always
+  frozen); the built-in one is then a fixed random word-level transformer that the DiT's token
+  refiner learns to read. `train_text_encoder=True` trains it jointly, but the DiT's loss then
+  collapses the words it cannot use yet: after 20000 joint steps "moving left / right / up /
+  down" encoded to states 0.07-0.10 apart (norm 10.5; 2.4-3.4 apart at the random init) and the
+  directions were never learned (18.8% on train captions, chance 25%).
+* **Latent cache.** With `cache_videos` > 0 the frozen VAE encodes that many train clips (and
+  `cache_images` images) once, before the first step, and batches come from their posteriors
+  (`hyv/training/dit/latents.py`): on the CPU the encoder costs more than the small DiT's step.
+* **Batches.** `batch_size` is per process; a batch holds either videos (`num_frames` frames) or
+  images (1 frame), chosen per step with probability `image_fraction`, so every batch has one
+  shape. The data order is a pure function of (`seed`, step, rank), which is what makes `resume`
+  exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyv.training.config_io import ConfigIO
+
+TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
+LATENT_NORMS = ("global", "per_channel")
+LR_SCHEDULES = ("constant", "cosine")
+MIXED_PRECISIONS = ("bf16", "no")
+_PATH_FIELDS = ("out_dir", "init_from", "vae_path", "text_encoder_path")
+
+
+@dataclass
+class DiTTrainConfig(ConfigIO):
+    out_dir: Path = Path("runs/dit")
+    # --- models ---
+    bundle: str = "small"  # preset for a fresh start (ignored when init_from is set)
+    init_from: Path | None = None  # an existing bundle directory
+    vae_path: Path | None = None  # replaces the bundle's VAE (frozen)
+    text_encoder_path: Path | None = None  # replaces the bundle's text encoder
+    image_condition: str | None = "latent_concat"  # DiT variant at a fresh start; None = T2V only
+    train_text_encoder: bool = False  # True: the built-in encoder trained jointly (see above)
+    gradient_checkpointing: bool = False
+    # --- optimization ---
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # AdamW, on weight matrices only (not biases, norms, embeddings)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100  # linear warmup from 0
+    lr_schedule: str = "constant"  # after warmup: constant | cosine (to 0 at `steps`)
+    steps: int = 10_000
+    batch_size: int = 4  # per process
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    ema_decay: float = 0.999  # warmed up as min(decay, (1 + step) / (10 + step))
+    mixed_precision: str = "bf16"  # bf16 autocast on CUDA; always fp32 on CPU
+    device: str | None = None  # None: cuda:LOCAL_RANK if available, else cpu
+    # --- data ---
+    num_frames: int = 17  # 4n + 1
+    size: int = 64  # square; a multiple of 16 (8x VAE, 2x2 patches)
+    image_fraction: float = 0.2  # probability that a step's batch is images (joint training)
+    dataset_length: int = 100_000  # samples in the synthetic train split (indices drawn from it)
+    cache_videos: int = 0  # > 0: encode this many train videos once and train on their latents
+    cache_images: int = 0  # images in the latent cache (needed when cache_videos > 0 and image_fraction > 0)
+    # --- flow matching and conditioning ---
+    latent_norm: str = "global"  # global: z * scaling_factor; per_channel: (z - mean) / std per channel
+    latent_stats_clips: int = 256  # clips whose posterior means give the per-channel statistics
+    timestep_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    flow_shift: float | None = None  # None: the bundle's limits.flow_shift
+    unshifted_fraction: float = 0.0  # share of the sigmas drawn without the shift (a mixture)
+    text_dropout: float = 0.1  # caption -> "" (the unconditional / negative prompt) for CFG
+    i2v_fraction: float = 0.3  # video samples conditioned on their first latent frame
+    guidance: float = 1.0  # fed x1000 to a guidance embedding during base training
+    freeze_guidance_embed: bool = True
+    # --- bookkeeping ---
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # newest N checkpoints kept; 0 keeps all
+    seed: int = 0
+    resume: bool = False  # continue from the newest checkpoint in out_dir/checkpoints
+    progress: bool = True  # progress bar (rank 0)
+
+    def __post_init__(self) -> None:
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        positive_ints = (
+            "steps",
+            "batch_size",
+            "num_frames",
+            "size",
+            "checkpoint_every",
+            "dataset_length",
+            "latent_stats_clips",
+        )
+        for name in positive_ints:
+            _check(
+                name, getattr(self, name), isinstance(getattr(self, name), int) and getattr(self, name) > 0
+            )
+        for name in ("warmup_steps", "keep_checkpoints", "seed", "cache_videos", "cache_images"):
+            value = getattr(self, name)
+            _check(name, value, isinstance(value, int) and value >= 0)
+        if (self.num_frames - 1) % 4:
+            _fail("num_frames", self.num_frames, "must be 4n+1 (1, 5, 9, 17, ...)")
+        if self.size % 16:
+            _fail("size", self.size, "must be a multiple of 16 (8x VAE downsampling, 2x2 patches)")
+        _check("lr", self.lr, self.lr > 0)
+        _check("weight_decay", self.weight_decay, self.weight_decay >= 0)
+        _check("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas))
+        _check("grad_clip", self.grad_clip, self.grad_clip >= 0)
+        _check("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1)
+        _check("logit_std", self.logit_std, self.logit_std > 0)
+        _check("guidance", self.guidance, self.guidance >= 0)
+        if self.flow_shift is not None:
+            _check("flow_shift", self.flow_shift, self.flow_shift > 0)
+        for name in ("image_fraction", "text_dropout", "i2v_fraction", "unshifted_fraction"):
+            value = getattr(self, name)
+            _check(name, value, 0.0 <= value <= 1.0, "must be a probability in [0, 1]")
+        for name, allowed in (
+            ("timestep_sampling", TIMESTEP_SAMPLINGS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("mixed_precision", MIXED_PRECISIONS),
+            ("latent_norm", LATENT_NORMS),
+        ):
+            if getattr(self, name) not in allowed:
+                _fail(name, getattr(self, name), f"must be one of {list(allowed)}")
+        if self.image_condition not in (None, "latent_concat"):
+            _fail("image_condition", self.image_condition, "must be None or 'latent_concat'")
+        if self.image_condition is None and self.i2v_fraction > 0 and self.init_from is None:
+            _fail("i2v_fraction", self.i2v_fraction, "must be 0 for a text-to-video-only DiT")
+        if not self.bundle:
+            _fail("bundle", self.bundle, "must name a bundle preset")
+
+
+def _fail(name: str, value: object, why: str) -> None:
+    raise ValueError(f"DiTTrainConfig.{name}={value!r} {why}")
+
+
+def _check(name: str, value: object, ok: bool, why: str = "is out of range") -> None:
+    if not ok:
+        _fail(name, value, why)

@@ -1,0 +1,104 @@
+"""Where training batches come from: a pure function of (step, rank), so a resumed run sees exactly
+the batches the interrupted one would have seen.
+
+`SyntheticBatches` draws from `hyv.training.data.dataset.SyntheticVideoDataset` (the synthetic caption
+grammar): per step one coin with probability `image_fraction` decides whether the batch is images
+(1 frame) or videos (`num_frames` frames), then `batch_size` indices of that split are drawn. Two
+datasets (image_fraction 1 and 0) keep every batch one shape without any bucketing state.
+`FixedBatch` repeats one batch (overfitting checks, tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from hyv.training.dit.config import DiTTrainConfig
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Clips in pixels, or (with a latent cache) their VAE posterior moments instead."""
+
+    video: torch.Tensor | None  # (B, 3, T, H, W) in [-1, 1]; T = 1 for images
+    captions: list[str]
+    moments: torch.Tensor | None = None  # (B, 2C, t, h, w): posterior mean and logvar, unscaled
+
+    def __post_init__(self) -> None:
+        if (self.video is None) == (self.moments is None):
+            raise ValueError("a TrainBatch holds exactly one of video or moments")
+        if self.video is not None and (self.video.ndim != 5 or self.video.shape[1] != 3):
+            raise ValueError(f"video batch must be (B, 3, T, H, W), got {tuple(self.video.shape)}")
+        if self.moments is not None and self.moments.ndim != 5:
+            raise ValueError(f"moments must be (B, 2C, t, h, w), got {tuple(self.moments.shape)}")
+        rows = (self.video if self.video is not None else self.moments).shape[0]  # type: ignore[union-attr]
+        if len(self.captions) != rows:
+            raise ValueError(f"{len(self.captions)} captions for a batch of {rows} clips")
+
+
+class BatchSource(Protocol):
+    def batch(self, step: int, rank: int = 0) -> TrainBatch:
+        """The batch of global step `step` on process `rank`; the same arguments give the same batch."""
+        ...
+
+
+def step_rng(seed: int, step: int, rank: int, stream: int = 0) -> np.random.Generator:
+    """An independent generator per (seed, step, rank, stream)."""
+    return np.random.default_rng([seed, step, rank, stream])
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
+    """A 63-bit torch seed per (seed, step, rank, stream)."""
+    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class FixedBatch:
+    """The same batch at every step."""
+
+    def __init__(self, video: torch.Tensor, captions: Sequence[str]) -> None:
+        self._batch = TrainBatch(video, list(captions))
+
+    def batch(self, step: int, rank: int = 0) -> TrainBatch:
+        return self._batch
+
+
+class SyntheticBatches:
+    """Joint image + video batches from the synthetic dataset's train split."""
+
+    def __init__(self, config: DiTTrainConfig, datasets: tuple[Any, Any] | None = None) -> None:
+        self.config = config
+        if datasets is None:
+            from hyv.training.data.dataset import SyntheticVideoDataset  # the data issue's module
+
+            datasets = tuple(  # type: ignore[assignment]
+                SyntheticVideoDataset(
+                    "train",
+                    num_frames=config.num_frames,
+                    size=config.size,
+                    image_fraction=fraction,
+                    seed=config.seed,
+                    length=config.dataset_length,
+                )
+                for fraction in (0.0, 1.0)
+            )
+        assert datasets is not None
+        self.videos: Any = datasets[0]
+        self.images: Any = datasets[1]
+
+    def batch(self, step: int, rank: int = 0) -> TrainBatch:
+        # The image/video coin is shared by all ranks (equal work per rank under DDP); the clips are not.
+        coin = step_rng(self.config.seed, step, 0, stream=2).random()
+        images = self.config.image_fraction > 0 and coin < self.config.image_fraction
+        rng = step_rng(self.config.seed, step, rank, stream=1)
+        dataset = self.images if images else self.videos
+        indices = rng.integers(0, len(dataset), size=self.config.batch_size)
+        samples = [dataset[int(i)] for i in indices]
+        frames = {tuple(s["video"].shape) for s in samples}
+        if len(frames) != 1:
+            raise ValueError(f"one batch mixes clip shapes {sorted(frames)}")
+        video = torch.stack([s["video"].float() for s in samples])
+        return TrainBatch(video, [str(s["caption"]) for s in samples])

@@ -1,0 +1,160 @@
+"""`hyv train eval`: the typer command over `evaluate_bundle`.
+
+Registered in hyv/training/cli.py as ``train_app.command("eval")(eval_command)``. Progress bars and
+messages go to stderr; stdout gets one JSON line (the headline numbers and the output paths).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from hyv.engine.bundle import DEFAULT_BUNDLE_DIR
+
+console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line
+
+Combinations = Annotated[int, typer.Option(help="Held-out combinations to use, spread evenly (0: all 44).")]
+BatchSize = Annotated[int, typer.Option(help="Clips per batched generation.")]
+Device = Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")]
+
+
+def exit_on_invalid_bundle(exc: Exception) -> typer.Exit:
+    """Print why a bundle cannot be opened; the caller raises the returned exit (status 2)."""
+    console.print(f"[red]{exc}[/]")
+    return typer.Exit(2)
+
+
+def eval_command(
+    student: Annotated[
+        Path, typer.Option(help="Bundle to evaluate (served with its own steps and guidance); gets the card.")
+    ] = DEFAULT_BUNDLE_DIR,
+    teacher: Annotated[
+        Path | None, typer.Option(help="Teacher bundle (sampled with --teacher-steps and true CFG).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Directory for eval.json and contact_sheet.png.")] = Path(
+        "runs/eval"
+    ),
+    size: Annotated[int, typer.Option(help="Square size in pixels (multiple of 16).")] = 64,
+    frames: Annotated[int, typer.Option(help="Frames per clip (4n+1, >= 5).")] = 17,
+    samples_per_combination: Annotated[int, typer.Option(help="Clips per held-out combination.")] = 1,
+    combinations: Combinations = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the clip geometry and the noise.")] = 0,
+    batch_size: BatchSize = 16,
+    teacher_steps: Annotated[int, typer.Option(help="Teacher denoising steps.")] = 50,
+    teacher_guidance: Annotated[
+        float | None, typer.Option(help="Teacher CFG scale (default: the teacher bundle's).")
+    ] = None,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt of the teacher's CFG.")] = "",
+    vae: Annotated[bool, typer.Option(help="Measure VAE PSNR/SSIM (untiled and tiled).")] = True,
+    i2v: Annotated[bool, typer.Option(help="Measure image-to-video first-frame PSNR.")] = True,
+    sheet_clips: Annotated[int, typer.Option(help="Clips on the contact sheet (0: none).")] = 8,
+    card: Annotated[bool, typer.Option(help="Write MODEL_CARD.md into the student bundle.")] = True,
+    device: Device = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
+) -> None:
+    """Evaluate a bundle on the held-out combinations (and the teacher, VAE, I2V); write the card."""
+    from hyv.training.eval.card import CARD_FILE
+    from hyv.training.eval.runner import (
+        EVAL_FILE,
+        SHEET_FILE,
+        EvalConfig,
+        InvalidBundleError,
+        evaluate_bundle,
+    )
+
+    try:
+        config = EvalConfig(
+            student=student,
+            out_dir=out,
+            teacher=teacher,
+            size=size,
+            num_frames=frames,
+            samples_per_combination=samples_per_combination,
+            combinations=combinations or None,
+            seed=seed,
+            batch_size=batch_size,
+            teacher_steps=teacher_steps,
+            teacher_guidance=teacher_guidance,
+            negative_prompt=negative_prompt,
+            vae=vae,
+            i2v=i2v,
+            sheet_clips=sheet_clips,
+            write_card=card,
+            device=device,
+            dtype=dtype,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        results = evaluate_bundle(config)
+    except InvalidBundleError as exc:
+        raise exit_on_invalid_bundle(exc) from exc
+    except ValueError as exc:  # e.g. a size or step count the bundle cannot serve
+        console.print(f"[red]cannot evaluate: {exc}[/]")
+        raise typer.Exit(2) from exc
+    for row in results["thresholds"]:
+        verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not measured[/]"}[row["passed"]]
+        value = "n/a" if row["value"] is None else f"{row['value']:.1f}"
+        console.print(f"{row['label']}: {value} ({row['threshold']}) {verdict}")
+    summary = {
+        "eval": str(out / EVAL_FILE),
+        "contact_sheet": str(out / SHEET_FILE) if sheet_clips else None,
+        "card": str(student / CARD_FILE) if card else None,
+        "student": results["student"]["accuracy"],
+        "teacher": results["teacher"]["accuracy"] if results["teacher"] else None,
+        "vae_psnr": (results["vae"] or {}).get("untiled", {}).get("psnr"),
+        "i2v_psnr": (results["i2v"] or {}).get("psnr"),
+        "passed": all(row["passed"] is not False for row in results["thresholds"]),
+        "wall_s": round(results["wall_s"], 1),
+    }
+    print(json.dumps(summary))
+
+
+def retention_command(
+    bundle: Annotated[Path, typer.Option(help="Bundle to probe (sampled as the teacher: true CFG).")],
+    out: Annotated[Path, typer.Option(help="Directory for retention.json and retention.png.")] = Path(
+        "runs/retention"
+    ),
+    sigmas: Annotated[str, typer.Option(help="Start noise levels, comma-separated, in (0, 1].")] = (
+        "0.2,0.4,0.6,0.8,1.0"
+    ),
+    steps: Annotated[
+        int, typer.Option(help="Steps of the full schedule (a start at s keeps those below s).")
+    ] = 30,
+    guidance: Annotated[float | None, typer.Option(help="True CFG scale (default: the bundle's).")] = None,
+    combinations: Combinations = 0,
+    batch_size: BatchSize = 16,
+    device: Device = None,
+) -> None:
+    """Attribute retention by noise level: noise the held-out clips to s, denoise, judge (SDEdit probe)."""
+    from hyv.training.eval.retention import RETENTION_FILE, RETENTION_PLOT, RetentionConfig, run_retention
+    from hyv.training.eval.runner import InvalidBundleError
+
+    try:
+        levels = tuple(float(s) for s in sigmas.split(",") if s.strip())
+        config = RetentionConfig(
+            bundle=bundle,
+            out_dir=out,
+            sigmas=levels,
+            steps=steps,
+            guidance=guidance,
+            combinations=combinations or None,
+            batch_size=batch_size,
+            device=device,
+        )
+        results = run_retention(config)
+    except InvalidBundleError as exc:
+        raise exit_on_invalid_bundle(exc) from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    for entry in results["curve"]:
+        acc = entry["accuracy"]
+        console.print(
+            f"s={entry['sigma']:.2f} ({entry['steps']} steps): color {100 * acc['color']:.1f}%  "
+            f"shape {100 * acc['shape']:.1f}%  motion {100 * acc['motion']:.1f}%  all {100 * acc['all']:.1f}%"
+        )
+    print(json.dumps({"retention": str(out / RETENTION_FILE), "plot": str(out / RETENTION_PLOT)}))

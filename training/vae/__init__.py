@@ -1,6 +1,0 @@
-"""VAE training (`hyv train vae`): L1 + KL + fixed-feature perceptual + 3D patch GAN, with a curriculum."""
-
-from training.vae.config import VAETrainConfig
-from training.vae.trainer import VAETrainer, train_vae
-
-__all__ = ["VAETrainConfig", "VAETrainer", "train_vae"]
