@@ -1,27 +1,40 @@
 # Two commands on a fresh machine: `make serve` and `make test`.
 # Each creates the virtual environment on first use, installs torch FIRST (so the project's
 # torch range is already satisfied and pip never fetches a multi-GB CUDA build on a CPU-only
-# machine), then the project with its dev extras.
+# machine), then the project with its dev extras at the versions of the lock file
+# (requirements/lock.txt, made by `make lock`), so the result does not depend on the day.
+# `make test-latest` runs the same suite against the newest versions the index resolves today.
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu124"
 TORCH_PIP_ARGS ?=
+LOCK := requirements/lock.txt
+# pip constraints for every install; empty for `make test-latest`.
+CONSTRAINTS ?= -c $(LOCK)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install sysdeps serve bundle test lint typecheck pytest bench format clean
+.PHONY: install sysdeps serve bundle test test-latest test-installed lock lint typecheck pytest bench format clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet $(CONSTRAINTS) -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate the lock file: every dependency of the project and its dev and text-encoders extras,
+# resolved by uv for CPython 3.11 on Linux x86_64 with torch at TORCH_VERSION.
+lock: $(STAMP)
+	@echo "torch==$(TORCH_VERSION)" > $(VENV)/torch-pin.txt
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra text-encoders --quiet \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --constraint $(VENV)/torch-pin.txt --no-header --output-file $(LOCK)
 
 # The main job: the video API (single-machine mode: its own Redis, one worker, the API) on
 # http://127.0.0.1:8000 serving the bundled model. Ctrl-C stops all three.
@@ -64,6 +77,18 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
+# The whole suite against today's newest versions (no lock; torch stays at TORCH_VERSION, since the
+# newest torch on the package index is a multi-GB CUDA build), in a fresh .venv-latest.
+test-latest:
+	rm -rf .venv-latest
+	$(MAKE) test VENV=.venv-latest CONSTRAINTS=
+
+# The product as users get it: build the wheel, install it (not editable) into a fresh virtualenv
+# with the lock's versions of transformers and diffusers, and test it from a folder outside the
+# checkout (tests/installed/README.md).
+test-installed: $(STAMP) sysdeps
+	$(PY) tests/installed/run.py --torch-version $(TORCH_VERSION) --lock $(LOCK)
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.models_cpu
 	$(PY) -m benchmarks.kernels
@@ -74,4 +99,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-latest .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

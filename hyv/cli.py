@@ -5,7 +5,7 @@
     train ...                          the training recipe (hyv.training.cli, loaded lazily)
 
 Each command imports its layer when it runs, so `hyv --help` and the API container's
-`hyv serve --workers 0` never import torch (tests/test_cli_imports.py checks it).
+`hyv serve --workers 0` never import torch (tests/test_cli.py checks it).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def test_the_api_process_never_imports_torch(tiny_bundle_dir: Path, tmp_path: Pa
         "from hyv.service.settings import Settings\n"
         f"create_app(Settings(redis_url='redis://127.0.0.1:1/0', weights={str(tiny_bundle_dir)!r}, "
         f"data_dir={str(tmp_path)!r}))\n"
-        "heavy = ('torch', 'models', 'hyv.engine.pipeline', 'hyv.engine.bundle', 'hyv.service.worker')\n"
+        "heavy = ('torch', 'hyv.models', 'hyv.engine.pipeline', 'hyv.engine.bundle', 'hyv.service.worker')\n"
         "print(sorted(m for m in sys.modules if m in heavy or m.startswith('torch.')))\n"
     )
     result = subprocess.run(
