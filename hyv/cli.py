@@ -121,7 +121,9 @@ def init_weights(
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="MP4 file to write.")] = Path("outputs/video.mp4"),
-    weights: Annotated[Path, typer.Option(help="Model bundle directory.")] = DEFAULT_BUNDLE_DIR,
+    weights: Annotated[
+        Path, typer.Option(help="Model bundle or HunyuanVideo release folder (Tencent's or diffusers').")
+    ] = DEFAULT_BUNDLE_DIR,
     image: Annotated[Path | None, typer.Option(help="First frame for image-to-video.")] = None,
     width: Annotated[int | None, typer.Option(help="Width in pixels (multiple of 16).")] = None,
     height: Annotated[int | None, typer.Option(help="Height in pixels (multiple of 16).")] = None,
@@ -151,7 +153,7 @@ def generate(
 
     try:
         spec = read_bundle_spec(weights)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: a release this project cannot serve
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
     if not spec.trained:
@@ -218,20 +220,56 @@ def generate(
 
 @app.command()
 def convert(
-    source: Annotated[Path, typer.Argument(help="Official .pt/.safetensors or a diffusers directory.")],
-    output: Annotated[Path, typer.Argument(help="Directory for the project's own format.")],
-    kind: Annotated[str, typer.Option(help="dit or vae.")] = "dit",
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "bf16",
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A HunyuanVideo release folder (Tencent's ckpts/ or the diffusers repository), "
+            "or with --kind an official .pt/.safetensors or diffusers component directory."
+        ),
+    ],
+    output: Annotated[Path, typer.Argument(help="Bundle (or, with --kind, component) directory to write.")],
+    kind: Annotated[
+        str | None,
+        typer.Option(help="bundle, dit or vae (default: bundle for a release folder, else dit)."),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(help="fp32, bf16 or fp16 (default: bf16 for dit/vae; a bundle keeps the release's)."),
+    ] = None,
+    link_text_encoders: Annotated[
+        bool, typer.Option(help="Bundle: symlink the release's text encoders instead of copying them.")
+    ] = False,
 ) -> None:
-    """Convert an official or diffusers checkpoint into the project's own format."""
+    """Convert a HunyuanVideo release into a model bundle, or one official/diffusers checkpoint into the
+    project's own format."""
+    from hyv.engine.release import find_release
+
+    try:
+        release = find_release(source) if source.is_dir() else None
+    except (FileNotFoundError, ValueError) as exc:  # a release folder with a piece missing
+        if kind not in ("dit", "vae"):
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+        release = None
+    kind = kind or ("bundle" if release is not None else "dit")
+    if kind == "bundle":
+        from hyv.engine.bundle import convert_release
+
+        if release is None:
+            console.print(f"[red]{source} is not a HunyuanVideo release folder[/]")
+            raise typer.Exit(2)
+        convert_release(source, output, dtype=_dtype(dtype), link_text_encoders=link_text_encoders)
+        console.print(f"Converted the {release.kind}-layout release {source} -> bundle {output}")
+        return
     from hyv.models import load_dit, load_vae, save_dit, save_vae
 
+    component_dtype = _dtype(dtype or "bf16")
     if kind == "dit":
-        save_dit(load_dit(source, dtype=_dtype(dtype)), output)
+        save_dit(load_dit(source, dtype=component_dtype), output)
     elif kind == "vae":
-        save_vae(load_vae(source, dtype=_dtype(dtype)), output)
+        save_vae(load_vae(source, dtype=component_dtype), output)
     else:
-        raise typer.BadParameter(f"--kind must be 'dit' or 'vae', got {kind!r}")
+        raise typer.BadParameter(f"--kind must be 'bundle', 'dit' or 'vae', got {kind!r}")
     console.print(f"Converted {kind} {source} -> {output}")
 
 
@@ -253,7 +291,9 @@ def serve(
     data_dir: Annotated[
         Path | None, typer.Option(help="Videos, Redis data and metrics (HYV_DATA_DIR; default ./data).")
     ] = None,
-    weights: Annotated[Path | None, typer.Option(help="Model bundle (HYV_WEIGHTS).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Model bundle or HunyuanVideo release folder (HYV_WEIGHTS).")
+    ] = None,
     workers: Annotated[
         int, typer.Option(help="Worker processes to start (one per GPU; 0 = API only, with HYV_REDIS_URL).")
     ] = 1,
@@ -267,7 +307,7 @@ def serve(
     settings = _settings(host=host, port=port, data_dir=data_dir, weights=weights, redis_url=redis_url)
     try:
         spec = read_bundle_spec(settings.weights)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
     if "model_name" not in settings.model_fields_set:
@@ -280,7 +320,9 @@ def serve(
 @app.command()
 def worker(
     redis_url: Annotated[str | None, typer.Option(help="The API's Redis (HYV_REDIS_URL).")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Model bundle (HYV_WEIGHTS).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Model bundle or HunyuanVideo release folder (HYV_WEIGHTS).")
+    ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Shared storage folder (HYV_DATA_DIR).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (HYV_DEVICE).")] = None,
     name: Annotated[str, typer.Option(help="Worker name (Celery hostname prefix).")] = "worker",
@@ -293,7 +335,7 @@ def worker(
         raise typer.BadParameter("hyv worker needs --redis-url or HYV_REDIS_URL")
     try:
         spec = read_bundle_spec(settings.weights)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
     if "model_name" not in settings.model_fields_set:

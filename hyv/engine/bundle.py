@@ -6,7 +6,12 @@ Layout (all in the project's own formats):
     <bundle>/dit/               hyv.models.save_dit (its metadata may hold a distilled schedule)
     <bundle>/vae/               hyv.models.save_vae
     <bundle>/text_encoder/      BuiltinTextEncoder.save_pretrained (absent for the 13B, whose
-                                LLaVA-LLaMA-3 + CLIP encoders are given by path)
+                                LLaVA-LLaMA-3 + CLIP encoders are given by path ...)
+    <bundle>/text_encoders/     ... or kept here: text_encoder/ + text_encoder_2/ (+ tokenizer/,
+                                tokenizer_2/), as `convert_release` copies them from a release
+
+A HunyuanVideo release folder (Tencent's or diffusers', hyv.engine.release) loads without a
+bundle.json too; `convert_release` writes it as a bundle.
 
 The training issue fills a bundle with trained weights; `hyv init-weights` writes one with
 random weights so the whole path (and the 13B's speed) can be measured before any training.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +35,7 @@ from hyv.engine.bundle_spec import (
     BundleSpec,
     read_bundle_spec,
 )
+from hyv.engine.release import ReleaseLayout, find_release
 from hyv.models import (
     BuiltinTextEncoder,
     BuiltinTextEncoderConfig,
@@ -52,6 +59,7 @@ __all__ = [  # the spec half lives in hyv.engine.bundle_spec (no torch: the API 
     "DEFAULT_BUNDLE_DIR",
     "BundleSpec",
     "ModelBundle",
+    "convert_release",
     "init_random_bundle",
     "load_bundle",
     "read_bundle_spec",
@@ -59,6 +67,9 @@ __all__ = [  # the spec half lives in hyv.engine.bundle_spec (no torch: the API 
 ]
 
 logger = logging.getLogger(__name__)
+
+HF_TEXT_ENCODERS_DIR = "text_encoders"  # a bundle's copy of the HunyuanVideo text encoders
+_HF_TEXT_ENCODER_PARTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
 
 @dataclass
@@ -123,12 +134,15 @@ def load_bundle(
     text_encoder_path: str | Path | None = None,
     text_encoder_device: torch.device | str | None = None,
 ) -> ModelBundle:
-    """Load a bundle; `text_encoder_path` points at external encoders (required for the 13B)."""
+    """Load a bundle or a release folder; `text_encoder_path` points at external encoders (the 13B
+    bundle of `hyv init-weights` needs them; a release or a converted release has its own)."""
     directory = Path(directory)
+    if not (directory / BUNDLE_FILE).is_file() and (layout := find_release(directory)) is not None:
+        return _load_release(layout, device, dtype, text_encoder_path, text_encoder_device)
     spec = read_bundle_spec(directory)
     dit = load_dit(directory / "dit", dtype=dtype, device=device)
     vae = load_vae(directory / "vae", dtype=dtype, device=device)
-    source = text_encoder_path or (directory / "text_encoder" if spec.text_encoder_preset else None)
+    source = text_encoder_path or _bundled_text_encoder(directory, spec)
     if source is None:
         raise ValueError(
             f"bundle {spec.name} has no built-in text encoder: pass the directory of the HunyuanVideo "
@@ -136,3 +150,59 @@ def load_bundle(
         )
     text_encoder = load_text_encoder(source, device=text_encoder_device or device, dtype=dtype)
     return ModelBundle(spec, dit, vae, text_encoder)
+
+
+def _bundled_text_encoder(directory: Path, spec: BundleSpec) -> Path | None:
+    if spec.text_encoder_preset:
+        return directory / "text_encoder"
+    if (directory / HF_TEXT_ENCODERS_DIR).is_dir():
+        return directory / HF_TEXT_ENCODERS_DIR
+    return None
+
+
+def _load_release(
+    layout: ReleaseLayout,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    text_encoder_path: str | Path | None,
+    text_encoder_device: torch.device | str | None,
+) -> ModelBundle:
+    logger.info("loading the %s-layout HunyuanVideo release at %s", layout.kind, layout.root)
+    dit = load_dit(layout.dit, dtype=dtype, device=device)
+    vae = load_vae(layout.vae, dtype=dtype, device=device)
+    text_encoder = load_text_encoder(
+        text_encoder_path or layout.text_encoders, device=text_encoder_device or device, dtype=dtype
+    )
+    return ModelBundle(layout.spec, dit, vae, text_encoder)
+
+
+def convert_release(
+    source: str | Path, output: str | Path, dtype: torch.dtype | None = None, link_text_encoders: bool = False
+) -> Path:
+    """Write the release folder `source` as a bundle in `output`: dit/ and vae/ in the project's
+    format (in `dtype`; None keeps the checkpoint's), the text encoders copied into text_encoders/
+    (or symlinked there with `link_text_encoders`), and bundle.json with the release's spec."""
+    source, output = Path(source), Path(output)
+    layout = find_release(source)
+    if layout is None:
+        raise FileNotFoundError(f"{source} is not a HunyuanVideo release folder (no {BUNDLE_FILE} either)")
+    output.mkdir(parents=True, exist_ok=True)
+    save_dit(load_dit(layout.dit, dtype=dtype), output / "dit")
+    save_vae(load_vae(layout.vae, dtype=dtype), output / "vae")
+    encoders = output / HF_TEXT_ENCODERS_DIR
+    if encoders.is_symlink() or encoders.is_file():
+        encoders.unlink()
+    elif encoders.exists():
+        shutil.rmtree(encoders)
+    encoders.mkdir()
+    for name in _HF_TEXT_ENCODER_PARTS:
+        part = layout.text_encoders / name
+        if not part.is_dir():
+            continue  # Tencent's layout keeps each tokenizer inside its model folder
+        if link_text_encoders:
+            (encoders / name).symlink_to(part.resolve(), target_is_directory=True)
+        else:
+            shutil.copytree(part, encoders / name)
+    (output / BUNDLE_FILE).write_text(json.dumps(asdict(layout.spec), indent=2))
+    logger.info("converted the %s-layout release %s into the bundle %s", layout.kind, source, output)
+    return output

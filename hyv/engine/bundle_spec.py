@@ -45,11 +45,21 @@ class BundleSpec:
 
 
 def read_bundle_spec(directory: str | Path) -> BundleSpec:
-    path = Path(directory) / BUNDLE_FILE
+    """The spec of a bundle (its bundle.json) or of a HunyuanVideo release folder (hyv.engine.release).
+
+    FileNotFoundError names what is missing; ValueError, a release this project cannot serve.
+    """
+    directory = Path(directory)
+    path = directory / BUNDLE_FILE
     if not path.is_file():
+        from hyv.engine.release import WHAT_IS_LOOKED_FOR, find_release  # it builds on BundleSpec
+
+        layout = find_release(directory)
+        if layout is not None:
+            return layout.spec
         raise FileNotFoundError(
-            f"no model bundle at {Path(directory)} (missing {BUNDLE_FILE}); "
-            "create one with `hyv init-weights` or train one"
+            f"no model bundle at {directory}: no {BUNDLE_FILE}, and not {WHAT_IS_LOOKED_FOR}; "
+            "create a bundle with `hyv init-weights` or train one"
         )
     raw = json.loads(path.read_text())
     limits = ModelLimits(**raw.pop("limits", {}))

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from hyv.engine import memory
-from hyv.engine.bundle import ModelBundle, load_bundle
+from hyv.engine.bundle import BUNDLE_FILE, ModelBundle, load_bundle
 from hyv.engine.image_cond import fit_image, image_to_video_tensor, load_image
 from hyv.engine.limits import GenerationPlan, resolve
 from hyv.engine.request import GenerationRequest
@@ -107,6 +107,26 @@ def default_device_and_dtype() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+CPU_ALIGNMENT = 64  # bytes: what torch's CPU allocator gives; oneDNN/MKL kernels assume it
+
+
+def align_cpu_tensors(module: torch.nn.Module) -> int:
+    """Copy the CPU parameters and buffers that sit at addresses off CPU_ALIGNMENT; returns how many.
+
+    Memory-mapped weights sit wherever the file put them (a diffusers safetensors file: 8-byte
+    offsets). CPU matmul kernels round differently on misaligned inputs, so the same weights
+    from two files gave videos a pixel level apart. GPU copies are aligned by their allocator, and
+    the 13B never runs on the CPU, so only CPU-served models pay for this copy.
+    """
+    copied = 0
+    for tensors in (module.named_parameters(), module.named_buffers()):
+        for _, tensor in tensors:
+            if tensor.device.type == "cpu" and tensor.data_ptr() % CPU_ALIGNMENT:
+                tensor.data = tensor.data.clone()
+                copied += 1
+    return copied
+
+
 class VideoPipeline:
     def __init__(
         self, bundle: ModelBundle, options: PipelineOptions, schedule: list[float] | None = None
@@ -129,6 +149,9 @@ class VideoPipeline:
             offload_blocks(self.dit, self.device, options.dtype)
         else:
             self.dit.to(device=self.device, dtype=options.dtype)
+        if self.device.type == "cpu":
+            align_cpu_tensors(self.dit)
+            align_cpu_tensors(self.vae)
         if options.compile_blocks:
             for block in [*self.dit.double_blocks, *self.dit.single_blocks]:
                 block.compile()
@@ -146,7 +169,8 @@ class VideoPipeline:
             options = PipelineOptions(device=device, dtype=dtype)
         weights = Path(weights)
         bundle = load_bundle(weights, device="cpu", dtype=options.dtype, text_encoder_path=text_encoder_path)
-        metadata = read_dit_metadata(weights / "dit")
+        # A release folder (no bundle.json, hyv.engine.release) carries no distilled schedule.
+        metadata = read_dit_metadata(weights / "dit") if (weights / BUNDLE_FILE).is_file() else {}
         schedule = json.loads(metadata[SCHEDULE_METADATA_KEY]) if SCHEDULE_METADATA_KEY in metadata else None
         return cls(bundle, options, schedule)
 

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hyv.engine.bundle_spec import read_bundle_spec
+from hyv.engine.bundle_spec import BUNDLE_FILE, read_bundle_spec
 from hyv.engine.image_cond import load_image
 from hyv.engine.limits import GenerationPlan, ModelLimits, resolve
+from hyv.engine.release import find_release
 from hyv.engine.request import GenerationRequest
 from hyv.service.api.errors import InvalidRequestError, TooLargeError, validation_message
 from hyv.service.api.schemas import ImageReference, ModelPublic, VideoCreate
@@ -50,6 +51,11 @@ class ServedModel:
         except FileNotFoundError as exc:
             logger.warning("%s; validating requests against the default model limits", exc)
             return cls(name)
+        if not (weights / BUNDLE_FILE).is_file():  # a HunyuanVideo release folder, served as is
+            layout = find_release(weights)
+            assert layout is not None  # read_bundle_spec found one
+            created = max((int(p.stat().st_mtime) for p in layout.weight_files), default=0)
+            return cls(name, spec.limits, None, layout.supports_image or spec.limits.requires_image, created)
         supports_image, fixed_steps = True, None
         config_path = weights / "dit" / "config.json"
         try:
@@ -63,7 +69,7 @@ class ServedModel:
                 fixed_steps = len(json.loads(metadata[SCHEDULE_METADATA_KEY])) - 1
         except Exception as exc:  # a missing or foreign checkpoint: the worker will say more
             logger.warning("cannot read the DiT metadata in %s: %s", weights / "dit", exc)
-        created = int((weights / "bundle.json").stat().st_mtime)
+        created = int((weights / BUNDLE_FILE).stat().st_mtime)
         return cls(name, spec.limits, fixed_steps, supports_image or spec.limits.requires_image, created)
 
     def public(self) -> ModelPublic:
