@@ -356,7 +356,6 @@ def test_dockerfile() -> None:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
 
 
-
 def test_dockerfile_installs_the_text_encoder_extra_from_the_lock() -> None:
     """HYV_TEXT_ENCODER (the 13B's LLaVA-LLaMA-3 + CLIP) needs transformers, tokenizers and
     sentencepiece in the image, at the lock file's versions like every other dependency."""
@@ -376,6 +375,7 @@ def test_dockerfile_installs_the_text_encoder_extra_from_the_lock() -> None:
     lock = (ROOT / "requirements" / "lock.txt").read_text()
     for name in names:
         assert re.search(rf"^{name}==", lock, re.M), f"{name} is not pinned in requirements/lock.txt"
+
 
 def test_dockerignore() -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
