@@ -284,6 +284,18 @@ def _settings(**overrides: Any) -> Any:
         raise typer.BadParameter(str(exc)) from exc
 
 
+def _named_after_the_model(settings: Any) -> Any:
+    """The settings with model_name from the served bundle (unless set); exit 2 if none is there."""
+    try:
+        spec = read_bundle_spec(settings.weights)
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: a release this project cannot serve
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    if "model_name" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"model_name": spec.name})
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (HYV_HOST; default 127.0.0.1).")] = None,
@@ -305,13 +317,7 @@ def serve(
     from hyv.service.launcher import serve as run_serve
 
     settings = _settings(host=host, port=port, data_dir=data_dir, weights=weights, redis_url=redis_url)
-    try:
-        spec = read_bundle_spec(settings.weights)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
-    if "model_name" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"model_name": spec.name})
+    settings = _named_after_the_model(settings)
     if workers < 0 or (workers == 0 and not settings.redis_url):
         raise typer.BadParameter(f"--workers must be >= 1 (or 0 with HYV_REDIS_URL), got {workers}")
     run_serve(settings, workers)
@@ -333,11 +339,5 @@ def worker(
     settings = _settings(redis_url=redis_url, weights=weights, data_dir=data_dir, device=device)
     if not settings.redis_url:
         raise typer.BadParameter("hyv worker needs --redis-url or HYV_REDIS_URL")
-    try:
-        spec = read_bundle_spec(settings.weights)
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
-    if "model_name" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"model_name": spec.name})
+    settings = _named_after_the_model(settings)
     run_worker(settings, name)

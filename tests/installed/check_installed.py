@@ -30,7 +30,10 @@ import numpy as np
 import openai
 import pytest
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # the SDK marks its Videos API deprecated
+]
 
 CHECKOUT = Path(os.environ.get("HYV_TEST_CHECKOUT", "/nonexistent"))
 PROMPT = "a red circle moving right on a black background"

@@ -30,13 +30,18 @@ TEST_PACKAGES = ["transformers", "diffusers", "openai", "pytest", "pytest-timeou
 logger = logging.getLogger("test-installed")
 
 
-def _run(command: list[str | Path], **kwargs: object) -> None:
+def _run(command: list[str | Path], quiet: bool = False) -> None:
+    """Run a step; a quiet one shows its output only when it fails."""
     logger.info("$ %s", " ".join(str(part) for part in command))
-    subprocess.run([str(part) for part in command], check=True, **kwargs)  # type: ignore[call-overload]
+    result = subprocess.run([str(part) for part in command], capture_output=quiet, text=True, check=False)
+    if result.returncode:
+        if quiet:
+            sys.stderr.write(result.stdout[-20000:] + result.stderr[-20000:])
+        raise SystemExit(f"failed ({result.returncode}): {command[:4]}")
 
 
 def build_wheel(out_dir: Path) -> Path:
-    _run([sys.executable, "-m", "build", "--wheel", "--outdir", out_dir, ROOT])
+    _run([sys.executable, "-m", "build", "--wheel", "--outdir", out_dir, ROOT], quiet=True)
     (wheel,) = out_dir.glob("hyvideo_serve-*.whl")
     return wheel
 
@@ -44,7 +49,7 @@ def build_wheel(out_dir: Path) -> Path:
 def make_venv(venv_dir: Path, wheel: Path, torch_version: str, lock: Path | None) -> Path:
     _run([sys.executable, "-m", "venv", venv_dir])
     python = venv_dir / "bin" / "python"
-    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip = [python, "-m", "pip", "install", "-qq", "--disable-pip-version-check"]  # -qq: errors only
     _run([*pip, f"torch=={torch_version}"])  # first: the CPU build from the local disk, not CUDA
     constraints: list[str | Path] = ["-c", lock] if lock is not None else []
     _run([*pip, *constraints, f"{wheel}[text-encoders]", *TEST_PACKAGES])
