@@ -29,11 +29,12 @@ $(STAMP): pyproject.toml setup.py Makefile $(LOCK)
 install: $(STAMP)
 
 # Regenerate the lock file: every dependency of the project and its dev and text-encoders extras,
-# resolved by uv for CPython 3.11 on Linux x86_64 with torch at TORCH_VERSION.
+# resolved by uv with torch at TORCH_VERSION, universally (environment markers pick the pins for
+# each Python from 3.11 and each platform: the Docker image's Python is Ubuntu's 3.12).
 lock: $(STAMP)
 	@echo "torch==$(TORCH_VERSION)" > $(VENV)/torch-pin.txt
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra text-encoders --quiet \
-	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --universal --python-version 3.11 \
 	  --constraint $(VENV)/torch-pin.txt --no-header --output-file $(LOCK)
 
 # The main job: the video API (single-machine mode: its own Redis, one worker, the API) on
