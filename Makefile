@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install sysdeps serve bundle test test-latest test-installed lock lint typecheck pytest bench format clean
+.PHONY: install sysdeps serve bundle test test-fast test-latest test-installed lock lint typecheck pytest bench format clean
 
 $(STAMP): pyproject.toml setup.py Makefile $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,12 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
+# The quick loop: everything except the tests that start servers (Redis, workers, uvicorn, S3,
+# Prometheus, a browser; tests/conftest.py marks them `servers`). No lint or type checks.
+test-fast: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not servers" tests/kernels $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not servers" --ignore=tests/kernels $(PYTEST_ARGS)
+
 # The whole suite against today's newest versions (no lock; torch stays at TORCH_VERSION, since the
 # newest torch on the package index is a multi-GB CUDA build), in a fresh .venv-latest.
 test-latest:
@@ -86,7 +92,7 @@ test-latest:
 
 # The product as users get it: build the wheel, install it (not editable) into a fresh virtualenv
 # with the lock's versions of transformers and diffusers, and test it from a folder outside the
-# checkout (tests/installed/README.md).
+# checkout (tests/installed/run.py).
 test-installed: $(STAMP) sysdeps
 	$(PY) tests/installed/run.py --torch-version $(TORCH_VERSION) --lock $(LOCK)
 

@@ -276,16 +276,16 @@ def drain(stack: Stack, job_ids: list[str], timeout_s: float = 300.0) -> None:
     import redis
 
     from hyv.service.celery_app import celery_for
-    from hyv.service.jobs import JobStore
+    from hyv.service.job_store import JobStore
 
     assert stack.settings.redis_url
-    store = JobStore(redis.Redis.from_url(stack.settings.redis_url))
+    store = JobStore.connect(redis.Redis.from_url(stack.settings.redis_url))
     for job_id in job_ids:
-        store.request_cancel(job_id)  # queued -> cancelled now; running -> stops at its next step
+        store.cancels.request(job_id)  # queued -> cancelled now; running -> stops at its next step
     with celery_for(stack.settings).connection_for_write() as connection:
         connection.default_channel.queue_purge(stack.settings.queue_name)
     deadline = time.monotonic() + timeout_s
-    while store.running_ids() or any(w.get("busy_job") for w in store.workers()):
+    while store.jobs.running_ids() or any(w.get("busy_job") for w in store.workers.live()):
         if time.monotonic() > deadline:
             raise TimeoutError("the worker did not go idle after the load phases")
         time.sleep(0.1)

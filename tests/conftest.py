@@ -5,9 +5,56 @@ PROMETHEUS_MULTIPROC_DIR when the process creates its first metric value, and ke
 whole life. The test session is one process that imports `hyv.service.metrics` from many test
 packages (benchmarks, deploy, reliability, service), so they all share one folder, chosen here,
 first.
+
+Fixtures shared across test packages are plugins (pytest_plugins), loaded after that: the API
+tests' real Redis, tiny bundle and live server (tests/service/conftest_api.py) and the S3 server
+(tests/service/conftest_s3.py).
 """
 
 import os
 import tempfile
 
+import pytest
+
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hyv-test-metrics-"))
+
+pytest_plugins = ["tests.service.conftest_api", "tests.service.conftest_s3"]
+
+# Tests that start servers (Redis, Celery workers, uvicorn, moto, Prometheus, Chromium): those
+# using these fixtures, and the files that start their own. `make test-fast` runs the rest.
+SERVER_FIXTURES = frozenset(
+    {
+        "api_redis_url",
+        "serve_app",
+        "api",
+        "moto_s3",
+        "bucket",
+        "redis_server",
+        "service_settings",
+        "worker",
+        "store",
+        "storage",
+        "submit",
+        "cluster",
+        "hostile_server",
+        "stack",
+        "make_stack",
+        "served_release",
+    }
+)
+SERVER_FILES = (
+    "tests/deploy/test_prometheus.py",
+    "tests/deploy/test_runtime.py",
+    "tests/reliability/faults/",
+    "tests/service/test_launcher.py",
+    "tests/service/test_web.py",
+    "tests/benchmarks/test_service_bench.py",
+    "tests/test_cli.py::test_api_only_serve_imports_no_torch",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SERVER_FIXTURES or item.nodeid.startswith(SERVER_FILES):
+            item.add_marker(pytest.mark.servers)

@@ -13,8 +13,8 @@ Layout (all in the project's own formats):
 A HunyuanVideo release folder (Tencent's or diffusers', hyv.engine.release) loads without a
 bundle.json too; `convert_release` writes it as a bundle.
 
-The training issue fills a bundle with trained weights; `hyv init-weights` writes one with
-random weights so the whole path (and the 13B's speed) can be measured before any training.
+The training recipe (hyv.training) fills a bundle with trained weights; `hyv init-weights` writes
+one with random weights so the whole path (and the 13B's speed) can be measured before any training.
 """
 
 from __future__ import annotations

@@ -274,11 +274,6 @@ class FragmentedMP4Encoder:
                      self.init_size)  # fmt: skip
 
     @property
-    def bytes_out(self) -> int:
-        """MP4 bytes produced so far (returned or pending)."""
-        return self._sink.total
-
-    @property
     def finished(self) -> bool:
         return self._finished
 

@@ -13,7 +13,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -118,11 +118,3 @@ def row_layout(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int], tup
 
 def count_launch(name: str) -> None:
     LAUNCHES[name] += 1
-
-
-def grad_dtype_cast(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    return None if grad is None else grad.to(like.dtype)
-
-
-def as_any(x: Any) -> Any:  # for mypy on triton's untyped launch syntax
-    return x

@@ -196,7 +196,7 @@ def rope_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin tables (t*h*w, sum(axes_dim)) for the patched latent grid, T-major token order.
 
-    Same math as diffusers' HunyuanVideoRotaryPosEmbed (and models/embeddings.rope_tables).
+    Same math as diffusers' HunyuanVideoRotaryPosEmbed.
     Cached per (t, h, w, axes_dim, theta, device, dtype): the returned tensors are SHARED between
     callers and must not be modified in place (clone first if you need to).
     """

@@ -6,7 +6,7 @@ consumer's prefetch slot. When Redis is unreachable at that moment (a job ended 
 restarting) the first step raises, the slot is never freed and, with a prefetch of one, the worker
 never takes another message: alive, connected again, idle for good, with only "Couldn't ack" in its
 log. Here the slot is freed whatever Redis answers. A message left in the unacked index is restored
-after the visibility timeout and dropped by the job's claim (hyv.service.jobs: the job is finished,
+after the visibility timeout and dropped by the job's claim (hyv.service.job_claims: the job is finished,
 or another worker holds it), so nothing runs twice and nothing is lost.
 """
 

@@ -6,7 +6,7 @@ Settings that matter for long GPU jobs:
 - prefetch 1, concurrency 1: a worker holds one job; the rest wait in Redis for any free worker.
 - visibility_timeout: Redis redelivers an unacknowledged message after this long even if its worker
   is alive (Celery's "long jobs run twice" trap). It is set above the hard time limit, and the
-  per-job claim in hyv.service.jobs drops a duplicate delivery anyway (the tests shorten it on purpose).
+  per-job claim (hyv.service.job_claims) drops a duplicate delivery anyway (the tests shorten it on purpose).
 - soft/hard time limits, and worker_cancel_long_running_tasks_on_connection_loss.
 - the transport: kombu's Redis transport with its acknowledgement fixed for a Redis restart
   (hyv.service.broker: otherwise a job ending while Redis is down leaves the worker idle for good).
@@ -22,7 +22,7 @@ import threading
 from celery import Celery
 
 from hyv.service.broker import transport_for
-from hyv.service.jobs import Job
+from hyv.service.job_model import Job
 from hyv.service.settings import Settings, get_settings, queue_name
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_throttle": 1,
         },
         task_default_queue=queue_name(settings.model_name),
-        task_ignore_result=True,  # job state lives in hyv.service.jobs, not in a result backend
+        task_ignore_result=True,  # job state lives in hyv.service.job_records, not in a result backend
         task_serializer="json",
         accept_content=["json"],
         worker_hijack_root_logger=False,
@@ -78,7 +78,7 @@ def celery_for(settings: Settings) -> Celery:
 
 
 def enqueue(job: Job, settings: Settings | None = None) -> None:
-    """Send the job to its model's queue (the job record must already be in the JobStore)."""
+    """Send the job to its model's queue (the job record must already be stored: JobRecords.create)."""
     settings = settings or get_settings()
     celery_for(settings).send_task(TASK_NAME, args=[job.id], queue=queue_name(job.model))
     logger.info("enqueued", extra={"job_id": job.id, "queue": queue_name(job.model)})

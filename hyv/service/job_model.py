@@ -1,6 +1,7 @@
 """A video job as stored in Redis and shown by the API: `Job`, its status and its id.
 
-hyv.service.jobs (the JobStore) keeps these records; everything here is re-exported there.
+hyv.service.job_records keeps these records (the Lua scripts get the status and event names from
+here: hyv.service.job_scripts).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class JobStatus(enum.StrEnum):
 
 
 FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+# The pub/sub / SSE event name of each status: "progress" while running, else the status itself.
+EVENT_NAMES: dict[JobStatus, str] = {
+    status: "progress" if status == JobStatus.IN_PROGRESS else status.value for status in JobStatus
+}
 Stage = Literal["text_encode", "denoise", "decode", "encode"]
 
 
@@ -77,8 +82,7 @@ class Job(BaseModel):
 
     def event(self) -> dict[str, Any]:
         """The pub/sub / SSE event for this state: event = "progress" while running, else the status."""
-        name = "progress" if self.status == JobStatus.IN_PROGRESS else self.status.value
-        return {"event": name, "job": self.model_dump(mode="json")}
+        return {"event": EVENT_NAMES[self.status], "job": self.model_dump(mode="json")}
 
 
 JOB_FIELDS = frozenset(Job.model_fields)

@@ -214,12 +214,12 @@ def stop_worker(process: subprocess.Popen[bytes], grace_s: float = WORKER_STOP_G
 
 def wait_for_workers(redis_url: str, model: str, count: int = 1, timeout_s: float = 300.0) -> None:
     """Block until `count` workers of `model` beat as ready (model loaded)."""
-    from hyv.service.jobs import JobStore
+    from hyv.service.worker_registry import WorkerRegistry
 
-    store = JobStore.from_url(redis_url)
+    registry = WorkerRegistry(redis.Redis.from_url(redis_url))
     deadline = time.monotonic() + timeout_s
     while True:
-        ready = [w for w in store.workers(model) if w.get("ready")]
+        ready = [w for w in registry.live(model) if w.get("ready")]
         if len(ready) >= count:
             return
         if time.monotonic() > deadline:

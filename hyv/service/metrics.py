@@ -9,7 +9,7 @@ from Redis at scrape time, so it is right whichever process answers the scrape.
     API:    observe_request(route, method, code, seconds); job_submitted(model, mode)
     worker: job_finished(model, status); observe_queue_wait / observe_stage / observe_denoise_step /
             observe_first_byte
-    /metrics: body, content_type = render_metrics(store, settings)
+    /metrics: body, content_type = render_metrics(jobs, workers, settings)
 
 Recording a metric never raises: with the disk full (or a file-size limit) prometheus-client cannot
 create or grow its files, and that must not fail the job or the request being counted (logged
@@ -23,8 +23,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol
 
 from hyv.service.settings import get_settings
 
@@ -53,8 +54,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
 
 if TYPE_CHECKING:
-    from hyv.service.jobs import JobStore
+    from hyv.service.job_records import JobRecords
     from hyv.service.settings import Settings
+    from hyv.service.worker_registry import WorkerRegistry
 
 values.ValueClass = values.get_value_class()  # in case prometheus_client was imported earlier
 
@@ -157,10 +159,32 @@ def clear_multiproc_dir() -> None:
             path.unlink(missing_ok=True)
 
 
+class RedisState(Protocol):
+    """What RedisStateCollector reads: a model's queue depth and the live workers."""
+
+    def queue_depth(self, model: str) -> int: ...
+
+    def workers(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class JobStoreState:
+    """RedisState from the job store's parts: the job records (queues) and the worker registry."""
+
+    jobs: JobRecords
+    registry: WorkerRegistry
+
+    def queue_depth(self, model: str) -> int:
+        return self.jobs.queue_depth(model)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.registry.live()
+
+
 class RedisStateCollector(Collector):
     """Queue depth, workers ready/busy and their memory, read from Redis at scrape time."""
 
-    def __init__(self, store: JobStore, models: list[str]) -> None:
+    def __init__(self, store: RedisState, models: list[str]) -> None:
         self.store = store
         self.models = models
 
@@ -194,12 +218,14 @@ class RedisStateCollector(Collector):
         yield gpu
 
 
-def render_metrics(store: JobStore | None = None, settings: Settings | None = None) -> tuple[bytes, str]:
+def render_metrics(
+    jobs: JobRecords | None = None, workers: WorkerRegistry | None = None, settings: Settings | None = None
+) -> tuple[bytes, str]:
     """(body, content type) for GET /metrics: every process's counters and histograms merged, plus
-    the Redis-held gauges when a store is given."""
+    the Redis-held gauges when the job records and the worker registry are given."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(multiproc_dir()))
-    if store is not None:
+    if jobs is not None and workers is not None:
         models = [(settings or get_settings()).model_name]
-        registry.register(RedisStateCollector(store, models))
+        registry.register(RedisStateCollector(JobStoreState(jobs, workers), models))
     return generate_latest(registry), CONTENT_TYPE_LATEST

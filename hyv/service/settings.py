@@ -136,7 +136,7 @@ class Settings(BaseSettings):
                 f"task_soft_time_limit ({self.task_soft_time_limit})"
             )
         if self.visibility_timeout_seconds <= self.task_hard_time_limit:
-            # Allowed (the tests do it on purpose): the per-job claim in hyv.service.jobs keeps a
+            # Allowed (the tests do it on purpose): the per-job claim in hyv.service.job_claims keeps a
             # redelivered job from running twice; it only costs a dropped duplicate message.
             logger.warning(
                 "visibility_timeout_seconds (%s) <= task_hard_time_limit (%s): long jobs will be "

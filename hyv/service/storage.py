@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from hyv.service.jobs import JOB_ID_RE
+from hyv.service.job_model import JOB_ID_RE
 
 if TYPE_CHECKING:
     from hyv.service.settings import Settings

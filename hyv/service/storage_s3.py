@@ -42,7 +42,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from hyv.service.jobs import JOB_ID_RE
+from hyv.service.job_model import JOB_ID_RE
 from hyv.service.storage import LocalVideoWriter, StorageError, _check_id
 
 if TYPE_CHECKING:

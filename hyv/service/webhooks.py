@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 
 if TYPE_CHECKING:
-    from hyv.service.jobs import Job
+    from hyv.service.job_model import Job
     from hyv.service.settings import Settings
 
 logger = logging.getLogger(__name__)

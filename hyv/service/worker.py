@@ -3,19 +3,19 @@
 Each pool process loads hyv.engine.pipeline.VideoPipeline once (worker_process_init), then beats in
 Redis (`hyv:workers:{host}`, TTL) as ready. For each job it:
 
-1. claims it (hyv.service.jobs.JobStore.claim): a finished job is not rerun, a job another live worker
+1. claims it (hyv.service.job_claims.JobClaims.claim): a finished job is not rerun, a job another live worker
    holds is dropped (Redis redelivers unacknowledged messages after the visibility timeout even
    while their worker is alive), a job cancelled while queued never starts;
 2. streams the fragmented MP4 from VideoPipeline.stream into storage (`{id}.mp4.part`, renamed
    to `{id}.mp4` at the end; with S3 storage uploaded first), with stage/step/progress written to
-   the JobStore as they happen; a storage failure fails the job with `storage_error`;
+   the job records as they happen; a storage failure fails the job with `storage_error`;
 3. checks for a cancel after every denoising step and decoded tile (the pipeline raises
    GenerationCancelledError) by reading a local event that a pub/sub message sets
    (hyv.service.worker_signals: no Redis round trip per step), and stops if it lost its claim;
    progress goes to Redis at most every `progress_interval_s` (each stage's start and end always);
 4. renews its claim before publishing the video (a run whose lease lapsed unnoticed drops its
    output there), writes a PNG thumbnail of the first frame and the final state, which
-   JobStore.finish writes only while this run's token still holds the claim (one Lua script): a
+   JobRecords.finish writes only while this run's token still holds the claim (one Lua script): a
    run that lost the job to another worker never ends it, it logs and returns `lost`.
 
 The beat thread also renews the running job's claim and requeues in-progress jobs whose claim
@@ -47,7 +47,8 @@ from hyv.engine.pipeline import GenerationCancelledError, Progress, VideoPipelin
 from hyv.engine.request import GenerationRequest
 from hyv.service import metrics, webhooks
 from hyv.service.celery_app import TASK_NAME, celery_for
-from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.job_model import Job, JobStatus
+from hyv.service.job_store import JobStore
 from hyv.service.log import configure_logging, job_context
 from hyv.service.settings import Settings, get_settings, queue_name
 from hyv.service.storage import Storage, StorageError, make_storage
@@ -70,16 +71,21 @@ CLEANUP_INTERVAL_S = 600.0
 
 
 class WorkerRuntime:
-    """Everything one pool process holds: the loaded pipeline, the store, the beat thread."""
+    """Everything one pool process holds: the loaded pipeline, the parts of the job store it uses
+    (records, claims, cancel requests, the worker registry), the beat thread."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         assert settings.redis_url
-        self.store = JobStore(worker_redis(settings.redis_url), settings.job_ttl_seconds * 2)
+        store = JobStore.connect(worker_redis(settings.redis_url), settings.job_ttl_seconds * 2)
+        self.jobs = store.jobs
+        self.claims = store.claims
+        self.cancel_requests = store.cancels
+        self.registry = store.workers
         self.storage: Storage = make_storage(settings)
         self.hostname = f"{socket.gethostname()}:{os.getpid()}"
         self.running: RunningJob | None = None
-        self.cancels = CancelWatch(self.store, self.hostname, lambda: self.running)
+        self.cancels = CancelWatch(self.cancel_requests, self.hostname, lambda: self.running)
         self._stop = threading.Event()
         self.pipeline: VideoPipeline | None = None
         self.load_error: str | None = None  # why the model is not loaded (shown by /readyz)
@@ -117,14 +123,14 @@ class WorkerRuntime:
     def hand_back(self, job_id: str) -> None:
         """A job delivered while the model is not loaded: logged, held a moment (so this worker does
         not spin on the queue), then Celery requeues the message; the job stays queued."""
-        self.store.log_run(job_id, "delivery", outcome="not_ready", worker=self.hostname)
+        self.claims.log_run(job_id, "delivery", outcome="not_ready", worker=self.hostname)
         logger.warning("model not loaded: handing the job back to the queue", extra={"job_id": job_id})
         time.sleep(not_ready_delay(self.settings))
 
     def stop(self) -> None:
         self._stop.set()
         self.cancels.stop()
-        self.store.worker_gone(self.hostname)
+        self.registry.gone(self.hostname)
 
     def info(self) -> dict[str, Any]:
         running = self.running
@@ -145,7 +151,7 @@ class WorkerRuntime:
 
     def _heartbeat(self) -> None:
         beat = self.settings.worker_heartbeat_seconds
-        self.store.worker_heartbeat(self.hostname, self.info(), ttl_seconds=beat * 3)
+        self.registry.heartbeat(self.hostname, self.info(), ttl_seconds=beat * 3)
 
     def _beat_loop(self) -> None:
         last_cleanup = 0.0
@@ -153,7 +159,7 @@ class WorkerRuntime:
             try:
                 self._heartbeat()
                 running = self.running
-                if running and not self.store.renew_claim(
+                if running and not self.claims.renew(
                     running.job_id, running.token, self.settings.job_lease_seconds
                 ):
                     logger.error("lost the claim on the running job", extra={"job_id": running.job_id})
@@ -177,10 +183,10 @@ class WorkerRuntime:
     def requeue_orphans(self) -> list[str]:
         """In-progress jobs nobody holds (their worker died): back to the queue, once."""
         requeued = []
-        for job_id in self.store.running_ids():
-            if self.store.claim_holder(job_id) is not None:
+        for job_id in self.jobs.running_ids():
+            if self.claims.holder(job_id) is not None:
                 continue
-            written, job = self.store.transition(
+            written, job = self.jobs.transition(
                 job_id,
                 [JobStatus.IN_PROGRESS],
                 require_unclaimed=True,
@@ -200,19 +206,19 @@ class WorkerRuntime:
     def run(self, job_id: str) -> str:
         """Claim and run one job; returns what happened (for logs and tests)."""
         token = f"{self.hostname}:{uuid.uuid4().hex[:8]}"
-        claim = self.store.claim(job_id, token, self.settings.job_lease_seconds)
-        self.store.log_run(job_id, "delivery", outcome=claim, worker=self.hostname)
+        claim = self.claims.claim(job_id, token, self.settings.job_lease_seconds)
+        self.claims.log_run(job_id, "delivery", outcome=claim, worker=self.hostname)
         if claim in ("missing", "finished", "held"):
             logger.info(f"dropping delivery: job {claim}", extra={"job_id": job_id, "claim": claim})
             return claim
         if claim == "cancel":
             outcome = self._finish_cancelled(job_id, token, "cancelled before it started")
-            self.store.release_claim(job_id, token)
+            self.claims.release(job_id, token)
             return outcome
-        current = self.store.get(job_id)
+        current = self.jobs.get(job_id)
         assert current is not None
         now = time.time()
-        written, job = self.store.transition(
+        written, job = self.jobs.transition(
             job_id,
             [JobStatus.QUEUED, JobStatus.IN_PROGRESS],
             status=JobStatus.IN_PROGRESS,
@@ -226,7 +232,7 @@ class WorkerRuntime:
             error_message=None,
         )
         if not written or job is None:
-            self.store.release_claim(job_id, token)
+            self.claims.release(job_id, token)
             return "dropped"
         if job.attempts == 1:
             metrics.observe_queue_wait(now - job.created_at)
@@ -238,15 +244,15 @@ class WorkerRuntime:
             outcome = self._generate(job, running)
             return outcome
         finally:
-            self.store.log_run(job_id, "end", outcome=outcome, worker=self.hostname, **running.summary())
+            self.claims.log_run(job_id, "end", outcome=outcome, worker=self.hostname, **running.summary())
             self.running = None
-            self.store.release_claim(job_id, token)
+            self.claims.release(job_id, token)
             self._heartbeat()
 
     def _generate(self, job: Job, running: RunningJob) -> str:
         assert self.pipeline is not None
         job_id = job.id
-        store = self.store
+        jobs, claims = self.jobs, self.claims
         try:
             request = GenerationRequest(**job.request, image=self.storage.load_input_image(job_id))
             plan = self.pipeline.plan(request)
@@ -256,7 +262,7 @@ class WorkerRuntime:
             return self._fail(job, running.token, "invalid_request", str(exc))
 
         last_step = [time.perf_counter()]
-        progress_writer = ProgressWriter(store, running, self.settings.progress_interval_s)
+        progress_writer = ProgressWriter(jobs, running, self.settings.progress_interval_s)
 
         def on_progress(progress: Progress) -> None:
             now = time.perf_counter()
@@ -281,7 +287,7 @@ class WorkerRuntime:
                 progress_writer.note(content_bytes=writer.bytes_written)
             # Publish only while the job is still ours (renewing the lease covers the rename, the
             # upload and the final write): a run whose lease lapsed unnoticed ends here.
-            if not store.renew_claim(job_id, running.token, self.settings.job_lease_seconds):
+            if not claims.renew(job_id, running.token, self.settings.job_lease_seconds):
                 running.lost.set()
                 writer.abandon()
                 return self._lost(job_id, "before publishing its video")
@@ -316,7 +322,7 @@ class WorkerRuntime:
         for stage, seconds in timings.items():
             metrics.observe_stage(stage, seconds)
         now = int(time.time())
-        written, _ = store.finish(
+        written, _ = jobs.finish(
             job_id,
             running.token,
             JobStatus.COMPLETED,
@@ -362,7 +368,7 @@ class WorkerRuntime:
         """The failed final state (if the claim is still ours); `progress`: the last
         stage/step/progress not yet written."""
         now = int(time.time())
-        written, _ = self.store.finish(
+        written, _ = self.jobs.finish(
             job.id,
             token,
             JobStatus.FAILED,
@@ -380,7 +386,7 @@ class WorkerRuntime:
         return "failed"
 
     def _finish_cancelled(self, job_id: str, token: str, message: str, **progress: Any) -> str:
-        written, job = self.store.finish(
+        written, job = self.jobs.finish(
             job_id,
             token,
             JobStatus.CANCELLED,
@@ -410,7 +416,7 @@ class WorkerRuntime:
 
     def _notify(self, job_id: str) -> None:
         """The job's webhook, if it asked for one (hyv.service.webhooks delivers in the background)."""
-        job = self.store.get(job_id)
+        job = self.jobs.get(job_id)
         if job is None or not job.webhook_url:
             return
         try:
@@ -473,7 +479,7 @@ def _on_task_failure(
     assert settings.redis_url
     store = JobStore.from_url(settings.redis_url)
     job_id = str(args[0])
-    written, job = store.transition(
+    written, job = store.jobs.transition(
         job_id,
         [JobStatus.QUEUED, JobStatus.IN_PROGRESS],
         status=JobStatus.FAILED,
@@ -483,7 +489,7 @@ def _on_task_failure(
     )
     if written and job is not None:
         metrics.job_finished(job.model, JobStatus.FAILED)
-    store.drop_claim(job_id)
+    store.claims.drop(job_id)
 
 
 @shared_task(name=TASK_NAME, ignore_result=True)

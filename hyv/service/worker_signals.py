@@ -2,11 +2,11 @@
 
 - `RunningJob`: the job a pool process runs, its local cancel event and the step it is at.
 - `CancelWatch`: one pub/sub subscription per pool process, on `hyv:cancel-requests:{host}` (where
-  JobStore.request_cancel publishes the id of a running job): a message sets the running job's
+  CancelRequests.request publishes the id of a running job): a message sets the running job's
   cancel event, so the sampler's check after every denoising step reads a local threading.Event.
   A lost message cannot lose a cancel: the flag `hyv:cancel:{id}` is also read when a job starts
   (the cancel may predate it), after every (re)subscription, and with every progress write.
-- `ProgressWriter`: stage/step/progress to the JobStore at most every `progress_interval_s`, and
+- `ProgressWriter`: stage/step/progress to the job records at most every `progress_interval_s`, and
   always a stage's first and last report, so status reads and the SSE feed see every stage begin
   and end (and the final denoising step) whatever the interval.
 """
@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hyv.service.jobs import JobStore
+from hyv.service.job_cancels import CancelRequests
+from hyv.service.job_records import JobRecords
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class RunningJob:
         )
 
     def summary(self) -> dict[str, Any]:
-        """For the run's end entry in the delivery log (JobStore.log_run)."""
+        """For the run's end entry in the delivery log (JobClaims.log_run)."""
         found: dict[str, Any] = {
             "stage": self.stage,
             "step": self.step,
@@ -74,9 +75,11 @@ class RunningJob:
 class CancelWatch:
     """The pool process's subscription to its cancel channel, in a daemon thread."""
 
-    def __init__(self, store: JobStore, hostname: str, current: Callable[[], RunningJob | None]) -> None:
-        self.store = store
-        self.channel = store.cancel_channel(hostname)
+    def __init__(
+        self, cancel_requests: CancelRequests, hostname: str, current: Callable[[], RunningJob | None]
+    ) -> None:
+        self.cancel_requests = cancel_requests
+        self.channel = cancel_requests.channel(hostname)
         self._current = current
         self._subscribed = threading.Event()
         self._stop = threading.Event()
@@ -100,12 +103,12 @@ class CancelWatch:
 
     def check_flag(self, running: RunningJob) -> None:
         """Read the job's cancel flag once (a job starting, or a gap in the subscription)."""
-        if self.store.is_cancel_requested(running.job_id):
+        if self.cancel_requests.is_requested(running.job_id):
             running.request_cancel("flag")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            pubsub = self.store.redis.pubsub()
+            pubsub = self.cancel_requests.redis.pubsub()
             try:
                 pubsub.subscribe(self.channel)
                 while not self._stop.is_set():
@@ -136,7 +139,7 @@ class CancelWatch:
 
 
 class ProgressWriter:
-    """The pipeline's progress reports -> JobStore.update_progress, throttled to `interval_s`.
+    """The pipeline's progress reports -> JobRecords.update_progress, throttled to `interval_s`.
 
     A report is written at once when it starts a stage or is the stage's last one (step == total);
     others wait until `interval_s` has passed since the last write (0 = write every report). The
@@ -145,14 +148,14 @@ class ProgressWriter:
 
     def __init__(
         self,
-        store: JobStore,
+        jobs: JobRecords,
         running: RunningJob,
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0, got {interval_s}")
-        self.store = store
+        self.jobs = jobs
         self.running = running
         self.interval_s = interval_s
         self._clock = clock
@@ -183,7 +186,7 @@ class ProgressWriter:
         fields, self._pending = self._pending, {}
         self._last_write = self._clock()
         self.running.progress_writes += 1
-        if self.store.update_progress(self.running.job_id, **fields):
+        if self.jobs.update_progress(self.running.job_id, **fields):
             self.running.request_cancel("flag")
 
     def unwritten(self) -> dict[str, Any]:

@@ -14,10 +14,14 @@ import typer
 from rich.console import Console
 
 from hyv.training.distill.cli import distill_command
+from hyv.training.dit.config import DiTTrainConfig
 from hyv.training.eval.cli import eval_command, retention_command
+from hyv.training.recipe import from_options, option_defaults
 from hyv.training.vae.cli import vae_command
 
 console = Console(stderr=True)
+_DIT = DiTTrainConfig()  # the `hyv train dit` defaults
+_BUNDLE = option_defaults()  # the `hyv train bundle` defaults
 
 # Its help text is hyv.cli's (shown without importing this module).
 train_app = typer.Typer(no_args_is_help=True)
@@ -38,30 +42,32 @@ train_app.command("retention")(retention_command)
 
 @train_app.command("bundle")
 def train_bundle_command(
-    out: Annotated[Path, typer.Option(help="Run directory of all stages (checkpoints, caches).")] = Path(
-        "runs/bundle"
-    ),
-    export_dir: Annotated[Path, typer.Option(help="Where the finished bundle goes.")] = Path(
-        "weights/hyv-small"
-    ),
-    seed: Annotated[int, typer.Option(help="Seed of every stage.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory of all stages (checkpoints, caches).")] = _BUNDLE[
+        "out"
+    ],
+    export_dir: Annotated[Path, typer.Option(help="Where the finished bundle goes.")] = _BUNDLE["export_dir"],
+    seed: Annotated[int, typer.Option(help="Seed of every stage.")] = _BUNDLE["seed"],
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = _BUNDLE[
+        "device"
+    ],
     vae_steps: Annotated[int | None, typer.Option(help="VAE steps (default: the VAE trainer's).")] = None,
-    dit_steps: Annotated[int, typer.Option(help="DiT flow-matching steps.")] = 20_000,
-    dit_batch_size: Annotated[int, typer.Option(help="DiT clips per step.")] = 16,
+    dit_steps: Annotated[int, typer.Option(help="DiT flow-matching steps.")] = _BUNDLE["dit_steps"],
+    dit_batch_size: Annotated[int, typer.Option(help="DiT clips per step.")] = _BUNDLE["dit_batch_size"],
     cfg_steps: Annotated[int | None, typer.Option(help="CFG-distillation steps.")] = None,
     distill_steps: Annotated[int | None, typer.Option(help="Step-distillation steps.")] = None,
-    student_steps: Annotated[int, typer.Option(help="Sampling steps of the distilled student (<= 6).")] = 4,
+    student_steps: Annotated[
+        int, typer.Option(help="Sampling steps of the distilled student (<= 6).")
+    ] = _BUNDLE["student_steps"],
     until: Annotated[str, typer.Option(help="Last stage: vae, dit, cfg, steps, export or eval.")] = "eval",
 ) -> None:
     """The whole recipe of the bundled model (VAE -> DiT -> CFG and step distillation -> export -> eval).
 
     Resumable: run the same command again after an interrupt and it continues where it stopped."""
-    from hyv.training.recipe import RecipeConfig, train_bundle
+    from hyv.training.recipe import train_bundle
 
     try:
-        config = RecipeConfig(
-            out_dir=out,
+        config = from_options(
+            out=out,
             export_dir=export_dir,
             seed=seed,
             device=device,
@@ -80,41 +86,47 @@ def train_bundle_command(
 
 @train_app.command("dit")
 def train_dit_command(
-    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, loss.png, the bundle.")] = Path(
-        "runs/dit"
-    ),
-    bundle: Annotated[str, typer.Option(help="Bundle preset for a fresh start.")] = "small",
-    init_from: Annotated[Path | None, typer.Option(help="Start from this bundle directory.")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 10_000,
-    batch_size: Annotated[int, typer.Option(help="Clips per step (per process).")] = 4,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
-    lr_schedule: Annotated[str, typer.Option(help="After warmup: constant or cosine (to 0).")] = "constant",
+    out: Annotated[
+        Path, typer.Option(help="Run directory: checkpoints, loss.png, the bundle.")
+    ] = _DIT.out_dir,
+    bundle: Annotated[str, typer.Option(help="Bundle preset for a fresh start.")] = _DIT.bundle,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this bundle directory.")
+    ] = _DIT.init_from,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = _DIT.steps,
+    batch_size: Annotated[int, typer.Option(help="Clips per step (per process).")] = _DIT.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = _DIT.lr,
+    lr_schedule: Annotated[
+        str, typer.Option(help="After warmup: constant or cosine (to 0).")
+    ] = _DIT.lr_schedule,
     unshifted_fraction: Annotated[
         float, typer.Option(help="Share of sigmas drawn without the flow shift (more low-noise training).")
-    ] = 0.0,
+    ] = _DIT.unshifted_fraction,
     latent_norm: Annotated[
         str, typer.Option(help="global (z x scaling factor) or per_channel (standardized per channel).")
-    ] = "global",
+    ] = _DIT.latent_norm,
     vae_path: Annotated[
         Path | None, typer.Option(help="A trained VAE replacing the bundle's (frozen).")
-    ] = None,
+    ] = _DIT.vae_path,
     train_text_encoder: Annotated[
         bool,
         typer.Option(help="Train the built-in text encoder jointly (default: frozen)."),
-    ] = False,
+    ] = _DIT.train_text_encoder,
     cache_videos: Annotated[
         int, typer.Option(help="Encode this many train videos once and train on their latents (0: off).")
-    ] = 0,
-    cache_images: Annotated[int, typer.Option(help="Images in the latent cache.")] = 0,
-    size: Annotated[int, typer.Option(help="Square training size in pixels (multiple of 16).")] = 64,
-    frames: Annotated[int, typer.Option(help="Frames per training clip (4n+1).")] = 17,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    seed: Annotated[int, typer.Option(help="Seed of data, noise and init.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
+    ] = _DIT.cache_videos,
+    cache_images: Annotated[int, typer.Option(help="Images in the latent cache.")] = _DIT.cache_images,
+    size: Annotated[int, typer.Option(help="Square training size in pixels (multiple of 16).")] = _DIT.size,
+    frames: Annotated[int, typer.Option(help="Frames per training clip (4n+1).")] = _DIT.num_frames,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = _DIT.checkpoint_every,
+    seed: Annotated[int, typer.Option(help="Seed of data, noise and init.")] = _DIT.seed,
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda if available).")
+    ] = _DIT.device,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = _DIT.resume,
 ) -> None:
     """Flow-matching training of the DiT on the synthetic clips (DDP under torchrun)."""
-    from hyv.training.dit import DiTTrainConfig, train_dit
+    from hyv.training.dit import train_dit
 
     try:
         config = DiTTrainConfig(

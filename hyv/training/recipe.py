@@ -36,6 +36,11 @@ import torch
 
 from hyv.engine.bundle import BUNDLE_PRESETS, CHECKOUT_BUNDLE_DIR, load_bundle, save_bundle
 from hyv.models import read_dit_metadata
+from hyv.training.config_io import TrainConfig
+from hyv.training.distill.config import DistillConfig
+from hyv.training.dit.config import DiTTrainConfig
+from hyv.training.eval.runner import EvalConfig
+from hyv.training.vae.config import VAETrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,38 +49,57 @@ RECIPE_FILE = "recipe.json"
 STAGES = ("vae", "dit", "cfg", "steps", "export", "eval")
 
 
+def _recipe_dit() -> DiTTrainConfig:
+    """The bundled model's DiT stage: a longer, larger-batch, cosine-decayed run than the trainer's
+    defaults, on per-channel standardized latents, with a third of the sigmas unshifted and the
+    built-in text encoder frozen at its random init."""
+    return DiTTrainConfig(
+        steps=20_000,
+        batch_size=16,
+        lr=6e-4,
+        lr_schedule="cosine",
+        unshifted_fraction=0.3,
+        latent_norm="per_channel",
+        cache_videos=3000,
+        cache_images=750,
+    )
+
+
+# The stage configs RecipeConfig nests, each a stage's own config class.
+STAGE_CONFIGS = ("vae", "dit", "cfg", "steps", "eval")
+# Their fields that the recipe sets (RecipeConfig.__post_init__ and the stages' runs).
+_SET_BY_RECIPE = frozenset(
+    {"out_dir", "seed", "device", "size", "num_frames", "resume", "progress", "preset", "bundle"}
+    | {"vae_path", "teacher", "student"}
+)
+
+
 @dataclass
 class RecipeConfig:
+    """The recipe's settings: a few that every stage shares, and each stage's own config.
+
+    The shared ones (`out_dir`, which gives each stage its run directory, `seed`, `device`, `size`,
+    `num_frames`, `progress`, `bundle_preset`, and `resume=True`) are written into the stage configs
+    on construction; the directories a stage reads from an earlier one (the DiT's VAE, a teacher,
+    the bundle to evaluate) when the stage runs."""
+
     out_dir: Path = Path("runs/bundle")
     export_dir: Path = CHECKOUT_BUNDLE_DIR
     seed: int = 0
     device: str | None = None
     size: int = 64
     num_frames: int = 17
-    # --- stage lengths (None: the stage trainer's own default) ---
-    vae_steps: int | None = None
-    dit_steps: int = 20_000
-    dit_batch_size: int = 16
-    dit_lr: float = 6e-4
-    dit_lr_schedule: str = "cosine"  # after warmup: cosine to 0 at dit_steps (or constant)
-    dit_unshifted_fraction: float = 0.3  # share of DiT sigmas drawn without the flow shift
-    dit_latent_norm: str = "per_channel"  # the DiT's latents standardized per channel (or global)
-    dit_train_text_encoder: bool = False  # the built-in text encoder stays at its random init (frozen)
-    dit_cache_videos: int = 3000
-    dit_cache_images: int = 750
-    cfg_steps: int | None = None
-    distill_steps: int | None = None
-    student_steps: int = 4
-    eval_samples_per_combination: int = 2  # 88 clips: one clip is 1.1 points, not 2.3
     export_dtype: str = "fp16"
     bundle_preset: str = "small"  # hyv.engine.bundle preset: the DiT, VAE and text-encoder sizes
     progress: bool = True
-    # Extra fields for each stage's own config (smoke tests, experiments): {"field": value}.
-    vae_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    dit_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    cfg_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    steps_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    eval_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # --- the stages' configs ---
+    vae: VAETrainConfig = dataclasses.field(default_factory=VAETrainConfig)
+    dit: DiTTrainConfig = dataclasses.field(default_factory=_recipe_dit)
+    cfg: DistillConfig = dataclasses.field(default_factory=lambda: DistillConfig.for_stage("cfg"))
+    steps: DistillConfig = dataclasses.field(default_factory=lambda: DistillConfig.for_stage("steps"))
+    eval: EvalConfig = dataclasses.field(  # 88 clips: one clip is 1.1 points, not 2.3
+        default_factory=lambda: EvalConfig(student=CHECKOUT_BUNDLE_DIR, samples_per_combination=2)
+    )
 
     def __post_init__(self) -> None:
         self.out_dir, self.export_dir = Path(self.out_dir), Path(self.export_dir)
@@ -89,15 +113,40 @@ class RecipeConfig:
                 f"RecipeConfig.bundle_preset={self.bundle_preset!r} must be a bundle preset with a built-in "
                 f"text encoder: {[k for k, v in BUNDLE_PRESETS.items() if v.text_encoder_preset]}"
             )
-        if not 1 <= self.student_steps <= 6:
-            raise ValueError(f"RecipeConfig.student_steps={self.student_steps} must be in 1..6")
-        for name in ("dit_steps", "dit_batch_size", "size", "num_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RecipeConfig.{name}={getattr(self, name)} must be positive")
+        shared = self.shared_fields()
+        self.vae = self.vae.replace(
+            out_dir=self.vae_run, preset=BUNDLE_PRESETS[self.bundle_preset].vae_preset, **shared
+        )
+        self.dit = self.dit.replace(out_dir=self.dit_run, bundle=self.bundle_preset, **shared)
+        self.cfg = self.cfg.replace(out_dir=self.cfg_run, **shared)
+        self.steps = self.steps.replace(out_dir=self.steps_run, **shared)
+        self.eval = dataclasses.replace(
+            self.eval,
+            out_dir=self.eval_run,
+            size=self.size,
+            num_frames=self.num_frames,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+    def shared_fields(self) -> dict[str, Any]:
+        """The fields the recipe sets in every training stage's config."""
+        return {
+            "seed": self.seed,
+            "device": self.device,
+            "size": self.size,
+            "num_frames": self.num_frames,
+            "resume": True,
+            "progress": self.progress,
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in STAGE_CONFIGS
+        }
         data["out_dir"], data["export_dir"] = str(self.out_dir), str(self.export_dir)
+        for name in STAGE_CONFIGS:
+            data[name] = _plain(getattr(self, name))
         return data
 
     # --- where each stage writes ---
@@ -164,65 +213,21 @@ class Recipe:
     # --- the stages ---
 
     def vae(self) -> Path:
-        from hyv.training.vae import VAETrainConfig, train_vae
+        from hyv.training.vae import train_vae
 
-        c = self.config
-        changes: dict[str, Any] = dict(
-            out_dir=c.vae_run, seed=c.seed, device=c.device, size=c.size, num_frames=c.num_frames, resume=True
-        )
-        if c.vae_steps is not None:
-            changes["steps"] = c.vae_steps
-        changes["preset"] = BUNDLE_PRESETS[c.bundle_preset].vae_preset
-        config = VAETrainConfig(**{**changes, "progress": c.progress, **c.vae_overrides})
+        config = self.config.vae
         return self._run("vae", lambda: train_vae(config), config.to_dict())
 
     def dit(self, vae_dir: Path) -> Path:
-        from hyv.training.dit import DiTTrainConfig, train_dit
+        from hyv.training.dit import train_dit
 
-        c = self.config
-        config = DiTTrainConfig(
-            out_dir=c.dit_run,
-            bundle=c.bundle_preset,
-            vae_path=vae_dir,
-            steps=c.dit_steps,
-            batch_size=c.dit_batch_size,
-            lr=c.dit_lr,
-            lr_schedule=c.dit_lr_schedule,
-            unshifted_fraction=c.dit_unshifted_fraction,
-            latent_norm=c.dit_latent_norm,
-            train_text_encoder=c.dit_train_text_encoder,
-            size=c.size,
-            num_frames=c.num_frames,
-            cache_videos=c.dit_cache_videos,
-            cache_images=c.dit_cache_images,
-            seed=c.seed,
-            device=c.device,
-            resume=True,
-            progress=c.progress,
-        ).replace(**c.dit_overrides)
+        config = self.config.dit.replace(vae_path=vae_dir)
         return self._run("dit", lambda: train_dit(config), config.to_dict())
 
     def distill(self, stage: str, teacher: Path) -> Path:
-        from hyv.training.distill import DistillConfig, train_distill
+        from hyv.training.distill import train_distill
 
-        c = self.config
-        changes: dict[str, Any] = dict(
-            teacher=teacher,
-            out_dir=c.cfg_run if stage == "cfg" else c.steps_run,
-            size=c.size,
-            num_frames=c.num_frames,
-            seed=c.seed,
-            device=c.device,
-            resume=True,
-            progress=c.progress,
-        )
-        steps = c.cfg_steps if stage == "cfg" else c.distill_steps
-        if steps is not None:
-            changes["steps"] = steps
-        if stage == "steps":
-            changes["student_steps"] = c.student_steps
-        changes.update(c.cfg_overrides if stage == "cfg" else c.steps_overrides)
-        config = DistillConfig.for_stage(stage, **changes)
+        config = (self.config.cfg if stage == "cfg" else self.config.steps).replace(teacher=teacher)
         return self._run(stage, lambda: train_distill(config), config.to_dict())
 
     def export(self, student: Path) -> Path:
@@ -244,20 +249,10 @@ class Recipe:
         return self._run("export", write, {"student": str(student), "dtype": c.export_dtype})
 
     def evaluate(self, bundle_dir: Path, teacher: Path) -> Path:
-        from hyv.training.eval.runner import EvalConfig, evaluate_bundle
+        from hyv.training.eval.runner import evaluate_bundle
 
         c = self.config
-        config = EvalConfig(
-            student=bundle_dir,
-            teacher=teacher,
-            out_dir=c.eval_run,
-            size=c.size,
-            num_frames=c.num_frames,
-            samples_per_combination=c.eval_samples_per_combination,
-            seed=c.seed,
-            progress=c.progress,
-            **c.eval_overrides,
-        )
+        config = dataclasses.replace(c.eval, student=bundle_dir, teacher=teacher)
 
         def run() -> Path:
             evaluate_bundle(config)
@@ -368,38 +363,90 @@ def _git_commit(export_dir: Path) -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-# RecipeConfig fields that `hyv train bundle` takes as options (hyv/training/cli.py), and their names.
-_CLI_OPTIONS = {
-    "out_dir": "--out",
-    **{
-        name: "--" + name.replace("_", "-")
-        for name in (
-            "export_dir",
-            "seed",
-            "device",
-            "vae_steps",
-            "dit_steps",
-            "dit_batch_size",
-            "cfg_steps",
-            "distill_steps",
-            "student_steps",
-        )
-    },
+# The options of `hyv train bundle` (hyv/training/cli.py), each the RecipeConfig field it sets
+# ("stage.field": a field of a stage's config). The command builds its config with `from_options`.
+BUNDLE_OPTIONS: dict[str, str] = {
+    "out": "out_dir",
+    "export_dir": "export_dir",
+    "seed": "seed",
+    "device": "device",
+    "vae_steps": "vae.steps",
+    "dit_steps": "dit.steps",
+    "dit_batch_size": "dit.batch_size",
+    "cfg_steps": "cfg.steps",
+    "distill_steps": "steps.steps",
+    "student_steps": "steps.student_steps",
 }
+# RecipeConfig field -> its option on the command line
+_CLI_OPTIONS = {path: "--" + name.replace("_", "-") for name, path in BUNDLE_OPTIONS.items()}
+
+
+def option_defaults() -> dict[str, Any]:
+    """The default of each `hyv train bundle` option: the RecipeConfig default of the field it sets."""
+    defaults = RecipeConfig()
+    return {name: _get(defaults, path) for name, path in BUNDLE_OPTIONS.items()}
+
+
+def from_options(**options: Any) -> RecipeConfig:
+    """A RecipeConfig from `hyv train bundle`'s options (by parameter name; None: the default)."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        path = BUNDLE_OPTIONS[name]
+        if "." in path:
+            stage, field = path.split(".")
+            nested.setdefault(stage, {})[field] = value
+        else:
+            top[path] = value
+    defaults = RecipeConfig()
+    stages = {stage: getattr(defaults, stage).replace(**fields) for stage, fields in nested.items()}
+    return RecipeConfig(**top, **stages)
+
+
+def _get(config: RecipeConfig, path: str) -> Any:
+    value: Any = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    if isinstance(config, TrainConfig):
+        return config.to_dict()
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def _changes(c: RecipeConfig) -> list[tuple[str, Any]]:
+    """(field path, value) of every setting of `c` that differs from the defaults, in field order.
+
+    The fields the recipe writes into the stage configs are named once, at the top level."""
+    defaults = RecipeConfig()
+    changes = []
+    for field in dataclasses.fields(c):
+        value, default = getattr(c, field.name), getattr(defaults, field.name)
+        if field.name not in STAGE_CONFIGS:
+            if value != default:
+                changes.append((field.name, value))
+            continue
+        for inner in dataclasses.fields(value):
+            mine = getattr(value, inner.name)
+            if inner.name not in _SET_BY_RECIPE and mine != getattr(default, inner.name):
+                changes.append((f"{field.name}.{inner.name}", mine))
+    return changes
 
 
 def _cli_args(c: RecipeConfig) -> str:
     """The options that reproduce `c` (changes the command line cannot carry are named after a #)."""
-    defaults = RecipeConfig()
     args, elsewhere = [], []
-    for field in dataclasses.fields(c):
-        value, default = getattr(c, field.name), getattr(defaults, field.name)
-        if value == default or field.name == "progress":
+    for path, value in _changes(c):
+        if path == "progress":
             continue
-        if field.name in _CLI_OPTIONS:
-            args.append(f"{_CLI_OPTIONS[field.name]} {value}")
+        if path in _CLI_OPTIONS:
+            args.append(f"{_CLI_OPTIONS[path]} {value}")
         else:
-            elsewhere.append(f"{field.name}={value!r}")
+            elsewhere.append(f"{path}={value!r}")
     return " ".join(args) + (f"  # with RecipeConfig({', '.join(elsewhere)})" if elsewhere else "")
 
 

@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest_api import *  # noqa: F403  (api_redis_url, tiny_bundle_dir, serve_app, ...)
 from tests.service.conftest_api import KEY_A, KEY_B, LiveServer, auth
 
 MAX_BODY_BYTES = 2 * 2**20

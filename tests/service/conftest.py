@@ -3,7 +3,7 @@ processes on the tiny bundle, started with the same launcher code `hyv serve` us
 
     service_settings   Settings pointing at them (Redis db 0, data under a tmp dir)
     worker             the shared worker process (ready: model loaded)
-    store / storage    JobStore / LocalStorage on those settings
+    store / storage    JobStore (the job store's parts) / LocalStorage on those settings
     submit(...)        create + enqueue a job the way the API does; returns the Job
     cluster(...)       a separate Redis db and its own workers with overridden settings (for the
                        visibility-timeout and kill tests)
@@ -33,12 +33,11 @@ import redis  # noqa: E402
 
 from hyv.engine.bundle import init_random_bundle, save_bundle  # noqa: E402
 from hyv.service.celery_app import enqueue  # noqa: E402
-from hyv.service.jobs import Job, JobStore  # noqa: E402
+from hyv.service.job_model import Job  # noqa: E402
+from hyv.service.job_store import JobStore  # noqa: E402
 from hyv.service.launcher import RedisServer, start_worker, stop_worker, wait_for_workers  # noqa: E402
 from hyv.service.settings import Settings  # noqa: E402
 from hyv.service.storage import LocalStorage  # noqa: E402
-from tests.service.conftest_api import *  # noqa: E402, F403  (the API tests' fixtures)
-from tests.service.conftest_s3 import *  # noqa: E402, F403  (moto_s3, bucket)
 
 MODEL = "hyv-tiny"
 WEBHOOK_SECRET = "test-webhook-secret"
@@ -118,7 +117,7 @@ def worker(service_settings: Settings, service_tmp: Path) -> Iterator[subprocess
 @pytest.fixture
 def store(service_settings: Settings) -> JobStore:
     assert service_settings.redis_url
-    return JobStore(redis.Redis.from_url(service_settings.redis_url))
+    return JobStore.connect(redis.Redis.from_url(service_settings.redis_url))
 
 
 @pytest.fixture
@@ -143,7 +142,7 @@ def submit_job(
         prompt=request["prompt"],
         num_frames=request.get("num_frames") or 0,
     )
-    store.create(job)
+    store.jobs.create(job)
     enqueue(job, settings)
     return job
 
@@ -183,7 +182,7 @@ def cluster(redis_server: RedisServer, tiny_bundle: Path, tmp_path: Path) -> Ite
     def _make(workers: int = 1, **overrides: Any) -> Cluster:
         url = redis_server.url.rsplit("/", 1)[0] + f"/{next(_next_db)}"
         settings = make_settings(url, tmp_path / "data", tiny_bundle, **overrides)
-        made.append(Cluster(settings, JobStore(redis.Redis.from_url(url)), [], tmp_path))
+        made.append(Cluster(settings, JobStore.connect(redis.Redis.from_url(url)), [], tmp_path))
         for index in range(workers):
             made[-1].add_worker(f"w{index + 1}")
         wait_for_workers(url, MODEL, workers, WORKER_READY_TIMEOUT_S)

@@ -28,23 +28,25 @@ class FakeWorkerSide:
     """Writes what a worker writes: status/progress in the JobStore, MP4 bytes in storage."""
 
     def __init__(self, settings: Any) -> None:
-        from hyv.service.jobs import JobStore
+        from hyv.service.job_store import JobStore
         from hyv.service.storage import LocalStorage
 
         self.store = JobStore.from_url(settings.redis_url)
         self.storage = LocalStorage(settings.data_dir)
 
     def start(self, job_id: str) -> Any:
-        from hyv.service.jobs import JobStatus
+        from hyv.service.job_model import JobStatus
 
-        self.store.update(job_id, status=JobStatus.IN_PROGRESS, started_at=int(time.time()), stage="denoise")
+        self.store.jobs.update(
+            job_id, status=JobStatus.IN_PROGRESS, started_at=int(time.time()), stage="denoise"
+        )
         return self.storage.open_writer(job_id)
 
     def complete(self, job_id: str, writer: Any) -> None:
-        from hyv.service.jobs import JobStatus
+        from hyv.service.job_model import JobStatus
 
         writer.close()
-        self.store.update(
+        self.store.jobs.update(
             job_id,
             status=JobStatus.COMPLETED,
             progress=100,
@@ -168,7 +170,7 @@ def test_stream_of_a_rendering_video_follows_the_growing_file(
 
 
 def test_stream_is_cut_when_the_job_fails(env: tuple[httpx.Client, FakeWorkerSide]) -> None:
-    from hyv.service.jobs import JobStatus
+    from hyv.service.job_model import JobStatus
 
     client, worker = env
     job_id = submit(client)
@@ -188,7 +190,9 @@ def test_stream_is_cut_when_the_job_fails(env: tuple[httpx.Client, FakeWorkerSid
     watcher.start()
     time.sleep(0.3)
     writer.abort()
-    worker.store.update(job_id, status=JobStatus.FAILED, error_code="internal_error", error_message="boom")
+    worker.store.jobs.update(
+        job_id, status=JobStatus.FAILED, error_code="internal_error", error_message="boom"
+    )
     watcher.join(10)
     assert len(outcome) == 1
     assert isinstance(outcome[0], httpx.RemoteProtocolError), outcome  # not a silently short file
@@ -376,7 +380,7 @@ def read_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
 def test_events_stream_progress_in_order_then_the_final_state(
     env: tuple[httpx.Client, FakeWorkerSide],
 ) -> None:
-    from hyv.service.jobs import JobStatus
+    from hyv.service.job_model import JobStatus
 
     client, worker = env
     job_id = submit(client)
@@ -393,10 +397,10 @@ def test_events_stream_progress_in_order_then_the_final_state(
     watcher = threading.Thread(target=watch)
     watcher.start()
     assert subscribed.wait(5)
-    worker.store.update(job_id, status=JobStatus.IN_PROGRESS, stage="text_encode", progress=1)
+    worker.store.jobs.update(job_id, status=JobStatus.IN_PROGRESS, stage="text_encode", progress=1)
     for step in range(1, 5):
-        worker.store.update(job_id, stage="denoise", step=step, total_steps=4, progress=step * 20)
-    worker.store.update(job_id, status=JobStatus.COMPLETED, progress=100, completed_at=int(time.time()))
+        worker.store.jobs.update(job_id, stage="denoise", step=step, total_steps=4, progress=step * 20)
+    worker.store.jobs.update(job_id, status=JobStatus.COMPLETED, progress=100, completed_at=int(time.time()))
     watcher.join(10)
     assert not watcher.is_alive(), "the event stream did not end after the final state"
 

@@ -18,7 +18,8 @@ import httpx
 import pytest
 import redis
 
-from hyv.service.jobs import JobStatus, JobStore
+from hyv.service.job_model import JobStatus
+from hyv.service.job_store import JobStore
 from hyv.service.settings import queue_name
 from tests.service.conftest_api import KEY_A, auth
 from tests.service.test_api_content import FakeWorkerSide, mp4_pieces, submit
@@ -102,7 +103,7 @@ def test_head_of_a_video_answers_its_headers_only(env: tuple[httpx.Client, FakeW
     assert client.head(f"/v1/videos/video_{'0' * 24}/content").status_code == 404
 
     other = submit(client)
-    worker.store.update(other, status=JobStatus.FAILED, error_code="internal_error")
+    worker.store.jobs.update(other, status=JobStatus.FAILED, error_code="internal_error")
     assert client.head(f"/v1/videos/{other}/content").status_code == 409
 
 
@@ -193,7 +194,7 @@ def test_s3_failures_answer_503_storage_error_and_never_block_the_loop(
 ) -> None:
     client, store, s3 = failing_s3_api
     vid = submit(client)  # no image: nothing goes to S3
-    store.update(vid, status=JobStatus.COMPLETED, progress=100, completed_at=int(time.time()))
+    store.jobs.update(vid, status=JobStatus.COMPLETED, progress=100, completed_at=int(time.time()))
 
     answers: dict[str, httpx.Response] = {}
     deleting = threading.Thread(target=lambda: answers.update(delete=client.delete(f"/v1/videos/{vid}")))

@@ -1,4 +1,5 @@
-"""JobStore and LocalStorage against a real Redis (no worker needed), and the metrics rendering."""
+"""The job store's parts (hyv.service.job_store) and LocalStorage against a real Redis (no worker
+needed), and the metrics rendering."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from hyv.service.jobs import Job, JobStatus, JobStore, owner_for_key
+from hyv.service.job_model import Job, JobStatus, owner_for_key
+from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer
 from hyv.service.settings import Settings
 from hyv.service.storage import LocalStorage
@@ -19,98 +21,98 @@ from hyv.service.storage import LocalStorage
 
 @pytest.fixture
 def fresh(redis_server: RedisServer) -> JobStore:
-    """A JobStore on its own, emptied Redis db."""
+    """The job store's parts on their own, emptied Redis db."""
     client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/15")
     client.flushdb()
-    return JobStore(client)
+    return JobStore.connect(client)
 
 
 def make(store: JobStore, owner: str = "o", model: str = "m", **fields: Any) -> Job:
-    return store.create(Job(owner=owner, model=model, prompt="p", **fields))
+    return store.jobs.create(Job(owner=owner, model=model, prompt="p", **fields))
 
 
 def test_create_get_update_publishes_versions(fresh: JobStore) -> None:
     job = make(fresh)
     assert job.status == JobStatus.QUEUED and job.version == 1 and job.id.startswith("video_")
     assert len(job.id) == len("video_") + 24
-    assert fresh.get(job.id) == job
-    updated = fresh.update(job.id, status="in_progress", stage="denoise", step=2, total_steps=10)
+    assert fresh.jobs.get(job.id) == job
+    updated = fresh.jobs.update(job.id, status="in_progress", stage="denoise", step=2, total_steps=10)
     assert updated is not None and updated.version == 2 and updated.status == JobStatus.IN_PROGRESS
-    assert fresh.get("video_" + "0" * 24) is None and fresh.get("../etc") is None
-    assert fresh.update("video_" + "0" * 24, step=1) is None
+    assert fresh.jobs.get("video_" + "0" * 24) is None and fresh.jobs.get("../etc") is None
+    assert fresh.jobs.update("video_" + "0" * 24, step=1) is None
     with pytest.raises(ValueError, match="nonsense"):
-        fresh.update(job.id, nonsense=1)
+        fresh.jobs.update(job.id, nonsense=1)
     with pytest.raises(ValueError, match="id"):
-        fresh.update(job.id, id="video_x")
+        fresh.jobs.update(job.id, id="video_x")
 
 
 def test_listing_cursor_order_and_owner_isolation(fresh: JobStore) -> None:
     ids = [make(fresh).id for _ in range(5)]
     make(fresh, owner="someone-else")
-    desc = [j.id for j in fresh.list_for_owner("o", limit=10)]
+    desc = [j.id for j in fresh.jobs.list_for_owner("o", limit=10)]
     assert desc == ids[::-1]
-    assert [j.id for j in fresh.list_for_owner("o", limit=10, order="asc")] == ids
-    page1 = fresh.list_for_owner("o", limit=2)
-    page2 = fresh.list_for_owner("o", after=page1[-1].id, limit=2)
+    assert [j.id for j in fresh.jobs.list_for_owner("o", limit=10, order="asc")] == ids
+    page1 = fresh.jobs.list_for_owner("o", limit=2)
+    page2 = fresh.jobs.list_for_owner("o", after=page1[-1].id, limit=2)
     assert [j.id for j in page1 + page2] == ids[::-1][:4]
     with pytest.raises(ValueError, match="after"):
-        fresh.list_for_owner("someone-else", after=ids[0])
-    fresh.delete(ids[0])
-    assert [j.id for j in fresh.list_for_owner("o", order="asc")] == ids[1:]
+        fresh.jobs.list_for_owner("someone-else", after=ids[0])
+    fresh.jobs.delete(ids[0])
+    assert [j.id for j in fresh.jobs.list_for_owner("o", order="asc")] == ids[1:]
 
 
 def test_queue_position_and_active_count_follow_status(fresh: JobStore) -> None:
     a, b, c = (make(fresh).id for _ in range(3))
     other_model = make(fresh, model="other").id
-    assert [fresh.queue_position(i) for i in (a, b, c, other_model)] == [1, 2, 3, 1]
-    assert fresh.queued_count("o") == 4 and fresh.queue_depth("m") == 3
-    fresh.update(a, status="in_progress")
-    assert [fresh.queue_position(i) for i in (a, b, c)] == [None, 1, 2]
-    assert fresh.queued_count("o") == 4 and fresh.running_ids() == [a]
-    fresh.update(a, status="completed")
-    assert fresh.queued_count("o") == 3 and fresh.running_ids() == []
+    assert [fresh.jobs.queue_position(i) for i in (a, b, c, other_model)] == [1, 2, 3, 1]
+    assert fresh.jobs.queued_count("o") == 4 and fresh.jobs.queue_depth("m") == 3
+    fresh.jobs.update(a, status="in_progress")
+    assert [fresh.jobs.queue_position(i) for i in (a, b, c)] == [None, 1, 2]
+    assert fresh.jobs.queued_count("o") == 4 and fresh.jobs.running_ids() == [a]
+    fresh.jobs.update(a, status="completed")
+    assert fresh.jobs.queued_count("o") == 3 and fresh.jobs.running_ids() == []
 
 
 def test_cancel_queued_is_final_and_guards_the_claim(fresh: JobStore) -> None:
     queued = make(fresh)
-    cancelled = fresh.request_cancel(queued.id)
+    cancelled = fresh.cancels.request(queued.id)
     assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
-    assert fresh.is_cancel_requested(queued.id) and fresh.queue_position(queued.id) is None
-    assert fresh.claim(queued.id, "w1", 5) == "finished"  # a worker that gets its message drops it
+    assert fresh.cancels.is_requested(queued.id) and fresh.jobs.queue_position(queued.id) is None
+    assert fresh.claims.claim(queued.id, "w1", 5) == "finished"  # a worker that gets its message drops it
 
     running = make(fresh)
-    assert fresh.claim(running.id, "w1", 5) == "claimed"
-    assert fresh.claim(running.id, "w2", 5) == "held"
-    fresh.update(running.id, status="in_progress")
-    after = fresh.request_cancel(running.id)
+    assert fresh.claims.claim(running.id, "w1", 5) == "claimed"
+    assert fresh.claims.claim(running.id, "w2", 5) == "held"
+    fresh.jobs.update(running.id, status="in_progress")
+    after = fresh.cancels.request(running.id)
     assert after is not None and after.status == JobStatus.IN_PROGRESS  # the worker stops it
-    assert fresh.is_cancel_requested(running.id)
-    assert fresh.request_cancel("video_" + "1" * 24) is None
+    assert fresh.cancels.is_requested(running.id)
+    assert fresh.cancels.request("video_" + "1" * 24) is None
 
 
 def test_claim_lease_expiry_and_renewal(fresh: JobStore) -> None:
     job = make(fresh)
-    assert fresh.claim(job.id, "w1", 0.2) == "claimed"
-    assert fresh.renew_claim(job.id, "w1", 0.2)
-    assert not fresh.renew_claim(job.id, "w2", 0.2)
+    assert fresh.claims.claim(job.id, "w1", 0.2) == "claimed"
+    assert fresh.claims.renew(job.id, "w1", 0.2)
+    assert not fresh.claims.renew(job.id, "w2", 0.2)
     time.sleep(0.3)
-    assert fresh.claim_holder(job.id) is None  # w1 stopped beating: the lease lapsed
-    assert fresh.claim(job.id, "w2", 5) == "claimed"
-    assert not fresh.renew_claim(job.id, "w1", 5)  # w1 learns it lost the job
-    fresh.release_claim(job.id, "w1")  # not its claim: no effect
-    assert fresh.claim_holder(job.id) == "w2"
-    fresh.update(job.id, status="completed")
-    assert fresh.claim(job.id, "w3", 5) == "finished"
+    assert fresh.claims.holder(job.id) is None  # w1 stopped beating: the lease lapsed
+    assert fresh.claims.claim(job.id, "w2", 5) == "claimed"
+    assert not fresh.claims.renew(job.id, "w1", 5)  # w1 learns it lost the job
+    fresh.claims.release(job.id, "w1")  # not its claim: no effect
+    assert fresh.claims.holder(job.id) == "w2"
+    fresh.jobs.update(job.id, status="completed")
+    assert fresh.claims.claim(job.id, "w3", 5) == "finished"
 
 
 def test_transition_is_compare_and_set(fresh: JobStore) -> None:
     job = make(fresh)
-    written, now = fresh.transition(job.id, [JobStatus.IN_PROGRESS], status="completed")
+    written, now = fresh.jobs.transition(job.id, [JobStatus.IN_PROGRESS], status="completed")
     assert not written and now is not None and now.status == JobStatus.QUEUED and now.version == 1
-    fresh.claim(job.id, "w1", 5)
-    written, _ = fresh.transition(job.id, [JobStatus.QUEUED], require_unclaimed=True, status="failed")
+    fresh.claims.claim(job.id, "w1", 5)
+    written, _ = fresh.jobs.transition(job.id, [JobStatus.QUEUED], require_unclaimed=True, status="failed")
     assert not written
-    written, now = fresh.transition(job.id, [JobStatus.QUEUED], status="in_progress")
+    written, now = fresh.jobs.transition(job.id, [JobStatus.QUEUED], status="in_progress")
     assert written and now is not None and now.status == JobStatus.IN_PROGRESS
 
 
@@ -118,46 +120,46 @@ def test_finish_only_by_the_claim_holder(fresh: JobStore) -> None:
     """A run whose lease lapsed (another worker took the job) cannot end it: its final write is
     refused atomically and changes nothing (fields, version, indexes, no event)."""
     job = make(fresh)
-    assert fresh.claim(job.id, "w1", 0.2) == "claimed"
-    fresh.update(job.id, status="in_progress", stage="denoise", step=3)
+    assert fresh.claims.claim(job.id, "w1", 0.2) == "claimed"
+    fresh.jobs.update(job.id, status="in_progress", stage="denoise", step=3)
     time.sleep(0.3)  # w1 stopped beating: its lease lapsed
-    written, now = fresh.finish(job.id, "w1", JobStatus.FAILED, error_code="internal_error")
+    written, now = fresh.jobs.finish(job.id, "w1", JobStatus.FAILED, error_code="internal_error")
     assert not written and now is not None and now.status == JobStatus.IN_PROGRESS  # nobody holds it
-    assert fresh.claim(job.id, "w2", 5) == "claimed"  # another worker took it over
-    before = fresh.get(job.id)
+    assert fresh.claims.claim(job.id, "w2", 5) == "claimed"  # another worker took it over
+    before = fresh.jobs.get(job.id)
     pubsub = fresh.redis.pubsub()
-    pubsub.subscribe(fresh.channel(job.id))
+    pubsub.subscribe(fresh.events.channel(job.id))
     assert pubsub.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
     for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED):
-        written, now = fresh.finish(job.id, "w1", status, progress=100, completed_at=1)
+        written, now = fresh.jobs.finish(job.id, "w1", status, progress=100, completed_at=1)
         assert not written and now == before
-    assert fresh.get(job.id) == before and fresh.running_ids() == [job.id]
-    assert fresh.queued_count("o") == 1 and fresh.claim_holder(job.id) == "w2"
+    assert fresh.jobs.get(job.id) == before and fresh.jobs.running_ids() == [job.id]
+    assert fresh.jobs.queued_count("o") == 1 and fresh.claims.holder(job.id) == "w2"
     assert pubsub.get_message(timeout=0.3) is None  # no event either
 
-    written, now = fresh.finish(job.id, "w2", JobStatus.COMPLETED, progress=100, completed_at=1)
+    written, now = fresh.jobs.finish(job.id, "w2", JobStatus.COMPLETED, progress=100, completed_at=1)
     assert written and now is not None and now.status == JobStatus.COMPLETED
     assert before is not None and now.version == before.version + 1 and now.progress == 100
-    assert fresh.running_ids() == [] and fresh.queued_count("o") == 0
+    assert fresh.jobs.running_ids() == [] and fresh.jobs.queued_count("o") == 0
     message = pubsub.get_message(timeout=1)
     assert message is not None and b'"completed"' in message["data"]
     pubsub.close()
-    written, _ = fresh.finish(job.id, "w2", JobStatus.FAILED)  # finished already: final
-    assert not written and fresh.get(job.id) == now
+    written, _ = fresh.jobs.finish(job.id, "w2", JobStatus.FAILED)  # finished already: final
+    assert not written and fresh.jobs.get(job.id) == now
     with pytest.raises(ValueError, match="final status"):
-        fresh.finish(job.id, "w2", JobStatus.IN_PROGRESS)
+        fresh.jobs.finish(job.id, "w2", JobStatus.IN_PROGRESS)
     with pytest.raises(ValueError, match="token"):
-        fresh.finish(job.id, "", JobStatus.COMPLETED)
+        fresh.jobs.finish(job.id, "", JobStatus.COMPLETED)
 
 
 def test_idempotency_keys(fresh: JobStore) -> None:
     owner = owner_for_key("sk-test")
     assert owner != "sk-test" and len(owner) == 64 and owner_for_key(None) == "anonymous"
-    assert fresh.idempotency_get(owner, "k") is None
-    assert fresh.idempotency_set(owner, "k", "video_a", "h1")
-    assert not fresh.idempotency_set(owner, "k", "video_b", "h2")  # the first one wins
-    assert fresh.idempotency_get(owner, "k") == ("video_a", "h1")
-    assert fresh.idempotency_get("anonymous", "k") is None  # keys are per owner
+    assert fresh.idempotency.get(owner, "k") is None
+    assert fresh.idempotency.set(owner, "k", "video_a", "h1")
+    assert not fresh.idempotency.set(owner, "k", "video_b", "h2")  # the first one wins
+    assert fresh.idempotency.get(owner, "k") == ("video_a", "h1")
+    assert fresh.idempotency.get("anonymous", "k") is None  # keys are per owner
 
 
 def test_events_snapshot_then_newer_states_only(fresh: JobStore) -> None:
@@ -165,13 +167,13 @@ def test_events_snapshot_then_newer_states_only(fresh: JobStore) -> None:
 
     async def collect() -> list[dict[str, Any]]:
         seen = []
-        async for event in fresh.events(job.id, poll_seconds=0.5):
+        async for event in fresh.events.stream(job.id, poll_seconds=0.5):
             seen.append(event)
             if len(seen) == 1:
                 for step in range(1, 4):
-                    fresh.update(job.id, status="in_progress", stage="denoise", step=step)
-                fresh.publish_event(job.id, seen[0])  # a stale duplicate: dropped
-                fresh.update(job.id, status="completed", progress=100)
+                    fresh.jobs.update(job.id, status="in_progress", stage="denoise", step=step)
+                fresh.events.publish(job.id, seen[0])  # a stale duplicate: dropped
+                fresh.jobs.update(job.id, status="completed", progress=100)
         return seen
 
     events = asyncio.run(asyncio.wait_for(collect(), 10))
@@ -179,18 +181,18 @@ def test_events_snapshot_then_newer_states_only(fresh: JobStore) -> None:
     assert [e["job"]["version"] for e in events] == [1, 2, 3, 4, 5]
 
     async def after_the_end() -> list[dict[str, Any]]:
-        return [e async for e in fresh.events(job.id)]
+        return [e async for e in fresh.events.stream(job.id)]
 
     replay = asyncio.run(asyncio.wait_for(after_the_end(), 10))
     assert [e["event"] for e in replay] == ["completed"]  # a late subscriber gets the final state
 
 
 def test_workers_registry(fresh: JobStore) -> None:
-    fresh.worker_heartbeat("h:1", {"hostname": "h:1", "model": "m", "ready": True}, ttl_seconds=0.3)
-    fresh.worker_heartbeat("h:2", {"hostname": "h:2", "model": "x", "ready": False}, ttl_seconds=5)
-    assert [w["hostname"] for w in fresh.workers("m")] == ["h:1"]
+    fresh.workers.heartbeat("h:1", {"hostname": "h:1", "model": "m", "ready": True}, ttl_seconds=0.3)
+    fresh.workers.heartbeat("h:2", {"hostname": "h:2", "model": "x", "ready": False}, ttl_seconds=5)
+    assert [w["hostname"] for w in fresh.workers.live("m")] == ["h:1"]
     time.sleep(0.4)
-    assert [w["hostname"] for w in fresh.workers()] == ["h:2"]
+    assert [w["hostname"] for w in fresh.workers.live()] == ["h:2"]
 
 
 def test_local_storage_writer_part_rename_and_abort(tmp_path: Path) -> None:
@@ -243,13 +245,13 @@ def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, servic
     metrics.observe_request("/v1/videos", "POST", 200, 0.004)
 
     def done() -> bool:
-        current = store.get(job.id)
+        current = store.jobs.get(job.id)
         return current is not None and current.finished
 
     from tests.service.conftest import wait_until
 
     wait_until(done, 30)
-    body, content_type = metrics.render_metrics(store, service_settings)
+    body, content_type = metrics.render_metrics(store.jobs, store.workers, service_settings)
     text = body.decode()
     assert content_type.startswith("text/plain")
     for name in (

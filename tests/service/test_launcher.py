@@ -13,7 +13,8 @@ import httpx
 import pytest
 import redis
 
-from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.job_model import Job, JobStatus
+from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer, find_redis_server, free_port
 from tests.service.conftest import MODEL, wait_until
 
@@ -99,7 +100,7 @@ def test_hyv_serve_runs_three_processes_stops_them_on_ctrl_c_and_keeps_jobs(
         assert len(children) == 2  # redis-server and the Celery worker (the API is this process)
         url = (data / "redis" / "url").read_text().strip()
         store = JobStore.from_url(url)
-        assert [w["model"] for w in store.workers()] == [MODEL]
+        assert [w["model"] for w in store.workers.live()] == [MODEL]
 
         # A job through the real path, then one left queued in Redis across the restart.
         response = httpx.post(
@@ -107,9 +108,9 @@ def test_hyv_serve_runs_three_processes_stops_them_on_ctrl_c_and_keeps_jobs(
         )
         assert response.status_code in (200, 201), response.text
         done_id = response.json()["id"]
-        wait_until(lambda: (j := store.get(done_id)) is not None and j.status == JobStatus.COMPLETED, 60)
+        wait_until(lambda: (j := store.jobs.get(done_id)) is not None and j.status == JobStatus.COMPLETED, 60)
         assert (data / "videos" / f"{done_id}.mp4").is_file()
-        kept = store.create(Job(model=MODEL, prompt="kept", request={"prompt": "kept"}))
+        kept = store.jobs.create(Job(model=MODEL, prompt="kept", request={"prompt": "kept"}))
 
         os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C in the terminal
         assert serve.wait(30) == 0
@@ -124,9 +125,9 @@ def test_hyv_serve_runs_three_processes_stops_them_on_ctrl_c_and_keeps_jobs(
     try:
         wait_until(lambda: _ready(f"http://127.0.0.1:{port}") or serve.poll() is not None, 120, 0.2)
         store = JobStore.from_url((data / "redis" / "url").read_text().strip())
-        again = store.get(done_id)
+        again = store.jobs.get(done_id)
         assert again is not None and again.status == JobStatus.COMPLETED
-        assert store.get(kept.id) is not None
+        assert store.jobs.get(kept.id) is not None
         os.killpg(serve.pid, signal.SIGTERM)
         assert serve.wait(30) == 0
     finally:

@@ -27,7 +27,8 @@ import pytest
 from PIL import Image
 
 from hyv.engine.video_io import read_mp4
-from hyv.service.jobs import JobStatus, JobStore
+from hyv.service.job_model import JobStatus
+from hyv.service.job_store import JobStore
 from hyv.service.settings import Settings
 from hyv.service.storage import StorageError, make_storage
 from hyv.service.storage_s3 import RangeNotSatisfiableError, S3Storage
@@ -47,7 +48,7 @@ def s3(moto_s3: MotoS3, bucket: str, tmp_path: Path) -> S3Storage:
 
 
 def job_id() -> str:
-    from hyv.service.jobs import new_job_id
+    from hyv.service.job_model import new_job_id
 
     return new_job_id()
 
@@ -233,7 +234,9 @@ class S3WorkerSide:
         self.storage = S3Storage.from_settings(settings)
 
     def start(self, vid: str) -> Any:
-        self.store.update(vid, status=JobStatus.IN_PROGRESS, started_at=int(time.time()), stage="denoise")
+        self.store.jobs.update(
+            vid, status=JobStatus.IN_PROGRESS, started_at=int(time.time()), stage="denoise"
+        )
         return self.storage.open_writer(vid)
 
     def complete(self, vid: str, writer: Any, thumbnail: bytes | None = None) -> None:
@@ -242,7 +245,7 @@ class S3WorkerSide:
             assert path.stat().st_size == writer.bytes_written
         if thumbnail:
             self.storage.save_thumbnail(vid, thumbnail)
-        self.store.update(
+        self.store.jobs.update(
             vid,
             status=JobStatus.COMPLETED,
             progress=100,
@@ -381,7 +384,7 @@ def test_api_answers_503_when_s3_fails(
     server = serve_app(settings)
     with httpx.Client(base_url=server.url, headers=auth(KEY_A), timeout=30) as client:
         vid = submit(client)
-        JobStore.from_url(settings.redis_url or "").update(vid, status=JobStatus.COMPLETED, progress=100)
+        JobStore.from_url(settings.redis_url or "").jobs.update(vid, status=JobStatus.COMPLETED, progress=100)
         response = client.get(f"/v1/videos/{vid}/content")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "storage_error"

@@ -18,7 +18,8 @@ from PIL import Image
 
 from hyv.engine.video_io import read_mp4
 from hyv.service.celery_app import enqueue
-from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.job_model import Job, JobStatus
+from hyv.service.job_store import JobStore
 from hyv.service.settings import Settings
 from hyv.service.storage import LocalStorage
 from tests.service.conftest import MODEL, WEBHOOK_SECRET, Cluster, wait_until
@@ -30,7 +31,7 @@ LONG = {"width": 64, "height": 64, "num_frames": 9, "steps": 1000}
 
 def finished(store: JobStore, job_id: str, timeout_s: float = 60.0) -> Job:
     def check() -> Job | None:
-        job = store.get(job_id)
+        job = store.jobs.get(job_id)
         return job if job is not None and job.finished else None
 
     result: Job = wait_until(check, timeout_s)
@@ -41,7 +42,7 @@ def ended_runs(store: JobStore, job_id: str) -> list[dict[str, Any]]:
     """The job's delivery log once its last run logged its end (just after the final state)."""
 
     def check() -> list[dict[str, Any]] | None:
-        runs = store.runs(job_id)
+        runs = store.claims.runs(job_id)
         return runs if runs and runs[-1]["event"] == "end" else None
 
     result: list[dict[str, Any]] = wait_until(check, 10)
@@ -50,7 +51,7 @@ def ended_runs(store: JobStore, job_id: str) -> list[dict[str, Any]]:
 
 def at_step(store: JobStore, job_id: str, step: int, timeout_s: float = 60.0) -> Job:
     def check() -> Job | None:
-        job = store.get(job_id)
+        job = store.jobs.get(job_id)
         return job if job is not None and job.stage == "denoise" and job.step >= step else None
 
     result: Job = wait_until(check, timeout_s)
@@ -118,11 +119,11 @@ def test_progress_events_in_order(
     worker: Any, store: JobStore, service_settings: Settings, storage: LocalStorage
 ) -> None:
     job = Job(model=MODEL, request={"prompt": "a blue square", "steps": 4, "num_frames": 9}, prompt="x")
-    store.create(job)
+    store.jobs.create(job)
 
     async def collect() -> list[dict[str, Any]]:
         events = []
-        async for event in store.events(job.id):
+        async for event in store.events.stream(job.id):
             events.append(event)
             if len(events) == 1:  # subscribed and saw the snapshot: now let it run
                 enqueue(job, service_settings)
@@ -152,25 +153,25 @@ def test_cancel_running_stops_within_one_step_and_queued_never_runs(
     at_step(store, running.id, 3)
 
     # The queued one: cancelled at once, and when the worker gets its message it drops it.
-    cancelled = store.request_cancel(queued.id)
+    cancelled = store.cancels.request(queued.id)
     assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
-    assert store.queue_position(queued.id) is None
+    assert store.jobs.queue_position(queued.id) is None
 
     # The running one: the flag is set, then we read the step; at most the step in flight finishes.
-    store.request_cancel(running.id)
-    step_at_cancel = store.get(running.id).step  # type: ignore[union-attr]
+    store.cancels.request(running.id)
+    step_at_cancel = store.jobs.get(running.id).step  # type: ignore[union-attr]
     done = finished(store, running.id)
     assert done.status == JobStatus.CANCELLED and done.error_code == "cancelled"
     assert done.step <= step_at_cancel + 1 < LONG["steps"]
     assert not storage.path(running.id).exists() and not storage.partial_path(running.id).exists()
 
     # The worker is free again (busy flag cleared) and the queued job never started.
-    wait_until(lambda: all(w["busy_job"] is None for w in store.workers(MODEL)), 10)
-    wait_until(lambda: store.runs(queued.id), 10)  # its message was delivered...
-    never = store.get(queued.id)
+    wait_until(lambda: all(w["busy_job"] is None for w in store.workers.live(MODEL)), 10)
+    wait_until(lambda: store.claims.runs(queued.id), 10)  # its message was delivered...
+    never = store.jobs.get(queued.id)
     assert never is not None and never.status == JobStatus.CANCELLED
     assert never.started_at is None and never.attempts == 0  # ...and dropped
-    assert [r["outcome"] for r in store.runs(queued.id)] == ["finished"]
+    assert [r["outcome"] for r in store.claims.runs(queued.id)] == ["finished"]
 
 
 @pytest.mark.slow
@@ -205,26 +206,26 @@ def test_a_run_that_lost_its_claim_publishes_nothing_and_leaves_the_job(
     url = redis_server.url.rsplit("/", 1)[0] + "/15"  # a private db (no worker, no reaper on it)
     settings = make_settings(url, tmp_path / "data", tiny_bundle, job_lease_seconds=0.5)
     runtime = WorkerRuntime(settings)  # not load(): no beat, no cancel listener
-    store, storage = runtime.store, LocalStorage(settings.data_dir)
+    store, storage = JobStore.connect(runtime.jobs.redis), LocalStorage(settings.data_dir)
     store.redis.flushdb()
     runtime.pipeline = load_pipeline(settings)
     job = Job(model=MODEL, request={"prompt": "x", **LONG, "steps": 300}, prompt="x")
-    store.create(job)
+    store.jobs.create(job)
     outcome: list[str] = []
     run = threading.Thread(target=lambda: outcome.append(runtime.run(job.id)))
     run.start()
     try:
         at_step(store, job.id, 2)
-        wait_until(lambda: store.claim_holder(job.id) is None, 10)  # the lease lapsed
-        assert store.claim(job.id, "another-worker:1", 60) == "claimed"
+        wait_until(lambda: store.claims.holder(job.id) is None, 10)  # the lease lapsed
+        assert store.claims.claim(job.id, "another-worker:1", 60) == "claimed"
         run.join(120)
         assert outcome == ["lost"]
-        left = store.get(job.id)
+        left = store.jobs.get(job.id)
         assert left is not None and left.status == JobStatus.IN_PROGRESS and left.completed_at is None
         assert left.attempts == 1 and left.error_code is None
-        assert store.claim_holder(job.id) == "another-worker:1"  # its claim was not released either
+        assert store.claims.holder(job.id) == "another-worker:1"  # its claim was not released either
         assert not storage.path(job.id).exists() and not storage.thumbnail_path(job.id).exists()
-        assert [(r["event"], r["outcome"]) for r in store.runs(job.id)] == [
+        assert [(r["event"], r["outcome"]) for r in store.claims.runs(job.id)] == [
             ("delivery", "claimed"),
             ("end", "lost"),
         ]

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from hyv.service.celery_app import enqueue
-from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.job_model import Job, JobStatus
+from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer
 from hyv.service.worker_signals import CancelWatch, ProgressWriter, RunningJob
 from tests.service.conftest import MODEL, Cluster, wait_until
@@ -32,12 +33,12 @@ def fresh_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def fresh(fresh_url: str) -> JobStore:
-    return JobStore(redis.Redis.from_url(fresh_url))
+    return JobStore.connect(redis.Redis.from_url(fresh_url))
 
 
 def running_job(store: JobStore, worker: str | None = None) -> Job:
-    job = store.create(Job(model="m", prompt="p"))
-    updated = store.update(job.id, status=JobStatus.IN_PROGRESS, worker=worker)
+    job = store.jobs.create(Job(model="m", prompt="p"))
+    updated = store.jobs.update(job.id, status=JobStatus.IN_PROGRESS, worker=worker)
     assert updated is not None
     return updated
 
@@ -57,11 +58,11 @@ def drain(pubsub: Any) -> list[dict[str, Any]]:
 def test_progress_writes_are_throttled_but_stage_boundaries_always_written(fresh: JobStore) -> None:
     job = running_job(fresh)
     pubsub = fresh.redis.pubsub()
-    pubsub.subscribe(fresh.channel(job.id))
+    pubsub.subscribe(fresh.events.channel(job.id))
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # before the first write
     now = [100.0]
     running = RunningJob(job.id, "token")
-    writer = ProgressWriter(fresh, running, 0.1, clock=lambda: now[0])
+    writer = ProgressWriter(fresh.jobs, running, 0.1, clock=lambda: now[0])
 
     steps = 300
     writer.report("text_encode", 1, 1, 0.02)
@@ -90,16 +91,16 @@ def test_progress_writes_are_throttled_but_stage_boundaries_always_written(fresh
     assert progress == sorted(progress)
 
     with pytest.raises(ValueError, match="interval_s"):
-        ProgressWriter(fresh, running, -1)
+        ProgressWriter(fresh.jobs, running, -1)
 
 
 def test_progress_write_carries_the_cancel_flag_back(fresh: JobStore) -> None:
     job = running_job(fresh)  # no worker recorded: request_cancel publishes nothing
     running = RunningJob(job.id, "token")
-    writer = ProgressWriter(fresh, running, 0.0)
+    writer = ProgressWriter(fresh.jobs, running, 0.0)
     writer.report("denoise", 1, 10, 0.1)
     assert not running.stop_requested()
-    fresh.request_cancel(job.id)
+    fresh.cancels.request(job.id)
     writer.report("denoise", 2, 10, 0.2)
     assert running.stop_requested() and (running.cancel_via, running.cancel_step) == ("flag", 2)
     assert running.summary()["cancel_via"] == "flag"
@@ -110,22 +111,22 @@ def test_progress_write_carries_the_cancel_flag_back(fresh: JobStore) -> None:
 
 def test_cancel_watch_delivers_by_message_and_falls_back_to_the_flag(fresh: JobStore, fresh_url: str) -> None:
     current: list[RunningJob | None] = [None]
-    watched = JobStore(redis.Redis.from_url(fresh_url, client_name=WATCH_CLIENT))
-    watch = CancelWatch(watched, "box:1", lambda: current[0])
+    watched = JobStore.connect(redis.Redis.from_url(fresh_url, client_name=WATCH_CLIENT))
+    watch = CancelWatch(watched.cancels, "box:1", lambda: current[0])
     assert watch.start(5.0)
     try:
         # A message: the running job's event is set, with the step it was at.
         job = running_job(fresh, worker="box:1")
         running = current[0] = RunningJob(job.id, "t", step=17, stage="denoise")
-        fresh.request_cancel(job.id)
+        fresh.cancels.request(job.id)
         assert running.cancel.wait(5.0)
         assert (running.cancel_via, running.cancel_step) == ("pubsub", 17)
 
         # Another worker's job, or one not running here, touches nothing.
         elsewhere = running_job(fresh, worker="box:2")
         idle = current[0] = RunningJob(running_job(fresh, worker="box:1").id, "t")
-        fresh.request_cancel(elsewhere.id)
-        fresh.redis.publish(fresh.cancel_channel("box:1"), elsewhere.id)
+        fresh.cancels.request(elsewhere.id)
+        fresh.redis.publish(fresh.cancels.channel("box:1"), elsewhere.id)
         time.sleep(0.3)
         assert not idle.stop_requested()
 
@@ -133,7 +134,7 @@ def test_cancel_watch_delivers_by_message_and_falls_back_to_the_flag(fresh: JobS
         # flag read at the job's start does.
         current[0] = None
         early = running_job(fresh, worker="box:1")
-        fresh.request_cancel(early.id)
+        fresh.cancels.request(early.id)
         time.sleep(0.3)
         late = current[0] = RunningJob(early.id, "t")
         assert not late.stop_requested()
@@ -161,11 +162,11 @@ def test_worker_throttles_progress_of_a_job_with_many_fast_steps(cluster: Callab
     c = cluster(workers=1, progress_interval_s=0.1)
     steps = 400
     job = Job(model=MODEL, request={"prompt": "a blue square", "steps": steps, "num_frames": 5}, prompt="x")
-    c.store.create(job)
+    c.store.jobs.create(job)
 
     async def collect() -> list[dict[str, Any]]:
         events = []
-        async for event in c.store.events(job.id):
+        async for event in c.store.events.stream(job.id):
             events.append(event)
             if len(events) == 1:  # subscribed and saw the snapshot: now let it run
                 enqueue(job, c.settings)
@@ -193,9 +194,9 @@ def test_running_job_stops_within_one_step_of_a_cancel_message(cluster: Callable
     job = c.submit(**LONG)
     at_step(c.store, job.id, 1)
     time.sleep(0.5)  # some steps on: none of them written
-    assert c.store.get(job.id).step == 1  # type: ignore[union-attr]
+    assert c.store.jobs.get(job.id).step == 1  # type: ignore[union-attr]
     asked = time.monotonic()
-    c.store.request_cancel(job.id)
+    c.store.cancels.request(job.id)
     done = finished(c.store, job.id, 60)
     assert time.monotonic() - asked < 5.0
     assert done.status == JobStatus.CANCELLED and done.error_code == "cancelled"

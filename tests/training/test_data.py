@@ -184,7 +184,7 @@ def test_sampled_sizes_stay_in_frame_and_keep_corners(motion: str) -> None:
         "shrinking": render.SHRINK_START_SIZE[0],
         "standing still": render.STILL_SIZE[0],
     }.get(motion, render.MOVE_SIZE[0])
-    # square minus circle of that half-extent, px; the sizes before 2026-12-03 gave 35 px
+    # square minus circle of that half-extent, px; smaller objects gave 35 px
     corners = (4 - np.pi) * (smallest * 64) ** 2
     assert corners >= 75, f"{motion}: circle and square differ by only {corners:.0f} px"
 

@@ -18,7 +18,11 @@ from hyv.engine.pipeline import SCHEDULE_METADATA_KEY, PipelineOptions, VideoPip
 from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
 from hyv.models import read_dit_metadata
+from hyv.training.distill import DistillConfig
+from hyv.training.dit import DiTTrainConfig
+from hyv.training.eval.runner import EvalConfig
 from hyv.training.recipe import RECIPE_FILE, STATE_FILE, Recipe, RecipeConfig, train_bundle
+from hyv.training.vae import VAETrainConfig
 
 SIZE, FRAMES = 32, 5
 
@@ -62,24 +66,26 @@ _DISTILL: dict[str, Any] = dict(
 
 
 def _config(tmp_path: Path) -> RecipeConfig:
+    defaults = RecipeConfig()
     return RecipeConfig(
         out_dir=tmp_path / "runs",
         export_dir=tmp_path / "bundle",
         bundle_preset="tiny",
         size=SIZE,
         num_frames=FRAMES,
-        dit_steps=4,
-        dit_batch_size=2,
-        dit_cache_videos=4,
-        dit_cache_images=2,
-        student_steps=2,
         progress=False,
-        vae_overrides=_VAE,
-        dit_overrides=_DIT,
-        cfg_overrides=_DISTILL,
-        steps_overrides={**_DISTILL, "teacher_steps": 4},
-        eval_overrides=dict(
-            combinations=2, teacher_steps=4, batch_size=2, sheet_clips=2, teacher_guidance=2.0
+        vae=VAETrainConfig(**_VAE),
+        dit=defaults.dit.replace(steps=4, batch_size=2, cache_videos=4, cache_images=2, **_DIT),
+        cfg=DistillConfig.for_stage("cfg", **_DISTILL),
+        steps=DistillConfig.for_stage("steps", **_DISTILL, student_steps=2, teacher_steps=4),
+        eval=EvalConfig(
+            student=tmp_path / "bundle",
+            samples_per_combination=2,
+            combinations=2,
+            teacher_steps=4,
+            batch_size=2,
+            sheet_clips=2,
+            teacher_guidance=2.0,
         ),
     )
 
@@ -159,7 +165,7 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
 
 def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="student_steps"):
-        RecipeConfig(out_dir=tmp_path, student_steps=8)
+        RecipeConfig(out_dir=tmp_path, steps=DistillConfig.for_stage("steps", student_steps=8))
     with pytest.raises(ValueError, match="bundle_preset"):
         RecipeConfig(out_dir=tmp_path, bundle_preset="hunyuan-video-13b")
     with pytest.raises(ValueError, match="until"):
@@ -167,8 +173,8 @@ def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:
 
 
 def test_the_recorded_command_uses_only_options_the_cli_has(tmp_path: Path) -> None:
-    """`recipe.json`'s command must run: its option names come from a hand list (_CLI_OPTIONS)
-    that has to follow `hyv train bundle`'s signature in hyv/training/cli.py."""
+    """`recipe.json`'s command must run: its option names come from BUNDLE_OPTIONS, the table that
+    `hyv train bundle` (hyv/training/cli.py) builds its config with."""
     import typer
 
     from hyv.cli import app
@@ -179,7 +185,43 @@ def test_the_recorded_command_uses_only_options_the_cli_has(tmp_path: Path) -> N
     bundle_options = {opt for param in bundle_command.params for opt in param.opts}
     assert "--out" in bundle_options and "--until" in bundle_options
     assert set(_CLI_OPTIONS.values()) <= bundle_options
-    config = RecipeConfig(out_dir=tmp_path / "r", dit_steps=7, size=32)
+    config = RecipeConfig(out_dir=tmp_path / "r", dit=RecipeConfig().dit.replace(steps=7), size=32)
     args = _cli_args(config)
     assert args.startswith(f"--out {tmp_path / 'r'} --dit-steps 7")
     assert args.endswith("# with RecipeConfig(size=32)")  # not an option: named, not invented
+
+
+def test_bundle_options_are_the_table_and_default_to_the_config() -> None:
+    """Every `hyv train bundle` option but --until sets the RecipeConfig field BUNDLE_OPTIONS names,
+    and its default is that field's default (None: the stage config's own)."""
+    import typer
+
+    from hyv.cli import app
+    from hyv.training.recipe import BUNDLE_OPTIONS, from_options, option_defaults
+
+    group: Any = typer.main.get_command(app)
+    params = {p.name: p.default for p in group.commands["train"].commands["bundle"].params}
+    assert set(params) - {"until"} == set(BUNDLE_OPTIONS)
+    defaults = option_defaults()
+    for name, default in params.items():
+        if name != "until" and default is not None:
+            assert default == defaults[name], name
+    config = from_options(dit_steps=7, student_steps=2, vae_steps=None)
+    assert config.dit.steps == 7 and config.steps.student_steps == 2
+    assert config.vae.steps == VAETrainConfig().steps and config.dit.lr == RecipeConfig().dit.lr
+
+
+def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
+    config = RecipeConfig(out_dir=tmp_path, seed=3, size=32, num_frames=9, progress=False)
+    for stage in (config.vae, config.dit, config.cfg, config.steps):
+        assert (stage.seed, stage.size, stage.num_frames, stage.resume, stage.progress) == (
+            3,
+            32,
+            9,
+            True,
+            False,
+        )
+    assert config.dit.out_dir == config.dit_run and config.steps.out_dir == config.steps_run
+    assert config.dit.latent_norm == "per_channel" and config.eval.samples_per_combination == 2
+    assert isinstance(config.dit, DiTTrainConfig)
+    assert json.loads(json.dumps(config.to_dict()))["dit"]["steps"] == 20_000

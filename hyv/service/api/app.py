@@ -27,7 +27,7 @@ from hyv.service.api.openapi_docs import DESCRIPTION
 from hyv.service.api.ratelimit import SubmissionLimiter
 from hyv.service.api.schemas import VideoCreate
 from hyv.service.api.validation import ServedModel
-from hyv.service.jobs import JobStore
+from hyv.service.job_store import JobStore
 from hyv.service.settings import Settings, get_settings
 from hyv.service.storage import make_storage
 
@@ -46,10 +46,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     redis_client = redis.Redis.from_url(settings.redis_url)
     model = ServedModel.from_bundle(settings.model_name, settings.weights)
+    store = JobStore.connect(redis_client)
     context = AppContext(
         settings=settings,
         redis=redis_client,
-        store=JobStore(redis_client),
+        jobs=store.jobs,
+        cancels=store.cancels,
+        idempotency=store.idempotency,
+        workers=store.workers,
+        events=store.events,
         storage=make_storage(settings),
         model=model,
         keyring=KeyRing(settings.api_keys),

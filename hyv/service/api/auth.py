@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from hyv.service.api.errors import APIError
-from hyv.service.jobs import owner_for_key
+from hyv.service.job_model import owner_for_key
 
 ANONYMOUS = "anonymous"
 

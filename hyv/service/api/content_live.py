@@ -119,7 +119,7 @@ async def follow(
                 sent += len(data)
                 yield data
                 continue
-            job = context.store.get(job_id)
+            job = context.jobs.get(job_id)
             status = status_of(job) if job is not None else "deleted"
             if status == "completed":
                 while data := handle.read(CHUNK_BYTES):  # written between the last read and now
@@ -193,7 +193,7 @@ async def _wait_for_bytes(
     handle: IO[bytes] | None = None
     try:
         while True:
-            job = context.store.get(job_id)
+            job = context.jobs.get(job_id)
             status = status_of(job) if job is not None else "deleted"
             if status not in RUNNING:
                 return status
@@ -244,7 +244,7 @@ async def _open_when_written(context: AppContext, job_id: str) -> IO[bytes] | No
         handle = _open_existing(storage.partial_path(job_id), storage.path(job_id))
         if handle is not None:
             return handle
-        job = context.store.get(job_id)
+        job = context.jobs.get(job_id)
         status = status_of(job) if job is not None else "deleted"
         if status not in RUNNING:
             if status == "completed" and storage.path(job_id).is_file():

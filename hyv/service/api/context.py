@@ -12,9 +12,14 @@ from hyv.service.api.auth import Caller, KeyRing
 from hyv.service.api.errors import NotFoundError
 from hyv.service.api.ratelimit import SubmissionLimiter
 from hyv.service.api.validation import ServedModel
-from hyv.service.jobs import Job, JobStore
+from hyv.service.idempotency import IdempotencyKeys
+from hyv.service.job_cancels import CancelRequests
+from hyv.service.job_events import JobEvents
+from hyv.service.job_model import Job
+from hyv.service.job_records import JobRecords
 from hyv.service.settings import Settings
 from hyv.service.storage import Storage
+from hyv.service.worker_registry import WorkerRegistry
 
 ReadResult = tuple[Job, int | None] | None
 
@@ -24,8 +29,8 @@ class BatchedStatusReads:
     pipeline): with many clients polling, the loop waits on Redis once per batch instead of once per
     request. One pending batch per event loop."""
 
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
+    def __init__(self, jobs: JobRecords) -> None:
+        self.jobs = jobs
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[str, asyncio.Future[ReadResult]]]] = {}
 
     async def get_with_position(self, job_id: str) -> ReadResult:
@@ -42,7 +47,7 @@ class BatchedStatusReads:
         try:
             # A blocking call, once per batch: the requests of this turn all wait for it anyway,
             # and on loopback it costs less CPU than an asyncio client's round trip.
-            results = self.store.get_many_with_position([job_id for job_id, _ in batch])
+            results = self.jobs.get_many_with_position([job_id for job_id, _ in batch])
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -57,7 +62,12 @@ class BatchedStatusReads:
 class AppContext:
     settings: Settings
     redis: Any  # redis.Redis (sync): every call is one loopback round trip
-    store: JobStore
+    # The parts of the job store (hyv.service.job_store) the routes use:
+    jobs: JobRecords
+    cancels: CancelRequests
+    idempotency: IdempotencyKeys
+    workers: WorkerRegistry
+    events: JobEvents
     storage: Storage
     model: ServedModel
     keyring: KeyRing
@@ -65,11 +75,11 @@ class AppContext:
     status_reads: BatchedStatusReads = field(init=False)
 
     def __post_init__(self) -> None:
-        self.status_reads = BatchedStatusReads(self.store)
+        self.status_reads = BatchedStatusReads(self.jobs)
 
     def owned_job(self, job_id: str, caller: Caller) -> Job:
         """The caller's job, or 404 (another key's job is indistinguishable from none)."""
-        job = self.store.get(job_id) if job_id.startswith("video_") else None
+        job = self.jobs.get(job_id) if job_id.startswith("video_") else None
         if job is None or job.owner != caller.owner:
             raise NotFoundError(f"no video {job_id!r} for this API key")
         return job

@@ -70,7 +70,7 @@ async def readyz(context: ContextDep) -> JSONResponse:
     except Exception as exc:
         logger.warning("readyz: redis unreachable: %s", exc)
         return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, 503)
-    workers = context.store.workers(context.model.name)
+    workers = context.workers.live(context.model.name)
     ready = [w for w in workers if w.get("ready")]
     # Workers up whose model failed to load (their jobs stay queued): the error each one hit.
     failed = [
@@ -83,7 +83,7 @@ async def readyz(context: ContextDep) -> JSONResponse:
         "model": context.model.name,
         "workers": len(workers),
         "workers_ready": len(ready),
-        "queue_depth": context.store.queue_depth(context.model.name),
+        "queue_depth": context.jobs.queue_depth(context.model.name),
     }
     if failed:
         body["load_errors"] = failed
@@ -109,5 +109,5 @@ async def readyz(context: ContextDep) -> JSONResponse:
     openapi_extra=PUBLIC,
 )
 async def prometheus_metrics(context: ContextDep) -> Response:
-    data, content_type = metrics.render_metrics(context.store, context.settings)
+    data, content_type = metrics.render_metrics(context.jobs, context.workers, context.settings)
     return Response(data, media_type=content_type)

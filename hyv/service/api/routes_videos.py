@@ -19,7 +19,7 @@ from hyv.service.api.schemas import VideoDeleted, VideoList, VideoPublic, error_
 from hyv.service.api.validation import build_plan, duration_text, now, plan_to_request_dict
 from hyv.service.api.views import status_of, to_public
 from hyv.service.celery_app import enqueue
-from hyv.service.jobs import Job, JobStatus, new_job_id
+from hyv.service.job_model import Job, JobStatus, new_job_id
 from hyv.service.storage import StorageError
 from hyv.service.webhooks import check_webhook_url
 
@@ -33,7 +33,7 @@ IDEMPOTENCY_KEY_MAX = 255
 
 
 def video_response(job: Job, context: AppContext, status_code: int = 200, **headers: str) -> Response:
-    position = context.store.queue_position(job.id, job.model) if status_of(job) == "queued" else None
+    position = context.jobs.queue_position(job.id, job.model) if status_of(job) == "queued" else None
     return _video_json(job, position, status_code, headers)
 
 
@@ -82,11 +82,11 @@ async def create_video(
     plan = build_plan(body.video, body.image, context.model)
     if body.video.webhook_url is not None:
         _check_webhook(body.video.webhook_url, settings.webhook_secret)
-    context.limiter.check_queue(caller.owner, context.store.queued_count(caller.owner))
+    context.limiter.check_queue(caller.owner, context.jobs.queued_count(caller.owner))
 
     job_id = new_job_id()
     if idempotency_key is not None:
-        claimed = context.store.idempotency_set(caller.owner, idempotency_key, job_id, fingerprint)
+        claimed = context.idempotency.set(caller.owner, idempotency_key, job_id, fingerprint)
         if claimed is False:  # a concurrent request with the same key won the race
             replay = await _replay(context, caller.owner, idempotency_key, fingerprint)
             if replay is not None:
@@ -137,14 +137,14 @@ async def _store_and_enqueue(context: AppContext, job: Job, image: bytes | None)
         except StorageError as exc:
             logger.error("job %s: %s", job.id, exc, extra={"job_id": job.id})
             raise ServiceUnavailableError("the input image cannot be stored now", "storage_error") from exc
-    context.store.create(job)
+    context.jobs.create(job)
     try:
         enqueue(job, context.settings)
     except Exception as exc:
         logger.error(
             "job %s could not be queued: %s: %s", job.id, type(exc).__name__, exc, extra={"job_id": job.id}
         )
-        context.store.delete(job.id)
+        context.jobs.delete(job.id)
         if image is not None:
             await _delete_quietly(context, job.id)
         raise ServiceUnavailableError(
@@ -163,7 +163,7 @@ async def _delete_quietly(context: AppContext, job_id: str) -> None:
 
 def _release_key(context: AppContext, owner: str, key: str, job_id: str, fingerprint: str) -> None:
     try:
-        context.store.idempotency_release(owner, key, job_id, fingerprint)
+        context.idempotency.release(owner, key, job_id, fingerprint)
     except Exception:
         logger.exception("job %s: could not release its Idempotency-Key", job_id)
 
@@ -183,7 +183,7 @@ def _check_webhook(url: str, secret: str | None) -> None:
 async def _replay(context: AppContext, owner: str, key: str, fingerprint: str) -> Job | None:
     """The job an earlier request with this key made, None if the key is new; 409 if it was used
     with another body."""
-    found = context.store.idempotency_get(owner, key)
+    found = context.idempotency.get(owner, key)
     if found is None:
         return None
     job_id, previous = found
@@ -194,7 +194,7 @@ async def _replay(context: AppContext, owner: str, key: str, fingerprint: str) -
             "Idempotency-Key",
         )
     for _ in range(50):  # the winning request may still be writing its job
-        job = context.store.get(job_id)
+        job = context.jobs.get(job_id)
         if job is not None:
             return job
         await asyncio.sleep(0.02)
@@ -217,13 +217,13 @@ async def list_videos(
     order: Annotated[Literal["asc", "desc"], Query(description="By creation time.")] = "desc",
 ) -> VideoList:
     try:
-        jobs = context.store.list_for_owner(caller.owner, after=after, limit=limit + 1, order=order)
+        jobs = context.jobs.list_for_owner(caller.owner, after=after, limit=limit + 1, order=order)
     except ValueError as exc:
         raise InvalidRequestError(str(exc).removeprefix("after: "), "after") from None
     page = jobs[:limit]
-    store = context.store
+    records = context.jobs
     data = [
-        to_public(job, store.queue_position(job.id, job.model) if status_of(job) == "queued" else None)
+        to_public(job, records.queue_position(job.id, job.model) if status_of(job) == "queued" else None)
         for job in page
     ]
     return VideoList(
@@ -262,7 +262,7 @@ async def retrieve_video(video_id: str, request: Request) -> Response:
 async def delete_video(video_id: str, caller: CallerDep, context: ContextDep) -> VideoDeleted:
     job = context.owned_job(video_id, caller)
     if status_of(job) in ACTIVE:
-        now_job = context.store.request_cancel(job.id) or job  # a queued job is cancelled at once
+        now_job = context.cancels.request(job.id) or job  # a queued job is cancelled at once
         logger.info(
             "job %s: cancel requested by %s (was %s)",
             job.id,
@@ -278,6 +278,6 @@ async def delete_video(video_id: str, caller: CallerDep, context: ContextDep) ->
         raise ServiceUnavailableError(
             f"video {job.id}'s files cannot be deleted from storage now; retry", "storage_error"
         ) from exc
-    context.store.delete(job.id)
+    context.jobs.delete(job.id)
     logger.info("job %s deleted by %s", job.id, caller.label, extra={"job_id": job.id})
     return VideoDeleted(id=job.id, deleted=True, status=status_of(job))  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from hyv.service.api.auth import CallerDep
 from hyv.service.api.context import AppContext, ContextDep
 from hyv.service.api.schemas import error_responses
 from hyv.service.api.views import status_of, to_public
-from hyv.service.jobs import Job
+from hyv.service.job_model import Job
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def format_event(job: Job, queue_position: int | None) -> str:
 
 async def _event_stream(context: AppContext, job_id: str) -> AsyncIterator[str]:
     yield f"retry: {RETRY_MS}\n\n"
-    events = context.store.events(job_id)
+    events = context.events.stream(job_id)
     pending: asyncio.Future[Any] | None = None
     try:
         while True:
@@ -89,7 +89,7 @@ async def _event_stream(context: AppContext, job_id: str) -> AsyncIterator[str]:
             finally:
                 pending = None
             job = Job.model_validate(event["job"])
-            position = context.store.queue_position(job.id, job.model) if status_of(job) == "queued" else None
+            position = context.jobs.queue_position(job.id, job.model) if status_of(job) == "queued" else None
             yield format_event(job, position)
             if status_of(job) in FINAL:
                 return

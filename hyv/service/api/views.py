@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hyv.service.api.schemas import VideoError, VideoPublic
-from hyv.service.jobs import Job
+from hyv.service.job_model import Job
 
 
 def status_of(job: Job) -> str:

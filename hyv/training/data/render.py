@@ -28,9 +28,9 @@ from hyv.training.data.grammar import (
 MARGIN = 0.05  # minimum gap between the object's bounding box and the frame edge (fraction)
 # Half-extents (fraction of the frame side). At 64 px and the VAE's 8x spatial compression an
 # object of half-extent 0.13 is 2x2 latent cells, and its circle and square differ by |dz|^2 ~185
-# in the DiT's unit-variance latents against ~450 between circle and triangle (docs/training.md,
-# 2026-12-03): the DiT learned triangles but drew one squircle for circle and square. At 1.4x the
-# circle/square gap measured ~430, what the learned triangle gap was; these ranges are 1.45x.
+# in the DiT's unit-variance latents against ~450 between circle and triangle (docs/training.md):
+# too close for the DiT to tell apart (it draws one squircle for both). At 1.4x that size the
+# circle/square gap is ~430, as large as the triangle gap it does learn; these ranges are 1.45x.
 MOVE_SIZE = (0.15, 0.22)  # half-extent range of moving objects (0.22 + travel 0.45 + margins fit)
 STILL_SIZE = (0.15, 0.26)
 TRAVEL = (0.30, 0.45)  # distance a moving object covers over the clip

@@ -31,11 +31,9 @@ from hyv.training.distill.common import (
     GUIDANCE_RANGE_KEY,
     KINDS,
     Chunk,
-    build_chunked_cache,
     dit_forward,
     encode_text,
     image_condition,
-    module_digest,
     select,
     split_text,
     with_condition,
@@ -48,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 class CFGDistiller(DistillTrainer):
     stage = "cfg"
+    progress_label = "distill cfg"
     metric_name = "MSE of the one-forward student vs the teacher's true CFG"
     plot_title = "CFG distillation loss (MSE to the teacher's guided velocity)"
 
@@ -61,7 +60,7 @@ class CFGDistiller(DistillTrainer):
             u = torch.rand(n, generator=generator, device=self.device)
         return shift_sigmas(u, self.flow_shift) if self.flow_shift != 1.0 else u
 
-    def _make_chunk(self, kind: str, index: int, count: int, stream: int) -> Chunk:
+    def make_chunk(self, kind: str, index: int, count: int, stream: int) -> Chunk:
         generator = self.generator(index, 0, stream + KINDS.index(kind))
         available = self.clips.count(kind)
         indices = torch.randint(0, available, (count,), generator=generator, device=self.device).tolist()
@@ -88,50 +87,25 @@ class CFGDistiller(DistillTrainer):
         }
 
     def build_pools(self) -> None:
-        c = self.config
-        images = round(c.teacher_samples * c.image_fraction) if self.clips.count("image") else 0
-        key = {
-            "teacher": module_digest(self.teacher.dit),
-            "stage": self.stage,
-            **{
-                k: getattr(c, k)
-                for k in (
-                    "seed",
-                    "size",
-                    "num_frames",
-                    "cache_videos",
-                    "cache_images",
-                    "teacher_samples",
-                    "image_fraction",
-                    "i2v_fraction",
-                    "timestep_sampling",
-                    "logit_mean",
-                    "logit_std",
-                    "eval_samples",
-                    "teacher_batch",
-                )
-            },
-            "flow_shift": self.flow_shift,
-            "guidance_range": list(self.guidance_range),
-        }
-        self.pools = build_chunked_cache(
-            self.cache_dir(),
-            key,
-            {"video": c.teacher_samples - images, "image": images},
-            c.teacher_batch,
-            lambda kind, index, count: self._make_chunk(kind, index, count, stream=100),
+        self.build_teacher_pools(
+            (
+                "seed",
+                "size",
+                "num_frames",
+                "cache_videos",
+                "cache_images",
+                "teacher_samples",
+                "image_fraction",
+                "i2v_fraction",
+                "timestep_sampling",
+                "logit_mean",
+                "logit_std",
+                "eval_samples",
+                "teacher_batch",
+            ),
             "teacher cfg",
-            self.show,
+            streams=(100, 200),
         )
-        self.eval_pool = build_chunked_cache(
-            self.cache_dir() / "eval",
-            key,
-            {"video": c.eval_samples},
-            c.teacher_batch,
-            lambda kind, index, count: self._make_chunk(kind, index, count, stream=200),
-            "teacher cfg (eval)",
-            self.show,
-        )["video"]
 
     def _predict(self, dit: torch.nn.Module, rows: Chunk, guidance: torch.Tensor) -> torch.Tensor:
         x = rows["x"]

@@ -19,6 +19,7 @@ from rich.console import Console
 from hyv.training.distill.config import STAGES, DistillConfig
 
 console = Console()
+_DEFAULT = DistillConfig()
 logger = logging.getLogger(__name__)
 
 
@@ -50,7 +51,7 @@ def distill_command(
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate; default 1e-4.")] = None,
     student_steps: Annotated[
         int, typer.Option(help="Sampling steps of the step-distilled student (<= 6).")
-    ] = 4,
+    ] = _DEFAULT.student_steps,
     student_shift: Annotated[
         float | None, typer.Option(help="Flow shift of the student's schedule (default: the teacher's).")
     ] = None,
@@ -64,9 +65,9 @@ def distill_command(
         int | None,
         typer.Option(help="Training clips encoded once for captions and I2V frames (default 256)."),
     ] = None,
-    size: Annotated[int, typer.Option(help="Square clip size in pixels (multiple of 16).")] = 64,
-    frames: Annotated[int, typer.Option(help="Frames per clip (4n+1).")] = 17,
-    seed: Annotated[int, typer.Option(help="Seed of data, noise and guidance draws.")] = 0,
+    size: Annotated[int, typer.Option(help="Square clip size in pixels (multiple of 16).")] = _DEFAULT.size,
+    frames: Annotated[int, typer.Option(help="Frames per clip (4n+1).")] = _DEFAULT.num_frames,
+    seed: Annotated[int, typer.Option(help="Seed of data, noise and guidance draws.")] = _DEFAULT.seed,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint of each stage.")] = False,
 ) -> None:

@@ -50,11 +50,9 @@ from hyv.training.distill.common import (
     GUIDANCE_RANGE_KEY,
     KINDS,
     Chunk,
-    build_chunked_cache,
     dit_forward,
     encode_text,
     image_condition,
-    module_digest,
     select,
     split_text,
     with_condition,
@@ -70,6 +68,7 @@ TEACHER_STEPS_KEY = "distill_teacher_steps"
 
 class StepDistiller(DistillTrainer):
     stage = "steps"
+    progress_label = "distill steps"
     metric_name = "MSE of the student's few-step sample vs the teacher's full-schedule endpoint"
     plot_title = "Step distillation loss (MSE to the teacher's phase velocity)"
 
@@ -120,7 +119,7 @@ class StepDistiller(DistillTrainer):
                 states.append(x)
         return torch.stack(states, dim=1)
 
-    def _make_chunk(self, kind: str, index: int, count: int, stream: int) -> Chunk:
+    def make_chunk(self, kind: str, index: int, count: int, stream: int) -> Chunk:
         generator = self.generator(index, 0, stream + KINDS.index(kind))
         available = self.clips.count(kind)
         indices = torch.randint(0, available, (count,), generator=generator, device=self.device).tolist()
@@ -134,51 +133,26 @@ class StepDistiller(DistillTrainer):
         return {"states": states, "first": first, "i2v": i2v, "guidance": guidance, "captions": captions}
 
     def build_pools(self) -> None:
-        c = self.config
-        images = round(c.teacher_samples * c.image_fraction) if self.clips.count("image") else 0
-        key = {
-            "teacher": module_digest(self.teacher.dit),
-            "cfg_distilled": self.teacher.cfg_distilled,
-            "stage": self.stage,
-            **{
-                k: getattr(c, k)
-                for k in (
-                    "seed",
-                    "size",
-                    "num_frames",
-                    "cache_videos",
-                    "cache_images",
-                    "teacher_samples",
-                    "image_fraction",
-                    "i2v_fraction",
-                    "eval_samples",
-                    "teacher_batch",
-                    "student_steps",
-                    "teacher_steps",
-                    "student_shift",
-                )
-            },
-            "flow_shift": self.flow_shift,
-            "guidance_range": list(self.guidance_range),
-        }
-        self.pools = build_chunked_cache(
-            self.cache_dir(),
-            key,
-            {"video": c.teacher_samples - images, "image": images},
-            c.teacher_batch,
-            lambda kind, index, count: self._make_chunk(kind, index, count, stream=300),
+        self.build_teacher_pools(
+            (
+                "seed",
+                "size",
+                "num_frames",
+                "cache_videos",
+                "cache_images",
+                "teacher_samples",
+                "image_fraction",
+                "i2v_fraction",
+                "eval_samples",
+                "teacher_batch",
+                "student_steps",
+                "teacher_steps",
+                "student_shift",
+            ),
             "teacher trajectories",
-            self.show,
+            streams=(300, 400),
+            cfg_distilled=self.teacher.cfg_distilled,
         )
-        self.eval_pool = build_chunked_cache(
-            self.cache_dir() / "eval",
-            key,
-            {"video": c.eval_samples},
-            c.teacher_batch,
-            lambda kind, index, count: self._make_chunk(kind, index, count, stream=400),
-            "teacher trajectories (eval)",
-            self.show,
-        )["video"]
 
     def _velocity(
         self, dit: torch.nn.Module, rows: Chunk, x: torch.Tensor, sigma: torch.Tensor

@@ -21,68 +21,62 @@ import copy
 import dataclasses
 import json
 import logging
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hyv.engine.bundle import ModelBundle, load_bundle, save_bundle
 from hyv.engine.pipeline import SCHEDULE_METADATA_KEY
 from hyv.models import HunyuanVideoDiT, read_dit_metadata, save_dit
-from hyv.training.distill.common import CFG_DISTILLED_KEY, ClipSource, Teacher
+from hyv.training.core import (
+    StepCallback,
+    Trainer,
+    decay_param_groups,
+    init_distributed,
+    process_device,
+)
+from hyv.training.distill.common import (
+    CFG_DISTILLED_KEY,
+    Chunk,
+    ClipSource,
+    Teacher,
+    build_chunked_cache,
+    module_digest,
+)
 from hyv.training.distill.config import DistillConfig
 from hyv.training.dit.config import DiTTrainConfig
 from hyv.training.dit.data import step_seed
 from hyv.training.dit.latents import build_latent_cache
-from hyv.training.dit.state import EMA, load_for_resume, lr_at, save_checkpoint, save_loss_plot
-from hyv.training.dit.trainer import init_distributed
+from hyv.training.state import EMA, lr_at
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_SUBDIR = "bundle"
-LOSS_PLOT = "loss.png"
-LOSS_CSV = "losses.csv"
 METRICS_FILE = "metrics.json"
-_RESUME_FREE = {"resume", "progress", "steps", "checkpoint_every", "keep_checkpoints", "device"}
 
-StepCallback = Callable[[int, float], None]
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+__all__ = ["BUNDLE_SUBDIR", "METRICS_FILE", "DistillTrainer", "StepCallback"]
 
 
-class DistillTrainer(ABC):
+class DistillTrainer(Trainer[DistillConfig, float]):
     """Base class of the stages; see the module docstring."""
 
     stage = ""
     metric_name = ""
     plot_title = "distillation loss"
+    plot_ylabel = "MSE to the teacher"
 
     def __init__(self, config: DistillConfig) -> None:
         config.validate()
         if config.stage != self.stage:
             raise ValueError(f"DistillConfig.stage={config.stage!r} given to the {self.stage!r} trainer")
-        self.config = config
-        self.out_dir = config.out_dir
-        self.rank, self.world, local_rank = init_distributed()
-        if config.device is not None:
-            self.device = torch.device(config.device)
-            if self.device.type == "cuda" and self.device.index is None:
-                self.device = torch.device("cuda", local_rank)
-        else:
-            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        self.show = config.progress and self.rank == 0
+        rank, world, local_rank = init_distributed()
+        super().__init__(config, rank, world)
+        self.device = process_device(config.device, local_rank)
+        self.show = self.show_progress
 
         bundle = load_bundle(config.teacher, dtype=torch.float32)
         dit = bundle.dit
@@ -105,18 +99,17 @@ class DistillTrainer(ABC):
         self.teacher = Teacher(teacher_dit, self.teacher_metadata.get(CFG_DISTILLED_KEY) == "1")
 
         self.student: HunyuanVideoDiT = dit.to(self.device).train().requires_grad_(True)
+        self.trained = self.student
         self.ema = EMA(self.student, config.ema_decay)
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.student, config.weight_decay), lr=config.lr, betas=config.betas
+            decay_param_groups(self.student, config.weight_decay), lr=config.lr, betas=config.betas
         )
         self.clips = ClipSource(self._latent_cache(), self.vae.config, self.device)
         self.build_pools()
         del self.teacher  # everything the stage needs from it is cached now
-        self.step = 0
-        self.losses: list[float] = []
         self.metric_before: float | None = None
         if config.resume:
-            self._resume()
+            self.resume()
         if self.metric_before is None:
             self.metric_before = self.evaluate(self.student)
             logger.info("%s before distillation: %.5g", self.metric_name, self.metric_before)
@@ -130,6 +123,10 @@ class DistillTrainer(ABC):
     @abstractmethod
     def build_pools(self) -> None:
         """Build (or load) the stage's cached teacher targets."""
+
+    @abstractmethod
+    def make_chunk(self, kind: str, index: int, count: int, stream: int) -> Chunk:
+        """`count` teacher targets of `kind` ("video" or "image"), chunk `index`, from RNG `stream`."""
 
     @abstractmethod
     def loss(self, step: int, generator: torch.Generator) -> torch.Tensor:
@@ -163,6 +160,42 @@ class DistillTrainer(ABC):
         name = "latent_cache.pt" if self.world == 1 else f"rank{self.rank}_latent_cache.pt"
         return build_latent_cache(self.vae, latent_config, self.out_dir / name, self.device, self.show)
 
+    def build_teacher_pools(
+        self, key_fields: tuple[str, ...], label: str, streams: tuple[int, int], **key: Any
+    ) -> None:
+        """`self.pools` (training, by kind) and `self.eval_pool` (held-out videos) of teacher targets
+        from `make_chunk`, cached under a key of the teacher's weights and the config fields
+        `key_fields` that shape them (another key rebuilds the cache)."""
+        c = self.config
+        images = round(c.teacher_samples * c.image_fraction) if self.clips.count("image") else 0
+        cache_key = {
+            "teacher": module_digest(self.teacher.dit),
+            **key,
+            "stage": self.stage,
+            **{k: getattr(c, k) for k in key_fields},
+            "flow_shift": self.flow_shift,
+            "guidance_range": list(self.guidance_range),
+        }
+        train_stream, eval_stream = streams
+        self.pools = build_chunked_cache(
+            self.cache_dir(),
+            cache_key,
+            {"video": c.teacher_samples - images, "image": images},
+            c.teacher_batch,
+            lambda kind, index, count: self.make_chunk(kind, index, count, stream=train_stream),
+            label,
+            self.show,
+        )
+        self.eval_pool = build_chunked_cache(
+            self.cache_dir() / "eval",
+            cache_key,
+            {"video": c.eval_samples},
+            c.teacher_batch,
+            lambda kind, index, count: self.make_chunk(kind, index, count, stream=eval_stream),
+            f"{label} (eval)",
+            self.show,
+        )["video"]
+
     def cache_dir(self) -> Path:
         return self.out_dir / ("teacher_cache" if self.world == 1 else f"rank{self.rank}_teacher_cache")
 
@@ -173,81 +206,31 @@ class DistillTrainer(ABC):
     def generator(self, *keys: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(step_seed(self.config.seed, *keys))
 
-    # --- the loop ----------------------------------------------------------------------------------
+    # --- the loop (hyv/training/core.py) ----------------------------------------------------------
+
+    @property
+    def losses(self) -> list[float]:
+        """The loss of every step so far (the core's metrics history)."""
+        return self.history
 
     def train_step(self, step: int) -> float:
         c = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, c.lr, c.warmup_steps, c.lr_schedule, c.steps)
+        self.set_lr(lr_at(step, c.lr, c.warmup_steps, c.lr_schedule, c.steps))
         loss = self.loss(step, self.generator(step, self.rank))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.grad_clip > 0:
-            params = [p for p in self.student.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.student)
-        value = loss.detach()
-        if self.world > 1:
-            dist.all_reduce(value, op=dist.ReduceOp.AVG)
-        return float(value)
+        self.optimize(loss)
+        return self.mean_over_ranks(loss)
 
-    def train(self, on_step: StepCallback | None = None) -> Path:
-        """Run up to `config.steps`; returns the exported bundle directory."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def run_step(self, step: int) -> float:
+        return self.train_step(step)
 
-        c = self.config
-        columns = (
-            TextColumn(f"[bold]distill {self.stage}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-        )
-        with Progress(*columns, disable=not self.show) as bar:
-            task = bar.add_task(self.stage, total=c.steps, completed=self.step, loss="-")
-            while self.step < c.steps:
-                loss = self.train_step(self.step)
-                self.step += 1
-                self.losses.append(loss)
-                bar.update(task, advance=1, loss=f"{loss:.4f}")
-                if self.step % c.checkpoint_every == 0 or self.step == c.steps:
-                    self.save_checkpoint()
-                if on_step is not None:
-                    on_step(self.step, loss)
+    def export(self) -> Path:
         return self.export_bundle()
 
-    # --- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "metric_before": self.metric_before}
 
-    def save_checkpoint(self) -> Path | None:
-        path = None
-        if self.rank == 0:
-            payload = {
-                "model": self.student.state_dict(),
-                "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "losses": list(self.losses),
-                "metric_before": self.metric_before,
-                "config": self.config.to_dict(),
-            }
-            path = save_checkpoint(self.out_dir, self.step, payload, self.config.keep_checkpoints)
-            lines = ["step,loss", *(f"{i + 1},{v:.6g}" for i, v in enumerate(self.losses))]
-            (self.out_dir / LOSS_CSV).write_text("\n".join(lines) + "\n")
-            save_loss_plot(
-                self.losses, self.out_dir / LOSS_PLOT, title=self.plot_title, ylabel="MSE to the teacher"
-            )
-        self._barrier()
-        return path
-
-    def _resume(self) -> None:
-        payload = load_for_resume(self.out_dir, self.config.to_dict(), _RESUME_FREE)
-        if payload is None:
-            return
-        self.student.load_state_dict(payload["model"])
-        self.ema.load_state_dict(payload["ema"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.step = int(payload["step"])
-        self.losses = [float(v) for v in payload["losses"]]
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        super().load_state_dict(payload)
         self.metric_before = payload.get("metric_before")
 
     def export_bundle(self, directory: Path | None = None) -> Path:
@@ -272,9 +255,5 @@ class DistillTrainer(ABC):
             logger.info(
                 "%s: %.5g before, %.5g after distillation", self.metric_name, self.metric_before, after
             )
-        self._barrier()
+        self.barrier()
         return directory
-
-    def _barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()

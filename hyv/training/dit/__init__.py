@@ -2,8 +2,8 @@
 
 from hyv.training.dit.config import DiTTrainConfig
 from hyv.training.dit.data import BatchSource, FixedBatch, SyntheticBatches, TrainBatch
-from hyv.training.dit.state import EMA, latest_checkpoint, list_checkpoints, save_loss_plot
 from hyv.training.dit.trainer import DiTTrainer, FlowModel, build_bundle, train_dit
+from hyv.training.state import EMA, latest_checkpoint, list_checkpoints, save_loss_plot
 
 __all__ = [
     "EMA",

@@ -51,18 +51,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyv.training.config_io import ConfigIO
+from hyv.training.config_io import TrainConfig
 
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
 LATENT_NORMS = ("global", "per_channel")
-LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISIONS = ("bf16", "no")
-_PATH_FIELDS = ("out_dir", "init_from", "vae_path", "text_encoder_path")
 
 
 @dataclass
-class DiTTrainConfig(ConfigIO):
+class DiTTrainConfig(TrainConfig):
+    # --- shared fields (hyv.training.config_io.TrainConfig), with the DiT's defaults ---
     out_dir: Path = Path("runs/dit")
+    steps: int = 10_000
     # --- models ---
     bundle: str = "small"  # preset for a fresh start (ignored when init_from is set)
     init_from: Path | None = None  # an existing bundle directory
@@ -72,22 +72,9 @@ class DiTTrainConfig(ConfigIO):
     train_text_encoder: bool = False  # True: the built-in encoder trained jointly (see above)
     gradient_checkpointing: bool = False
     # --- optimization ---
-    lr: float = 1e-4
     weight_decay: float = 0.01  # AdamW, on weight matrices only (not biases, norms, embeddings)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100  # linear warmup from 0
-    lr_schedule: str = "constant"  # after warmup: constant | cosine (to 0 at `steps`)
-    steps: int = 10_000
-    batch_size: int = 4  # per process
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    ema_decay: float = 0.999  # warmed up as min(decay, (1 + step) / (10 + step))
     mixed_precision: str = "bf16"  # bf16 autocast on CUDA; always fp32 on CPU
-    device: str | None = None  # None: cuda:LOCAL_RANK if available, else cpu
     # --- data ---
-    num_frames: int = 17  # 4n + 1
-    size: int = 64  # square; a multiple of 16 (8x VAE, 2x2 patches)
-    image_fraction: float = 0.2  # probability that a step's batch is images (joint training)
-    dataset_length: int = 100_000  # samples in the synthetic train split (indices drawn from it)
     cache_videos: int = 0  # > 0: encode this many train videos once and train on their latents
     cache_images: int = 0  # images in the latent cache (needed when cache_videos > 0 and image_fraction > 0)
     # --- flow matching and conditioning ---
@@ -102,75 +89,26 @@ class DiTTrainConfig(ConfigIO):
     i2v_fraction: float = 0.3  # video samples conditioned on their first latent frame
     guidance: float = 1.0  # fed x1000 to a guidance embedding during base training
     freeze_guidance_embed: bool = True
-    # --- bookkeeping ---
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2  # newest N checkpoints kept; 0 keeps all
-    seed: int = 0
-    resume: bool = False  # continue from the newest checkpoint in out_dir/checkpoints
-    progress: bool = True  # progress bar (rank 0)
-
-    def __post_init__(self) -> None:
-        for name in _PATH_FIELDS:
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                setattr(self, name, Path(value))
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
-        positive_ints = (
-            "steps",
-            "batch_size",
-            "num_frames",
-            "size",
-            "checkpoint_every",
-            "dataset_length",
-            "latent_stats_clips",
-        )
-        for name in positive_ints:
-            _check(
-                name, getattr(self, name), isinstance(getattr(self, name), int) and getattr(self, name) > 0
-            )
-        for name in ("warmup_steps", "keep_checkpoints", "seed", "cache_videos", "cache_images"):
-            value = getattr(self, name)
-            _check(name, value, isinstance(value, int) and value >= 0)
-        if (self.num_frames - 1) % 4:
-            _fail("num_frames", self.num_frames, "must be 4n+1 (1, 5, 9, 17, ...)")
-        if self.size % 16:
-            _fail("size", self.size, "must be a multiple of 16 (8x VAE downsampling, 2x2 patches)")
-        _check("lr", self.lr, self.lr > 0)
-        _check("weight_decay", self.weight_decay, self.weight_decay >= 0)
-        _check("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas))
-        _check("grad_clip", self.grad_clip, self.grad_clip >= 0)
-        _check("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1)
-        _check("logit_std", self.logit_std, self.logit_std > 0)
-        _check("guidance", self.guidance, self.guidance >= 0)
+        super().validate()
+        self.check_int("latent_stats_clips", minimum=1)
+        for name in ("cache_videos", "cache_images"):
+            self.check_int(name, minimum=0)
+        self.check("weight_decay", self.weight_decay >= 0)
+        self.check("logit_std", self.logit_std > 0)
+        self.check("guidance", self.guidance >= 0)
         if self.flow_shift is not None:
-            _check("flow_shift", self.flow_shift, self.flow_shift > 0)
-        for name in ("image_fraction", "text_dropout", "i2v_fraction", "unshifted_fraction"):
-            value = getattr(self, name)
-            _check(name, value, 0.0 <= value <= 1.0, "must be a probability in [0, 1]")
-        for name, allowed in (
-            ("timestep_sampling", TIMESTEP_SAMPLINGS),
-            ("lr_schedule", LR_SCHEDULES),
-            ("mixed_precision", MIXED_PRECISIONS),
-            ("latent_norm", LATENT_NORMS),
-        ):
-            if getattr(self, name) not in allowed:
-                _fail(name, getattr(self, name), f"must be one of {list(allowed)}")
+            self.check("flow_shift", self.flow_shift > 0)
+        for name in ("text_dropout", "i2v_fraction", "unshifted_fraction"):
+            self.check_fraction(name)
+        self.check_choice("timestep_sampling", TIMESTEP_SAMPLINGS)
+        self.check_choice("mixed_precision", MIXED_PRECISIONS)
+        self.check_choice("latent_norm", LATENT_NORMS)
         if self.image_condition not in (None, "latent_concat"):
-            _fail("image_condition", self.image_condition, "must be None or 'latent_concat'")
+            self.fail("image_condition", "must be None or 'latent_concat'")
         if self.image_condition is None and self.i2v_fraction > 0 and self.init_from is None:
-            _fail("i2v_fraction", self.i2v_fraction, "must be 0 for a text-to-video-only DiT")
+            self.fail("i2v_fraction", "must be 0 for a text-to-video-only DiT")
         if not self.bundle:
-            _fail("bundle", self.bundle, "must name a bundle preset")
-
-
-def _fail(name: str, value: object, why: str) -> None:
-    raise ValueError(f"DiTTrainConfig.{name}={value!r} {why}")
-
-
-def _check(name: str, value: object, ok: bool, why: str = "is out of range") -> None:
-    if not ok:
-        _fail(name, value, why)
+            self.fail("bundle", "must name a bundle preset")

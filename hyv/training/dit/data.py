@@ -72,7 +72,7 @@ class SyntheticBatches:
     def __init__(self, config: DiTTrainConfig, datasets: tuple[Any, Any] | None = None) -> None:
         self.config = config
         if datasets is None:
-            from hyv.training.data.dataset import SyntheticVideoDataset  # the data issue's module
+            from hyv.training.data.dataset import SyntheticVideoDataset
 
             datasets = tuple(  # type: ignore[assignment]
                 SyntheticVideoDataset(

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -50,6 +47,7 @@ from hyv.models import (
     load_vae,
     to_dit_latents,
 )
+from hyv.training.core import StepCallback, Trainer, decay_param_groups, init_distributed, process_device
 from hyv.training.dit.config import DiTTrainConfig
 from hyv.training.dit.data import BatchSource, SyntheticBatches, TrainBatch, step_seed
 from hyv.training.dit.latents import (
@@ -60,23 +58,11 @@ from hyv.training.dit.latents import (
     channel_stats,
     encoded_channel_stats,
 )
-from hyv.training.dit.state import (
-    EMA,
-    load_for_resume,
-    lr_at,
-    save_checkpoint,
-    save_loss_plot,
-)
+from hyv.training.state import EMA, lr_at
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_SUBDIR = "bundle"
-LOSS_PLOT = "loss.png"
-LOSS_CSV = "losses.csv"
-# Fields that may change between an interrupted run and its resumption without changing the result.
-_RESUME_FREE = {"resume", "progress", "steps", "checkpoint_every", "keep_checkpoints", "device"}
-
-StepCallback = Callable[[int, float], None]
 
 
 class FlowModel(nn.Module):
@@ -99,20 +85,6 @@ class FlowModel(nn.Module):
                 raise ValueError("captions given, but this model has no trainable text encoder")
             text = self.text_encoder.encode(text)
         return self.dit(x, timestep, text.states, text.mask, text.pooled, guidance)  # type: ignore[no-any-return]
-
-
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank); creates the process group under torchrun if needed."""
-    if not dist.is_available():
-        return 0, 1, 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), local_rank
-    return 0, 1, 0
 
 
 def build_bundle(config: DiTTrainConfig) -> ModelBundle:
@@ -158,28 +130,15 @@ def build_bundle(config: DiTTrainConfig) -> ModelBundle:
     return bundle
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and "embedding" not in name else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+class DiTTrainer(Trainer[DiTTrainConfig, float]):
+    progress_label = "dit"
 
-
-class DiTTrainer:
     def __init__(self, config: DiTTrainConfig, batches: BatchSource | None = None) -> None:
         config.validate()
-        self.config = config
-        self.rank, self.world, local_rank = init_distributed()
-        if config.device is not None:
-            self.device = torch.device(config.device)
-            if self.device.type == "cuda" and self.device.index is None:
-                self.device = torch.device("cuda", local_rank)
-        else:
-            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        rank, world, local_rank = init_distributed()
+        super().__init__(config, rank, world)
+        self.device = process_device(config.device, local_rank)
         self.use_bf16 = self.device.type == "cuda" and config.mixed_precision == "bf16"
-        self.out_dir = config.out_dir
 
         bundle = build_bundle(config)
         self.spec: BundleSpec = bundle.spec
@@ -202,10 +161,11 @@ class DiTTrainer:
         if dit.guidance_in is not None and config.freeze_guidance_embed:
             dit.guidance_in.requires_grad_(False)
         self.model: FlowModel = FlowModel(dit, trained_encoder).to(self.device).train()
+        self.trained = self.model
         self.ema = EMA(self.model, config.ema_decay)
         self.ema_model: FlowModel = self.ema.model  # type: ignore[assignment]
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, config.weight_decay), lr=config.lr, betas=config.betas
+            decay_param_groups(self.model, config.weight_decay), lr=config.lr, betas=config.betas
         )
         cache: LatentCache | None = None
         if batches is None and config.cache_videos > 0:
@@ -218,10 +178,8 @@ class DiTTrainer:
         self.batches: BatchSource = batches if batches is not None else SyntheticBatches(config)
         if config.latent_norm == "per_channel" and self.vae.config.latents_mean is None:
             self._set_latent_stats(cache)
-        self.step = 0
-        self.losses: list[float] = []
         if config.resume:
-            self._resume()
+            self.resume()
         self.ddp_model: nn.Module = self.model
         if self.world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -313,86 +271,28 @@ class DiTTrainer:
 
     def train_step(self, step: int) -> float:
         c = self.config
-        lr = lr_at(step, c.lr, c.warmup_steps, c.lr_schedule, c.steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.set_lr(lr_at(step, c.lr, c.warmup_steps, c.lr_schedule, c.steps))
         generator = torch.Generator(device=self.device).manual_seed(step_seed(c.seed, step, self.rank))
         inputs = self.prepare(self.batches.batch(step, self.rank), generator)
         target = inputs.pop("target")
         with self._autocast():
             prediction = self.ddp_model(**inputs)
         loss = F.mse_loss(prediction.float(), target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.grad_clip > 0:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.model)
-        value = loss.detach()
-        if self.world > 1:
-            dist.all_reduce(value, op=dist.ReduceOp.AVG)
-        return float(value)
+        self.optimize(loss)
+        return self.mean_over_ranks(loss)
 
-    # --- the loop ---------------------------------------------------------------------------------
+    # --- the loop (hyv/training/core.py) ---------------------------------------------------------
 
-    def train(self, on_step: StepCallback | None = None) -> Path:
-        """Run up to `config.steps`, checkpointing on the way; returns the exported bundle directory.
+    @property
+    def losses(self) -> list[float]:
+        """The loss of every step so far (the core's metrics history)."""
+        return self.history
 
-        `on_step(step, loss)` runs after each step (and its checkpoint, if any)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def run_step(self, step: int) -> float:
+        return self.train_step(step)
 
-        c = self.config
-        columns = (
-            TextColumn("[bold]dit"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-        )
-        show = c.progress and self.rank == 0
-        with Progress(*columns, disable=not show, transient=False) as bar:
-            task = bar.add_task("dit", total=c.steps, completed=self.step, loss="-")
-            while self.step < c.steps:
-                loss = self.train_step(self.step)
-                self.step += 1
-                self.losses.append(loss)
-                bar.update(task, advance=1, loss=f"{loss:.4f}")
-                if self.step % c.checkpoint_every == 0 or self.step == c.steps:
-                    self.save_checkpoint()
-                if on_step is not None:
-                    on_step(self.step, loss)
+    def export(self) -> Path:
         return self.export_bundle()
-
-    # --- state ------------------------------------------------------------------------------------
-
-    def save_checkpoint(self) -> Path | None:
-        """Rank 0 writes the checkpoint, the loss CSV and the loss PNG; every rank waits for it."""
-        path = None
-        if self.rank == 0:
-            payload = {
-                "model": self.model.state_dict(),
-                "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "losses": list(self.losses),
-                "config": self.config.to_dict(),
-            }
-            path = save_checkpoint(self.out_dir, self.step, payload, self.config.keep_checkpoints)
-            lines = ["step,loss", *(f"{i + 1},{v:.6g}" for i, v in enumerate(self.losses))]
-            (self.out_dir / LOSS_CSV).write_text("\n".join(lines) + "\n")
-            save_loss_plot(self.losses, self.out_dir / LOSS_PLOT)
-        self._barrier()
-        return path
-
-    def _resume(self) -> None:
-        payload = load_for_resume(self.out_dir, self.config.to_dict(), _RESUME_FREE)
-        if payload is None:
-            return
-        self.model.load_state_dict(payload["model"])
-        self.ema.load_state_dict(payload["ema"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.step = int(payload["step"])
-        self.losses = [float(v) for v in payload["losses"]]
 
     def export_bundle(self, directory: Path | None = None) -> Path:
         """Write the EMA weights (DiT, and the text encoder if trained) as a served bundle."""
@@ -407,12 +307,8 @@ class DiTTrainer:
                 text_encoder,
             )
             save_bundle(bundle, directory)
-        self._barrier()
+        self.barrier()
         return directory
-
-    def _barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
 
 
 def train_dit(

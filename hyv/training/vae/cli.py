@@ -16,7 +16,7 @@ _DEFAULT = VAETrainConfig()
 def vae_command(
     out: Annotated[
         Path, typer.Option(help="Output directory (checkpoints, vae/, eval.json, loss.png).")
-    ] = Path("runs/vae"),
+    ] = _DEFAULT.out_dir,
     preset: Annotated[
         str, typer.Option(help="VAE preset to train from scratch (hyv.models.vae_preset).")
     ] = _DEFAULT.preset,

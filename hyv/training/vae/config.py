@@ -31,33 +31,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from hyv.models.vae_config import VAETiling
-from hyv.training.config_io import ConfigIO
-
-LR_SCHEDULES = ("constant", "cosine")
+from hyv.training.config_io import TrainConfig
 
 
 @dataclass
-class VAETrainConfig(ConfigIO):
+class VAETrainConfig(TrainConfig):
+    # --- shared fields (hyv.training.config_io.TrainConfig), with the VAE's defaults ---
     out_dir: Path = Path("runs/vae")
+    steps: int = 6000
+    batch_size: int = 2  # clips per batch at the final size (phases 3 and 4)
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 50
+    lr_schedule: str = "cosine"
+    ema_decay: float = 0.99
+    size: int = 64  # final (square) size, a multiple of 8
+    num_frames: int = 17  # final clip length, 4n + 1
+    checkpoint_every: int = 100
+    # --- model ---
     preset: str = "small-flat"  # hyv.models.vae_preset name of the fresh VAE
     init_from: Path | None = None  # start from a saved VAE instead (fine-tuning)
     # --- optimization ---
-    steps: int = 6000
-    lr: float = 5e-4
     video_lr: float | None = 2e-4  # lr after the image phase (None: lr); warmup and schedule restart there
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    lr_schedule: str = "cosine"
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    ema_decay: float = 0.99
-    device: str | None = None  # None: cuda if available, else cpu
     # --- curriculum ---
-    size: int = 64  # final (square) size, a multiple of 8
-    num_frames: int = 17  # final clip length, 4n + 1
-    batch_size: int = 2
     image_phase_fraction: float = 0.4
     image_batch_size: int = 32
     low_res_size: int = 32
@@ -71,9 +71,7 @@ class VAETrainConfig(ConfigIO):
     tile_size: int = 48  # px; with tile_overlap 1/3: stride 32, so 64 px splits into 2 tiles
     tile_frames: int = 12  # frames; with tile_overlap 1/3: stride 8, so 17 frames make 2 tiles
     tile_overlap: float = 1.0 / 3.0
-    image_fraction: float = 0.2
     max_frame_interval: int = 8
-    dataset_length: int = 100_000
     # --- losses ---
     foreground_weight: float = 10.0  # extra L1/L2 weight on object pixels at step 0 (trainer.py)
     foreground_weight_end: float = 1.0  # ... decaying linearly to this at the last step
@@ -88,97 +86,53 @@ class VAETrainConfig(ConfigIO):
     # --- after training ---
     scale_clips: int = 32  # train clips whose posterior-mode std gives the scaling factor
     eval_clips: int = 44  # held-out clips for PSNR/SSIM (44 = every held-out combination once)
-    # --- bookkeeping ---
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    seed: int = 0
-    resume: bool = False
-    progress: bool = True
 
-    def __post_init__(self) -> None:
-        for name in ("out_dir", "init_from"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                setattr(self, name, Path(value))
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        self.validate()
+    SIZE_MULTIPLE: ClassVar[int] = 8
+    SIZE_WHY: ClassVar[str] = "8x VAE downsampling"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
+        super().validate()
         for name in (
-            "steps",
-            "batch_size",
             "low_res_batch_size",
             "image_batch_size",
-            "checkpoint_every",
-            "dataset_length",
             "max_frame_interval",
             "scale_clips",
             "eval_clips",
         ):
+            self.check_int(name, minimum=1)
+        self.check_int("gan_start", minimum=0)
+        self.check_int("low_res_frames", minimum=1)
+        if (self.low_res_frames - 1) % 4:
+            self.fail("low_res_frames", "must be 4n+1")
+        for name in ("low_res_size", "crop_size", "tile_size"):
             value = getattr(self, name)
-            _check(name, value, isinstance(value, int) and value > 0, "must be a positive int")
-        for name in ("warmup_steps", "keep_checkpoints", "seed", "gan_start"):
-            value = getattr(self, name)
-            _check(name, value, isinstance(value, int) and value >= 0, "must be an int >= 0")
-        for name in ("num_frames", "low_res_frames"):
-            value = getattr(self, name)
-            _check(
-                name, value, isinstance(value, int) and value >= 1 and (value - 1) % 4 == 0, "must be 4n+1"
+            self.check(
+                name, isinstance(value, int) and value >= 8 and value % 8 == 0, "must be a multiple of 8"
             )
-        for name in ("size", "low_res_size", "crop_size", "tile_size"):
-            value = getattr(self, name)
-            _check(
-                name,
-                value,
-                isinstance(value, int) and value >= 8 and value % 8 == 0,
-                "must be a multiple of 8",
-            )
-        _check("low_res_size", self.low_res_size, self.low_res_size <= self.size, "must be <= size")
-        _check("crop_size", self.crop_size, self.crop_size <= self.size, "must be <= size")
-        _check(
-            "low_res_frames",
-            self.low_res_frames,
-            self.low_res_frames <= self.num_frames,
-            "must be <= num_frames",
-        )
-        _check(
-            "tile_frames", self.tile_frames, self.tile_frames > 0 and self.tile_frames % 4 == 0, "must be 4n"
-        )
-        for name in ("lr", "disc_lr"):
-            _check(name, getattr(self, name), getattr(self, name) > 0, "must be > 0")
-        _check("video_lr", self.video_lr, self.video_lr is None or self.video_lr > 0, "must be > 0 or None")
-        _check("min_lr_ratio", self.min_lr_ratio, 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]")
-        _check("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas))
-        for name in (
-            "grad_clip",
-            "foreground_weight",
-            "mse_weight",
-            "kl_weight",
-            "perceptual_weight",
-            "gan_weight",
-        ):
-            _check(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0")
-        _check("ema_decay", self.ema_decay, 0 <= self.ema_decay < 1, "must be in [0, 1)")
+        self.check("low_res_size", self.low_res_size <= self.size, "must be <= size")
+        self.check("crop_size", self.crop_size <= self.size, "must be <= size")
+        self.check("low_res_frames", self.low_res_frames <= self.num_frames, "must be <= num_frames")
+        self.check("tile_frames", self.tile_frames > 0 and self.tile_frames % 4 == 0, "must be 4n")
+        self.check("disc_lr", self.disc_lr > 0, "must be > 0")
+        self.check("video_lr", self.video_lr is None or self.video_lr > 0, "must be > 0 or None")
+        self.check("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]")
+        for name in ("foreground_weight", "mse_weight", "kl_weight", "perceptual_weight", "gan_weight"):
+            self.check(name, getattr(self, name) >= 0, "must be >= 0")
         for name in (
             "image_phase_fraction",
             "low_res_fraction",
             "crop_fraction",
             "tiling_fraction",
             "tiling_probability",
-            "image_fraction",
         ):
-            value = getattr(self, name)
-            _check(name, value, 0.0 <= value <= 1.0, "must be a fraction in [0, 1]")
+            self.check_fraction(name)
         fractions = self.image_phase_fraction + self.low_res_fraction + self.crop_fraction
         if fractions + self.tiling_fraction > 1.0:
-            _fail(
+            self.fail(
                 "tiling_fraction",
-                self.tiling_fraction,
                 "plus image_phase_fraction, low_res_fraction and crop_fraction must be <= 1",
             )
-        if self.lr_schedule not in LR_SCHEDULES:
-            _fail("lr_schedule", self.lr_schedule, f"must be one of {list(LR_SCHEDULES)}")
         try:
             self.tiling()
         except ValueError as error:
@@ -192,12 +146,3 @@ class VAETrainConfig(ConfigIO):
         return VAETiling(
             sample_size=self.tile_size, sample_frames=self.tile_frames, overlap=self.tile_overlap
         )
-
-
-def _fail(name: str, value: object, why: str) -> None:
-    raise ValueError(f"VAETrainConfig.{name}={value!r} {why}")
-
-
-def _check(name: str, value: object, ok: bool, why: str = "is out of range") -> None:
-    if not ok:
-        _fail(name, value, why)

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from hyv.models import CausalVAE3D, load_vae, save_vae
 from hyv.models.vae_blocks import CausalConv3d, ResnetBlockCausal3D
 from hyv.models.vae_config import vae_preset
+from hyv.training.core import RESUME_FREE, Trainer
 from hyv.training.dit.data import step_seed
-from hyv.training.dit.state import EMA, load_for_resume, lr_at, save_checkpoint, save_loss_plot
+from hyv.training.state import EMA, lr_at
 from hyv.training.vae.config import VAETrainConfig
 from hyv.training.vae.data import VAEBatch, VAEBatches, phase_name
 from hyv.training.vae.evaluate import evaluate_vae, heldout_videos, save_reconstructions, scaling_factor
@@ -46,14 +47,12 @@ from hyv.training.vae.losses import (
 logger = logging.getLogger(__name__)
 
 VAE_SUBDIR = "vae"
-LOSS_PLOT = "loss.png"
-LOSS_CSV = "losses.csv"
 EVAL_JSON = "eval.json"
 RECON_PNG = "reconstructions.png"
 METRICS = ("loss", "l1", "kl", "perceptual", "gan", "gan_weight", "disc", "psnr")
 LOG_EVERY = 50
-StepCallback = Callable[[int, dict[str, float]], None]
-_RESUME_FREE = {"resume", "progress", "checkpoint_every", "keep_checkpoints", "device", "eval_clips"}
+# `steps` is not free: the learning rate, curriculum and loss weights are scheduled over it.
+_RESUME_FREE = (RESUME_FREE - {"steps"}) | {"eval_clips"}
 
 
 def init_posterior_logvar(vae: CausalVAE3D, logvar: float) -> None:
@@ -114,10 +113,19 @@ def inflate_temporal_kernels(vae: CausalVAE3D) -> None:
                 weight[:, :, -1] = folded
 
 
-class VAETrainer:
+class VAETrainer(Trainer[VAETrainConfig, dict[str, float]]):
+    progress_label = "vae"
+    progress_text = "{task.fields[phase]} l1 {task.fields[l1]} psnr {task.fields[psnr]}"
+    progress_fields = ("phase", "l1", "psnr")
+    history_key = "history"
+    csv_columns = METRICS
+    plot_title = "VAE loss"
+    plot_ylabel = "L1 + MSE + perceptual + KL (+ GAN)"
+    resume_free = _RESUME_FREE
+
     def __init__(self, config: VAETrainConfig) -> None:
-        self.config = c = config
-        self.out_dir = c.out_dir
+        super().__init__(config)
+        c = config
         self.device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.manual_seed(c.seed)
         if c.init_from is not None:
@@ -127,7 +135,7 @@ class VAETrainer:
             init_posterior_logvar(vae, c.init_logvar)
             if c.zero_init_residual:
                 zero_init_residuals(vae)
-        self.vae = vae.to(self.device).train()
+        self.vae = self.trained = vae.to(self.device).train()
         self.features = FixedFeatures().to(self.device)
         self.disc = PatchDiscriminator3D().to(self.device).train()
         self.ema = EMA(self.vae, c.ema_decay)
@@ -137,10 +145,10 @@ class VAETrainer:
         self.batches = VAEBatches(c)
         self.tiling = c.tiling()
         self._probe: list[torch.Tensor] | None = None
-        self.step = 0
-        self.history: list[dict[str, float]] = []
+        self._phase = "-"  # of the last step, for the progress bar and the log
+        self._window: list[dict[str, float]] = []  # metrics since the last log line
         if c.resume:
-            self._resume()
+            self.resume()
 
     def _new_optimizer(self) -> torch.optim.AdamW:
         c = self.config
@@ -187,8 +195,7 @@ class VAETrainer:
 
     def train_step(self, step: int, batch: VAEBatch | None = None) -> dict[str, float]:
         c = self.config
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr(step)
+        self.set_lr(self.lr(step))
         batch = batch if batch is not None else self.batches.batch(step)
         generator = torch.Generator(device=self.device).manual_seed(step_seed(c.seed, step, 0))
         video = batch.video.to(self.device)
@@ -214,12 +221,7 @@ class VAETrainer:
             last = self.vae.decoder.conv_out.conv.weight
             gan_weight = adaptive_gan_weight(rec, gan, last) * c.gan_weight
             loss = loss + gan_weight * gan
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if c.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), c.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.vae)
+        self.optimize(loss)
         disc_loss = l1.new_zeros(())
         if use_gan:
             self.disc.requires_grad_(True)
@@ -233,59 +235,37 @@ class VAETrainer:
         metrics["psnr"] = 10.0 * torch.log10(torch.tensor(4.0 / max(clamped_mse, 1e-12))).item()
         return metrics
 
-    # --- the loop ---------------------------------------------------------------------------------
+    # --- the loop (hyv/training/core.py) ---------------------------------------------------------
 
-    def train(self, on_step: StepCallback | None = None) -> Path:
-        """Run up to `config.steps` (checkpointing on the way), then export; returns the VAE directory.
+    def run_step(self, step: int) -> dict[str, float]:
+        if self.is_video_start(step):
+            self.start_videos()
+        batch = self.batches.batch(step)
+        self._phase = batch.phase.name
+        return self.train_step(step, batch)
 
-        `on_step(step, metrics)` runs after each step (and its checkpoint, if any)."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def progress_values(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"phase": self._phase, "l1": f"{metrics['l1']:.4f}", "psnr": f"{metrics['psnr']:.1f}"}
 
+    def after_step(self, metrics: dict[str, float]) -> None:
+        """Every LOG_EVERY steps (and at the last), the means of the metrics since the last line."""
         c = self.config
-        columns = (
-            TextColumn("[bold]vae"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[phase]} l1 {task.fields[l1]} psnr {task.fields[psnr]}"),
-        )
-        started = time.monotonic()
-        window: list[dict[str, float]] = []
-        with Progress(*columns, disable=not c.progress, transient=False) as bar:
-            task = bar.add_task("vae", total=c.steps, completed=self.step, phase="-", l1="-", psnr="-")
-            while self.step < c.steps:
-                if self.is_video_start(self.step):
-                    self.start_videos()
-                batch = self.batches.batch(self.step)
-                metrics = self.train_step(self.step, batch)
-                self.step += 1
-                self.history.append(metrics)
-                window.append(metrics)
-                bar.update(
-                    task,
-                    advance=1,
-                    phase=batch.phase.name,
-                    l1=f"{metrics['l1']:.4f}",
-                    psnr=f"{metrics['psnr']:.1f}",
-                )
-                if self.step % LOG_EVERY == 0 or self.step == c.steps:
-                    means = {k: sum(m[k] for m in window) / len(window) for k in METRICS}
-                    logger.info(
-                        "step %d/%d (%s) %.0fs lr %.2e | %s",
-                        self.step,
-                        c.steps,
-                        batch.phase.name,
-                        time.monotonic() - started,
-                        self.lr(self.step - 1),
-                        " ".join(f"{k} {v:.4g}" for k, v in means.items()),
-                    )
-                    window = []
-                if self.step % c.checkpoint_every == 0 or self.step == c.steps:
-                    self.save_checkpoint()
-                    self.log_heldout()
-                if on_step is not None:
-                    on_step(self.step, metrics)
-        return self.export()
+        self._window.append(metrics)
+        if self.step % LOG_EVERY == 0 or self.step == c.steps:
+            means = {k: sum(m[k] for m in self._window) / len(self._window) for k in METRICS}
+            logger.info(
+                "step %d/%d (%s) %.0fs lr %.2e | %s",
+                self.step,
+                c.steps,
+                self._phase,
+                time.monotonic() - self.train_started,
+                self.lr(self.step - 1),
+                " ".join(f"{k} {v:.4g}" for k, v in means.items()),
+            )
+            self._window = []
+
+    def on_checkpoint(self) -> None:
+        self.log_heldout()
 
     def log_heldout(self, clips: int = 4) -> dict[str, Any]:
         """Untiled held-out PSNR/SSIM of the EMA weights on a few clips at the final size (logged)."""
@@ -304,41 +284,20 @@ class VAETrainer:
 
     # --- state ------------------------------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path:
-        payload = {
-            "model": self.vae.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
             "disc": self.disc.state_dict(),
             "disc_optimizer": self.disc_optimizer.state_dict(),
-            "history": list(self.history),
-            "config": self.config.to_dict(),
         }
-        path = save_checkpoint(self.out_dir, self.step, payload, self.config.keep_checkpoints)
-        lines = [",".join(("step", *METRICS))]
-        lines += [
-            ",".join((str(i + 1), *(f"{m[k]:.6g}" for k in METRICS))) for i, m in enumerate(self.history)
-        ]
-        (self.out_dir / LOSS_CSV).write_text("\n".join(lines) + "\n")
-        save_loss_plot(
-            [m["loss"] for m in self.history],
-            self.out_dir / LOSS_PLOT,
-            title="VAE loss",
-            ylabel="L1 + MSE + perceptual + KL (+ GAN)",
-        )
-        return path
 
-    def _resume(self) -> None:
-        payload = load_for_resume(self.out_dir, self.config.to_dict(), _RESUME_FREE)
-        if payload is None:
-            return
-        self.vae.load_state_dict(payload["model"])
-        self.ema.load_state_dict(payload["ema"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        super().load_state_dict(payload)
         self.disc.load_state_dict(payload["disc"])
         self.disc_optimizer.load_state_dict(payload["disc_optimizer"])
-        self.step = int(payload["step"])
-        self.history = [dict(m) for m in payload["history"]]
+
+    def parse_metrics(self, saved: Any) -> dict[str, float]:
+        return dict(saved)
 
     # --- export -----------------------------------------------------------------------------------
 
@@ -384,6 +343,6 @@ class VAETrainer:
         return directory
 
 
-def train_vae(config: VAETrainConfig, on_step: StepCallback | None = None) -> Path:
+def train_vae(config: VAETrainConfig, on_step: Callable[[int, dict[str, float]], None] | None = None) -> Path:
     """Train (or, with `config.resume`, continue training) the VAE; returns the saved VAE directory."""
     return VAETrainer(config).train(on_step)

@@ -30,7 +30,8 @@ import pytest
 from hyv.engine.bundle import init_random_bundle, save_bundle
 from hyv.engine.video_io import read_mp4
 from hyv.service.celery_app import enqueue
-from hyv.service.jobs import Job, JobStatus, JobStore
+from hyv.service.job_model import Job, JobStatus
+from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer, free_port, start_worker, stop_worker, wait_for_workers
 from hyv.service.settings import Settings
 
@@ -105,7 +106,7 @@ class Stack:
         return process
 
     def ready_workers(self) -> int:
-        return sum(1 for w in self.store.workers(MODEL) if w.get("ready"))
+        return sum(1 for w in self.store.workers.live(MODEL) if w.get("ready"))
 
     def stop_worker(self, name: str, grace_s: float = 10.0) -> None:
         stop_worker(self.workers.pop(name), grace_s=grace_s)
@@ -144,14 +145,14 @@ class Stack:
         job = Job(
             model=MODEL, request=request, prompt=request["prompt"], num_frames=request.get("num_frames", 0)
         )
-        self.store.create(job)
+        self.store.jobs.create(job)
         enqueue(job, self.settings)
         return job
 
     def finished(self, job_id: str, timeout_s: float = 120.0) -> Job:
         def check() -> Job | None:
             with contextlib.suppress(Exception):  # Redis may be restarting
-                job = self.store.get(job_id)
+                job = self.store.jobs.get(job_id)
                 return job if job is not None and job.finished else None
             return None
 
@@ -162,7 +163,7 @@ class Stack:
         """Until `count` of the jobs are in progress, each past denoising step `min_step`."""
 
         def check() -> bool:
-            states = [self.store.get(job_id) for job_id in job_ids]
+            states = [self.store.jobs.get(job_id) for job_id in job_ids]
             running = [s for s in states if s and s.status == JobStatus.IN_PROGRESS and s.step >= min_step]
             return len(running) >= count
 
@@ -172,7 +173,7 @@ class Stack:
         """Until the job is at one of `stages` (or finished)."""
 
         def check() -> bool:
-            job = self.store.get(job_id)
+            job = self.store.jobs.get(job_id)
             return job is not None and (job.stage in stages or job.finished)
 
         wait_until(check, timeout_s)
@@ -193,7 +194,7 @@ class Stack:
         final state; duplicate deliveries dropped later may follow)."""
 
         def check() -> list[dict[str, Any]] | None:
-            runs = self.store.runs(job_id)
+            runs = self.store.claims.runs(job_id)
             return runs if any(r["event"] == "end" and r["outcome"] == "completed" for r in runs) else None
 
         found: list[dict[str, Any]] = wait_until(check, 15)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from hyv.engine.video_io import read_mp4
-from hyv.service.jobs import JobStatus
+from hyv.service.job_model import JobStatus
 from tests.reliability.faults.conftest import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -64,7 +64,7 @@ def resume(stack: Stack, video_id: str, have: bytes) -> tuple[bytes, str]:
     """The rest of the file with `Range: bytes=<len(have)>-`, which must be a 206 from exactly
     there (the growing file followed, or the finished file if the job completed while the server
     waited for those bytes); returns (the whole file, the job's status when the request was sent)."""
-    job = stack.store.get(video_id)
+    job = stack.store.jobs.get(video_id)
     assert job is not None
     with httpx.Client(base_url=stack.api_url, headers=HEADERS, timeout=120) as client:
         response = client.get(f"/v1/videos/{video_id}/content", headers={"Range": f"bytes={len(have)}-"})

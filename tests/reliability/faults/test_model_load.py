@@ -54,7 +54,7 @@ def test_a_worker_that_cannot_load_keeps_jobs_queued(
 ) -> None:
     bad = f"bad-{variant}"
     stack.add_worker(bad, wait=False, weights=broken_weights(stack, variant))
-    failing = wait_until(lambda: [w for w in stack.store.workers(MODEL) if w.get("load_error")], 60)
+    failing = wait_until(lambda: [w for w in stack.store.workers.live(MODEL) if w.get("load_error")], 60)
     assert not failing[0]["ready"]
     for round_ in range(ROUNDS):
         ready = api.get("/readyz")
@@ -73,14 +73,16 @@ def test_a_worker_that_cannot_load_keeps_jobs_queued(
         time.sleep(HELD_S)  # the broken worker is handed the jobs and gives them back
         for job_id in ids:
             assert api.get(f"/v1/videos/{job_id}").json()["status"] == "queued"
-        handed_back = [r for job_id in ids for r in stack.store.runs(job_id) if r["outcome"] == "not_ready"]
+        handed_back = [
+            r for job_id in ids for r in stack.store.claims.runs(job_id) if r["outcome"] == "not_ready"
+        ]
         assert handed_back, "the broken worker never received a job"
 
         good = f"good-{variant}-{round_}"
         stack.add_worker(good)
         for job_id in ids:
             stack.assert_completed(job_id, frames=SMALL["num_frames"], timeout_s=60)
-            assert stack.store.get(job_id).attempts == 1  # type: ignore[union-attr]
+            assert stack.store.jobs.get(job_id).attempts == 1  # type: ignore[union-attr]
         assert api.get("/readyz").status_code == 200
         stack.stop_worker(good)
         wait_until(lambda: stack.ready_workers() == 0, 30)

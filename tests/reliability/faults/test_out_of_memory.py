@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from hyv.service.jobs import JobStatus
+from hyv.service.job_model import JobStatus
 from tests.reliability.faults.conftest import SMALL, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -40,7 +40,7 @@ def test_redis_restart_with_jobs_queued_and_running(
     for _ in range(ROUNDS):
         jobs = [stack.submit(**MEDIUM, seed=i) for i in range(JOBS_PER_ROUND)]
         stack.wait_running([job.id for job in jobs], 2)
-        assert stack.store.queue_depth("hyv-tiny") >= JOBS_PER_ROUND - 2
+        assert stack.store.jobs.queue_depth("hyv-tiny") >= JOBS_PER_ROUND - 2
         stack.restart_redis(how, down_s)
         for job in jobs:
             stack.assert_completed(job.id, frames=MEDIUM["num_frames"])

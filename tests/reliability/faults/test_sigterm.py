@@ -38,7 +38,7 @@ def test_sigterm_to_the_main_process_finishes_the_job(
     for _ in range(ROUNDS):
         job = stack.submit(**MEDIUM)
         stack.wait_running([job.id], 1)
-        running = stack.store.get(job.id)
+        running = stack.store.jobs.get(job.id)
         assert running is not None
         name = stack.worker_running(running)
         process = stack.workers[name]
@@ -62,7 +62,7 @@ def test_sigterm_requeues_what_it_cannot_finish(
         request = {**MEDIUM, "steps": 1000} if variant == "grace_expired" else MEDIUM
         job = stack.submit(**request)
         stack.wait_running([job.id], 1)
-        running = stack.store.get(job.id)
+        running = stack.store.jobs.get(job.id)
         assert running is not None
         name = stack.worker_running(running)
         process = stack.workers[name]

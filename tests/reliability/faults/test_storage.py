@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hyv.service.jobs import JobStatus
+from hyv.service.job_model import JobStatus
 from tests.reliability.faults.conftest import MEDIUM, SMALL, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
