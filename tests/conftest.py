@@ -2,9 +2,11 @@
 
 prometheus-client's multiprocess mode binds a process's sample files to the folder named by
 PROMETHEUS_MULTIPROC_DIR when the process creates its first metric value, and keeps them for its
-whole life. The test session is one process that imports `hyv.service.metrics` from many test
-packages (benchmarks, deploy, reliability, service), so they all share one folder, chosen here,
-first.
+whole life. The test session is one process that records metrics for many test packages
+(benchmarks, deploy, reliability, service: every `create_app`, and tests that record directly), so
+they all share one folder, chosen here, first: `setup_metrics(settings)` (hyv/service/metrics.py)
+takes $PROMETHEUS_MULTIPROC_DIR over each test's data_dir, and the worker processes the tests start
+inherit it.
 
 Fixtures shared across test packages are plugins (pytest_plugins), loaded after that: the API
 tests' real Redis, tiny bundle and live server (tests/service/conftest_api.py) and the S3 server

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from hyv.service.broker import transport_for
 from hyv.service.job_model import Job
@@ -84,8 +85,17 @@ def enqueue(job: Job, settings: Settings | None = None) -> None:
     logger.info("enqueued", extra={"job_id": job.id, "queue": queue_name(job.model)})
 
 
-# `celery -A hyv.service.celery_app worker` (what `hyv worker` runs) finds this app; it reads the
-# environment (HYV_*) only when a worker starts, never on import by the API.
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    """A worker's main process (`hyv worker`, or `celery -A hyv.service.celery_app:celery_app
+    worker` as `hyv serve` starts it): its metrics folder, before the pool processes fork."""
+    from hyv.service.metrics import setup_metrics
+
+    setup_metrics(get_settings())
+
+
+# `celery -A hyv.service.celery_app worker` finds this app; it reads the environment (HYV_*) only
+# when a worker starts, never on import by the API.
 def __getattr__(name: str) -> Celery:
     if name in ("app", "celery_app"):
         return celery_for(get_settings())

@@ -1,33 +1,34 @@
 """Container health checks (Docker HEALTHCHECK, compose `healthcheck`, Kubernetes exec probes).
 
-    python -m hyv.service.healthcheck api       # GET http://127.0.0.1:$HYV_PORT/healthz answers 200
+    python -m hyv.service.healthcheck api       # GET http://127.0.0.1:{port}/healthz answers 200
     python -m hyv.service.healthcheck worker    # this container has a worker beating "ready" in Redis
 
-Exit status 0 = healthy, 1 = not (the reason on stderr). Deliberately light: it reads HYV_PORT and
-HYV_REDIS_URL from the environment itself instead of importing hyv.service.settings (which imports
-torch), so a probe every few seconds costs a few milliseconds of CPU, not a second.
+Exit status 0 = healthy, 1 = not (the reason on stderr). The port and the Redis URL are the
+service's settings (HYV_PORT, HYV_REDIS_URL). A probe runs every few seconds, so this module stays
+light: it imports the settings (pydantic, no torch) and, for the worker check only, redis-py.
 
 A worker is healthy when one of its pool processes has loaded the model and beats in Redis:
-`hyv:workers:{hostname}:{pid}` (hyv/service/worker.py) with `"ready": true`, where hostname is the
+`hyv:workers:{hostname}:{pid}` (hyv/service/worker_process.py) with `"ready": true`, where hostname is the
 container's (Docker: the container id; Kubernetes: the pod name).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import urllib.error
 import urllib.request
 
+from hyv.service.settings import Settings
+
 WORKER_KEY_PREFIX = "hyv:workers:"
 
 
-def check_api(timeout_s: float = 3.0) -> str | None:
+def check_api(timeout_s: float = 3.0, *, settings: Settings | None = None) -> str | None:
     """None when /healthz answers 200, else the reason."""
-    port = int(os.environ.get("HYV_PORT", "8000"))
-    url = f"http://127.0.0.1:{port}/healthz"
+    settings = settings or Settings()
+    url = f"http://127.0.0.1:{settings.port}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             if response.status == 200:
@@ -37,11 +38,13 @@ def check_api(timeout_s: float = 3.0) -> str | None:
         return f"{url}: {exc}"
 
 
-def check_worker(hostname: str | None = None, timeout_s: float = 3.0) -> str | None:
+def check_worker(
+    hostname: str | None = None, timeout_s: float = 3.0, *, settings: Settings | None = None
+) -> str | None:
     """None when a worker of this host beats ready in Redis, else the reason."""
     import redis
 
-    url = os.environ.get("HYV_REDIS_URL")
+    url = (settings or Settings()).redis_url
     if not url:
         return "HYV_REDIS_URL is not set"
     hostname = hostname or socket.gethostname()

@@ -12,7 +12,7 @@ from hyv.service.job_records import JobRecords
 
 class CancelRequests:
     """Ask for a job's cancellation (the API), and learn of it (the worker: the flag, or the message
-    on its channel, read by hyv.service.worker_signals.CancelWatch)."""
+    on its channel, read by hyv.service.running_job.CancelWatch)."""
 
     def __init__(self, records: JobRecords, keys: JobKeys = DEFAULT_KEYS) -> None:
         self.records = records
@@ -22,7 +22,7 @@ class CancelRequests:
     def request(self, job_id: str) -> Job | None:
         """Flag the job; a queued one becomes cancelled at once (it never runs); for a running one
         the job id is also published on its worker's cancel channel, which sets the worker's local
-        cancel event (hyv.service.worker_signals): it stops after the denoising step in flight.
+        cancel event (hyv.service.running_job): it stops after the denoising step in flight.
         Returns the job as it is now (None if missing).
 
         The flag is set before the message is sent, so a worker that subscribes or starts the job

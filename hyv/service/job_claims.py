@@ -15,7 +15,7 @@ from typing import Any, Literal
 import redis
 
 from hyv.service.job_keys import DEFAULT_KEYS, JobKeys
-from hyv.service.job_records import DEFAULT_RECORD_TTL_SECONDS, text
+from hyv.service.job_records import text
 from hyv.service.job_scripts import CLAIM_LUA, RENEW_LUA, ScriptCall
 
 ClaimResult = Literal["claimed", "held", "finished", "missing", "cancel"]
@@ -27,7 +27,7 @@ class JobClaims:
     def __init__(
         self,
         redis_client: redis.Redis,
-        record_ttl_seconds: int = DEFAULT_RECORD_TTL_SECONDS,
+        record_ttl_seconds: int,
         keys: JobKeys = DEFAULT_KEYS,
     ) -> None:
         self.redis = redis_client

@@ -22,8 +22,15 @@ from pydantic import BaseModel
 from hyv.service.job_keys import DEFAULT_KEYS, JobKeys
 from hyv.service.job_model import JOB_FIELDS, JOB_ID_RE, Job, JobStatus
 from hyv.service.job_scripts import READ_LUA, UPDATE_LUA, ScriptCall, encode_args
+from hyv.service.settings import Settings
 
-DEFAULT_RECORD_TTL_SECONDS = 7 * 24 * 3600
+
+def record_ttl_seconds(settings: Settings) -> int:
+    """How long a job's record, cancel flag and delivery log are kept (counted from its creation,
+    and again from its final write): twice the video's `job_ttl_seconds`, so a client asking for a
+    video whose file expired learns that it expired (`video_expired`) rather than that it never
+    existed. Every process that writes job records takes its TTL from here (JobStore)."""
+    return settings.job_ttl_seconds * 2
 
 
 class JobRecords:
@@ -31,13 +38,10 @@ class JobRecords:
     indexes. Thread-safe (redis-py pools connections)."""
 
     def __init__(
-        self,
-        redis_client: redis.Redis,
-        record_ttl_seconds: int = DEFAULT_RECORD_TTL_SECONDS,
-        keys: JobKeys = DEFAULT_KEYS,
+        self, redis_client: redis.Redis, record_ttl_seconds: int, keys: JobKeys = DEFAULT_KEYS
     ) -> None:
         self.redis = redis_client
-        self.record_ttl_seconds = record_ttl_seconds
+        self.record_ttl_seconds = record_ttl_seconds  # record_ttl_seconds(settings)
         self.keys = keys
         self._update_script = ScriptCall(redis_client, UPDATE_LUA)
         self._read_script = ScriptCall(redis_client, READ_LUA)

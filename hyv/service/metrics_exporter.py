@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from hyv.service.metrics import setup_metrics
+
 DEFAULT_PORT = 9101
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
@@ -88,9 +90,7 @@ def serve_metrics(directory: Path, host: str, port: int) -> object:
 
 def run(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    directory: Path = args.dir.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # the child writes where we read
+    directory = setup_metrics(args.dir.resolve())  # exported: the child writes where we read
     if args.command:
         clear_stale_files(directory)
     serve_metrics(directory, args.host, args.port)

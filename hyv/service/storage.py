@@ -19,9 +19,12 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
+from hyv.service.byte_ranges import ByteRange
 from hyv.service.job_model import JOB_ID_RE
 
 if TYPE_CHECKING:
@@ -50,16 +53,52 @@ class VideoWriter(Protocol):
     def abandon(self) -> None: ...
 
 
+Variant = Literal["video", "thumbnail"]
+READ_CHUNK_BYTES = 256 * 1024
+
+
+class ContentInfo(Protocol):
+    """A finished video's (or thumbnail's) validators and size: what HEAD and conditional GETs need."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def etag(self) -> str: ...  # quoted, strong
+    @property
+    def last_modified_http(self) -> str: ...
+
+
+class OpenContent(ContentInfo, Protocol):
+    """Finished content opened for reading: `length` bytes from the requested range, `content_range`
+    (`bytes a-b/size`) set when a range was served. The reader iterates chunks() (which closes it)
+    or calls close()."""
+
+    @property
+    def length(self) -> int: ...
+    @property
+    def content_range(self) -> str | None: ...
+    def chunks(self, size: int = READ_CHUNK_BYTES) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+
+
 class Storage(Protocol):
+    """Where a job's files live. The worker writes through open_writer and the save_* methods; the
+    API serves finished content through content_info / open_content (ranges resolved by the store),
+    and follows a video that renders through partial_path and path: the growing `.part` file and
+    the finished file as this process sees them (S3 keeps its spool there too)."""
+
     def open_writer(self, job_id: str) -> VideoWriter: ...
     def path(self, job_id: str) -> Path: ...
     def partial_path(self, job_id: str) -> Path: ...
+    def content_info(self, job_id: str, variant: Variant) -> ContentInfo | None: ...
+    def open_content(
+        self, job_id: str, variant: Variant, byte_range: ByteRange | None = None
+    ) -> OpenContent | None: ...
     def exists(self, job_id: str) -> bool: ...
     def delete(self, job_id: str) -> None: ...
     def save_input_image(self, job_id: str, data: bytes) -> None: ...
     def load_input_image(self, job_id: str) -> bytes | None: ...
     def save_thumbnail(self, job_id: str, png: bytes) -> None: ...
-    def thumbnail_path(self, job_id: str) -> Path: ...
     def video_file(self, job_id: str) -> AbstractContextManager[Path]: ...
     def cleanup_expired(self, now: float, ttl_seconds: float | None = None) -> list[str]: ...
 
@@ -130,6 +169,37 @@ class LocalVideoWriter:
             self.abort()
 
 
+@dataclass
+class LocalContent:
+    """A finished file opened for reading (OpenContent); its ETag: id, size and modification time."""
+
+    file: IO[bytes]
+    size: int
+    etag: str
+    last_modified: float
+    start: int = 0
+    length: int = 0
+    content_range: str | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def last_modified_http(self) -> str:
+        return formatdate(self.last_modified, usegmt=True)
+
+    def chunks(self, size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+        try:
+            self.file.seek(self.start)
+            left = self.length
+            while left > 0 and (data := self.file.read(min(size, left))):
+                left -= len(data)
+                yield data
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 class LocalStorage:
     def __init__(self, data_dir: str | Path, ttl_seconds: float = 24 * 3600) -> None:
         self.root = Path(data_dir)
@@ -154,6 +224,35 @@ class LocalStorage:
 
     def exists(self, job_id: str) -> bool:
         return self.path(job_id).is_file()
+
+    def content_info(self, job_id: str, variant: Variant) -> LocalContent | None:
+        found = self.open_content(job_id, variant)
+        if found is not None:
+            found.close()
+        return found
+
+    def open_content(
+        self, job_id: str, variant: Variant, byte_range: ByteRange | None = None
+    ) -> LocalContent | None:
+        """The finished file opened (byte_range resolved against its size: RangeNotSatisfiableError
+        when it starts past the end); None if there is none."""
+        path = self.path(job_id) if variant == "video" else self.thumbnail_path(job_id)
+        try:
+            file = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        stat = os.fstat(file.fileno())
+        etag = f'"{_check_id(job_id)}-{stat.st_size}-{int(stat.st_mtime)}"'
+        content = LocalContent(file, stat.st_size, etag, stat.st_mtime, 0, stat.st_size)
+        if byte_range is not None:
+            try:
+                start, end = byte_range.resolve(stat.st_size)
+            except Exception:
+                file.close()
+                raise
+            content.start, content.length = start, end - start
+            content.content_range = f"bytes {start}-{end - 1}/{stat.st_size}"
+        return content
 
     @contextmanager
     def video_file(self, job_id: str) -> Iterator[Path]:

@@ -42,19 +42,18 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from hyv.service.byte_ranges import ByteRange, RangeNotSatisfiableError
 from hyv.service.job_model import JOB_ID_RE
-from hyv.service.storage import LocalVideoWriter, StorageError, _check_id
+from hyv.service.storage import READ_CHUNK_BYTES, LocalVideoWriter, StorageError, Variant, _check_id
 
 if TYPE_CHECKING:
     from hyv.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Variant = Literal["video", "thumbnail"]
 T = TypeVar("T")
 
 MULTIPART_BYTES = 8 * 2**20  # S3 wants parts >= 5 MiB (but the last)
-READ_CHUNK_BYTES = 256 * 1024
 _CREDENTIAL_CODES = frozenset(
     {
         "InvalidAccessKeyId",
@@ -66,14 +65,6 @@ _CREDENTIAL_CODES = frozenset(
     }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-
-
-class RangeNotSatisfiableError(Exception):
-    """The requested byte range starts past the end of the object (HTTP 416)."""
-
-    def __init__(self, size: int | None) -> None:
-        super().__init__(f"range not satisfiable (object size {size})")
-        self.size = size
 
 
 @dataclass
@@ -216,10 +207,6 @@ class S3Storage:
     def partial_path(self, job_id: str) -> Path:
         return self.videos / f"{_check_id(job_id)}.mp4.part"
 
-    def thumbnail_path(self, job_id: str) -> Path:
-        """Never a local file here (thumbnails live in S3); kept for the Storage protocol."""
-        return self.root / "thumbnails" / f"{_check_id(job_id)}.png"
-
     # --- the Storage protocol ----------------------------------------------------------------------
 
     def open_writer(self, job_id: str) -> S3VideoWriter:
@@ -336,6 +323,15 @@ class S3Storage:
         return removed
 
     # --- reads for the API -------------------------------------------------------------------------
+
+    def content_info(self, job_id: str, variant: Variant) -> S3ObjectInfo | None:
+        return self.head(job_id, variant)
+
+    def open_content(
+        self, job_id: str, variant: Variant, byte_range: ByteRange | None = None
+    ) -> S3Object | None:
+        """The object opened; the range goes to S3 as it is (S3 resolves it, or answers 416)."""
+        return self.open_object(job_id, variant, byte_range.header if byte_range else None)
 
     def head(self, job_id: str, variant: Variant) -> S3ObjectInfo | None:
         """Size, ETag and date of the object; None if there is none."""

@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from hyv.service.video_object import status_of, to_public
+
 if TYPE_CHECKING:
     from hyv.service.job_model import Job
     from hyv.service.settings import Settings
@@ -84,8 +86,6 @@ def verify(secret: str, headers: dict[str, str], body: str, tolerance_seconds: i
 
 def job_event(job: Job) -> dict[str, Any]:
     """The event body for a finished job: its public video object under `data`."""
-    from hyv.service.api.views import status_of, to_public
-
     return {
         "id": "evt_" + secrets.token_hex(12),
         "object": "event",

@@ -31,6 +31,13 @@ STANDARD_ENV = {
     "OMP_NUM_THREADS": "CPU threads of torch",
 }
 
+# Settings that only mean something outside the containers, and why: compose does not pass them and
+# .env.example does not list them.
+HOST_ONLY_SETTINGS = {
+    "HYV_REDIS_SERVER": "the redis-server binary of `hyv serve` without HYV_REDIS_URL; the stack has "
+    "its own redis service",
+}
+
 
 # --- YAML ------------------------------------------------------------------------------------------
 
@@ -78,7 +85,8 @@ _ENV_READ = re.compile(
 
 @cache
 def code_env_names() -> frozenset[str]:
-    """Variables read with os.environ / os.getenv in hyv/service/ (e.g. HYV_LOG_LEVEL)."""
+    """Variables read with os.environ / os.getenv in hyv/service/ (e.g. PROMETHEUS_MULTIPROC_DIR;
+    no HYV_ one: those are Settings fields)."""
     names: set[str] = set()
     for path in (ROOT / "hyv" / "service").rglob("*.py"):
         for match in _ENV_READ.finditer(path.read_text()):

@@ -16,6 +16,7 @@ import pytest
 from tests.deploy.common import (
     COMPOSE_FILES,
     DEPLOY,
+    HOST_ONLY_SETTINGS,
     ROOT,
     STANDARD_ENV,
     allowed_env_names,
@@ -87,6 +88,13 @@ def test_every_environment_variable_is_read_by_the_code(
         assert hyv <= settings_env_names() | code_env_names(), name
 
 
+def test_the_service_reads_hyv_variables_only_through_settings() -> None:
+    """Every HYV_* variable of the service is a Settings field (documented, validated, passed on to
+    child processes by the launcher); no module of hyv/service reads one itself."""
+    assert not {name for name in code_env_names() if name.startswith("HYV_")}
+    assert "PROMETHEUS_MULTIPROC_DIR" in code_env_names()  # the scan finds what is read
+
+
 def test_environment_values_are_valid_settings(services: dict[str, dict[str, Any]]) -> None:
     for name in OUR_SERVICES:
         env = resolved_env(services[name])
@@ -110,10 +118,13 @@ def test_every_setting_is_configurable_and_documented(
     x-hyv-env block or set per service, and listed in .env.example."""
     shared = set(compose["x-hyv-env"])
     per_service = set().union(*(set(services[name]["environment"]) for name in OUR_SERVICES))
-    missing = settings_env_names() - shared - per_service
+    missing = settings_env_names() - shared - per_service - set(HOST_ONLY_SETTINGS)
     assert not missing, f"settings compose cannot set: {sorted(missing)}"
+    assert set(HOST_ONLY_SETTINGS) <= settings_env_names(), "HOST_ONLY_SETTINGS names a removed setting"
+    assert not set(HOST_ONLY_SETTINGS) & (shared | per_service), "compose sets a host-only setting"
     documented = set(env_example())
-    assert not settings_env_names() - documented, sorted(settings_env_names() - documented)
+    undocumented = settings_env_names() - documented - set(HOST_ONLY_SETTINGS)
+    assert not undocumented, sorted(undocumented)
     for name in documented:
         if name.startswith("HYV_"):
             assert name in settings_env_names() | code_env_names(), f".env.example: {name} is read by nothing"

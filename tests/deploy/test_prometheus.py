@@ -71,23 +71,21 @@ class _FakeStore:
 def exported_series() -> dict[str, set[str]]:
     """Sample name -> label names, for every series the code can export."""
     from prometheus_client import CollectorRegistry, ProcessCollector
-    from prometheus_client.metrics import MetricWrapperBase
 
     from hyv.service import metrics
 
     found: dict[str, set[str]] = {}
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            (family,) = value.describe()
-            labels = set(value._labelnames)
-            if family.type == "counter":
-                found[family.name + "_total"] = labels
-            elif family.type == "histogram":
-                found[family.name + "_bucket"] = labels | {"le"}
-                found[family.name + "_sum"] = labels
-                found[family.name + "_count"] = labels
-            else:
-                found[family.name] = labels
+    for value in metrics.all_metrics():
+        (family,) = value.describe()
+        labels = set(value._labelnames)
+        if family.type == "counter":
+            found[family.name + "_total"] = labels
+        elif family.type == "histogram":
+            found[family.name + "_bucket"] = labels | {"le"}
+            found[family.name + "_sum"] = labels
+            found[family.name + "_count"] = labels
+        else:
+            found[family.name] = labels
     for family in metrics.RedisStateCollector(_FakeStore(), ["m"]).collect():  # type: ignore[arg-type]
         for sample in family.samples:
             found[sample.name] = set(sample.labels)

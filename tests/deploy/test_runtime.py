@@ -126,3 +126,14 @@ def test_healthcheck_usage_and_missing_redis() -> None:
     finally:
         if saved is not None:
             os.environ["HYV_REDIS_URL"] = saved
+
+
+def test_healthcheck_reads_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe asks the port and the Redis of the service's settings (HYV_PORT, HYV_REDIS_URL)."""
+    from hyv.service import healthcheck
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("HYV_PORT", str(port))
+    assert f"http://127.0.0.1:{port}/healthz" in str(healthcheck.check_api(timeout_s=2))
+    monkeypatch.setenv("HYV_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    assert str(healthcheck.check_worker(timeout_s=2)).startswith("redis: ")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-# prometheus-client's multiprocess mode reads this when hyv.service.metrics is first imported.
+# The folder of every metric of the session (tests/conftest.py normally chose it already).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="hyv-test-metrics-"))
 
 KEY_A = "test-key-alpha"

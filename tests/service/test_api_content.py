@@ -1,5 +1,5 @@
 """Content (Range, ETag, the growing MP4), thumbnails and SSE, with the test playing the worker's
-part through the real storage and job store (the same calls hyv.service.worker makes), so the timing
+part through the real storage and job store (the same calls hyv.service.job_runner makes), so the timing
 of every write is under the test's control. The end-to-end versions with a real Celery worker are
 in test_api_e2e.py."""
 

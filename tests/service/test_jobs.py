@@ -4,6 +4,11 @@ needed), and the metrics rendering."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -237,9 +242,64 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(task_soft_time_limit=10, task_hard_time_limit=5)
 
 
+def test_service_variables_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HYV_LOG_LEVEL and HYV_REDIS_SERVER go through Settings like every other HYV_* variable."""
+    from hyv.service.log import configure_logging
+
+    monkeypatch.setenv("HYV_LOG_LEVEL", "debug")
+    monkeypatch.setenv("HYV_REDIS_SERVER", "/opt/redis/bin/redis-server")
+    settings = Settings()
+    assert (settings.log_level, settings.redis_server) == ("debug", "/opt/redis/bin/redis-server")
+    monkeypatch.delenv("HYV_LOG_LEVEL")
+    assert Settings().log_level == "INFO"
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging(settings.log_level)
+        assert root.level == logging.DEBUG
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+
+
+IMPORT_METRICS = """
+import json, os, sys
+from pathlib import Path
+before = dict(os.environ)
+import hyv.service.metrics as metrics
+imported = {"env": dict(os.environ) == before, "created": sorted(os.listdir("."))}
+folder = metrics.setup_metrics(metrics.get_settings())
+metrics.job_finished("m", "completed")
+print(json.dumps({**imported, "folder": str(folder), "exported": os.environ["PROMETHEUS_MULTIPROC_DIR"],
+                  "files": sorted({p.name.split("_")[0] for p in folder.glob("*.db")})}))
+"""
+
+
+def test_importing_metrics_changes_nothing(tmp_path: Path) -> None:
+    """Importing the metrics module sets no variable and creates no folder; setup_metrics, called
+    by whoever starts a process, does both, and every metric (those without labels too, which
+    prometheus-client binds to a file when they are created) lands there."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("HYV_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_METRICS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["env"] is True and report["created"] == []
+    assert report["folder"] == report["exported"] == str(tmp_path.resolve() / "data" / "metrics")
+    assert report["files"] == ["counter", "histogram"]
+
+
 def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, service_settings: Settings) -> None:
     from hyv.service import metrics
 
+    metrics.setup_metrics(service_settings)  # what a process's starter does ($PROMETHEUS_MULTIPROC_DIR)
     job = submit(steps=3)
     metrics.job_submitted(service_settings.model_name, "t2v")
     metrics.observe_request("/v1/videos", "POST", 200, 0.004)

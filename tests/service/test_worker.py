@@ -199,13 +199,13 @@ def test_a_run_that_lost_its_claim_publishes_nothing_and_leaves_the_job(
     """The worker's runtime in this process with no beat thread, so nothing renews its claim: the
     lease lapses mid-run and another worker takes the job. The run goes on to its end without
     noticing, then finds the claim gone: it drops its video and writes no final state."""
-    from hyv.service.worker import WorkerRuntime
-    from hyv.service.worker_health import load_pipeline
+    from hyv.service.model_loading import load_pipeline
+    from hyv.service.worker_process import WorkerProcess
     from tests.service.conftest import make_settings
 
     url = redis_server.url.rsplit("/", 1)[0] + "/15"  # a private db (no worker, no reaper on it)
     settings = make_settings(url, tmp_path / "data", tiny_bundle, job_lease_seconds=0.5)
-    runtime = WorkerRuntime(settings)  # not load(): no beat, no cancel listener
+    runtime = WorkerProcess(settings)  # not load(): no beat, no cancel listener
     store, storage = JobStore.connect(runtime.jobs.redis), LocalStorage(settings.data_dir)
     store.redis.flushdb()
     runtime.pipeline = load_pipeline(settings)
@@ -234,6 +234,35 @@ def test_a_run_that_lost_its_claim_publishes_nothing_and_leaves_the_job(
         run.join(120)
         runtime.stop()
         store.redis.flushdb()
+
+
+def test_every_writer_gives_a_finished_job_the_same_record_ttl(
+    submit: Callable[..., Job], store: JobStore, service_settings: Settings
+) -> None:
+    """Completed by the worker, cancelled by the API, failed at the hard time limit (by Celery's main
+    process): each final write sets the record's TTL from the settings, the same for all three."""
+    from fastapi.testclient import TestClient
+
+    from hyv.service.api.app import create_app
+    from hyv.service.job_records import record_ttl_seconds
+    from hyv.service.job_runner import fail_past_hard_limit
+
+    completed = submit(width=32, height=32, num_frames=5, steps=2)
+    assert finished(store, completed.id).status == JobStatus.COMPLETED
+
+    cancelled = store.jobs.create(Job(model=MODEL, request={"prompt": "x"}, prompt="x"))  # not enqueued
+    with TestClient(create_app(service_settings)) as client:
+        answer = client.delete(f"/v1/videos/{cancelled.id}")
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled", answer.text
+
+    timed_out = store.jobs.create(Job(model=MODEL, request={"prompt": "x"}, prompt="x"))
+    fail_past_hard_limit(service_settings, timed_out.id)
+
+    statuses = [store.jobs.get(job.id).status for job in (completed, cancelled, timed_out)]  # type: ignore[union-attr]
+    assert statuses == [JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.FAILED]
+    expected = record_ttl_seconds(service_settings)
+    ttls = [store.redis.ttl(store.keys.job(job.id)) for job in (completed, cancelled, timed_out)]
+    assert all(expected - 60 <= ttl <= expected for ttl in ttls), (ttls, expected)
 
 
 def _main_pid_of(c: Cluster, child_pid: int) -> int:

@@ -1,4 +1,4 @@
-"""The worker's per-step signals (hyv.service.worker_signals) against a real Redis: progress writes
+"""The worker's per-step signals (hyv.service.running_job) against a real Redis: progress writes
 throttled to `progress_interval_s` with every stage boundary kept, cancels delivered by pub/sub into
 a local event (and the flag fallbacks); then both in real Celery workers on the tiny bundle."""
 
@@ -17,7 +17,7 @@ from hyv.service.celery_app import enqueue
 from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer
-from hyv.service.worker_signals import CancelWatch, ProgressWriter, RunningJob
+from hyv.service.running_job import CancelWatch, ProgressWriter, RunningJob
 from tests.service.conftest import MODEL, Cluster, wait_until
 from tests.service.test_worker import LONG, STAGE_ORDER, at_step, ended_runs, finished
 

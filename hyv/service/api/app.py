@@ -44,9 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "HYV_REDIS_URL is not set: the API needs the Redis its workers use "
             "(`hyv serve` starts one and sets it)"
         )
+    metrics.setup_metrics(settings)  # `uvicorn --factory` starts here (`hyv serve` did it already)
     redis_client = redis.Redis.from_url(settings.redis_url)
     model = ServedModel.from_bundle(settings.model_name, settings.weights)
-    store = JobStore.connect(redis_client)
+    store = JobStore.connect(redis_client, settings)
     context = AppContext(
         settings=settings,
         redis=redis_client,

@@ -1,8 +1,8 @@
 """Bearer API keys: compared in constant time, never logged; a caller is known by its key's hash.
 
 Without configured keys the API has no auth and must only be reachable from this machine:
-`check_bind(host, api_keys)` refuses any other bind address (the launcher calls it before starting
-uvicorn), and `create_app` logs the mode it runs in.
+`check_bind(host, api_keys)` refuses any other bind address, `hyv serve` binds 127.0.0.1 instead
+with a warning (hyv.service.launcher.safe_host), and `create_app` logs the mode it runs in.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """GET /v1/videos/{id}/content: the MP4 (or its first-frame thumbnail); HEAD: its headers only.
 
-- Completed: the file, with Range / 206 / 416 / If-Range (Starlette's FileResponse, with the live
-  stream's answers to reversed and unreadable ranges: `_FinishedFileResponse`), a strong ETag
-  (`If-None-Match` -> 304) and Content-Length. HEAD answers the same headers (Content-Length, ETag,
-  Accept-Ranges, Content-Type) without reading the file or the object.
+- Completed: the stored file, whatever the storage (Storage.open_content), with Range / 206 / 416 /
+  If-Range (one range; hyv.service.byte_ranges says which headers are ignored), a strong ETag
+  (`If-None-Match` -> 304), Last-Modified and Content-Length. HEAD answers the same headers
+  (Storage.content_info) without reading the content.
 - Queued or in progress: a chunked stream of the fragmented MP4 from its first byte, following
   the worker's growing `.part` file until the job completes, so a client that starts early still
   receives the whole playable file. If the job fails or is cancelled meanwhile the connection is
@@ -11,42 +11,38 @@
   A client whose stream broke resumes with `Range: bytes=N-`: 206 from byte N, followed the same
   way (hyv.service.api.content_live, which also says which ranges are served while rendering).
 
-With S3 storage (hyv.service.storage_s3) finished videos and thumbnails are read from S3: the Range
-header is passed through as a ranged GET, the ETag is S3's; the growing `.part` spool is followed
-as above where this process sees the worker's data_dir, otherwise the stream starts once the
-video is in S3. Every S3 call runs in the thread pool (boto3 blocks), and an S3 failure answers
-503 `storage_error`.
+With S3 storage (hyv.service.storage_s3) the range becomes a ranged GET and the ETag is S3's; the
+growing `.part` spool is followed as above where this process sees the worker's data_dir,
+otherwise the stream starts once the video is in S3. Every storage call runs in the thread pool
+(boto3 blocks), and a storage failure answers 503 `storage_error`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from hyv.service.api.auth import CallerDep
 from hyv.service.api.content_live import CHUNK_BYTES, follow, live_range, ranged
 from hyv.service.api.context import AppContext, ContextDep
 from hyv.service.api.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
 from hyv.service.api.schemas import error_responses
-from hyv.service.api.views import status_of
-from hyv.service.storage import StorageError
-from hyv.service.storage_s3 import RangeNotSatisfiableError, S3ObjectInfo, S3Storage
+from hyv.service.byte_ranges import RangeNotSatisfiableError, parse_range
+from hyv.service.storage import ContentInfo, StorageError, Variant
+from hyv.service.video_object import status_of
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["videos"])
+CACHE_CONTROL = "private, max-age=3600"
+MEDIA_TYPES: dict[Variant, str] = {"video": "video/mp4", "thumbnail": "image/png"}
 VariantQuery = Annotated[
     Literal["video", "thumbnail", "spritesheet"], Query(description="video (MP4) or thumbnail (PNG)")
 ]
-
-_SINGLE_RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")  # what S3 takes (one range, no lists)
 
 
 @router.get(
@@ -101,16 +97,11 @@ async def download_content(
 
 
 async def _completed_video(context: AppContext, job_id: str, request: Request) -> Response:
-    """The finished MP4 (Range/206/416, If-Range, ETag/304): the file, or the object in S3."""
-    if isinstance(context.storage, S3Storage):
-        response = await _s3_response(context.storage, job_id, "video", request)
-        if response is None:
-            raise NotFoundError(f"video {job_id}'s file has expired or was removed", "video_expired")
-        return response
-    path = context.storage.path(job_id)
-    if not path.is_file():
+    """The finished MP4 (Range/206/416, If-Range, ETag/304)."""
+    response = await _stored_response(context, job_id, "video", request)
+    if response is None:
         raise NotFoundError(f"video {job_id}'s file has expired or was removed", "video_expired")
-    return _file_response(path, request, "video/mp4", f"{job_id}.mp4")
+    return response
 
 
 @router.head(
@@ -143,17 +134,9 @@ async def content_headers(
         )
         del response.headers["content-length"]  # unknown until it completes
         return response
-    storage = context.storage
-    if isinstance(storage, S3Storage):
-        info = await _s3_head(storage, job.id, variant)  # type: ignore[arg-type]
-        if info is not None:
-            return _s3_head_response(info, request, f"{job.id}.{'mp4' if variant == 'video' else 'png'}")
-    else:
-        path = storage.path(job.id) if variant == "video" else storage.thumbnail_path(job.id)
-        if path.is_file():
-            if variant == "video":
-                return _file_response(path, request, "video/mp4", f"{job.id}.mp4")
-            return _file_response(path, request, "image/png", f"{job.id}.png")
+    info = await _content_info(context, job.id, variant)  # type: ignore[arg-type]
+    if info is not None:
+        return _head_response(info, request, job.id, variant)  # type: ignore[arg-type]
     if variant == "video":
         raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
     if status in ("queued", "in_progress"):
@@ -168,17 +151,15 @@ def _check_variant(variant: str) -> None:
         )
 
 
-async def _s3_head(
-    storage: S3Storage, job_id: str, variant: Literal["video", "thumbnail"]
-) -> S3ObjectInfo | None:
+async def _content_info(context: AppContext, job_id: str, variant: Variant) -> ContentInfo | None:
     try:
-        return await run_in_threadpool(storage.head, job_id, variant)
+        return await run_in_threadpool(context.storage.content_info, job_id, variant)
     except StorageError as exc:
         raise _storage_unavailable(job_id, variant, exc) from exc
 
 
-def _s3_head_response(info: S3ObjectInfo, request: Request, filename: str) -> Response:
-    headers = {"ETag": info.etag, "Cache-Control": "private, max-age=3600"}
+def _head_response(info: ContentInfo, request: Request, job_id: str, variant: Variant) -> Response:
+    headers = {"ETag": info.etag, "Cache-Control": CACHE_CONTROL}
     if info.etag in _etags(request.headers.get("if-none-match")):
         return Response(status_code=304, headers=headers)
     headers.update(
@@ -186,11 +167,10 @@ def _s3_head_response(info: S3ObjectInfo, request: Request, filename: str) -> Re
             "Accept-Ranges": "bytes",
             "Last-Modified": info.last_modified_http,
             "Content-Length": str(info.size),
-            "Content-Disposition": f'inline; filename="{filename}"',
+            "Content-Disposition": _disposition(job_id, variant),
         }
     )
-    media_type = "video/mp4" if filename.endswith(".mp4") else "image/png"
-    return Response(status_code=200, headers=headers, media_type=media_type)
+    return Response(status_code=200, headers=headers, media_type=MEDIA_TYPES[variant])
 
 
 def _storage_unavailable(job_id: str, what: str, exc: StorageError) -> ServiceUnavailableError:
@@ -199,99 +179,64 @@ def _storage_unavailable(job_id: str, what: str, exc: StorageError) -> ServiceUn
 
 
 async def _thumbnail(context: AppContext, job_id: str, status: str, request: Request) -> Response:
-    if isinstance(context.storage, S3Storage):
-        response = await _s3_response(context.storage, job_id, "thumbnail", request)
-        if response is not None:
-            return response
-    else:
-        path = context.storage.thumbnail_path(job_id)
-        if path.is_file():
-            return _file_response(path, request, "image/png", f"{job_id}.png")
+    response = await _stored_response(context, job_id, "thumbnail", request)
+    if response is not None:
+        return response
     if status in ("queued", "in_progress"):
         raise ConflictError(f"video {job_id} is {status}: its thumbnail is not ready yet", "video_not_ready")
     raise NotFoundError(f"video {job_id} has no thumbnail ({status})", "thumbnail_not_available")
 
 
-_REVERSED_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
-
-
-class _FinishedFileResponse(FileResponse):
-    """Starlette's FileResponse, with the Range answers of the live stream and of S3: a Range it
-    cannot read (another unit, no range in it) is ignored, as RFC 9110 allows (200, the whole
-    file), and a reversed one (`bytes=30-10`) is 416 with `Content-Range: bytes */<size>`;
-    Starlette answers 400 to both."""
-
-    @classmethod
-    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
-        unit, _, spec = http_range.partition("=")
-        if unit.strip().lower() == "bytes":
-            for part in spec.split(","):
-                bounds = _REVERSED_RANGE.fullmatch(part)
-                if bounds is not None and int(bounds[2]) < int(bounds[1]):
-                    raise RangeNotSatisfiable(file_size)
-        try:
-            return super()._parse_range_header(http_range, file_size)
-        except MalformedRangeHeader:
-            return []  # no range: the whole file
-
-
-def _file_response(path: Path, request: Request, media_type: str, filename: str) -> Response:
-    stat = path.stat()
-    etag = f'"{path.stem.split(".")[0]}-{stat.st_size}-{int(stat.st_mtime)}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
-    if etag in _etags(request.headers.get("if-none-match")):
-        return Response(status_code=304, headers=headers)
-    return _FinishedFileResponse(
-        path, media_type=media_type, headers=headers, content_disposition_type="inline", filename=filename
-    )
-
-
-async def _s3_response(
-    storage: S3Storage, job_id: str, variant: Literal["video", "thumbnail"], request: Request
+async def _stored_response(
+    context: AppContext, job_id: str, variant: Variant, request: Request
 ) -> Response | None:
-    """The object from S3 as FileResponse would send a file (Range/206/416, If-Range, ETag/304,
-    Content-Length); None if there is no such object."""
+    """The stored content as a file download (Range/206/416, If-Range, ETag/304, Content-Length),
+    whatever the storage; None if there is no such content."""
     headers = request.headers
-    byte_range = (headers.get("range") or "").replace(" ", "")
-    if not _SINGLE_RANGE.fullmatch(byte_range):
-        byte_range = ""  # no range, or one S3 cannot serve (several ranges): the whole object
     if_none_match = _etags(headers.get("if-none-match"))
     if_range = headers.get("if-range")
     try:
+        byte_range = parse_range(headers.get("range"))
         if if_none_match or (byte_range and if_range):
-            info = await run_in_threadpool(storage.head, job_id, variant)
+            info = await run_in_threadpool(context.storage.content_info, job_id, variant)
             if info is None:
                 return None
             if info.etag in if_none_match:
-                return Response(
-                    status_code=304, headers={"ETag": info.etag, "Cache-Control": "private, max-age=3600"}
-                )
+                return Response(status_code=304, headers={"ETag": info.etag, "Cache-Control": CACHE_CONTROL})
             if if_range and if_range not in (info.etag, info.last_modified_http):
-                byte_range = ""  # the client's copy is stale: send the whole new one
-        obj = await run_in_threadpool(storage.open_object, job_id, variant, byte_range or None)
+                byte_range = None  # the client's copy is stale: send the whole new one
+        content = await run_in_threadpool(context.storage.open_content, job_id, variant, byte_range)
     except RangeNotSatisfiableError as exc:
+        if exc.size is None:  # a reversed range: its answer names the size
+            info = await _content_info(context, job_id, variant)
+            if info is None:
+                return None
+            exc.size = info.size
         return PlainTextResponse(status_code=416, headers={"Content-Range": f"bytes */{exc.size or '*'}"})
     except StorageError as exc:
         raise _storage_unavailable(job_id, variant, exc) from exc
-    if obj is None:
+    if content is None:
         return None
-    filename = f"{job_id}.mp4" if variant == "video" else f"{job_id}.png"
     response_headers = {
-        "ETag": obj.etag,
-        "Cache-Control": "private, max-age=3600",
+        "ETag": content.etag,
+        "Cache-Control": CACHE_CONTROL,
         "Accept-Ranges": "bytes",
-        "Last-Modified": obj.last_modified_http,
-        "Content-Length": str(obj.length),
-        "Content-Disposition": f'inline; filename="{filename}"',
+        "Last-Modified": content.last_modified_http,
+        "Content-Length": str(content.length),
+        "Content-Disposition": _disposition(job_id, variant),
     }
-    if obj.content_range:
-        response_headers["Content-Range"] = obj.content_range
+    if content.content_range:
+        response_headers["Content-Range"] = content.content_range
     return StreamingResponse(
-        obj.chunks(CHUNK_BYTES),  # a sync iterator: Starlette reads it in its thread pool
-        status_code=206 if obj.content_range else 200,
-        media_type="video/mp4" if variant == "video" else "image/png",
+        content.chunks(CHUNK_BYTES),  # a sync iterator: Starlette reads it in its thread pool
+        status_code=206 if content.content_range else 200,
+        media_type=MEDIA_TYPES[variant],
         headers=response_headers,
     )
+
+
+def _disposition(job_id: str, variant: Variant) -> str:
+    return f'inline; filename="{job_id}.{"mp4" if variant == "video" else "png"}"'
 
 
 def _etags(header: str | None) -> set[str]:

@@ -10,16 +10,16 @@
   written until the job completes (the last position and the total length are not known yet), or
   `bytes N-M/*` with exactly that span. If the job completes first the caller serves the finished
   file (206 with the known length, or 416 if N is past its end); failed or cancelled: 409.
-- `live_range`: which Range requests `ranged` serves. `bytes=0-` is the whole stream (200, as
-  without a Range: what a browser's <video> sends first); a suffix (`bytes=-K`, the length is not
-  known yet), several ranges, another unit, a malformed value or an `If-Range` (there is no
-  validator while rendering) are ignored, as RFC 9110 allows: the whole stream, 200. `bytes=N-M`
-  with M < N is 416.
+- `live_range`: which Range requests `ranged` serves (parsed by hyv.service.byte_ranges). `bytes=0-`
+  is the whole stream (200, as without a Range: what a browser's <video> sends first); a suffix
+  (`bytes=-K`, the length is not known yet), several ranges, another unit, a malformed value or an
+  `If-Range` (there is no validator while rendering) are ignored, as RFC 9110 allows: the whole
+  stream, 200. `bytes=N-M` with M < N is 416.
 
 The reader keeps its file descriptor across the worker's rename of `.part` to `.mp4`, so it reads
-one file from its first byte to its last whatever the timing. With S3 storage the spool is only
-visible to an API process on the worker's box; elsewhere the stream (or the ranged answer) waits
-until the video is in S3.
+one file from its first byte to its last whatever the timing. Where this process does not see the
+worker's files (S3 storage, an API on another box) the stream starts once the job completes, from
+the stored video (Storage.open_content).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
@@ -38,16 +37,15 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from hyv.service.api.context import AppContext
 from hyv.service.api.errors import APIError
-from hyv.service.api.views import status_of
+from hyv.service.byte_ranges import RangeNotSatisfiableError, parse_range
 from hyv.service.storage import StorageError
-from hyv.service.storage_s3 import S3Storage
+from hyv.service.video_object import status_of
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 FOLLOW_POLL_SECONDS = 0.05
 RUNNING = ("queued", "in_progress")
-_LIVE_RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 
 
 class StreamAbortedError(Exception):
@@ -60,21 +58,21 @@ def live_range(request: Request) -> tuple[int, int | None] | None:
     header = request.headers.get("range")
     if header is None or request.headers.get("if-range") is not None:
         return None
-    match = _LIVE_RANGE.fullmatch(header.replace(" ", "").lower())
-    if match is None:
-        return None
-    first, last = int(match[1]), int(match[2]) if match[2] else None
-    if last is not None and last < first:
+    try:
+        byte_range = parse_range(header)
+    except RangeNotSatisfiableError:
         raise APIError(
             416,
             "range_not_satisfiable",
             f"Range {header[:80]!r}: the last byte comes before the first",
             "Range",
             {"Content-Range": "bytes */*"},
-        )
-    if first == 0 and last is None:
+        ) from None
+    if byte_range is None or byte_range.first is None:  # none, or a suffix: the whole stream
         return None
-    return first, last
+    if byte_range.first == 0 and byte_range.last is None:
+        return None
+    return byte_range.first, byte_range.last
 
 
 async def ranged(
@@ -106,8 +104,8 @@ async def follow(
     `handle`: the file already opened (by `ranged`), else it is opened when written."""
     if handle is None:
         handle = await _open_when_written(context, job_id)
-        if handle is None:  # finished before we saw a local file: the video is in S3
-            async for data in _s3_video(context, job_id):
+        if handle is None:  # finished before we saw a local file: the stored video
+            async for data in _stored_video(context, job_id):
                 yield data
             return
     sent = 0
@@ -224,21 +222,20 @@ def _open_existing(*paths: Path) -> IO[bytes] | None:
     return None
 
 
-async def _s3_video(context: AppContext, job_id: str) -> AsyncIterator[bytes]:
-    assert isinstance(context.storage, S3Storage)
+async def _stored_video(context: AppContext, job_id: str) -> AsyncIterator[bytes]:
     try:
-        obj = await run_in_threadpool(context.storage.open_object, job_id, "video")
+        content = await run_in_threadpool(context.storage.open_content, job_id, "video")
     except StorageError as exc:
         raise StreamAbortedError(f"video {job_id}: {exc}") from exc
-    if obj is None:
-        raise StreamAbortedError(f"video {job_id} is completed but not in S3")
-    async for data in iterate_in_threadpool(obj.chunks(CHUNK_BYTES)):
+    if content is None:
+        raise StreamAbortedError(f"video {job_id} is completed: no content to stream")
+    async for data in iterate_in_threadpool(content.chunks(CHUNK_BYTES)):
         yield data
 
 
 async def _open_when_written(context: AppContext, job_id: str) -> IO[bytes] | None:
     """Open the growing .part file (or the finished file), waiting while the job is queued; None
-    when the job completed and its video is only in S3."""
+    when the job completed without a file this process sees (then the stored video is read)."""
     storage = context.storage
     while True:
         handle = _open_existing(storage.partial_path(job_id), storage.path(job_id))
@@ -249,7 +246,7 @@ async def _open_when_written(context: AppContext, job_id: str) -> IO[bytes] | No
         if status not in RUNNING:
             if status == "completed" and storage.path(job_id).is_file():
                 continue  # renamed between our two opens
-            if status == "completed" and isinstance(storage, S3Storage):
+            if status == "completed":
                 return None
             raise StreamAbortedError(f"video {job_id} is {status}: no content to stream")
         await asyncio.sleep(FOLLOW_POLL_SECONDS)

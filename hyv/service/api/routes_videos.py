@@ -15,12 +15,12 @@ from hyv.service.api.body import parse_create_body
 from hyv.service.api.context import AppContext, ContextDep
 from hyv.service.api.errors import ConflictError, InvalidRequestError, ServiceUnavailableError
 from hyv.service.api.openapi_docs import CREATE_REQUEST_BODY
-from hyv.service.api.schemas import VideoDeleted, VideoList, VideoPublic, error_responses
+from hyv.service.api.schemas import VideoDeleted, VideoList, error_responses
 from hyv.service.api.validation import build_plan, duration_text, now, plan_to_request_dict
-from hyv.service.api.views import status_of, to_public
 from hyv.service.celery_app import enqueue
 from hyv.service.job_model import Job, JobStatus, new_job_id
 from hyv.service.storage import StorageError
+from hyv.service.video_object import VideoPublic, status_of, to_public
 from hyv.service.webhooks import check_webhook_url
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """The API's request and response models, shaped after OpenAI's Videos API plus our own fields.
 
 `VideoCreate` is the body of POST /v1/videos in both encodings (multipart/form-data, which the
-OpenAI SDK sends, and JSON); `VideoPublic` is the video object every video route returns.
+OpenAI SDK sends, and JSON); `VideoPublic` (hyv.service.video_object) is the video object every
+video route returns.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
-Stage = Literal["text_encode", "denoise", "decode", "encode"]
+from hyv.service.video_object import VideoPublic, VideoStatus
 
 _CREATE_EXAMPLE: dict[str, Any] = {
     "prompt": "a red circle moving left on a black background",
@@ -60,43 +60,6 @@ class VideoCreate(BaseModel):
     webhook_url: str | None = Field(
         default=None, description="POSTed a signed video.completed / video.failed event when the job ends."
     )
-
-
-class VideoError(BaseModel):
-    code: str = Field(examples=["generation_failed"])
-    message: str
-
-
-class VideoPublic(BaseModel):
-    """A video job. The first block of fields is OpenAI's video object; the rest are ours."""
-
-    id: str = Field(examples=["video_0123456789abcdef01234567"])
-    object: Literal["video"] = "video"
-    model: str = Field(examples=["hyv-small"])
-    status: VideoStatus
-    progress: int = Field(ge=0, le=100, description="Approximate completion percentage.")
-    created_at: int
-    completed_at: int | None = None
-    expires_at: int | None = None
-    size: str = Field(examples=["128x128"])
-    seconds: str = Field(description="Duration: (num_frames - 1) / fps.", examples=["2"])
-    prompt: str | None = None
-    remixed_from_video_id: str | None = None
-    error: VideoError | None = None
-
-    stage: Stage | None = Field(default=None, description="What the worker is doing now.")
-    step: int = Field(default=0, description="Step within the stage (denoise: the sampler step).")
-    total_steps: int = Field(default=0, description="Steps of the stage.")
-    queue_position: int | None = Field(
-        default=None, description="1 = the next job to run; only while queued."
-    )
-    started_at: int | None = None
-    num_frames: int | None = None
-    fps: int | None = None
-    steps: int | None = None
-    seed: int | None = None
-    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per finished stage.")
-    content_bytes: int = Field(default=0, description="Size of the MP4 written so far.")
 
 
 class VideoList(BaseModel):

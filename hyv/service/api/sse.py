@@ -26,8 +26,8 @@ from fastapi.responses import StreamingResponse
 from hyv.service.api.auth import CallerDep
 from hyv.service.api.context import AppContext, ContextDep
 from hyv.service.api.schemas import error_responses
-from hyv.service.api.views import status_of, to_public
 from hyv.service.job_model import Job
+from hyv.service.video_object import status_of, to_public
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,14 @@ import typer
 from rich.console import Console
 
 from hyv.engine.bundle import DEFAULT_BUNDLE_DIR
+from hyv.training.eval.retention import RetentionConfig
+from hyv.training.eval.runner import EvalConfig
 
 console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line
+# The options' defaults are the configs' (one place for each).
+_EVAL = EvalConfig(student=DEFAULT_BUNDLE_DIR)
+_RETENTION = RetentionConfig(bundle=DEFAULT_BUNDLE_DIR)
+_RETENTION_SIGMAS = ",".join(f"{sigma:g}" for sigma in _RETENTION.sigmas)
 
 Combinations = Annotated[int, typer.Option(help="Held-out combinations to use, spread evenly (0: all 44).")]
 BatchSize = Annotated[int, typer.Option(help="Clips per batched generation.")]
@@ -35,36 +41,36 @@ def eval_command(
     teacher: Annotated[
         Path | None, typer.Option(help="Teacher bundle (sampled with --teacher-steps and true CFG).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Directory for eval.json and contact_sheet.png.")] = Path(
-        "runs/eval"
-    ),
-    size: Annotated[int, typer.Option(help="Square size in pixels (multiple of 16).")] = 64,
-    frames: Annotated[int, typer.Option(help="Frames per clip (4n+1, >= 5).")] = 17,
-    samples_per_combination: Annotated[int, typer.Option(help="Clips per held-out combination.")] = 1,
+    out: Annotated[Path, typer.Option(help="Directory for eval.json and contact_sheet.png.")] = _EVAL.out_dir,
+    size: Annotated[int, typer.Option(help="Square size in pixels (multiple of 16).")] = _EVAL.size,
+    frames: Annotated[int, typer.Option(help="Frames per clip (4n+1, >= 5).")] = _EVAL.num_frames,
+    samples_per_combination: Annotated[
+        int, typer.Option(help="Clips per held-out combination.")
+    ] = _EVAL.samples_per_combination,
     combinations: Combinations = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the clip geometry and the noise.")] = 0,
-    batch_size: BatchSize = 16,
-    teacher_steps: Annotated[int, typer.Option(help="Teacher denoising steps.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the clip geometry and the noise.")] = _EVAL.seed,
+    batch_size: BatchSize = _EVAL.batch_size,
+    teacher_steps: Annotated[int, typer.Option(help="Teacher denoising steps.")] = _EVAL.teacher_steps,
     teacher_guidance: Annotated[
         float | None, typer.Option(help="Teacher CFG scale (default: the teacher bundle's).")
     ] = None,
-    negative_prompt: Annotated[str, typer.Option(help="Negative prompt of the teacher's CFG.")] = "",
-    vae: Annotated[bool, typer.Option(help="Measure VAE PSNR/SSIM (untiled and tiled).")] = True,
-    i2v: Annotated[bool, typer.Option(help="Measure image-to-video first-frame PSNR.")] = True,
-    sheet_clips: Annotated[int, typer.Option(help="Clips on the contact sheet (0: none).")] = 8,
-    card: Annotated[bool, typer.Option(help="Write MODEL_CARD.md into the student bundle.")] = True,
+    negative_prompt: Annotated[
+        str, typer.Option(help="Negative prompt of the teacher's CFG.")
+    ] = _EVAL.negative_prompt,
+    vae: Annotated[bool, typer.Option(help="Measure VAE PSNR/SSIM (untiled and tiled).")] = _EVAL.vae,
+    i2v: Annotated[bool, typer.Option(help="Measure image-to-video first-frame PSNR.")] = _EVAL.i2v,
+    sheet_clips: Annotated[
+        int, typer.Option(help="Clips on the contact sheet (0: none).")
+    ] = _EVAL.sheet_clips,
+    card: Annotated[
+        bool, typer.Option(help="Write MODEL_CARD.md into the student bundle.")
+    ] = _EVAL.write_card,
     device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
 ) -> None:
     """Evaluate a bundle on the held-out combinations (and the teacher, VAE, I2V); write the card."""
     from hyv.training.eval.card import CARD_FILE
-    from hyv.training.eval.runner import (
-        EVAL_FILE,
-        SHEET_FILE,
-        EvalConfig,
-        InvalidBundleError,
-        evaluate_bundle,
-    )
+    from hyv.training.eval.runner import EVAL_FILE, SHEET_FILE, InvalidBundleError, evaluate_bundle
 
     try:
         config = EvalConfig(
@@ -116,22 +122,22 @@ def eval_command(
 
 def retention_command(
     bundle: Annotated[Path, typer.Option(help="Bundle to probe (sampled as the teacher: true CFG).")],
-    out: Annotated[Path, typer.Option(help="Directory for retention.json and retention.png.")] = Path(
-        "runs/retention"
-    ),
-    sigmas: Annotated[str, typer.Option(help="Start noise levels, comma-separated, in (0, 1].")] = (
-        "0.2,0.4,0.6,0.8,1.0"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Directory for retention.json and retention.png.")
+    ] = _RETENTION.out_dir,
+    sigmas: Annotated[
+        str, typer.Option(help="Start noise levels, comma-separated, in (0, 1].")
+    ] = _RETENTION_SIGMAS,
     steps: Annotated[
         int, typer.Option(help="Steps of the full schedule (a start at s keeps those below s).")
-    ] = 30,
+    ] = _RETENTION.steps,
     guidance: Annotated[float | None, typer.Option(help="True CFG scale (default: the bundle's).")] = None,
     combinations: Combinations = 0,
-    batch_size: BatchSize = 16,
+    batch_size: BatchSize = _RETENTION.batch_size,
     device: Device = None,
 ) -> None:
     """Attribute retention by noise level: noise the held-out clips to s, denoise, judge (SDEdit probe)."""
-    from hyv.training.eval.retention import RETENTION_FILE, RETENTION_PLOT, RetentionConfig, run_retention
+    from hyv.training.eval.retention import RETENTION_FILE, RETENTION_PLOT, run_retention
     from hyv.training.eval.runner import InvalidBundleError
 
     try:

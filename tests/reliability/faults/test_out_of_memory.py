@@ -2,7 +2,7 @@
 RLIMIT_DATA of its pool process, set once the model is loaded) gets a job that needs more. The job
 fails with `out_of_memory`, the worker (the same process) completes the next job, again and again.
 On a GPU the same setting caps PyTorch's allocator and torch.cuda.OutOfMemoryError is classified
-the same way (hyv.service.worker_health)."""
+the same way (hyv.service.job_failures, hyv.service.job_memory)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,90 @@
+"""A job as the public video object (OpenAI's video object plus our fields): what the video routes,
+the SSE feed and the webhooks send. Outside hyv.service.api so the worker (webhooks) can build it
+without importing FastAPI."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from hyv.service.job_model import Job, Stage
+
+VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+
+
+class VideoError(BaseModel):
+    code: str = Field(examples=["generation_failed"])
+    message: str
+
+
+class VideoPublic(BaseModel):
+    """A video job. The first block of fields is OpenAI's video object; the rest are ours."""
+
+    id: str = Field(examples=["video_0123456789abcdef01234567"])
+    object: Literal["video"] = "video"
+    model: str = Field(examples=["hyv-small"])
+    status: VideoStatus
+    progress: int = Field(ge=0, le=100, description="Approximate completion percentage.")
+    created_at: int
+    completed_at: int | None = None
+    expires_at: int | None = None
+    size: str = Field(examples=["128x128"])
+    seconds: str = Field(description="Duration: (num_frames - 1) / fps.", examples=["2"])
+    prompt: str | None = None
+    remixed_from_video_id: str | None = None
+    error: VideoError | None = None
+
+    stage: Stage | None = Field(default=None, description="What the worker is doing now.")
+    step: int = Field(default=0, description="Step within the stage (denoise: the sampler step).")
+    total_steps: int = Field(default=0, description="Steps of the stage.")
+    queue_position: int | None = Field(
+        default=None, description="1 = the next job to run; only while queued."
+    )
+    started_at: int | None = None
+    num_frames: int | None = None
+    fps: int | None = None
+    steps: int | None = None
+    seed: int | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per finished stage.")
+    content_bytes: int = Field(default=0, description="Size of the MP4 written so far.")
+
+
+def status_of(job: Job) -> str:
+    return str(getattr(job.status, "value", job.status))
+
+
+def to_public(job: Job, queue_position: int | None = None) -> VideoPublic:
+    status = status_of(job)
+    error = None
+    if job.error_code or job.error_message:
+        error = VideoError(code=job.error_code or "error", message=job.error_message or "")
+    request: dict[str, Any] = job.request or {}
+    return VideoPublic(
+        id=job.id,
+        model=job.model,
+        status=status,  # type: ignore[arg-type]
+        progress=int(job.progress or 0),
+        created_at=int(job.created_at),
+        completed_at=_int_or_none(job.completed_at),
+        expires_at=_int_or_none(job.expires_at),
+        size=job.size,
+        seconds=str(job.seconds),
+        prompt=job.prompt,
+        error=error,
+        stage=job.stage,
+        step=job.step,
+        total_steps=job.total_steps,
+        queue_position=queue_position if status == "queued" else None,
+        started_at=_int_or_none(job.started_at),
+        num_frames=job.num_frames,
+        fps=job.fps,
+        steps=request.get("steps"),
+        seed=request.get("seed"),
+        timings=dict(job.timings or {}),
+        content_bytes=job.content_bytes,
+    )
+
+
+def _int_or_none(value: float | None) -> int | None:
+    return None if value is None else int(value)
