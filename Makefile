@@ -78,11 +78,13 @@ pytest: $(STAMP) sysdeps
 
 test: lint typecheck pytest
 
-# The quick loop: everything except the tests that start servers (Redis, workers, uvicorn, S3,
-# Prometheus, a browser; tests/conftest.py marks them `servers`). No lint or type checks.
+# The quick loop (under 2 minutes on 2 cores): everything except the tests that start servers
+# (Redis, workers, uvicorn, S3, Prometheus, a browser; tests/conftest.py marks them `servers`) and
+# those marked `slow` (training runs, multi-process checks). No lint or type checks.
+FAST := -m "not servers and not slow"
 test-fast: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not servers" tests/kernels $(PYTEST_ARGS)
-	$(PY) -m pytest -q -m "not servers" --ignore=tests/kernels $(PYTEST_ARGS)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q $(FAST) tests/kernels $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(FAST) --ignore=tests/kernels $(PYTEST_ARGS)
 
 # The whole suite against today's newest versions (no lock; torch stays at TORCH_VERSION, since the
 # newest torch on the package index is a multi-GB CUDA build), in a fresh .venv-latest.

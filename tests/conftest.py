@@ -52,6 +52,8 @@ SERVER_FILES = (
     "tests/service/test_web.py",
     "tests/benchmarks/test_service_bench.py",
     "tests/test_cli.py::test_api_only_serve_imports_no_torch",
+    "tests/reliability/test_load_script.py",
+    "tests/reliability/test_auth.py::test_api_keys_never_reach_any_log_or_data_file",
 )
 
 

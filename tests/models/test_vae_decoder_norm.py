@@ -34,6 +34,7 @@ def _flat_color_fit(config: VAEConfig, steps: int = 150) -> float:
     return sum(losses[-20:]) / 20
 
 
+@pytest.mark.slow  # trains two small decoders (~13 s on 2 cores)
 def test_group_norm_decoder_cannot_paint_flat_colors_and_none_can() -> None:
     grouped = vae_preset("small")
     flat = vae_preset("small-flat")
