@@ -40,11 +40,12 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# x264's threaded lookahead makes the bitstream depend on thread timing (seen here: 3 different
-# files from 12 encodes of the same frames); a single lookahead thread keeps frame-parallel
-# encoding and makes the same frames give the same bytes (30 of 30 identical), so the same seed
-# gives the same MP4.
-REPRODUCIBLE_X264_PARAMS = "lookahead-threads=1:sync-lookahead=0"
+# The same frames must give the same bytes, so the same seed gives the same MP4. x264's threaded
+# lookahead made the bitstream depend on thread timing (3 different files from 12 encodes); with
+# one lookahead thread, the x264 in PyAV 16-18's wheels still gave 2-4 different files in 100
+# encodes, single-threaded too, unless its assembly was off or macroblock-tree rate control was:
+# without mbtree, 150 of 150 were identical (files ~30% larger at the same CRF on a test clip).
+REPRODUCIBLE_X264_PARAMS = "lookahead-threads=1:sync-lookahead=0:mbtree=0"
 
 Frames = np.ndarray | Iterable[np.ndarray]
 """(T, H, W, 3) uint8 frames, or an iterable of such chunks (e.g. VAE time tiles) of one size."""
