@@ -349,7 +349,7 @@ def _hardware(device: str | None) -> str:
 def _git_commit(export_dir: Path) -> str | None:
     """HEAD of the checkout the recipe ran from ("+dirty" with uncommitted changes), if it is one.
     The export directory is left out: the recipe itself rewrites it (weights/hyv-small is tracked)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # a checkout's root (hyv/training/recipe.py)
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
