@@ -201,6 +201,15 @@ class VideoPipeline:
             _report(on_progress, "encode", 1, 1)
         return GenerationResult(mp4, plan, timings, peak.bytes, peak.kind)
 
+    def frames(
+        self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: CancelSignal = None
+    ) -> Iterator[torch.Tensor]:
+        """The decoded video chunks (1, 3, n, H, W) in [-1, 1], in order, without encoding them: what
+        the non-zero ranks of a sequence-parallel group run while rank 0 runs `stream`."""
+        plan = self.plan(request)
+        with self._lock, self._run_context() as (timings, _):
+            yield from self._frames(plan, timings, on_progress, cancel)
+
     def stream(
         self,
         request: GenerationRequest,

@@ -82,6 +82,32 @@ class Settings(BaseSettings):
         "fails with `out_of_memory` and the worker takes the next job.",
     )
 
+    # --- worker groups (sequence parallelism) ---------------------------------------------------
+    sp_degree: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Devices one worker owns (1, 2, 4, 8): one process per device in one torch.distributed "
+        "group running every job sequence-parallel; rank 0 takes the jobs. GPUs: cuda:0..N-1 of the "
+        "devices the worker sees (CUDA_VISIBLE_DEVICES picks them).",
+    )
+    sp_mode: Literal["ulysses", "ring", "usp"] = Field(
+        default="usp",
+        description="ulysses = attention heads split over every rank; ring = key/value blocks passed "
+        "around every rank; usp = sp_ulysses_degree ranks of ulysses inside, ring across.",
+    )
+    sp_ulysses_degree: int | None = Field(
+        default=None,
+        ge=1,
+        description="usp's ulysses degree; None = as wide as the model's heads allow.",
+    )
+    sp_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a group's rank waits for the others (in a collective, or starting up) "
+        "before the group is declared failed: its job is requeued once and the group restarts.",
+    )
+
     # --- jobs and the queue ----------------------------------------------------------------------
     job_ttl_seconds: int = Field(default=24 * 3600, gt=0, description="How long videos are kept.")
     visibility_timeout_seconds: int = Field(
@@ -156,6 +182,16 @@ class Settings(BaseSettings):
                 self.visibility_timeout_seconds,
                 self.task_hard_time_limit,
             )
+        if self.sp_ulysses_degree is not None:
+            if self.sp_mode != "usp":
+                raise ValueError(
+                    f"sp_ulysses_degree ({self.sp_ulysses_degree}) is only for sp_mode 'usp', "
+                    f"not {self.sp_mode!r}"
+                )
+            if self.sp_degree % self.sp_ulysses_degree:
+                raise ValueError(
+                    f"sp_ulysses_degree ({self.sp_ulysses_degree}) must divide sp_degree ({self.sp_degree})"
+                )
         if self.storage == "s3" and not self.s3_bucket:
             raise ValueError("storage is 's3' but s3_bucket is not set (HYV_S3_BUCKET)")
         return self

@@ -18,10 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from hyv.engine.parallel.dit import SequenceParallelDiT
-from hyv.engine.parallel.groups import SPConfig, init_sequence_parallel
+from hyv.engine.parallel.groups import SPConfig
 from hyv.engine.parallel.launch import launched_by_torchrun, run_sequence_parallel
-from hyv.engine.parallel.vae import SequenceParallelVAE
 
 if TYPE_CHECKING:
     from hyv.engine.pipeline import PipelineOptions
@@ -45,22 +43,26 @@ def _generate_rank(
     text_encoder: str | None,
     config: SPConfig | None,
 ) -> dict[str, Any]:
+    from hyv.engine.parallel.serving import parallelize
     from hyv.engine.pipeline import VideoPipeline
 
     pipeline = VideoPipeline.from_dir(weights, _rank_options(options), text_encoder_path=text_encoder)
     heads = pipeline.dit.config.num_heads
     world = dist.get_world_size()
-    groups = init_sequence_parallel(config or SPConfig.auto(world, heads), heads)
-    pipeline.dit = SequenceParallelDiT(pipeline.dit, groups)  # type: ignore[assignment]
-    pipeline.vae = SequenceParallelVAE(pipeline.vae)  # type: ignore[assignment]
+    groups = parallelize(pipeline, config or SPConfig.auto(world, heads))
+    layout = {"world_size": world, "rank": groups.rank, **dataclasses.asdict(groups.config)}
+    if groups.rank != 0:  # the same collectives as rank 0, without encoding: only rank 0 writes
+        for _ in pipeline.frames(request):
+            pass
+        dist.barrier()
+        return {"sp": layout}
     result = pipeline.generate(request)
     summary: dict[str, Any] = result.summary()
-    summary["sp"] = {"world_size": world, **dataclasses.asdict(groups.config)}
-    if groups.rank == 0:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(result.mp4)
-        logger.info("rank 0 wrote %s", path)
+    summary["sp"] = layout
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(result.mp4)
+    logger.info("rank 0 wrote %s", path)
     dist.barrier()
     return summary
 

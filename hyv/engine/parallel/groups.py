@@ -62,6 +62,38 @@ class SPConfig:
         return cls(ulysses_degree=ulysses, ring_degree=world_size // ulysses)
 
 
+SP_MODES = ("ulysses", "ring", "usp")
+
+
+def ulysses_degrees(world_size: int, num_heads: int) -> list[int]:
+    """The ulysses degrees a world of `world_size` ranks can use with `num_heads` heads."""
+    return [u for u in range(1, world_size + 1) if world_size % u == 0 and num_heads % u == 0]
+
+
+def layout_for(mode: str, world_size: int, num_heads: int, ulysses_degree: int | None = None) -> SPConfig:
+    """The (ulysses, ring) layout of a `mode` group: ulysses = heads split over every rank; ring = the
+    sequence passed around every rank; usp = `ulysses_degree` (default: as wide as the heads allow)
+    inside, ring across. ValueError naming what would work when the model's heads do not split."""
+    if mode not in SP_MODES:
+        raise ValueError(f"sequence-parallel mode must be one of {', '.join(SP_MODES)}; got {mode!r}")
+    if world_size < 1:
+        raise ValueError(f"sequence-parallel degree must be >= 1, got {world_size}")
+    fits = ulysses_degrees(world_size, num_heads)
+    if mode == "ring":
+        return SPConfig(ulysses_degree=1, ring_degree=world_size)
+    if mode == "ulysses":
+        ulysses_degree = world_size
+    elif ulysses_degree is None:
+        return SPConfig.auto(world_size, num_heads)
+    if ulysses_degree not in fits:
+        raise ValueError(
+            f"a ulysses degree of {ulysses_degree} does not fit {world_size} ranks and a model with "
+            f"{num_heads} attention heads (it must divide both); ulysses degrees that fit: {fits} "
+            f"(or mode 'ring', or 'usp' with one of those degrees)"
+        )
+    return SPConfig(ulysses_degree=ulysses_degree, ring_degree=world_size // ulysses_degree)
+
+
 @dataclass(frozen=True)
 class SPGroups:
     """This rank's view of the sequence-parallel layout."""
