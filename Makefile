@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install sysdeps serve bundle test test-fast test-latest test-installed lock lint typecheck pytest bench format clean
+.PHONY: install sysdeps serve bundle test test-fast test-latest test-installed lock lint typecheck pytest bench bench-gpu format clean
 
 $(STAMP): pyproject.toml setup.py Makefile $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -102,6 +102,13 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.models_cpu
 	$(PY) -m benchmarks.kernels
 	$(PY) -m benchmarks.engine_cpu
+
+# On a machine with a GPU (about 10 minutes on one H100): kernel tests on CUDA, fused kernels,
+# attention backends, the 13B DiT against diffusers (SP through torchrun with 2+ GPUs), FP8 vs bf16;
+# writes benchmarks/results/gpu.json and the GPU section of docs/benchmarks.md. Without CUDA it
+# runs the CPU smoke instead and leaves the docs alone.
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

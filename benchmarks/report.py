@@ -36,14 +36,15 @@ def machine_description() -> str:
     return "; ".join(parts)
 
 
-def update_benchmarks_doc(section: str, body: str) -> None:
-    """Replace (or append) the `## section` block of docs/benchmarks.md."""
-    text = DOC.read_text() if DOC.exists() else HEADER
+def update_benchmarks_doc(section: str, body: str, doc: Path | None = None) -> None:
+    """Replace (or append) the `## section` block of docs/benchmarks.md (or of `doc`)."""
+    doc = doc or DOC
+    text = doc.read_text() if doc.exists() else HEADER
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     block = f"## {section}\n\n_Run {stamp}._\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = (
         pattern.sub(lambda _: block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
     )
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text.rstrip() + "\n")
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text.rstrip() + "\n")
