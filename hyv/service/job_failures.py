@@ -9,6 +9,8 @@ job with it; the fault tests in tests/reliability/faults/ drive each case with r
 - `redis_unavailable`: never written. The pool process's Redis client rides out a restart
   (hyv.service.worker_process.worker_redis); past that the job is left to the claim reaper (its
   lease expires and another worker's beat requeues it): Redis going away is not the job's fault.
+- `worker_group_failed`: a rank of a sequence-parallel worker group died or hung; the job is
+  requeued once before it fails with this code.
 - else `internal_error`.
 """
 
@@ -29,6 +31,12 @@ STORAGE_ERRNOS = frozenset(
 _CPU_OOM_MARKERS = ("can't allocate memory", "not enough memory", "out of memory")
 
 
+class WorkerGroupError(RuntimeError):
+    """A worker group lost a rank (it died, hung past the collective timeout, or could not start):
+    not the job's fault. The job is requeued once (`worker_group_failed` after that) and the group
+    restarts (hyv.service.worker_group)."""
+
+
 @dataclass(frozen=True)
 class Failure:
     code: str
@@ -39,6 +47,8 @@ def classify_failure(exc: BaseException) -> Failure:
     """The error code and message a job that raised `exc` fails with."""
     if is_redis_outage(exc):
         return Failure("redis_unavailable", f"Redis unreachable: {exc}")
+    if isinstance(exc, WorkerGroupError):
+        return Failure("worker_group_failed", f"the worker group failed: {exc}")
     if is_out_of_memory(exc):
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Failure("out_of_memory", f"the job ran out of memory: {first_line}")

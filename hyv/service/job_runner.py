@@ -28,26 +28,50 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
+import torch
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from PIL import Image
 
-from hyv.engine.pipeline import GenerationCancelledError, Progress, VideoPipeline
+from hyv.engine.limits import GenerationPlan
+from hyv.engine.pipeline import CancelSignal, GenerationCancelledError, Progress, ProgressFn
 from hyv.engine.request import GenerationRequest
 from hyv.service import metrics, webhooks
+from hyv.service.celery_app import TASK_NAME, celery_for
 from hyv.service.job_failures import Failure, classify_failure
 from hyv.service.job_memory import release_memory
 from hyv.service.job_model import Job, JobStatus
+from hyv.service.job_records import JobRecords
 from hyv.service.job_store import JobStore
 from hyv.service.running_job import CancelWatch, ProgressWriter, RunningJob
-from hyv.service.settings import Settings
+from hyv.service.settings import Settings, queue_name
 from hyv.service.storage import Storage, StorageError, VideoWriter
 
 logger = logging.getLogger(__name__)
+
+# A job whose worker group failed under it runs at most this often (it is requeued in between).
+GROUP_FAULT_ATTEMPTS = 2
+
+
+class ServedPipeline(Protocol):
+    """What a run drives: a VideoPipeline, or a worker group's rank 0 (hyv.service.worker_group)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def plan(self, request: GenerationRequest) -> GenerationPlan: ...
+
+    def stream(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressFn | None = None,
+        cancel: CancelSignal = None,
+        result: dict[str, object] | None = None,
+    ) -> Iterator[bytes]: ...
 
 
 class JobRunner:
@@ -78,7 +102,7 @@ class JobRunner:
             logger.error("lost the claim on the running job", extra={"job_id": running.job_id})
             running.lost.set()
 
-    def run(self, job_id: str, pipeline: VideoPipeline) -> str:
+    def run(self, job_id: str, pipeline: ServedPipeline) -> str:
         """Claim and run one job; returns what happened (for logs and tests)."""
         token = f"{self.hostname}:{uuid.uuid4().hex[:8]}"
         claim = self.claims.claim(job_id, token, self.settings.job_lease_seconds)
@@ -124,7 +148,7 @@ class JobRunner:
             self.claims.release(job_id, token)
             self._on_busy_change()
 
-    def _generate(self, job: Job, running: RunningJob, pipeline: VideoPipeline) -> str:
+    def _generate(self, job: Job, running: RunningJob, pipeline: ServedPipeline) -> str:
         job_id = job.id
         try:
             request = GenerationRequest(**job.request, image=self.storage.load_input_image(job_id))
@@ -222,7 +246,7 @@ class JobRunner:
         except Exception:
             logger.exception("thumbnail failed")
 
-    def _fail(self, job: Job, token: str, failure: Failure, pipeline: VideoPipeline, **progress: Any) -> str:
+    def _fail(self, job: Job, token: str, failure: Failure, pipeline: ServedPipeline, **progress: Any) -> str:
         """The one way a run fails its job. `progress`: the last stage/step/progress not yet
         written. Nothing is written when Redis is away (the claim lapses and the job is requeued:
         it is not the job's fault); after an out-of-memory the job's memory is given back first;
@@ -230,6 +254,12 @@ class JobRunner:
         if failure.code == "redis_unavailable":
             logger.error("Redis unreachable: the job will be requeued", extra={"error": failure.message})
             return "redis_unavailable"
+        if failure.code == "worker_group_failed" and job.attempts < GROUP_FAULT_ATTEMPTS:
+            self.claims.release(job.id, token)
+            if requeue_job(self.jobs, self.settings, job.id):
+                logger.warning("worker group failed: job requeued", extra={"error": failure.message})
+                return "requeued"
+            return self._lost(job.id, "while requeueing it")
         if failure.code == "out_of_memory":
             release_memory(pipeline.device)
         now = int(time.time())
@@ -288,6 +318,24 @@ class JobRunner:
             webhooks.deliver_for_job(job, self.settings)
         except Exception:
             logger.exception("webhook delivery failed")
+
+
+def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
+    """An in-progress job that no run holds any more: back to queued and onto its model's queue, if
+    it still is in progress and unclaimed (one Lua check-and-write). True if requeued."""
+    written, job = jobs.transition(
+        job_id,
+        [JobStatus.IN_PROGRESS],
+        require_unclaimed=True,
+        status=JobStatus.QUEUED,
+        stage=None,
+        step=0,
+        progress=0,
+    )
+    if written and job is not None:
+        celery_for(settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(job.model))
+        return True
+    return False
 
 
 def fail_past_hard_limit(settings: Settings, job_id: str) -> None:

@@ -25,15 +25,13 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from hyv.engine.pipeline import VideoPipeline
-from hyv.service.celery_app import TASK_NAME, celery_for
 from hyv.service.job_memory import memory_usage
-from hyv.service.job_model import JobStatus
-from hyv.service.job_runner import JobRunner
+from hyv.service.job_runner import JobRunner, ServedPipeline, requeue_job
 from hyv.service.job_store import JobStore
 from hyv.service.model_loading import LOAD_RETRY_S, load_pipeline
-from hyv.service.settings import Settings, queue_name
+from hyv.service.settings import Settings
 from hyv.service.storage import Storage, make_storage
+from hyv.service.worker_group import WorkerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +55,8 @@ class WorkerProcess:
         self.hostname = f"{socket.gethostname()}:{os.getpid()}"
         self.runner = JobRunner(settings, store, self.storage, self.hostname, self._heartbeat)
         self._stop = threading.Event()
-        self.pipeline: VideoPipeline | None = None
+        self.pipeline: ServedPipeline | None = None
+        self.group: WorkerGroup | None = None  # sp_degree > 1: this process is the group's rank 0
         self.load_error: str | None = None  # why the model is not loaded (shown by /readyz)
         self._load_tried = 0.0
         self.started = time.time()
@@ -69,7 +68,7 @@ class WorkerProcess:
         the beat runs either way. True once loaded."""
         self._load_tried = time.monotonic()
         try:
-            self.pipeline, self.load_error = load_pipeline(self.settings), None
+            self.pipeline, self.load_error = self._load_pipeline(), None
         except Exception as exc:
             self.load_error = f"cannot load {self.settings.weights}: {type(exc).__name__}: {exc}"
             logger.exception("model not loaded: jobs stay queued", extra={"load_error": self.load_error})
@@ -82,6 +81,14 @@ class WorkerProcess:
             logger.exception("heartbeat failed")
         return self.pipeline is not None
 
+    def _load_pipeline(self) -> ServedPipeline:
+        """One pipeline on this process's device, or a worker group's rank 0 (sp_degree > 1)."""
+        if self.settings.sp_degree > 1:
+            self.group = WorkerGroup(self.settings)
+            return self.group.start()
+        pipeline: ServedPipeline = load_pipeline(self.settings)
+        return pipeline
+
     def ready(self) -> bool:
         """Whether jobs can run here; a failed load is retried at most every LOAD_RETRY_S."""
         if self.pipeline is None and time.monotonic() - self._load_tried > LOAD_RETRY_S:
@@ -91,7 +98,36 @@ class WorkerProcess:
     def run(self, job_id: str) -> str:
         """Run one delivered job (the model is loaded: see ready()); returns the run's outcome."""
         assert self.pipeline is not None
-        return self.runner.run(job_id, self.pipeline)
+        try:
+            outcome = self.runner.run(job_id, self.pipeline)
+        except BaseException:  # the process is going away (a time limit, a stop signal)
+            if self.group is not None:
+                self.group.stop(kill=True)
+            raise
+        if self.group is not None and self.group.broken:
+            self._restart_group()
+        return outcome
+
+    def _restart_group(self) -> None:
+        """A fault broke the group during the job: a fresh one before the next job (not ready while
+        it starts; a failed start is retried like a failed load)."""
+        assert self.group is not None
+        self.pipeline = None
+        self._heartbeat_quietly()
+        self._load_tried = time.monotonic()
+        try:
+            self.group.restart()
+            self.pipeline, self.load_error = self.group, None
+        except Exception as exc:
+            self.load_error = f"cannot restart the worker group: {type(exc).__name__}: {exc}"
+            logger.exception("worker group not restarted: jobs stay queued")
+        self._heartbeat_quietly()
+
+    def _heartbeat_quietly(self) -> None:
+        try:
+            self._heartbeat()
+        except Exception:
+            logger.exception("heartbeat failed")
 
     def hand_back(self, job_id: str) -> None:
         """A job delivered while the model is not loaded: logged, held a moment (so this worker does
@@ -103,6 +139,8 @@ class WorkerProcess:
     def stop(self) -> None:
         self._stop.set()
         self.runner.cancels.stop()
+        if self.group is not None:
+            self.group.stop()
         self.registry.gone(self.hostname)
 
     def info(self) -> dict[str, Any]:
@@ -115,9 +153,10 @@ class WorkerProcess:
             "load_error": self.load_error,
             "busy_job": running.job_id if running else None,
             "pid": os.getpid(),
-            "device": self.pipeline.options.device if self.pipeline else None,
+            "device": str(self.pipeline.device) if self.pipeline else None,
             "started_at": int(self.started),
             "memory": memory_usage(self.pipeline),
+            "sp": self.group.info() if self.group is not None else {"degree": 1},
         }
 
     def _heartbeat(self) -> None:
@@ -152,17 +191,7 @@ class WorkerProcess:
         for job_id in self.jobs.running_ids():
             if self.claims.holder(job_id) is not None:
                 continue
-            written, job = self.jobs.transition(
-                job_id,
-                [JobStatus.IN_PROGRESS],
-                require_unclaimed=True,
-                status=JobStatus.QUEUED,
-                stage=None,
-                step=0,
-                progress=0,
-            )
-            if written and job is not None:
-                celery_for(self.settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(job.model))
+            if requeue_job(self.jobs, self.settings, job_id):
                 logger.warning("requeued a job whose worker died", extra={"job_id": job_id})
                 requeued.append(job_id)
         return requeued

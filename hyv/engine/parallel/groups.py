@@ -149,11 +149,15 @@ def init_process_group_from_env(
     return device
 
 
-def init_sequence_parallel(config: SPConfig, num_heads: int | None = None) -> SPGroups:
+def init_sequence_parallel(
+    config: SPConfig, num_heads: int | None = None, timeout: timedelta | None = None
+) -> SPGroups:
     """Create the ulysses and ring subgroups of `config` on the initialised default group.
 
     Collective: every rank must call it, with the same config, in the same order as any other
     group creation. Raises ValueError if the config does not fit the world or the heads.
+    timeout: how long the subgroups' collectives wait for a rank (torch's default for new groups
+    is 30 minutes, whatever the default group's timeout: a serving group passes its own).
     """
     if not dist.is_initialized():
         raise RuntimeError("init_sequence_parallel needs an initialised default process group")
@@ -166,12 +170,12 @@ def init_sequence_parallel(config: SPConfig, num_heads: int | None = None) -> SP
     # new_group is collective over the whole world: every rank creates every group, in order.
     for r in range(R):
         ranks = tuple(range(r * U, (r + 1) * U))
-        group = dist.new_group(list(ranks)) if U > 1 else None
+        group = dist.new_group(list(ranks), timeout=timeout) if U > 1 else None
         if rank in ranks:
             my_ulysses, ulysses_group = ranks, group
     for u in range(U):
         ranks = tuple(range(u, world_size, U))
-        group = dist.new_group(list(ranks)) if R > 1 else None
+        group = dist.new_group(list(ranks), timeout=timeout) if R > 1 else None
         if rank in ranks:
             my_ring, ring_group = ranks, group
     logger.info("rank %d: sequence parallel ulysses %s ring %s", rank, my_ulysses, my_ring)

@@ -12,6 +12,9 @@ no rank is left waiting in a collective for a rank that stopped.
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
 
@@ -21,10 +24,11 @@ from hyv.engine.parallel.vae import SequenceParallelVAE
 from hyv.engine.pipeline import VideoPipeline
 
 
-def parallelize(pipeline: VideoPipeline, config: SPConfig) -> SPGroups:
-    """Create the layout's groups (collective: every rank calls it) and wrap the pipeline's DiT and
-    VAE in place; the pipeline then runs sequence-parallel with unchanged calls."""
-    groups = init_sequence_parallel(config, pipeline.dit.config.num_heads)
+def parallelize(pipeline: VideoPipeline, config: SPConfig, timeout: timedelta | None = None) -> SPGroups:
+    """Create the layout's groups (collective: every rank calls it; `timeout` bounds their
+    collectives) and wrap the pipeline's DiT and VAE in place; the pipeline then runs
+    sequence-parallel with unchanged calls."""
+    groups = init_sequence_parallel(config, pipeline.dit.config.num_heads, timeout)
     pipeline.dit = SequenceParallelDiT(pipeline.dit, groups)  # type: ignore[assignment]
     pipeline.vae = SequenceParallelVAE(pipeline.vae)  # type: ignore[assignment]
     return groups
@@ -42,3 +46,17 @@ class StopAgreement:
         self._flag.fill_(1 if local_stop else 0)
         dist.all_reduce(self._flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(self._flag.item())
+
+
+def raised_by_collective(exc: BaseException) -> bool:
+    """Whether `exc` came out of torch.distributed (a rank that died or timed out shows up so on the
+    others: gloo raises a plain RuntimeError, NCCL a DistError)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    marker = f"{os.sep}torch{os.sep}distributed{os.sep}"
+    tb = exc.__traceback__
+    while tb is not None:
+        if marker in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
