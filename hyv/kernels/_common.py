@@ -13,7 +13,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -28,6 +28,19 @@ _fused_enabled: bool = os.environ.get("HYV_FUSED_KERNELS", "1").strip() != "0"
 LAUNCHES: Counter[str] = Counter()
 
 T = TypeVar("T")
+
+
+class LaunchRecorder(Protocol):
+    """Receives each launcher's kernels (whatever its lazy builder returns) and hands back
+    stand-ins whose `[grid](*args, **kwargs)` records the launch instead of running it."""
+
+    def wrap(self, kernels: T) -> T: ...
+
+
+# While a recorder is installed (hyv.kernels.aot.record_launches), meta tensors take the fused path
+# too and every launch goes to the recorder: that is how the exact launch arguments at the 13B's
+# sizes are read without a GPU (ahead-of-time compilation, int32-overflow checks).
+_recorder: LaunchRecorder | None = None
 
 
 def set_fused_enabled(enabled: bool) -> None:
@@ -57,9 +70,16 @@ def interpret_mode() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
 
 
+def set_launch_recorder(recorder: LaunchRecorder | None) -> LaunchRecorder | None:
+    """Install a launch recorder (None removes it); returns the one it replaces."""
+    global _recorder
+    previous, _recorder = _recorder, recorder
+    return previous
+
+
 def use_triton(*tensors: torch.Tensor | None) -> bool:
     """The dispatch rule: fused on, triton importable, supported dtypes, and either all tensors on
-    CUDA or (interpreter mode and all on CPU)."""
+    CUDA or (interpreter mode and all on CPU), or all on meta while a launch recorder is installed."""
     if not _fused_enabled or not triton_available():
         return False
     ts = [t for t in tensors if t is not None]
@@ -70,14 +90,24 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
         return False
     if device.type == "cuda":
         return True
+    if device.type == "meta":
+        return _recorder is not None
     return device.type == "cpu" and interpret_mode()
 
 
 def lazy_kernels(build: Callable[[], T]) -> Callable[[], T]:
     """Cache a kernel-building function: called on first launch, so `@triton.jit` runs after the
     environment (TRITON_INTERPRET) is final. Changing TRITON_INTERPRET after the first launch has
-    no effect on already built kernels."""
-    return functools.cache(build)
+    no effect on already built kernels. While a launch recorder is installed, the kernels come
+    wrapped by it."""
+    built = functools.cache(build)
+
+    @functools.wraps(build)
+    def get() -> T:
+        kernels = built()
+        return kernels if _recorder is None else _recorder.wrap(kernels)
+
+    return get
 
 
 def max_programs(device: torch.device) -> int:

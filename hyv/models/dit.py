@@ -61,8 +61,11 @@ def trim_text_padding(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
     Padded tokens are masked as keys everywhere (token refiner and joint attention), so they never
     change a real output; dropping them is exact and saves their compute in every block. Text
     encoders pad to a fixed length (256 for LLaVA-LLaMA-3) while prompts are often a tenth of that.
-    Costs one device sync per forward. At least one column is kept.
+    Costs one device sync per forward. At least one column is kept. A mask on the meta device
+    (a shape-only trace, hyv.engine.meta_trace) has no values to read: every column is kept.
     """
+    if mask.device.type == "meta":
+        return text, mask
     real_columns = mask.bool().any(dim=0).nonzero()  # (n, 1)
     length = int(real_columns.max()) + 1 if real_columns.numel() else 1
     if length == mask.shape[1]:
