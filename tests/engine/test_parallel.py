@@ -34,6 +34,7 @@ from hyv.engine.parallel import (
     sp_forward,
     spawn_sequence_parallel,
 )
+from hyv.engine.parallel.groups import layout_for
 from hyv.engine.parallel.vae import time_windows
 from hyv.models.dit import HunyuanVideoDiT
 from hyv.models.dit_config import dit_preset
@@ -204,6 +205,44 @@ def test_auto_layout() -> None:
     assert SPConfig.auto(8, 24) == SPConfig(8, 1)
     assert SPConfig.auto(4, 6) == SPConfig(2, 2)
     assert SPConfig.auto(3, 4) == SPConfig(1, 3)
+
+
+@pytest.mark.parametrize(
+    ("mode", "world", "heads", "ulysses", "expected"),
+    [
+        ("ulysses", 8, 24, None, SPConfig(8, 1)),
+        ("ring", 4, 2, None, SPConfig(1, 4)),
+        ("usp", 4, 2, None, SPConfig(2, 2)),  # as wide as the heads allow
+        ("usp", 8, 24, 2, SPConfig(2, 4)),
+        ("usp", 1, 24, None, SPConfig(1, 1)),
+    ],
+)
+def test_layout_for_each_mode(
+    mode: str, world: int, heads: int, ulysses: int | None, expected: SPConfig
+) -> None:
+    assert layout_for(mode, world, heads, ulysses) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "world", "heads", "ulysses", "message"),
+    [
+        (
+            "ulysses",
+            4,
+            2,
+            None,
+            r"ulysses degree of 4 does not fit 4 ranks .* 2 attention heads .* fit: \[1, 2\]",
+        ),
+        ("usp", 8, 24, 3, r"ulysses degree of 3 does not fit 8 ranks .* fit: \[1, 2, 4, 8\]"),
+        ("fast", 2, 2, None, r"mode must be one of ulysses, ring, usp; got 'fast'"),
+        ("ring", 0, 2, None, r"degree must be >= 1, got 0"),
+    ],
+)
+def test_layout_for_names_what_fits(
+    mode: str, world: int, heads: int, ulysses: int | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        layout_for(mode, world, heads, ulysses)
 
 
 def test_online_softmax_merge_matches_sdpa() -> None:

@@ -10,19 +10,25 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import openai
 import pytest
+import redis
 
 from hyv.engine.pipeline import PipelineOptions, VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
 from hyv.service.job_model import Job, JobStatus
-from hyv.service.launcher import stop_worker
+from hyv.service.launcher import free_port, stop_worker
+from hyv.service.worker_registry import WorkerRegistry
 from tests.service.conftest import MODEL, Cluster, wait_until
 from tests.service.test_worker import LONG, at_step, ended_runs, finished
 
@@ -109,7 +115,15 @@ def test_cancel_stops_every_rank_within_one_step(cluster: Callable[..., Cluster]
 
 
 def test_cancel_during_decode_stops_every_rank(cluster: Callable[..., Cluster]) -> None:
-    c = cluster(workers=1, sp_degree=2, sp_timeout_seconds=SP_TIMEOUT_S)
+    # Time tiles of 8 frames half overlapping: the 17 frames decode in 4 windows, split over the
+    # ranks, with a cancel check after each.
+    c = cluster(
+        workers=1,
+        sp_degree=2,
+        sp_timeout_seconds=SP_TIMEOUT_S,
+        vae_tile_frames=8,
+        vae_tile_overlap=0.5,
+    )
     pids = group_info(c)["pids"]
     job = c.submit(**{**REQUEST, "width": 128, "height": 128, "num_frames": 17})
     pubsub = c.store.redis.pubsub()
@@ -210,3 +224,53 @@ def test_a_job_past_the_grace_period_is_requeued_and_finished_elsewhere(
 
 def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and not _zombie(pid)
+
+
+def test_hyv_serve_sp_2_serves_the_openai_sdk(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The single-machine command a user runs, `hyv serve --sp 2`: its own Redis, one worker that is
+    a group of two processes, the API; a job through the OpenAI SDK."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYV_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve uses data_dir/metrics
+    env.update(HYV_DEVICE="cpu", HYV_DTYPE="fp32", HYV_WORKER_HEARTBEAT_SECONDS="0.25")
+    data = tmp_path / "data"
+    command = [sys.executable, "-m", "hyv", "serve", "--sp", "2", "--port", str(port)]
+    command += ["--weights", str(tiny_bundle), "--data-dir", str(data)]
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        serve = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(base) or serve.poll() is not None, 180, 0.2)
+        assert serve.poll() is None, log.read_text()[-3000:]
+        (worker,) = WorkerRegistry(redis.Redis.from_url((data / "redis" / "url").read_text().strip())).live(
+            MODEL
+        )
+        assert worker["sp"]["degree"] == 2 and len(set(worker["sp"]["pids"])) == 2
+        with openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0) as client:
+            created: Any = client.videos.create_and_poll(
+                prompt="a red circle moving right",
+                size="80x48",  # type: ignore[arg-type]  (the SDK's hints list Sora's sizes)
+                extra_body={"num_frames": 9, "steps": 3, "seed": 7},
+                poll_interval_ms=200,
+            )
+            assert created.status == "completed", created.error
+            target = tmp_path / "clip.mp4"
+            client.videos.download_content(created.id).write_to_file(target)
+        assert read_mp4(target).shape == (9, 48, 80, 3)
+        os.killpg(serve.pid, signal.SIGTERM)
+        assert serve.wait(60) == 0, log.read_text()[-3000:]
+        wait_until(lambda: all(not _alive(pid) for pid in worker["sp"]["pids"]), 15)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(10)
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -50,7 +50,7 @@ def _generate_rank(
     heads = pipeline.dit.config.num_heads
     world = dist.get_world_size()
     groups = parallelize(pipeline, config or SPConfig.auto(world, heads))
-    layout = {"world_size": world, "rank": groups.rank, **dataclasses.asdict(groups.config)}
+    layout = {"world_size": world, **dataclasses.asdict(groups.config)}
     if groups.rank != 0:  # the same collectives as rank 0, without encoding: only rank 0 writes
         for _ in pipeline.frames(request):
             pass
