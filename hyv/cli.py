@@ -138,6 +138,10 @@ def generate(
     ] = 1,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
+    dit_dtype: Annotated[
+        str | None,
+        typer.Option(help="fp8: the DiT's block linears in float8, half their memory (default: as stored)."),
+    ] = None,
     text_encoder: Annotated[Path | None, typer.Option(help="HunyuanVideo text encoders (13B).")] = None,
     offload: Annotated[bool, typer.Option(help="Text encoder and VAE on the CPU during denoising.")] = False,
     offload_blocks: Annotated[bool, typer.Option(help="DiT blocks on the CPU (small GPUs).")] = False,
@@ -181,6 +185,7 @@ def generate(
         offload_encoders=offload,
         offload_blocks=offload_blocks,
         compile_blocks=compile,
+        dit_dtype=dit_dtype,
     )
     from hyv.engine.parallel.launch import launched_by_torchrun
 
@@ -234,7 +239,10 @@ def convert(
     ] = None,
     dtype: Annotated[
         str | None,
-        typer.Option(help="fp32, bf16 or fp16 (default: bf16 for dit/vae; a bundle keeps the release's)."),
+        typer.Option(
+            help="fp32, bf16 or fp16 (default: bf16 for dit/vae; a bundle keeps the release's); fp8: the "
+            "DiT's block linears in float8 with per-channel scales, the rest as by default."
+        ),
     ] = None,
     link_text_encoders: Annotated[
         bool, typer.Option(help="Bundle: symlink the release's text encoders instead of copying them.")
@@ -252,20 +260,32 @@ def convert(
             raise typer.Exit(2) from exc
         release = None
     kind = kind or ("bundle" if release is not None else "dit")
+    fp8 = dtype == "fp8"
+    if fp8:
+        if kind == "vae":
+            raise typer.BadParameter("--dtype fp8 applies to the DiT only: fp32, bf16 or fp16 for the VAE")
+        dtype = None if kind == "bundle" else "bf16"  # what is not quantized keeps the usual dtype
     if kind == "bundle":
         from hyv.engine.bundle import convert_release
 
         if release is None:
             console.print(f"[red]{source} is not a HunyuanVideo release folder[/]")
             raise typer.Exit(2)
-        convert_release(source, output, dtype=_dtype(dtype), link_text_encoders=link_text_encoders)
+        convert_release(
+            source, output, dtype=_dtype(dtype), link_text_encoders=link_text_encoders, dit_fp8=fp8
+        )
         console.print(f"Converted the {release.kind}-layout release {source} -> bundle {output}")
         return
     from hyv.models import load_dit, load_vae, save_dit, save_vae
 
     component_dtype = _dtype(dtype or "bf16")
     if kind == "dit":
-        save_dit(load_dit(source, dtype=component_dtype), output)
+        dit = load_dit(source, dtype=component_dtype)
+        if fp8:
+            from hyv.models.fp8 import quantize_dit_
+
+            quantize_dit_(dit)
+        save_dit(dit, output)
     elif kind == "vae":
         save_vae(load_vae(source, dtype=component_dtype), output)
     else:

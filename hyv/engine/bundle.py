@@ -50,6 +50,7 @@ from hyv.models import (
     save_vae,
     vae_preset,
 )
+from hyv.models.fp8 import quantize_dit_
 from hyv.models.text_encoder_builtin import WordTokenizer, default_caption_vocabulary
 
 __all__ = [  # the spec half lives in hyv.engine.bundle_spec (no torch: the API and the CLI read it)
@@ -177,17 +178,26 @@ def _load_release(
 
 
 def convert_release(
-    source: str | Path, output: str | Path, dtype: torch.dtype | None = None, link_text_encoders: bool = False
+    source: str | Path,
+    output: str | Path,
+    dtype: torch.dtype | None = None,
+    link_text_encoders: bool = False,
+    dit_fp8: bool = False,
 ) -> Path:
     """Write the release folder `source` as a bundle in `output`: dit/ and vae/ in the project's
     format (in `dtype`; None keeps the checkpoint's), the text encoders copied into text_encoders/
-    (or symlinked there with `link_text_encoders`), and bundle.json with the release's spec."""
+    (or symlinked there with `link_text_encoders`), and bundle.json with the release's spec.
+    `dit_fp8` stores the DiT's block linears as FP8 with per-channel scales (hyv.models.fp8); an
+    FP8 release stays FP8 either way."""
     source, output = Path(source), Path(output)
     layout = find_release(source)
     if layout is None:
         raise FileNotFoundError(f"{source} is not a HunyuanVideo release folder (no {BUNDLE_FILE} either)")
     output.mkdir(parents=True, exist_ok=True)
-    save_dit(load_dit(layout.dit, dtype=dtype), output / "dit")
+    dit = load_dit(layout.dit, dtype=dtype)
+    if dit_fp8:
+        quantize_dit_(dit)
+    save_dit(dit, output / "dit")
     save_vae(load_vae(layout.vae, dtype=dtype), output / "vae")
     encoders = output / HF_TEXT_ENCODERS_DIR
     if encoders.is_symlink() or encoders.is_file():

@@ -31,6 +31,8 @@ from hyv.engine.request import GenerationRequest
 from hyv.engine.sampling import cfg_combine, euler_denoise, flow_schedule
 from hyv.engine.video_io import FragmentedMP4Encoder, encode_mp4, video_to_uint8
 from hyv.models import TextEmbeddings, VAETiling, from_dit_latents, read_dit_metadata, to_dit_latents
+from hyv.models.checkpoint_io import parse_dtype
+from hyv.models.fp8 import dequantize_, quantize_dit_
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +101,36 @@ class PipelineOptions:
     # None: true CFG (two branches per step) exactly when the DiT has no guidance embedding. True forces
     # it on a DiT whose embedding was never trained (a base model before CFG distillation: the teacher).
     true_cfg: bool | None = None
+    # None: the DiT as stored. "fp8": its block linears quantized to float8 e4m3 at load
+    # (hyv.models.fp8); "bf16"/"fp16"/"fp32" (= dtype): an FP8 checkpoint's layers dequantized at load.
+    dit_dtype: str | None = None
 
 
 def default_device_and_dtype() -> tuple[str, torch.dtype]:
     if torch.cuda.is_available():
         return "cuda", torch.bfloat16
     return "cpu", torch.float32
+
+
+DIT_DTYPES = ("fp8", "bf16", "fp16", "fp32")
+
+
+def apply_dit_dtype(dit: torch.nn.Module, options: PipelineOptions) -> None:
+    """Quantize (dit_dtype "fp8") or dequantize (a high-precision dit_dtype) the DiT's FP8 layers
+    in place, before it moves to the device: a 13B quantized on the CPU needs half the GPU memory."""
+    if options.dit_dtype is None:
+        return
+    if options.dit_dtype not in DIT_DTYPES:
+        raise ValueError(f"unknown dit_dtype {options.dit_dtype!r}; choose one of {DIT_DTYPES} or None")
+    if options.dit_dtype == "fp8":
+        quantize_dit_(dit)
+        return
+    if parse_dtype(options.dit_dtype) != options.dtype:
+        raise ValueError(
+            f"dit_dtype={options.dit_dtype!r} but dtype={options.dtype}: the DiT computes in the "
+            "pipeline's dtype; a high-precision dit_dtype only dequantizes FP8 weights, so set dtype"
+        )
+    dequantize_(dit)
 
 
 CPU_ALIGNMENT = 64  # bytes: what torch's CPU allocator gives; oneDNN/MKL kernels assume it
@@ -137,6 +163,7 @@ class VideoPipeline:
         self.options = options
         self.schedule = schedule  # a step-distilled student's fixed sigmas, or None
         self.dit = bundle.dit.eval().requires_grad_(False)
+        apply_dit_dtype(self.dit, options)
         self.vae = bundle.vae.eval().requires_grad_(False)
         self.text_encoder = bundle.text_encoder
         self.device = torch.device(options.device)

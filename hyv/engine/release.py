@@ -8,6 +8,8 @@ bundle:
   the `ckpts` folder or as `ckpts/hunyuan-video-t2v-720p` (the text encoders are then its siblings):
 
       hunyuan-video-t2v-720p/transformers/mp_rank_00_model_states.pt   the DiT (under "module")
+          or mp_rank_00_model_states_fp8.pt + mp_rank_00_model_states_fp8_map.pt, the FP8 release
+          (float8 block linears and their scales; used when the bf16 file is absent)
       hunyuan-video-t2v-720p/vae/pytorch_model.pt + config.json         AutoencoderKLCausal3D
       text_encoder/                                                      LLaVA-LLaMA-3's LLaMA + tokenizer
       text_encoder_2/                                                    clip-vit-large-patch14 + tokenizer
@@ -33,6 +35,8 @@ from hyv.engine.bundle_spec import BUNDLE_PRESETS, BundleSpec
 
 OFFICIAL_T2V_DIR = "hunyuan-video-t2v-720p"
 OFFICIAL_DIT_FILE = "transformers/mp_rank_00_model_states.pt"
+OFFICIAL_FP8_DIT_FILE = "transformers/mp_rank_00_model_states_fp8.pt"
+OFFICIAL_FP8_MAP_FILE = "transformers/mp_rank_00_model_states_fp8_map.pt"  # its scales
 OFFICIAL_VAE_FILES = ("vae/pytorch_model.pt", "vae/config.json")
 TEXT_ENCODER_DIRS = ("text_encoder", "text_encoder_2")  # each with config.json
 DIFFUSERS_INDEX = "model_index.json"
@@ -100,12 +104,15 @@ def _require(root: Path, names: list[str], what: str) -> None:
 
 def _official_layout(model_dir: Path, encoders_dir: Path, given: Path) -> ReleaseLayout:
     text_configs = [f"{name}/config.json" for name in TEXT_ENCODER_DIRS]
-    _require(model_dir, [OFFICIAL_DIT_FILE, *OFFICIAL_VAE_FILES], f"HunyuanVideo release {given}")
+    dit_files = [OFFICIAL_DIT_FILE]
+    if not (model_dir / OFFICIAL_DIT_FILE).exists() and (model_dir / OFFICIAL_FP8_DIT_FILE).exists():
+        dit_files = [OFFICIAL_FP8_DIT_FILE, OFFICIAL_FP8_MAP_FILE]
+    _require(model_dir, [*dit_files, *OFFICIAL_VAE_FILES], f"HunyuanVideo release {given}")
     _require(encoders_dir, text_configs, f"HunyuanVideo release {given} (its text encoders)")
     return ReleaseLayout(
         kind="official",
         root=given,
-        dit=model_dir / OFFICIAL_DIT_FILE,
+        dit=model_dir / dit_files[0],
         vae=model_dir / "vae",
         text_encoders=encoders_dir,
         spec=release_spec(BUNDLE_PRESETS[RELEASE_PRESET].limits.flow_shift),

@@ -13,6 +13,7 @@ from einops import rearrange
 from torch import nn
 
 from hyv.models import ops
+from hyv.models.fp8 import linear_rows
 from hyv.models.token_refiner import MLP
 
 
@@ -137,9 +138,10 @@ class SingleStreamBlock(nn.Module):
         h = ops.layernorm_modulate(x, shift, scale, 1e-6)  # (B, L, D)
         # linear1 is one (3D + M, D) weight; two matmuls over its row blocks (free views) give a
         # contiguous MLP half, so the GELU below runs on dense memory instead of a strided slice.
+        # linear_rows takes linear1 as an nn.Linear or quantized (hyv.models.fp8).
         split = 3 * self.hidden_size
-        qkv = F.linear(h, self.linear1.weight[:split], self.linear1.bias[:split])  # (B, L, 3D)
-        mlp = F.linear(h, self.linear1.weight[split:], self.linear1.bias[split:])  # (B, L, M)
+        qkv = linear_rows(self.linear1, h, 0, split)  # (B, L, 3D)
+        mlp = linear_rows(self.linear1, h, split, split + self.mlp_hidden)  # (B, L, M)
         q, k, v = rearrange(qkv, "b l (three h d) -> three b l h d", three=3, h=self.num_heads)
         q, k = qk_norm(q, k, self.q_norm, self.k_norm)
         # The tables cover the video tokens (the prefix); the text tokens pass through unrotated.

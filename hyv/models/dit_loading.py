@@ -7,6 +7,10 @@
 * own: `save_dit` output - `config.json` tagged "hyv-dit" + `model.safetensors` (official names),
   with string metadata in the safetensors header (`read_dit_metadata`).
 
+Any of them may hold FP8 block linears (hyv.models.fp8): float8 `<layer>.weight` with its
+`<layer>.weight_scale` (our format), or Tencent's FP8 release, whose per-tensor scales live in the
+`*_map.pt` file beside the weights. Those layers load as `FP8Linear`.
+
 The model is built on the meta device and takes the loaded tensors by assignment, so a 13B
 checkpoint is never materialised twice in RAM.
 """
@@ -38,6 +42,13 @@ from hyv.models.checkpoint_io import (
 )
 from hyv.models.dit import HunyuanVideoDiT
 from hyv.models.dit_config import DIT_PRESETS, DiTConfig
+from hyv.models.fp8 import (
+    SCALE_SUFFIX,
+    fp8_module_names,
+    quantize_linears_,
+    tencent_fp8_map_path,
+    tencent_fp8_state_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -320,6 +331,22 @@ def _sibling_rope_axes(path: Path) -> tuple[int, int, int] | None:
     return tuple(int(a) for a in axes) if axes else None  # type: ignore[return-value]
 
 
+def _with_fp8_scales(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Tencent's FP8 release keeps the scales of its float8 weights in a separate map file beside
+    them (`..._fp8.pt` -> `..._fp8_map.pt`); fold them in as `<layer>.weight_scale`."""
+    layers = fp8_module_names(state_dict)
+    if all(f"{name}.{SCALE_SUFFIX}" in state_dict for name in layers):
+        return state_dict  # no float8 weights, or they carry their scales
+    map_path = tencent_fp8_map_path(path)
+    if not map_path.is_file():
+        raise CheckpointError(
+            f"{path} holds float8 weights ({len(layers)} layers) without their scales: the FP8 map "
+            f"{map_path} is missing (Tencent's FP8 release ships it beside the weights)"
+        )
+    logger.info("reading the FP8 scales of %s from %s", path, map_path)
+    return tencent_fp8_state_dict(state_dict, read_state_dict(map_path), str(path))
+
+
 def _looks_diffusers(state_dict: Mapping[str, torch.Tensor]) -> bool:
     return "x_embedder.proj.weight" in state_dict
 
@@ -350,7 +377,7 @@ def load_dit(
                 f"directory (config.json missing or of another model)"
             )
     elif path.is_file():
-        state_dict = read_state_dict(path)
+        state_dict = _with_fp8_scales(read_state_dict(path), path)
         if _looks_diffusers(state_dict):
             if config is None:
                 raise CheckpointError(
@@ -364,6 +391,10 @@ def load_dit(
 
     with torch.device("meta"):
         model = HunyuanVideoDiT(config)
+    fp8_layers = fp8_module_names(state_dict)
+    if fp8_layers:  # FP8 weights (hyv.models.fp8): the matching layers become FP8Linear
+        quantize_linears_(model, fp8_layers)
+        kind = f"{kind} FP8 ({len(fp8_layers)} layers)"
     load_into(model, state_dict, f"HunyuanVideo DiT ({kind} format, {path})")
     model.to(device=device, dtype=parse_dtype(dtype))
     logger.info("loaded %s-format DiT from %s: %.3fB parameters", kind, path, model.num_parameters() / 1e9)

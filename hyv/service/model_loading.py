@@ -32,7 +32,9 @@ def pipeline_options(settings: Settings, rank: int = 0) -> Any:
             device = f"cuda:{rank}"
         else:  # N processes share the cores: one thread pool each would oversubscribe them
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.sp_degree))
-    return PipelineOptions(device=device, dtype=parse_dtype(settings.dtype) or dtype)
+    return PipelineOptions(
+        device=device, dtype=parse_dtype(settings.dtype) or dtype, dit_dtype=settings.dit_dtype
+    )
 
 
 def load_pipeline(settings: Settings, rank: int = 0) -> Any:

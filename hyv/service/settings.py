@@ -25,6 +25,7 @@ from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+DIT_DTYPES = ("fp8", "bf16", "fp16", "fp32")  # hyv.engine.pipeline.DIT_DTYPES (this module avoids torch)
 
 
 def _split_list(value: object) -> object:
@@ -73,6 +74,13 @@ class Settings(BaseSettings):
     model_name: str = "hyv-small"
     device: str | None = Field(default=None, description="cpu, cuda, cuda:1...; None = cuda if available.")
     dtype: str | None = Field(default=None, description="fp32, bf16, fp16; None = bf16 on CUDA, fp32 on CPU.")
+    dit_dtype: str | None = Field(
+        default=None,
+        description="fp8 = the DiT's block linears in float8 e4m3 with per-channel scales (half the "
+        "weight memory; torch._scaled_mm on GPUs with FP8 tensor cores, dequantized per layer "
+        "elsewhere); bf16/fp16/fp32 = an FP8 checkpoint dequantized at load (must equal dtype); "
+        "None = as stored.",
+    )
     text_encoder: Path | None = Field(default=None, description="External text encoders (the 13B).")
     job_memory_limit_mb: int = Field(
         default=0,
@@ -160,6 +168,13 @@ class Settings(BaseSettings):
     s3_secret_access_key: str | None = Field(
         default=None, description="Secret key (with s3_access_key_id); never logged.", repr=False
     )
+
+    @field_validator("dit_dtype")
+    @classmethod
+    def _dit_dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in DIT_DTYPES:
+            raise ValueError(f"dit_dtype must be one of {DIT_DTYPES} or unset, got {value!r}")
+        return value
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
