@@ -21,11 +21,23 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from hyv.engine.bundle_spec import BUNDLE_PRESETS, CHECKOUT_BUNDLE_DIR, DEFAULT_BUNDLE_DIR, read_bundle_spec
+from hyv.engine.memory_options import ATTENTION_BACKENDS, TEXT_ENCODER_PLACEMENTS, VAETileSizes
 
 if TYPE_CHECKING:
     import torch
 
 TRAIN_HELP = "Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`."
+# The memory options of `hyv generate` and `hyv worker` (docs/operations.md, "Memory options").
+TEXT_ENCODER_PLACEMENT_HELP = (
+    f"Text encoder: {', '.join(TEXT_ENCODER_PLACEMENTS)} = on the GPU; on the CPU, moved to the GPU for "
+    "each prompt; run on the CPU"
+)
+MODEL_OFFLOAD_HELP = "Text encoder, DiT and VAE each on the GPU only while it runs, on the CPU otherwise"
+OFFLOAD_BLOCKS_HELP = "DiT blocks on the CPU, on the GPU one at a time (GPUs smaller than the DiT; slow)"
+ATTENTION_BACKEND_HELP = f"Attention backend: auto, {', '.join(ATTENTION_BACKENDS)}; default auto"
+VAE_TILE_SIZE_HELP = "VAE decode tile edge in pixels, a multiple of 8; default the VAE's own (256)"
+VAE_TILE_FRAMES_HELP = "VAE decode tile length in frames, a multiple of 4; default the VAE's own (64)"
+VAE_TILE_OVERLAP_HELP = "Fraction of a VAE tile blended with its neighbour; default the VAE's own (0.25)"
 
 
 class LazyGroup(TyperGroup):
@@ -143,9 +155,17 @@ def generate(
         typer.Option(help="fp8: the DiT's block linears in float8, half their memory (default: as stored)."),
     ] = None,
     text_encoder: Annotated[Path | None, typer.Option(help="HunyuanVideo text encoders (13B).")] = None,
-    offload: Annotated[bool, typer.Option(help="Text encoder and VAE on the CPU during denoising.")] = False,
-    offload_blocks: Annotated[bool, typer.Option(help="DiT blocks on the CPU (small GPUs).")] = False,
+    text_encoder_placement: Annotated[str, typer.Option(help=f"{TEXT_ENCODER_PLACEMENT_HELP}.")] = "device",
+    model_offload: Annotated[
+        bool,
+        typer.Option("--model-offload", "--offload", help=f"{MODEL_OFFLOAD_HELP} (--offload: older name)."),
+    ] = False,
+    offload_blocks: Annotated[bool, typer.Option(help=f"{OFFLOAD_BLOCKS_HELP}.")] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the DiT blocks.")] = False,
+    attention_backend: Annotated[str | None, typer.Option(help=f"{ATTENTION_BACKEND_HELP}.")] = None,
+    vae_tile_size: Annotated[int | None, typer.Option(help=f"{VAE_TILE_SIZE_HELP}.")] = None,
+    vae_tile_frames: Annotated[int | None, typer.Option(help=f"{VAE_TILE_FRAMES_HELP}.")] = None,
+    vae_tile_overlap: Annotated[float | None, typer.Option(help=f"{VAE_TILE_OVERLAP_HELP}.")] = None,
 ) -> None:
     """Generate one video and write it as an MP4; prints one JSON line (path, stage seconds, memory)."""
     from pydantic import ValidationError
@@ -179,14 +199,21 @@ def generate(
         console.print(f"[red]invalid request: {exc}[/]")
         raise typer.Exit(2) from exc
     default_device, default_dtype = default_device_and_dtype()
-    options = PipelineOptions(
-        device=device or default_device,
-        dtype=_dtype(dtype) or default_dtype,
-        offload_encoders=offload,
-        offload_blocks=offload_blocks,
-        compile_blocks=compile,
-        dit_dtype=dit_dtype,
-    )
+    try:
+        tiles = VAETileSizes(vae_tile_size, vae_tile_frames, vae_tile_overlap)
+        options = PipelineOptions(
+            device=device or default_device,
+            dtype=_dtype(dtype) or default_dtype,
+            text_encoder=text_encoder_placement,  # type: ignore[arg-type]  # checked by PipelineOptions
+            model_offload=model_offload,
+            offload_blocks=offload_blocks,
+            compile_blocks=compile,
+            attention_backend=attention_backend,
+            vae_tiling=None if tiles.is_default() else tiles,
+            dit_dtype=dit_dtype,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     from hyv.engine.parallel.launch import launched_by_torchrun
 
     if sp > 1 or launched_by_torchrun():  # torchrun: one process per GPU, world size from torchrun
@@ -352,11 +379,57 @@ def worker(
     data_dir: Annotated[Path | None, typer.Option(help="Shared storage folder (HYV_DATA_DIR).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (HYV_DEVICE).")] = None,
     name: Annotated[str, typer.Option(help="Worker name (Celery hostname prefix).")] = "worker",
+    text_encoder_placement: Annotated[
+        str | None, typer.Option(help=f"{TEXT_ENCODER_PLACEMENT_HELP} (HYV_TEXT_ENCODER_PLACEMENT)")
+    ] = None,
+    model_offload: Annotated[
+        bool | None,
+        typer.Option("--model-offload/--no-model-offload", help=f"{MODEL_OFFLOAD_HELP} (HYV_MODEL_OFFLOAD)"),
+    ] = None,
+    offload_blocks: Annotated[
+        bool | None,
+        typer.Option(
+            "--offload-blocks/--no-offload-blocks", help=f"{OFFLOAD_BLOCKS_HELP} (HYV_OFFLOAD_BLOCKS)"
+        ),
+    ] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the DiT blocks, compiled at start (HYV_COMPILE_DIT).",
+        ),
+    ] = None,
+    attention_backend: Annotated[
+        str | None, typer.Option(help=f"{ATTENTION_BACKEND_HELP} (HYV_ATTENTION_BACKEND)")
+    ] = None,
+    vae_tile_size: Annotated[
+        int | None, typer.Option(help=f"{VAE_TILE_SIZE_HELP} (HYV_VAE_TILE_SIZE)")
+    ] = None,
+    vae_tile_frames: Annotated[
+        int | None, typer.Option(help=f"{VAE_TILE_FRAMES_HELP} (HYV_VAE_TILE_FRAMES)")
+    ] = None,
+    vae_tile_overlap: Annotated[
+        float | None, typer.Option(help=f"{VAE_TILE_OVERLAP_HELP} (HYV_VAE_TILE_OVERLAP)")
+    ] = None,
 ) -> None:
-    """Run one GPU worker (production): takes jobs of the served model from Redis."""
+    """Run one GPU worker (production): takes jobs of the served model from Redis. Options override
+    the settings (HYV_* environment)."""
     from hyv.service.launcher import run_worker
 
-    settings = _settings(redis_url=redis_url, weights=weights, data_dir=data_dir, device=device)
+    settings = _settings(
+        redis_url=redis_url,
+        weights=weights,
+        data_dir=data_dir,
+        device=device,
+        text_encoder_placement=text_encoder_placement,
+        model_offload=model_offload,
+        offload_blocks=offload_blocks,
+        compile_dit=compile,
+        attention_backend=attention_backend,
+        vae_tile_size=vae_tile_size,
+        vae_tile_frames=vae_tile_frames,
+        vae_tile_overlap=vae_tile_overlap,
+    )
     if not settings.redis_url:
         raise typer.BadParameter("hyv worker needs --redis-url or HYV_REDIS_URL")
     settings = _named_after_the_model(settings)

@@ -13,6 +13,8 @@ is polled after every denoising step and decoded tile, so a cancelled job stops 
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import json
 import logging
 import threading
@@ -22,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from hyv.engine import memory
 from hyv.engine.bundle import BUNDLE_FILE, ModelBundle, load_bundle
 from hyv.engine.image_cond import fit_image, image_to_video_tensor, load_image
 from hyv.engine.limits import GenerationPlan, resolve
+from hyv.engine.memory_options import TextEncoderPlacement, VAETileSizes, attention_backend_name
+from hyv.engine.placement import Mover, Placement, plan_placement
 from hyv.engine.request import GenerationRequest
 from hyv.engine.sampling import cfg_combine, euler_denoise, flow_schedule
 from hyv.engine.video_io import FragmentedMP4Encoder, encode_mp4, video_to_uint8
@@ -37,6 +42,12 @@ from hyv.models.fp8 import dequantize_, quantize_dit_
 logger = logging.getLogger(__name__)
 
 SCHEDULE_METADATA_KEY = "sampling_sigmas"  # JSON list written by step distillation
+# Two prompt lengths: the DiT trims text padding, so the text length varies from job to job, and
+# torch.compile makes a size dynamic once it has seen it change (one compilation for all prompts).
+WARM_UP_PROMPTS = (
+    "warm-up",
+    "a longer warm-up prompt, so that the text length is seen to change between runs",
+)
 STAGE_SPAN = {
     "text_encode": (0.0, 0.02),
     "denoise": (0.02, 0.90),
@@ -94,16 +105,27 @@ class GenerationResult:
 class PipelineOptions:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
-    offload_encoders: bool = False  # text encoder and VAE on the CPU while the DiT runs
+    # Memory options (hyv.engine.placement; docs/operations.md, "Memory options").
+    # device: the text encoder lives on the device; offload: on the CPU, moved to the device to
+    # encode each prompt; cpu: it runs on the CPU and only its embeddings move.
+    text_encoder: TextEncoderPlacement = "device"
+    model_offload: bool = False  # every component on the device only while it runs
     offload_blocks: bool = False  # DiT blocks on the CPU, moved to the device one at a time
-    compile_blocks: bool = False  # torch.compile each DiT block
-    vae_tiling: VAETiling | None = None  # None: the VAE's own tiles (shorter time tiles stream sooner)
+    compile_blocks: bool = False  # torch.compile each DiT block (warm_up() compiles before the first job)
+    attention_backend: str | None = None  # fa3, fa2, xformers, sdpa; None: HYV_ATTENTION_BACKEND or automatic
+    # VAE decode tiles: a VAETiling, or VAETileSizes given in part on top of the VAE's own; None: the
+    # VAE's own (smaller tiles need less memory; shorter time tiles stream sooner).
+    vae_tiling: VAETiling | VAETileSizes | None = None
     # None: true CFG (two branches per step) exactly when the DiT has no guidance embedding. True forces
     # it on a DiT whose embedding was never trained (a base model before CFG distillation: the teacher).
     true_cfg: bool | None = None
     # None: the DiT as stored. "fp8": its block linears quantized to float8 e4m3 at load
     # (hyv.models.fp8); "bf16"/"fp16"/"fp32" (= dtype): an FP8 checkpoint's layers dequantized at load.
     dit_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        plan_placement(self.text_encoder, self.model_offload)  # ValueError on an unknown placement
+        object.__setattr__(self, "attention_backend", attention_backend_name(self.attention_backend))
 
 
 def default_device_and_dtype() -> tuple[str, torch.dtype]:
@@ -131,6 +153,41 @@ def apply_dit_dtype(dit: torch.nn.Module, options: PipelineOptions) -> None:
             "pipeline's dtype; a high-precision dit_dtype only dequantizes FP8 weights, so set dtype"
         )
     dequantize_(dit)
+
+
+def weight_bytes(component: object) -> int:
+    """Bytes of a component's parameters and buffers: an nn.Module's, or those of the modules an
+    object holds (a text encoder made of an LLM and CLIP)."""
+    modules = (
+        [component]
+        if isinstance(component, torch.nn.Module)
+        else [value for value in vars(component).values() if isinstance(value, torch.nn.Module)]
+    )
+    return sum(
+        tensor.numel() * tensor.element_size()
+        for module in modules
+        for tensors in (module.parameters(), module.buffers())
+        for tensor in tensors
+    )
+
+
+def use_attention_backend(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> None:
+    """Make `name` the process's attention backend (hyv.kernels.attention) once it is known to run on
+    this device and dtype; ValueError says why not and which backends are installed here."""
+    from hyv.kernels.attention import (
+        available_backends,
+        canonical_backend,
+        select_backend,
+        set_attention_backend,
+    )
+
+    backend = canonical_backend(name)
+    probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=dtype)  # (B, L, H, D) like the DiT's
+    try:
+        select_backend(probe, backend)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (installed here: {', '.join(available_backends())})") from exc
+    set_attention_backend(backend)
 
 
 CPU_ALIGNMENT = 64  # bytes: what torch's CPU allocator gives; oneDNN/MKL kernels assume it
@@ -167,15 +224,13 @@ class VideoPipeline:
         self.vae = bundle.vae.eval().requires_grad_(False)
         self.text_encoder = bundle.text_encoder
         self.device = torch.device(options.device)
-        encoder_device = "cpu" if options.offload_encoders else self.device
-        self.text_encoder.to(device=encoder_device, dtype=options.dtype)
-        self.vae.to(device=encoder_device, dtype=options.dtype)
-        if options.offload_blocks:
-            from hyv.engine.offload import offload_blocks
-
-            offload_blocks(self.dit, self.device, options.dtype)
-        else:
-            self.dit.to(device=self.device, dtype=options.dtype)
+        if options.attention_backend is not None:
+            use_attention_backend(
+                options.attention_backend, self.device, options.dtype, self.dit.config.head_dim
+            )
+        self.placement = self._place_components()
+        self.visiting_weight_bytes = self._visiting_weight_bytes()
+        _ = self.vae_tiling  # tile sizes that do not fit this VAE fail the load, not a job
         if self.device.type == "cpu":
             align_cpu_tensors(self.dit)
             align_cpu_tensors(self.vae)
@@ -183,6 +238,53 @@ class VideoPipeline:
             for block in [*self.dit.double_blocks, *self.dit.single_blocks]:
                 block.compile()
         self._lock = threading.Lock()  # one generation at a time per pipeline (one GPU)
+
+    def _place_components(self) -> Placement:
+        """Convert the components to the dtype, then move each to its home (hyv.engine.placement)."""
+        options, dit, vae, text_encoder = self.options, self.dit, self.vae, self.text_encoder
+        text_encoder.to(dtype=options.dtype)
+        vae.to(dtype=options.dtype)
+
+        def move_text_encoder(device: torch.device) -> None:
+            text_encoder.to(device=device)
+
+        move_dit: Mover = dit.to
+        if options.offload_blocks:  # the blocks stream through the device; the rest is placed as the DiT
+            from hyv.engine.offload import move_resident, offload_blocks
+
+            offload_blocks(dit, self.device, options.dtype)
+            move_dit = functools.partial(move_resident, dit)
+        else:
+            dit.to(dtype=options.dtype)
+        movers: dict[str, Mover] = {"text_encoder": move_text_encoder, "dit": move_dit, "vae": vae.to}
+        return Placement(plan_placement(options.text_encoder, options.model_offload), self.device, movers)
+
+    @property
+    def vae_tiling(self) -> VAETiling:
+        """The decode tiles: options.vae_tiling, or its given sizes on the VAE's own tiles."""
+        tiling = self.options.vae_tiling
+        if isinstance(tiling, VAETiling):
+            return tiling
+        own = self.vae.config.tiling()
+        return own if tiling is None else tiling.apply(own)
+
+    def _visiting_weight_bytes(self) -> int:
+        """The most weight bytes a job brings onto the device at once beyond what stays there: the
+        largest component that visits it (model offload, text encoder offload) plus, with block
+        offload, one block. What a job memory limit must leave room for. 0 on the CPU: nothing moves."""
+        if self.device.type == "cpu":
+            return 0
+        sizes = {
+            "text_encoder": weight_bytes(self.text_encoder),
+            "dit": weight_bytes(self.dit),
+            "vae": weight_bytes(self.vae),
+        }
+        if not self.options.offload_blocks:
+            return self.placement.visiting_bytes(sizes)
+        from hyv.engine.offload import blocks, largest_block_bytes
+
+        sizes["dit"] -= sum(weight_bytes(block) for block in blocks(self.dit))  # its resident parts
+        return self.placement.visiting_bytes(sizes) + largest_block_bytes(self.dit)
 
     @classmethod
     def from_dir(
@@ -284,11 +386,39 @@ class VideoPipeline:
                 total_s=round(time.perf_counter() - started, 4),
             )
 
+    def warm_up(self) -> float:
+        """One denoising step of the model's default request (its serving size), not decoded, for
+        each of two prompt lengths: with compile_blocks, torch.compile compiles the DiT blocks here
+        rather than in the first job (a video size other than the default compiles once more, on its
+        first job). A sequence-parallel group's ranks call it together, after `parallelize`: the
+        steps run the group's collectives. Returns the seconds it took."""
+        started = time.perf_counter()
+        limits = self.bundle.spec.limits
+        image = _blank_png(limits.width, limits.height) if limits.requires_image else None
+        for prompt in WARM_UP_PROMPTS:
+            plan = self.plan(GenerationRequest(prompt=prompt, image=image, seed=0))
+            with self._lock, self._run_context():
+                cond, uncond = self._encode_text(plan)
+                image_cond = self._image_condition(plan)
+                self._denoise(plan, cond, uncond, image_cond, None, lambda: None, max_steps=1)
+        seconds = time.perf_counter() - started
+        logger.info(
+            "pipeline warmed up",
+            extra={
+                "width": plan.width,
+                "height": plan.height,
+                "num_frames": plan.num_frames,
+                "warm_up_s": round(seconds, 3),
+            },
+        )
+        return seconds
+
     # --- stages ------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _run_context(self) -> Iterator[tuple[dict[str, float], memory.PeakMemory]]:
         timings: dict[str, float] = {}
+        self.placement.start_job()
         peak = memory.PeakMemory(self.device)
         failed = True
         try:
@@ -320,16 +450,14 @@ class VideoPipeline:
         timings["denoise"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        self.vae.to(self.device)
-        z = from_dit_latents(latents.float(), self.vae.config).to(self.options.dtype)
         decoded = 0
-        for chunk in self.vae.iter_decode(z, self.options.vae_tiling):
-            decoded += chunk.shape[2]
-            check()
-            _report(on_progress, "decode", decoded, plan.num_frames)
-            yield chunk.float()
-        if self.options.offload_encoders:
-            self.vae.to("cpu")
+        with self.placement.running("vae") as vae_device:
+            z = from_dit_latents(latents.float(), self.vae.config).to(vae_device, self.options.dtype)
+            for chunk in self.vae.iter_decode(z, self.vae_tiling):
+                decoded += chunk.shape[2]
+                check()
+                _report(on_progress, "decode", decoded, plan.num_frames)
+                yield chunk.float()
         timings["decode"] = time.perf_counter() - start
         if decoded != plan.num_frames:
             raise RuntimeError(f"decoded {decoded} frames, expected {plan.num_frames}")
@@ -343,7 +471,8 @@ class VideoPipeline:
         assert self.text_encoder is not None
         true_cfg = self._true_cfg() and plan.guidance != 1.0
         prompts = [plan.prompt, plan.negative_prompt] if true_cfg else [plan.prompt]
-        encoded = self.text_encoder.encode(prompts).to(self.device, self.options.dtype)
+        with self.placement.running("text_encoder"):
+            encoded = self.text_encoder.encode(prompts).to(self.device, self.options.dtype)
         cond = TextEmbeddings(encoded.states[:1], encoded.mask[:1], encoded.pooled[:1])
         uncond = (
             TextEmbeddings(encoded.states[1:], encoded.mask[1:], encoded.pooled[1:]) if true_cfg else None
@@ -360,9 +489,9 @@ class VideoPipeline:
         cond = torch.zeros(1, config.latent_channels + 1, plan.latent_frames, h, w, device=self.device)
         if plan.image is not None:
             video = image_to_video_tensor(fit_image(load_image(plan.image), plan.width, plan.height))
-            vae_device = next(self.vae.parameters()).device
-            posterior = self.vae.encode(video.to(vae_device, self.options.dtype), tiled=False)
-            latent = to_dit_latents(posterior.mode(), self.vae.config)  # (1, C, 1, h, w)
+            with self.placement.running("vae") as vae_device:
+                posterior = self.vae.encode(video.to(vae_device, self.options.dtype), tiled=False)
+                latent = to_dit_latents(posterior.mode(), self.vae.config)  # (1, C, 1, h, w)
             cond[:, : config.latent_channels, :1] = latent.to(self.device, cond.dtype)
             cond[:, config.latent_channels :, :1] = 1.0
         return cond.to(self.options.dtype)
@@ -375,7 +504,9 @@ class VideoPipeline:
         image_cond: torch.Tensor | None,
         on_progress: ProgressFn | None,
         check: Callable[[], None],
+        max_steps: int | None = None,
     ) -> torch.Tensor:
+        """The denoised latents; `max_steps` stops after that many steps (the warm-up's one)."""
         config = self.dit.config
         shape = (
             1,
@@ -393,13 +524,16 @@ class VideoPipeline:
             sigmas = torch.tensor(self.schedule, dtype=torch.float64)
         else:
             sigmas = flow_schedule(plan.steps, plan.flow_shift)
+        if max_steps is not None:
+            sigmas = sigmas[: max_steps + 1]
         velocity = self._velocity_fn(plan, cond, uncond, image_cond)
 
         def on_step(step: int, total: int) -> None:
             _report(on_progress, "denoise", step, total)
             check()
 
-        latents = euler_denoise(velocity, noise, sigmas, on_step)
+        with self.placement.running("dit"):
+            latents = euler_denoise(velocity, noise, sigmas, on_step)
         return pin_first_frame(latents, image_cond) if plan.image is not None else latents
 
     def _velocity_fn(
@@ -445,6 +579,12 @@ def pin_first_frame(latents: torch.Tensor, image_cond: torch.Tensor | None) -> t
     if image_cond is not None:
         latents[:, :, :1] = image_cond[:, : latents.shape[1], :1]
     return latents
+
+
+def _blank_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (128, 128, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _report(on_progress: ProgressFn | None, stage: str, step: int, total: int) -> None:

@@ -44,9 +44,10 @@ def release_memory(device: Any) -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def limit_job_memory(settings: Settings, device: Any) -> dict[str, int] | None:
+def limit_job_memory(settings: Settings, device: Any, visiting_bytes: int = 0) -> dict[str, int] | None:
     """Apply `job_memory_limit_mb` on top of what the loaded model uses now; returns what was set
-    (None when there is no limit)."""
+    (None when there is no limit). `visiting_bytes`: weights that each job brings onto the GPU (an
+    offloaded text encoder or model, hyv.engine.placement), counted as the model's."""
     if not settings.job_memory_limit_mb:
         return None
     import torch
@@ -54,10 +55,14 @@ def limit_job_memory(settings: Settings, device: Any) -> dict[str, int] | None:
     extra = settings.job_memory_limit_mb * 2**20
     if getattr(device, "type", str(device)).startswith("cuda"):
         total = torch.cuda.get_device_properties(device).total_memory
-        used = torch.cuda.memory_reserved(device)
-        fraction = min(1.0, (used + extra) / total)
+        reserved = torch.cuda.memory_reserved(device)
+        fraction = min(1.0, (reserved + visiting_bytes + extra) / total)
         torch.cuda.set_per_process_memory_fraction(fraction, device)
-        found = {"cuda_limit_bytes": int(fraction * total), "cuda_reserved_bytes": used}
+        found = {
+            "cuda_limit_bytes": int(fraction * total),
+            "cuda_reserved_bytes": reserved,
+            "visiting_weight_bytes": visiting_bytes,
+        }
     else:
         _mmap_big_allocations()
         used = data_bytes()

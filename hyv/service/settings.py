@@ -5,8 +5,9 @@ HYV_REDIS_URL=redis://redis:6379/0   production: Redis run elsewhere
 HYV_API_KEYS='["key-a","key-b"]'     a JSON list, or comma separated: key-a,key-b
 
 Every `HYV_*` variable of the service is a field here; no service module reads one itself. The
-kernels' own switches are not: HYV_ATTENTION_BACKEND and HYV_FUSED_KERNELS are read by hyv.kernels,
-the lowest layer, which does not import the service (docs/service.md lists them with the settings).
+kernels read two switches themselves (hyv.kernels, the lowest layer, does not import the service):
+HYV_FUSED_KERNELS, and HYV_ATTENTION_BACKEND, which is also the `attention_backend` setting here (the
+worker checks it at load and applies it; processes that load no model ignore it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
+from hyv.engine.memory_options import TextEncoderPlacement, attention_backend_name
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,48 @@ class Settings(BaseSettings):
         description="Memory one job may use on top of the loaded model, in MiB (0 = no limit): a GPU "
         "worker caps PyTorch's allocator, a CPU worker its private memory (RLIMIT_DATA). A job over it "
         "fails with `out_of_memory` and the worker takes the next job.",
+    )
+
+    # --- memory options (docs/operations.md, "Memory options") ------------------------------------
+    text_encoder_placement: TextEncoderPlacement = Field(
+        default="device",
+        description="device = the text encoder stays on the GPU beside the DiT (the 13B's: 16 GB); "
+        "offload = it stays on the CPU and visits the GPU to encode each prompt; cpu = it runs on the "
+        "CPU, only its embeddings move.",
+    )
+    model_offload: bool = Field(
+        default=False,
+        description="Every component (text encoder, DiT, VAE) on the GPU only while it runs, on the "
+        "CPU otherwise (diffusers' enable_model_cpu_offload, Tencent's --use-cpu-offload): the GPU "
+        "holds one component at a time; each job moves the weights in and out.",
+    )
+    offload_blocks: bool = Field(
+        default=False,
+        description="The DiT's blocks stay on the CPU and visit the GPU one at a time (for GPUs "
+        "smaller than the DiT; slow: every step moves every block).",
+    )
+    compile_dit: bool = Field(
+        default=False,
+        description="torch.compile the DiT blocks; the worker compiles them at start (a warm-up "
+        "step at the model's default size), not in the first job.",
+    )
+    attention_backend: str | None = Field(
+        default=None,
+        description="fa3, fa2, xformers or sdpa (aliases: flash, torch...); None or auto = the "
+        "first installed one that can run (hyv.kernels.attention). A worker whose backend is not "
+        "installed or cannot run on its device does not load.",
+    )
+    vae_tile_size: int | None = Field(
+        default=None, gt=0, description="VAE decode tile edge in pixels; None = the VAE's own (256)."
+    )
+    vae_tile_frames: int | None = Field(
+        default=None, gt=0, description="VAE decode tile length in frames; None = the VAE's own (64)."
+    )
+    vae_tile_overlap: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="Fraction of a VAE tile blended with its neighbour; None = the VAE's own (0.25).",
     )
 
     # --- worker groups (sequence parallelism) ---------------------------------------------------
@@ -175,6 +219,11 @@ class Settings(BaseSettings):
         if value is not None and value not in DIT_DTYPES:
             raise ValueError(f"dit_dtype must be one of {DIT_DTYPES} or unset, got {value!r}")
         return value
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _attention_backend(cls, value: str | None) -> str | None:
+        return attention_backend_name(value)  # ValueError names the choices
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

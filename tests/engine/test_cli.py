@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from hyv.cli import app
 from hyv.engine.video_io import read_mp4
+from hyv.kernels.attention import set_attention_backend
 
 runner = CliRunner()
 
@@ -70,6 +71,39 @@ def test_generate_rejects_bad_requests_with_a_clear_message(bundle, tmp_path, ex
     result = generate(bundle, tmp_path / "x.mp4", *extra)
     assert result.exit_code == 2
     assert message in result.output
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_generate_takes_the_memory_options(bundle, tmp_path):
+    assert generate(bundle, tmp_path / "default.mp4", "--seed", "1").exit_code == 0
+    options = ["--offload", "--text-encoder-placement", "cpu", "--attention-backend", "sdpa"]
+    try:
+        result = generate(bundle, tmp_path / "offloaded.mp4", "--seed", "1", *options)
+    finally:
+        set_attention_backend(None)  # process-wide: back to automatic for the other tests
+    assert result.exit_code == 0, result.output
+    diff = np.abs(
+        read_mp4(tmp_path / "offloaded.mp4").astype(int) - read_mp4(tmp_path / "default.mp4").astype(int)
+    )
+    assert diff.mean() < 0.25 and diff.max() <= 8
+    tiled = generate(
+        bundle, tmp_path / "tiled.mp4", "--seed", "1", "--vae-tile-frames", "4", "--vae-tile-overlap", "0"
+    )
+    assert tiled.exit_code == 0, tiled.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--text-encoder-placement", "gpu"], "text encoder placement must be one of device, offload, cpu"),
+        (["--attention-backend", "cudnn"], "unknown attention backend 'cudnn'"),
+        (["--vae-tile-overlap", "1.5"], "VAE tile overlap must be in [0, 1)"),
+    ],
+)
+def test_generate_rejects_bad_memory_options(bundle, tmp_path, extra, message):
+    result = generate(bundle, tmp_path / "x.mp4", *extra)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())  # rich wraps the message in a box
     assert not (tmp_path / "x.mp4").exists()
 
 

@@ -3,11 +3,13 @@ determinism, cancellation and request validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import json
 import re
 import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -16,14 +18,18 @@ from PIL import Image
 from pydantic import ValidationError
 
 from hyv.engine.bundle import BUNDLE_PRESETS, ModelBundle, init_random_bundle, save_bundle
+from hyv.engine.memory_options import VAETileSizes
+from hyv.engine.offload import blocks
 from hyv.engine.pipeline import (
     SCHEDULE_METADATA_KEY,
     GenerationCancelledError,
     PipelineOptions,
     VideoPipeline,
 )
+from hyv.engine.placement import plan_placement
 from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
+from hyv.kernels.attention import get_attention_backend, set_attention_backend
 from hyv.models import HunyuanVideoDiT, VAETiling, dit_preset, save_dit
 
 PROMPT = "a red circle moving left on a black background"
@@ -247,26 +253,244 @@ def test_image_on_a_t2v_model_and_empty_prompt_are_refused(pipeline: VideoPipeli
         GenerationRequest(prompt="")
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        PipelineOptions(offload_encoders=True),
-        PipelineOptions(offload_blocks=True),
-        PipelineOptions(compile_blocks=True),
-    ],
-    ids=["offload_encoders", "offload_blocks", "compile_blocks"],
-)
-def test_memory_and_compile_options_give_the_same_video(options: PipelineOptions) -> None:
-    request = GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=5, steps=2, seed=0)
-    baseline = VideoPipeline(init_random_bundle("tiny"), PipelineOptions()).generate(request)
-    result = VideoPipeline(init_random_bundle("tiny"), options).generate(request)
+MEMORY_OPTIONS = {
+    "text_encoder_offload": PipelineOptions(text_encoder="offload"),
+    "text_encoder_cpu": PipelineOptions(text_encoder="cpu"),
+    "model_offload": PipelineOptions(model_offload=True),
+    "offload_blocks": PipelineOptions(offload_blocks=True),
+    "model_and_block_offload": PipelineOptions(model_offload=True, offload_blocks=True),
+    "compile_blocks": PipelineOptions(compile_blocks=True),
+    "attention_sdpa": PipelineOptions(attention_backend="torch"),
+}
+OPTIONS_REQUEST = GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=5, steps=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def default_video() -> np.ndarray:
+    return read_mp4(
+        VideoPipeline(init_random_bundle("tiny"), PipelineOptions()).generate(OPTIONS_REQUEST).mp4
+    )
+
+
+@pytest.fixture
+def attention_backend_reset() -> Iterator[None]:
+    """attention_backend is process-wide (hyv.kernels.attention): back to automatic after the test."""
+    yield
+    set_attention_backend(None)
+
+
+@pytest.mark.parametrize("name", list(MEMORY_OPTIONS))
+def test_memory_and_compile_options_give_the_same_video(
+    name: str, default_video: np.ndarray, attention_backend_reset: None
+) -> None:
+    options = MEMORY_OPTIONS[name]
+    pipeline = VideoPipeline(init_random_bundle("tiny"), options)
+    result = pipeline.generate(OPTIONS_REQUEST)
     # Same math, but not always the same bits: seen once in a full-suite run on a fresh clone (and
     # never alone), the CPU GEMM kernels can round differently with another memory layout, and x264
     # turns a one-level pixel change into a few differing bytes. A real bug (a skipped block, a
     # wrong dtype) changes a random-weight video everywhere.
-    diff = np.abs(read_mp4(result.mp4).astype(int) - read_mp4(baseline.mp4).astype(int))
+    diff = np.abs(read_mp4(result.mp4).astype(int) - default_video.astype(int))
     assert diff.mean() < 0.25 and diff.max() <= 8, (diff.mean(), diff.max())
     assert result.peak_memory_bytes > 0 and result.memory_kind
+    # Between jobs every component is at its home, and its weights are there.
+    plan = plan_placement(options.text_encoder, options.model_offload)
+    assert pipeline.placement.location == {component: plan[component].home for component in plan}
+    for component, module in (
+        ("text_encoder", pipeline.text_encoder),
+        ("dit", pipeline.dit),
+        ("vae", pipeline.vae),
+    ):
+        assert _devices(module) == {pipeline.placement.torch_device(plan[component].home)}, component
+    # Each visiting component went where it runs and back, once per use (the T2V job uses each once).
+    visiting = [c for c in ("text_encoder", "dit", "vae") if plan[c].visits]
+    expected_moves = [(c, where) for c in visiting for where in (plan[c].runs_on, plan[c].home)]
+    assert [(move.component, move.to) for move in pipeline.placement.moves] == expected_moves
+    if name == "attention_sdpa":
+        assert get_attention_backend() == "sdpa"
+
+
+def _devices(module: object) -> set[torch.device]:
+    modules = [module] if isinstance(module, torch.nn.Module) else []
+    return {p.device for m in modules for p in m.parameters()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (here the device is the CPU)")
+@pytest.mark.parametrize(
+    "name", ["text_encoder_offload", "text_encoder_cpu", "model_offload", "model_and_block_offload"]
+)
+def test_on_a_gpu_the_weights_are_where_the_placement_says(name: str) -> None:
+    options = dataclasses.replace(MEMORY_OPTIONS[name], device="cuda", dtype=torch.bfloat16)
+    pipeline = VideoPipeline(init_random_bundle("tiny"), options)
+    modules = {"text_encoder": pipeline.text_encoder, "dit": pipeline.dit, "vae": pipeline.vae.decoder}
+    ran_on: dict[str, str] = {}
+
+    def record(component: str) -> Callable[..., None]:
+        return lambda module, args: ran_on.setdefault(component, next(module.parameters()).device.type)
+
+    hooks = [module.register_forward_pre_hook(record(c)) for c, module in modules.items()]
+    try:
+        pipeline.generate(OPTIONS_REQUEST)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    plan = plan_placement(options.text_encoder, options.model_offload)
+    assert ran_on == {c: "cuda" if plan[c].runs_on == "device" else "cpu" for c in modules}
+    for component, module in modules.items():
+        home = "cuda" if plan[component].home == "device" else "cpu"
+        assert {p.device.type for p in module.parameters()} == {home}, component
+
+
+@pytest.mark.parametrize(
+    ("text_encoder", "model_offload", "homes", "runs_on"),
+    [
+        ("device", False, ("device", "device", "device"), ("device", "device", "device")),
+        ("offload", False, ("cpu", "device", "device"), ("device", "device", "device")),
+        ("cpu", False, ("cpu", "device", "device"), ("cpu", "device", "device")),
+        ("device", True, ("cpu", "cpu", "cpu"), ("device", "device", "device")),
+        ("offload", True, ("cpu", "cpu", "cpu"), ("device", "device", "device")),
+        ("cpu", True, ("cpu", "cpu", "cpu"), ("cpu", "device", "device")),
+    ],
+)
+def test_placement_plan(text_encoder: str, model_offload: bool, homes: tuple, runs_on: tuple) -> None:
+    """(text encoder, DiT, VAE): where each lives between jobs and where it runs."""
+    plan = plan_placement(text_encoder, model_offload)
+    assert tuple(plan[c].home for c in ("text_encoder", "dit", "vae")) == homes
+    assert tuple(plan[c].runs_on for c in ("text_encoder", "dit", "vae")) == runs_on
+
+
+def test_model_offload_puts_one_component_on_the_device_at_a_time() -> None:
+    """Where the placement says each component is at the moment each one computes (I2V: the VAE
+    also encodes the image, before the DiT runs)."""
+    pipeline = VideoPipeline(_bundle("latent_concat"), PipelineOptions(model_offload=True))
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    def record(component: str) -> Callable[..., None]:
+        return lambda module, args: seen.append((component, dict(pipeline.placement.location)))
+
+    hooks = [
+        pipeline.text_encoder.register_forward_pre_hook(record("text_encoder")),
+        pipeline.dit.register_forward_pre_hook(record("dit")),
+        pipeline.vae.encoder.register_forward_pre_hook(record("vae_encode")),
+        pipeline.vae.decoder.register_forward_pre_hook(record("vae_decode")),
+    ]
+    try:
+        request = GenerationRequest(
+            prompt=PROMPT, image=_png(32, 32), width=32, height=32, num_frames=5, steps=2
+        )
+        pipeline.generate(request)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    alone = {
+        "text_encoder": {"text_encoder": "device", "dit": "cpu", "vae": "cpu"},
+        "vae_encode": {"text_encoder": "cpu", "dit": "cpu", "vae": "device"},
+        "dit": {"text_encoder": "cpu", "dit": "device", "vae": "cpu"},
+        "vae_decode": {"text_encoder": "cpu", "dit": "cpu", "vae": "device"},
+    }
+    assert [component for component, _ in seen] == ["text_encoder", "vae_encode", "dit", "dit", "vae_decode"]
+    for component, location in seen:
+        assert location == alone[component], component
+    assert pipeline.placement.location == {"text_encoder": "cpu", "dit": "cpu", "vae": "cpu"}
+
+
+def test_a_cancelled_job_sends_the_offloaded_dit_home() -> None:
+    pipeline = VideoPipeline(_bundle(), PipelineOptions(model_offload=True))
+    cancel = threading.Event()
+
+    def on_progress(event) -> None:
+        if event.stage == "denoise":
+            assert pipeline.placement.location["dit"] == "device"
+            cancel.set()
+
+    request = GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=5, steps=5)
+    with pytest.raises(GenerationCancelledError):
+        pipeline.generate(request, on_progress=on_progress, cancel=cancel)
+    assert pipeline.placement.location == {"text_encoder": "cpu", "dit": "cpu", "vae": "cpu"}
+    assert [(m.component, m.to) for m in pipeline.placement.moves][-2:] == [("dit", "device"), ("dit", "cpu")]
+
+
+def test_vae_tile_sizes_are_applied_on_the_vaes_own() -> None:
+    bundle = _bundle()
+    own = bundle.vae.config.tiling()
+    tiles = VAETileSizes(sample_frames=4, overlap=0.0)
+    pipeline = VideoPipeline(bundle, PipelineOptions(vae_tiling=tiles))
+    assert pipeline.vae_tiling == VAETiling(sample_size=own.sample_size, sample_frames=4, overlap=0.0)
+    assert VideoPipeline(_bundle(), PipelineOptions()).vae_tiling == own
+    decoded: list[int] = []
+    request = GenerationRequest(prompt=PROMPT, width=32, height=32, num_frames=9, steps=2, seed=1)
+    video = read_mp4(
+        pipeline.generate(
+            request, on_progress=lambda e: decoded.append(e.step) if e.stage == "decode" else None
+        ).mp4
+    )
+    assert decoded == [5, 9]  # two time tiles; the VAE's own 64-frame tiles decode it in one
+    # The same tiles given whole: the same video, to the byte.
+    given_whole = VideoPipeline(_bundle(), PipelineOptions(vae_tiling=pipeline.vae_tiling)).generate(request)
+    assert read_mp4(given_whole.mp4).tobytes() == video.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"text_encoder": "gpu"}, "text encoder placement must be one of device, offload, cpu, got 'gpu'"),
+        ({"attention_backend": "cudnn"}, "unknown attention backend 'cudnn'; choose one of auto, fa3, fa2"),
+        ({"vae_tiling": VAETileSizes(sample_size=100)}, "must be a positive multiple of 8, got 100"),
+    ],
+)
+def test_invalid_memory_options_are_refused_at_load(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        VideoPipeline(_bundle(), PipelineOptions(**options))
+
+
+def test_an_attention_backend_that_cannot_run_here_is_refused_with_the_installed_ones(
+    attention_backend_reset: None,
+) -> None:
+    with pytest.raises(
+        ValueError, match=r"attention backend 'fa2' cannot run here: .*\(installed here: .*sdpa\)"
+    ):
+        VideoPipeline(_bundle(), PipelineOptions(attention_backend="flash"))  # on the CPU: never
+    assert get_attention_backend() is None  # the refused choice was not applied
+
+
+def test_warm_up_runs_one_step_at_the_serving_size_per_prompt_length(pipeline: VideoPipeline) -> None:
+    shapes: list[tuple[int, ...]] = []
+    texts: list[int] = []
+
+    def record(module, args) -> None:
+        shapes.append(tuple(args[0].shape))
+        texts.append(int(args[3].sum()))  # the prompt's tokens
+
+    hooks = [
+        pipeline.dit.register_forward_pre_hook(record),
+        pipeline.vae.decoder.register_forward_pre_hook(lambda m, a: shapes.append(("decoded",))),
+    ]
+    try:
+        seconds = pipeline.warm_up()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    plan = pipeline.plan(GenerationRequest(prompt=PROMPT))  # the model's default size
+    assert shapes == [(1, 16, plan.latent_frames, plan.height // 8, plan.width // 8)] * 2  # not decoded
+    assert texts[0] < texts[1]  # two prompt lengths
+    assert seconds > 0
+
+
+@pytest.mark.slow
+def test_after_warm_up_the_first_job_compiles_nothing_new() -> None:
+    """The compiler's graphs counted before and after the first job (dynamo's eager backend: its
+    guards and recompilations are torch.compile's, without inductor's minutes of code generation)."""
+    from torch._dynamo.utils import counters
+
+    pipeline = VideoPipeline(init_random_bundle("tiny"), PipelineOptions())
+    for block in blocks(pipeline.dit):
+        block.compile(backend="eager")
+    torch._dynamo.reset()
+    pipeline.warm_up()
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    pipeline.generate(GenerationRequest(prompt="a green square jumping over a small blue ball", steps=2))
+    assert counters["stats"]["unique_graphs"] == graphs
 
 
 def test_random_bundles_are_reproducible_in_any_dtype() -> None:

@@ -183,7 +183,7 @@ def generate_batch(
             pin_first_frame(latents, image_cond)
         vae_device = next(vae.parameters()).device
         z = from_dit_latents(latents.float(), vae.config).to(vae_device, dtype)
-        video = vae.decode(z, tiled=None, tiling=pipeline.options.vae_tiling)
+        video = vae.decode(z, tiled=None, tiling=pipeline.vae_tiling)
         return [video_to_uint8(v) for v in video.float()]
 
 
