@@ -359,11 +359,29 @@ def serve(
     redis_url: Annotated[
         str | None, typer.Option(help="Use this Redis instead of starting one (HYV_REDIS_URL).")
     ] = None,
+    sp: Annotated[
+        int | None,
+        typer.Option(
+            help="Devices per worker: each worker is a sequence-parallel group of N processes "
+            "(HYV_SP_DEGREE; see `hyv worker --help`)."
+        ),
+    ] = None,
+    sp_mode: Annotated[
+        str | None, typer.Option(help="ulysses, ring or usp (HYV_SP_MODE; default usp).")
+    ] = None,
 ) -> None:
     """Serve the video API: starts Redis (unless HYV_REDIS_URL), the workers and the API together."""
     from hyv.service.launcher import serve as run_serve
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, weights=weights, redis_url=redis_url)
+    settings = _settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        weights=weights,
+        redis_url=redis_url,
+        sp_degree=sp,
+        sp_mode=sp_mode,
+    )
     settings = _named_after_the_model(settings)
     if workers < 0 or (workers == 0 and not settings.redis_url):
         raise typer.BadParameter(f"--workers must be >= 1 (or 0 with HYV_REDIS_URL), got {workers}")
@@ -379,6 +397,20 @@ def worker(
     data_dir: Annotated[Path | None, typer.Option(help="Shared storage folder (HYV_DATA_DIR).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (HYV_DEVICE).")] = None,
     name: Annotated[str, typer.Option(help="Worker name (Celery hostname prefix).")] = "worker",
+    sp: Annotated[
+        int | None,
+        typer.Option(
+            help="Devices this worker owns (1, 2, 4, 8): a sequence-parallel group of one process "
+            "per device, cuda:0..N-1 of CUDA_VISIBLE_DEVICES (HYV_SP_DEGREE)."
+        ),
+    ] = None,
+    sp_mode: Annotated[
+        str | None,
+        typer.Option(help="ulysses (heads split), ring, or usp: ulysses inside, ring across (HYV_SP_MODE)."),
+    ] = None,
+    ulysses_degree: Annotated[
+        int | None, typer.Option(help="usp's ulysses degree (HYV_SP_ULYSSES_DEGREE; default: widest).")
+    ] = None,
     text_encoder_placement: Annotated[
         str | None, typer.Option(help=f"{TEXT_ENCODER_PLACEMENT_HELP} (HYV_TEXT_ENCODER_PLACEMENT)")
     ] = None,
@@ -421,6 +453,9 @@ def worker(
         weights=weights,
         data_dir=data_dir,
         device=device,
+        sp_degree=sp,
+        sp_mode=sp_mode,
+        sp_ulysses_degree=ulysses_degree,
         text_encoder_placement=text_encoder_placement,
         model_offload=model_offload,
         offload_blocks=offload_blocks,
@@ -433,4 +468,11 @@ def worker(
     if not settings.redis_url:
         raise typer.BadParameter("hyv worker needs --redis-url or HYV_REDIS_URL")
     settings = _named_after_the_model(settings)
+    if settings.sp_degree > 1:
+        from hyv.service.worker_group import check_layout
+
+        try:
+            check_layout(settings)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
     run_worker(settings, name)

@@ -65,6 +65,8 @@ def main() -> int:
         pipeline = load_pipeline(settings, rank=rank)
         layout = group_layout(settings, pipeline.dit.config.num_heads)
         parallelize(pipeline, layout, timedelta(seconds=settings.sp_timeout_seconds))
+        if settings.compile_dit:  # the same warm-up as rank 0's (its collectives included)
+            pipeline.warm_up()
         agree = StopAgreement(device)
         connection.send({"op": "ready", "rank": rank, "pid": os.getpid()})
         run_jobs(connection, pipeline, agree)

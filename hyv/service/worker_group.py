@@ -155,6 +155,8 @@ class WorkerGroup:
         self.pipeline = load_pipeline(self.settings, rank=0)
         self.layout = group_layout(self.settings, self.pipeline.dit.config.num_heads)
         parallelize(self.pipeline, self.layout, self.timeout)
+        if self.settings.compile_dit:  # every rank compiles its blocks now, not in the first job
+            self.pipeline.warm_up()
         self._stop_agreement = StopAgreement(device)
         for message in self._receive_all("ready", timeout):
             logger.info("group rank ready", extra={"rank": message["rank"], "pid": message["pid"]})
