@@ -16,7 +16,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-COMPOSE_FILES = [ROOT / "docker-compose.yml", DEPLOY / "compose" / "multi-gpu.yml"]
+COMPOSE_FILES = [
+    ROOT / "docker-compose.yml",
+    DEPLOY / "compose" / "multi-gpu.yml",
+    DEPLOY / "compose" / "gpu-per-worker.yml",
+]
 
 # Environment variables that our containers may set although no HYV_ setting reads them, and why.
 STANDARD_ENV = {

@@ -1,5 +1,7 @@
-"""docker-compose.yml, deploy/compose/multi-gpu.yml, .env.example, the Dockerfile and .dockerignore,
-checked against the code (there is no Docker engine here: the files are parsed)."""
+"""docker-compose.yml, deploy/compose/multi-gpu.yml (one worker group on all GPUs),
+deploy/compose/gpu-per-worker.yml (one worker per GPU), .env.example, the Dockerfile and
+.dockerignore, checked against the code (there is no Docker engine here: the files are parsed, and
+the overlay files merged onto the main one as compose merges them)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.common import (
     COMPOSE_FILES,
@@ -37,6 +40,14 @@ from tests.deploy.common import (
 TEST_ENV = {"REDIS_PASSWORD": "test-password", "HYV_API_KEYS": "test-key"}
 OUR_SERVICES = ("api", "worker", "worker-cpu")
 WORKERS = ("worker", "worker-cpu")
+GROUP_FILE = DEPLOY / "compose" / "multi-gpu.yml"
+PER_GPU_FILE = DEPLOY / "compose" / "gpu-per-worker.yml"
+# The GPU layouts on a box: (-f overlay or None, the GPUs each GPU worker service reserves).
+GPU_LAYOUTS: list[tuple[Path | None, dict[str, list[str]]]] = [
+    (None, {"worker": ["0"]}),
+    (GROUP_FILE, {"worker": ["0", "1", "2", "3"]}),
+    (PER_GPU_FILE, {"worker": ["0"], "worker-gpu1": ["1"], "worker-gpu2": ["2"], "worker-gpu3": ["3"]}),
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +62,107 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def multi_gpu() -> dict[str, dict[str, Any]]:
-    return load_yaml(DEPLOY / "compose" / "multi-gpu.yml")["services"]
+    return load_yaml(GROUP_FILE)["services"]
+
+
+@pytest.fixture(scope="module")
+def per_gpu() -> dict[str, dict[str, Any]]:
+    return load_yaml(PER_GPU_FILE)["services"]
+
+
+# --- compose's merge of an overlay file (-f) onto the main file ---------------------------------
+
+
+class Tagged:
+    """A value tagged `!override` (replaces the base value) or `!reset` (removes it)."""
+
+    def __init__(self, tag: str, value: Any) -> None:
+        self.tag, self.value = tag, value
+
+
+class _TagKeepingLoader(yaml.SafeLoader):
+    pass
+
+
+def _keep_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
+    if isinstance(node, yaml.MappingNode):
+        return Tagged("!" + suffix, loader.construct_mapping(node, deep=True))
+    if isinstance(node, yaml.SequenceNode):
+        return Tagged("!" + suffix, loader.construct_sequence(node, deep=True))
+    return Tagged("!" + suffix, loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+_TagKeepingLoader.add_multi_constructor("!", _keep_tag)
+
+# Sequences compose replaces instead of appending to (its merge rules: "shell commands").
+REPLACED_SEQUENCES = {"command", "entrypoint", "test"}
+
+
+def untagged(value: Any) -> Any:
+    if isinstance(value, Tagged):
+        return untagged(value.value)
+    if isinstance(value, dict):
+        return {k: untagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [untagged(v) for v in value]
+    return value
+
+
+def merge(base: Any, override: Any, key: str = "") -> Any:
+    """Compose's merge: mappings merged key by key, sequences appended (shell commands replaced),
+    scalars replaced, `!override` replaces whatever was there."""
+    if isinstance(override, Tagged):
+        assert override.tag == "!override", override.tag
+        return untagged(override.value)
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for k, v in override.items():
+            if isinstance(v, Tagged) and v.tag == "!reset":
+                merged.pop(k, None)
+            else:
+                merged[k] = merge(base[k], v, k) if k in base else untagged(v)
+        return merged
+    if isinstance(base, list) and isinstance(override, list) and key not in REPLACED_SEQUENCES:
+        return base + [v for v in untagged(override) if v not in base]
+    return untagged(override)
+
+
+def services_with(overlay: Path | None) -> dict[str, dict[str, Any]]:
+    """The services `docker compose -f docker-compose.yml [-f overlay]` runs (extends resolved)."""
+    services = load_yaml(ROOT / "docker-compose.yml")["services"]
+    if overlay is None:
+        return dict(services)
+    merged = dict(services)
+    for name, service in yaml.load(overlay.read_text(), Loader=_TagKeepingLoader)["services"].items():
+        if "extends" in service:
+            extends = untagged(service["extends"])
+            assert extends["file"] == "docker-compose.yml", (name, extends)
+            base = services[extends["service"]]
+            service = {k: v for k, v in service.items() if k != "extends"}
+        else:
+            assert name in services, f"{overlay.name}: {name} overrides no service of the main file"
+            base = services[name]
+        merged[name] = merge(base, service)
+    return merged
+
+
+def gpu_ids(service: dict[str, Any]) -> list[str]:
+    """The GPUs a service reserves (one nvidia device request with explicit ids), [] for none."""
+    devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices")
+    if not devices:
+        return []
+    (device,) = devices  # a second request would be a second, unchecked set of GPUs
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], device
+    assert "count" not in device, "replicas of one service would all get the same GPU"
+    return [str(gpu) for gpu in interpolate(device["device_ids"], TEST_ENV)]
+
+
+def seconds(duration: str) -> float:
+    """A compose duration (`15m`, `1h30m`, `90s`) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
 
 
 def resolved_env(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
@@ -75,12 +186,11 @@ def test_services_and_profiles(services: dict[str, dict[str, Any]]) -> None:
         assert uses_our_image(services[name]), name
 
 
-def test_every_environment_variable_is_read_by_the_code(
-    services: dict[str, dict[str, Any]], multi_gpu: dict[str, dict[str, Any]]
-) -> None:
+@pytest.mark.parametrize("overlay", [None, GROUP_FILE, PER_GPU_FILE], ids=["main", "group", "per-gpu"])
+def test_every_environment_variable_is_read_by_the_code(overlay: Path | None) -> None:
     allowed = allowed_env_names()
-    for name, service in {**services, **multi_gpu}.items():
-        if not uses_our_image(service) and "extends" not in service:
+    for name, service in services_with(overlay).items():
+        if not uses_our_image(service):
             continue
         unknown = set(service.get("environment") or {}) - allowed
         assert not unknown, f"{name} sets {sorted(unknown)}: no setting or code reads them"
@@ -141,20 +251,22 @@ def test_env_example_documents_every_compose_variable() -> None:
             assert active, f"{name} is required: .env.example must list it uncommented"
 
 
-def test_commands_exist(services: dict[str, dict[str, Any]], multi_gpu: dict[str, dict[str, Any]]) -> None:
+def test_commands_exist(services: dict[str, dict[str, Any]]) -> None:
     api = [str(a) for a in services["api"]["command"]]
     (serve,) = check_command(api)
     params = check_hyv_command(serve)
     assert params["workers"] == 0, "the API container runs no worker of its own"
-    names = set()
-    for name, service in {**services, **multi_gpu}.items():
-        if name.startswith("worker"):
+    for name in OUR_SERVICES:
+        check_command(services[name]["healthcheck"]["test"][1:])
+    for overlay in (None, GROUP_FILE, PER_GPU_FILE):
+        workers = {name: s for name, s in services_with(overlay).items() if name.startswith("worker")}
+        names = set()
+        for name, service in workers.items():
             (inner,) = check_command(service["command"])
             assert inner[:2] == ["hyv", "worker"], name
             names.add(check_hyv_command(inner)["name"])
-    assert len(names) == 2 + len(multi_gpu), "every worker service has its own name"
-    for name in OUR_SERVICES:
-        check_command(services[name]["healthcheck"]["test"][1:])
+            check_command(service["healthcheck"]["test"][1:])
+        assert len(names) == len(workers), f"{overlay}: every worker service has its own name"
 
 
 def test_ports_agree(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -184,22 +296,89 @@ def test_ports_agree(compose: dict[str, Any], services: dict[str, dict[str, Any]
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
 
 
-def test_gpu_reservation(services: dict[str, dict[str, Any]], multi_gpu: dict[str, dict[str, Any]]) -> None:
-    seen: set[str] = set()
-    for name, service in {"worker": services["worker"], **multi_gpu}.items():
-        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
-        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"], name
-        assert "count" not in device, "replicas of one service would all get the same GPU"
-        (gpu,) = interpolate(device["device_ids"], TEST_ENV)
-        assert gpu not in seen, f"{name} reserves GPU {gpu} twice"
-        seen.add(gpu)
-        if name != "worker":
-            assert service["extends"] == {"file": "docker-compose.yml", "service": "worker"}
-            assert (ROOT / service["extends"]["file"]).is_file()
-    assert seen == {"0", "1", "2", "3"}
-    assert "deploy" not in services["worker-cpu"], "the cpu profile must not need a GPU"
-    for name in ("api", "redis", "prometheus", "grafana"):
-        assert "deploy" not in services[name], name
+@pytest.mark.parametrize(("overlay", "expected"), GPU_LAYOUTS, ids=["main", "group", "per-gpu"])
+def test_gpu_reservation(overlay: Path | None, expected: dict[str, list[str]]) -> None:
+    """Each GPU of the box belongs to one worker service, and a worker owns as many devices
+    (HYV_SP_DEGREE, or `--sp` on its command) as it reserves GPUs."""
+    services = services_with(overlay)
+    reserved = {name: gpu_ids(service) for name, service in services.items() if gpu_ids(service)}
+    assert reserved == expected
+    seen = [gpu for gpus in reserved.values() for gpu in gpus]
+    assert len(seen) == len(set(seen)), f"a GPU is reserved twice: {reserved}"
+    for name, gpus in reserved.items():
+        settings = settings_from_env(resolved_env(services[name]))
+        (inner,) = check_command(services[name]["command"])
+        sp = check_hyv_command(inner)["sp"]
+        degree = sp if sp is not None else settings.sp_degree
+        assert degree == len(gpus), f"{name}: {len(gpus)} GPUs but a group of {degree} devices"
+        assert settings.device == "cuda", name
+    for name in ("worker-cpu", "api", "redis", "prometheus", "grafana"):
+        assert "deploy" not in services[name], f"{name} must not need a GPU"
+
+
+def test_overlay_files(multi_gpu: dict[str, dict[str, Any]], per_gpu: dict[str, dict[str, Any]]) -> None:
+    """The group file turns the main `worker` into the group (so no GPU worker is left beside it);
+    the per-GPU file adds workers extending the main `worker` (its settings, volumes, health check)."""
+    assert set(multi_gpu) == {"worker"}
+    assert "extends" not in multi_gpu["worker"]
+    for name, service in per_gpu.items():
+        assert name.startswith("worker-gpu"), name
+        assert service["extends"] == {"file": "docker-compose.yml", "service": "worker"}
+        assert (ROOT / service["extends"]["file"]).is_file()
+    for overlay in (GROUP_FILE, PER_GPU_FILE):
+        for name, service in services_with(overlay).items():
+            if name.startswith("worker"):
+                assert service["profiles"] == services_with(None)[name.split("-gpu")[0]]["profiles"]
+                assert "hyv-workers" in service["networks"]["default"]["aliases"], name
+
+
+def test_worker_group_layout_fits_the_models() -> None:
+    """The group's settings make a valid sequence-parallel layout (hyv worker checks it at start,
+    before any process starts) for the 13B's attention heads and the bundled model's, with the
+    file's defaults and with each mode .env may choose."""
+    from hyv.engine.parallel.groups import layout_for
+    from hyv.models.dit_config import dit_preset
+    from hyv.service.worker_group import check_layout
+
+    worker = services_with(GROUP_FILE)["worker"]
+    heads_13b = dit_preset("hunyuan-video-13b").num_heads
+    assert heads_13b == 24
+    for mode in (None, "usp", "ulysses", "ring"):
+        env = resolved_env(worker, {"HYV_SP_MODE": mode} if mode else {})
+        settings = settings_from_env(env)
+        assert settings.sp_degree == len(gpu_ids(worker)) >= 2
+        layout = layout_for(settings.sp_mode, settings.sp_degree, heads_13b, settings.sp_ulysses_degree)
+        assert layout.world_size == settings.sp_degree
+        if settings.sp_mode != "ring":
+            assert layout.ulysses_degree == settings.sp_degree, "24 heads split over 4 GPUs: ulysses only"
+        if mode in (None, "usp", "ring"):  # ulysses needs the degree to divide the heads (2 here)
+            bundled = check_layout(settings.model_copy(update={"weights": ROOT / "weights" / "hyv-small"}))
+            assert bundled.world_size == settings.sp_degree
+    # The file's comment: any of 2, 4, 8 GPUs works for 13B under the default usp and plain ulysses.
+    for degree in (2, 4, 8):
+        for mode in ("usp", "ulysses"):
+            assert layout_for(mode, degree, heads_13b).world_size == degree
+    with pytest.raises(ValueError, match="ulysses degree"):  # the check can fail: 3 does not divide 2
+        check_layout(
+            settings_from_env(
+                {**resolved_env(worker), "HYV_SP_DEGREE": "3", "HYV_SP_MODE": "ulysses"}
+            ).model_copy(update={"weights": ROOT / "weights" / "hyv-small"})
+        )
+
+
+def test_worker_group_has_shared_memory_and_drains_its_job(services: dict[str, dict[str, Any]]) -> None:
+    """NCCL moves data between a box's GPUs through /dev/shm (Docker's default: 64 MB); a stopping
+    group finishes its job first, which is at least as long a wait as a one-GPU worker's."""
+    group = services_with(GROUP_FILE)["worker"]
+    assert group.get("ipc") == "host" or str(group.get("shm_size", "")).endswith(("g", "gb")), (
+        "NCCL needs shared memory: ipc: host or a shm_size of some GB"
+    )
+    for name, service in services_with(PER_GPU_FILE).items():
+        if name.startswith("worker"):
+            assert "ipc" not in service and "shm_size" not in service, f"{name} is no group"
+    grace = seconds(interpolate(group["stop_grace_period"], TEST_ENV))
+    assert grace >= seconds(interpolate(services["worker"]["stop_grace_period"], TEST_ENV))
+    assert grace >= 1800
 
 
 def test_redis_persistence_and_noeviction(services: dict[str, dict[str, Any]]) -> None:
@@ -289,6 +468,7 @@ def _docker_compose() -> list[str] | None:
         (["docker-compose.yml"], "gpu"),
         (["docker-compose.yml"], "cpu"),
         (["docker-compose.yml", "deploy/compose/multi-gpu.yml"], "gpu"),
+        (["docker-compose.yml", "deploy/compose/gpu-per-worker.yml"], "gpu"),
     ],
 )
 def test_docker_compose_config_accepts_the_files(files: list[str], profile: str) -> None:

@@ -1,16 +1,24 @@
 """deploy/k8s/*.yaml, parsed and checked against the code and against each other: environment,
 commands, ports and selectors, the GPU limit, Redis persistence, shared storage, the
-ServiceMonitors, the PrometheusRule (= deploy/prometheus/alerts.yml) and KEDA's queue name."""
+ServiceMonitors, the PrometheusRule (= deploy/prometheus/alerts.yml), KEDA's queue name, and the
+worker-group component (one pod per N-GPU sequence-parallel group), applied to the base as kustomize
+applies it."""
 
 from __future__ import annotations
 
+import copy
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.deploy.common import (
     DEPLOY,
+    ROOT,
     allowed_env_names,
     check_command,
     check_hyv_command,
@@ -23,6 +31,7 @@ from tests.deploy.common import (
 
 K8S = DEPLOY / "k8s"
 IMAGE = "hyvideo-serve"
+GROUP = K8S / "worker-group"
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +155,7 @@ def test_worker_gets_a_gpu_and_the_api_none(objects: dict[tuple[str, str], dict[
     worker = container(objects, "hyv-worker")
     assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) == 1
     assert container_env(objects, worker)["HYV_DEVICE"] == "cuda"
+    assert container_env(objects, worker)["HYV_SP_DEGREE"] == "1", "one GPU, one device per worker"
     api = container(objects, "hyv-api")
     assert "nvidia.com/gpu" not in str(api.get("resources"))
     spec = workloads(objects)["hyv-worker"]["spec"]
@@ -287,3 +297,195 @@ def test_kustomize_builds(tmp_path: Any, secrets: dict[str, str]) -> None:
         "ScaledObject",
         "ServiceMonitor",
     } <= kinds
+
+
+# --- the worker-group component -------------------------------------------------------------------
+
+
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """Kubernetes' strategic merge as it applies to the patches here: mappings merged key by key,
+    lists of named items (containers, env, volumes, volumeMounts) merged by name, other lists and
+    scalars replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    named = isinstance(base, list) and isinstance(patch, list)
+    if named and all(isinstance(item, dict) and "name" in item for item in [*base, *patch]):
+        merged_list = [copy.deepcopy(item) for item in base]
+        index = {item["name"]: i for i, item in enumerate(merged_list)}
+        for item in patch:
+            if item["name"] in index:
+                merged_list[index[item["name"]]] = strategic_merge(merged_list[index[item["name"]]], item)
+            else:
+                merged_list.append(copy.deepcopy(item))
+        return merged_list
+    return copy.deepcopy(patch)
+
+
+def json_patch(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 `replace` operations (the only kind the component uses)."""
+    doc = copy.deepcopy(doc)
+    for operation in operations:
+        assert operation["op"] == "replace", operation
+        *parents, last = operation["path"].strip("/").split("/")
+        target = doc
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        assert last in target, f"{operation['path']}: nothing to replace"
+        target[last] = operation["value"]
+    return doc
+
+
+def with_worker_group(
+    objects: dict[tuple[str, str], dict[str, Any]],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The objects with the component's patches applied."""
+    component = load_yaml(GROUP / "kustomization.yaml")
+    assert (component["apiVersion"], component["kind"]) == ("kustomize.config.k8s.io/v1alpha1", "Component")
+    patched = dict(objects)
+    for patch in component["patches"]:
+        if "path" in patch:
+            (doc,) = load_yaml_all(GROUP / patch["path"])
+            key = (doc["kind"], doc["metadata"]["name"])
+            assert key in objects, f"{patch['path']} patches {key}, which the base does not have"
+            patched[key] = strategic_merge(objects[key], doc)
+        else:
+            key = (patch["target"]["kind"], patch["target"]["name"])
+            assert key in objects, f"a patch targets {key}, which the base does not have"
+            patched[key] = json_patch(patched[key], yaml.safe_load(patch["patch"]))
+    return patched
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes quantity (16Gi, 512Mi, 1G) in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?)?", str(quantity))
+    assert match, quantity
+    units = {
+        None: 1,
+        "K": 1e3,
+        "M": 1e6,
+        "G": 1e9,
+        "T": 1e12,
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+    }
+    return float(match.group(1)) * units[match.group(2)]
+
+
+def by_name(value: Any) -> Any:
+    """Lists of named items as {name: item}, all the way down."""
+    if isinstance(value, dict):
+        return {k: by_name(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if value and all(isinstance(item, dict) and "name" in item for item in value):
+            return {item["name"]: by_name(item) for item in value}
+        return [by_name(item) for item in value]
+    return value
+
+
+def enable_worker_group(kustomization_text: str) -> str:
+    """kustomization.yaml with its commented `components: [worker-group]` lines uncommented, as the
+    docs tell the operator to do."""
+    enabled, count = re.subn(
+        r"^# (components:)\n# ( +- worker-group)$", r"\1\n\2", kustomization_text, flags=re.M
+    )
+    assert count == 1, "kustomization.yaml has no commented-out `components: - worker-group` to enable"
+    return enabled
+
+
+def test_worker_group_component_is_offered(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    assert "components" not in kustomization, "one GPU per pod by default"
+    enabled = yaml.safe_load(enable_worker_group((K8S / "kustomization.yaml").read_text()))
+    assert enabled["components"] == [GROUP.name] and (GROUP / "kustomization.yaml").is_file()
+    assert set(enabled["resources"]) == set(kustomization["resources"])
+    group = with_worker_group(objects)
+    changed = {key for key in objects if group[key] != objects[key]}
+    assert changed == {("Deployment", "hyv-worker"), ("ScaledObject", "hyv-worker")}
+
+
+def test_worker_group_pod(objects: dict[tuple[str, str], dict[str, Any]], secrets: dict[str, str]) -> None:
+    """One pod = one group: as many GPUs as HYV_SP_DEGREE, a layout that fits the 13B's heads and
+    the bundled model's, shared memory for NCCL, time to finish a job when stopped."""
+    from hyv.engine.parallel.groups import layout_for
+    from hyv.models.dit_config import dit_preset
+    from hyv.service.worker_group import check_layout
+
+    group = with_worker_group(objects)
+    worker = container(group, "hyv-worker")
+    assert worker["command"] == container(objects, "hyv-worker")["command"]
+    (inner,) = check_command(worker["command"])
+    assert check_hyv_command(inner)["sp"] is None, "the degree comes from HYV_SP_DEGREE alone"
+    env = container_env(group, worker)
+    values = {
+        k: (expand(v, env, secrets) if v is not None else secrets[k])
+        for k, v in env.items()
+        if k in secrets or v
+    }
+    settings = settings_from_env(values)
+    gpus = int(worker["resources"]["limits"]["nvidia.com/gpu"])
+    assert settings.sp_degree == gpus >= 2, f"{gpus} GPUs but HYV_SP_DEGREE={settings.sp_degree}"
+    assert settings.device == "cuda"
+    layout = layout_for(
+        settings.sp_mode, gpus, dit_preset("hunyuan-video-13b").num_heads, settings.sp_ulysses_degree
+    )
+    assert layout.world_size == gpus
+    bundled = check_layout(settings.model_copy(update={"weights": ROOT / "weights" / "hyv-small"}))
+    assert bundled.world_size == gpus
+
+    resources = worker["resources"]
+    assert quantity_bytes(resources["requests"]["memory"]) <= quantity_bytes(resources["limits"]["memory"])
+    assert quantity_bytes(resources["limits"]["memory"]) >= quantity_bytes(
+        container(objects, "hyv-worker")["resources"]["limits"]["memory"]
+    ), "N ranks each load the pipeline: no less host memory than one worker"
+    pod = workloads(group)["hyv-worker"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(volumes) == {m["name"] for m in worker["volumeMounts"]}, "a volume nothing mounts"
+    (shm,) = [m for m in worker["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory", "NCCL needs a RAM-backed /dev/shm"
+    assert quantity_bytes(volumes[shm["name"]]["emptyDir"]["sizeLimit"]) >= 2**30
+    base_pod = workloads(objects)["hyv-worker"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= max(1800, base_pod["terminationGracePeriodSeconds"]), (
+        "a stopping group finishes its (big) job"
+    )
+    assert workloads(group)["hyv-worker"]["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+
+
+def test_worker_group_autoscaling_keeps_the_gpu_count(objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """KEDA counts pods: with N GPUs a pod, the most pods shrink N-fold for the same GPUs."""
+    group = with_worker_group(objects)
+    gpus = int(container(group, "hyv-worker")["resources"]["limits"]["nvidia.com/gpu"])
+    base_max = of_kind(objects, "ScaledObject")["hyv-worker"]["spec"]["maxReplicaCount"]
+    scaled = of_kind(group, "ScaledObject")["hyv-worker"]["spec"]
+    assert scaled["maxReplicaCount"] * gpus == base_max * 1
+    assert 1 <= scaled["minReplicaCount"] <= scaled["maxReplicaCount"]
+
+
+def test_kustomize_builds_with_the_worker_group(
+    tmp_path: Path, secrets: dict[str, str], objects: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """`kubectl kustomize` with the component enabled as the docs say renders the same worker as the
+    patches applied here (so the checks above hold for what kubectl applies)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (the component is still applied by the tests above)")
+    copy_dir = tmp_path / "k8s"
+    shutil.copytree(K8S, copy_dir)
+    (copy_dir / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in secrets.items()))
+    kustomization = copy_dir / "kustomization.yaml"
+    kustomization.write_text(enable_worker_group(kustomization.read_text()))
+    result = subprocess.run(
+        [kubectl, "kustomize", str(copy_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+    expected = with_worker_group(objects)
+    for key in (("Deployment", "hyv-worker"), ("ScaledObject", "hyv-worker")):
+        # kustomize moves patched list items to the front: compare named items by name
+        assert by_name(rendered[key]["spec"]) == by_name(expected[key]["spec"]), key
+    env = [item["name"] for item in container(rendered, "hyv-worker")["env"]]
+    assert env.index("REDIS_PASSWORD") < env.index("HYV_REDIS_URL"), "$(REDIS_PASSWORD) expands"
