@@ -387,6 +387,27 @@ MEMORY_OPTIONS: dict[str, str] = {
 }
 
 
+# The settings of each option, for the "which combination fits" table.
+OPTION_SETTINGS: dict[str, str] = {
+    "none": "the defaults",
+    "text_encoder_offload": "`HYV_TEXT_ENCODER_PLACEMENT=cpu`",
+    "model_offload": "`HYV_MODEL_OFFLOAD=true`",
+    "fp8_weights": "`HYV_MODEL_OFFLOAD=true` + `HYV_DIT_DTYPE=fp8`",
+    "block_offload": "`HYV_MODEL_OFFLOAD=true` + `HYV_OFFLOAD_BLOCKS=true`",
+}
+GPU_MEMORY_GB = (80, 48, 40, 24)  # the cards a sizing question is usually about
+CONTEXT_HEADROOM_BYTES = 2 * 10**9  # CUDA context, cuBLAS/NCCL workspaces, fragmentation: not counted
+
+
+def first_fit(report: SizingReport, trace: StepTrace, gpu_gb: int) -> str | None:
+    """The first memory option (fastest first: each one after the other moves more weights per
+    step or job) whose denoising memory plus CONTEXT_HEADROOM_BYTES fits a `gpu_gb` card."""
+    for option in MEMORY_OPTIONS:
+        if report.gpu_bytes(trace, option) + CONTEXT_HEADROOM_BYTES <= gpu_gb * 10**9:
+            return option
+    return None
+
+
 def resident_weights(w: WeightBytes, option: str) -> int:
     """Weight bytes on the GPU while the DiT runs. Block offload: the blocks visit the GPU one at
     a time (hyv/engine/offload.py), so the largest block plus everything outside the blocks."""
@@ -489,6 +510,21 @@ def sizing_markdown(report: SizingReport) -> str:
             f"| {t.height} x {t.width} x {t.frames} | {t.sp_degree} | {t.flops / 1e12:,.0f} "
             f"| {_gb(t.activation_peak_bytes)} | " + " | ".join(cells) + " |"
         )
+    lines += [
+        "",
+        "Which combination fits which card: the first option, fastest first, whose denoising memory "
+        f"above plus {CONTEXT_HEADROOM_BYTES / GB:.0f} GB of headroom (CUDA context, workspaces) fits.",
+        "",
+        "| video | SP degree | " + " | ".join(f"{gb} GB" for gb in GPU_MEMORY_GB) + " |",
+        "| --- | ---: |" + " --- |" * len(GPU_MEMORY_GB),
+    ]
+    for t in sorted(report.traces, key=lambda t: (-t.video_tokens, t.frames, t.sp_degree)):
+        if not any(u.sp_degree > 1 and (u.height, u.width, u.frames) == (t.height, t.width, t.frames)
+                   for u in report.traces):  # fmt: skip
+            continue
+        fits = [first_fit(report, t, gb) for gb in GPU_MEMORY_GB]
+        cells = [OPTION_SETTINGS[option] if option else "does not fit" for option in fits]
+        lines.append(f"| {t.height} x {t.width} x {t.frames} | {t.sp_degree} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Weights (bf16): DiT {_gb(w.dit)} GB ({w.dit_params / 1e9:.2f}B parameters; {_gb(w.dit_fp8)} GB "

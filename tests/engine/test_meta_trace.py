@@ -133,3 +133,17 @@ def test_sequence_parallel_traces(report: SizingReport) -> None:
     w = report.weights
     assert w.dit == 2 * build_meta_dit().num_parameters() == 2 * 12_821_012_544
     assert w.dit_fp8 < 0.52 * w.dit  # the blocks' linears are ~97% of the weights
+
+
+@pytest.mark.slow
+def test_first_fit_picks_the_fastest_option_that_fits(report: SizingReport) -> None:
+    t = report.trace(720, 1280, 129)
+    headroom = meta_trace.CONTEXT_HEADROOM_BYTES
+    assert meta_trace.first_fit(report, t, 80) == "none"
+    for gb in meta_trace.GPU_MEMORY_GB:
+        option = meta_trace.first_fit(report, t, gb)
+        assert option is not None, gb
+        assert report.gpu_bytes(t, option) + headroom <= gb * 10**9
+        faster = list(meta_trace.MEMORY_OPTIONS)[: list(meta_trace.MEMORY_OPTIONS).index(option)]
+        assert all(report.gpu_bytes(t, o) + headroom > gb * 10**9 for o in faster)
+    assert meta_trace.first_fit(report, t, 4) is None  # nothing fits a 4 GB card
