@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -385,6 +386,13 @@ def serve(
     settings = _named_after_the_model(settings)
     if workers < 0 or (workers == 0 and not settings.redis_url):
         raise typer.BadParameter(f"--workers must be >= 1 (or 0 with HYV_REDIS_URL), got {workers}")
+    if settings.device != "cpu":
+        from hyv.service.launcher import worker_gpus
+
+        try:  # several workers split this machine's GPUs: enough of them?
+            worker_gpus(0, workers, settings.sp_degree, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
     run_serve(settings, workers)
 
 

@@ -265,8 +265,18 @@ def single_machine(settings: Settings, workers: int = 1) -> Iterator[Settings]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for index in range(workers):
+            visible = None
+            if settings.device != "cpu":  # cuda or unset (cuda when there is one)
+                visible = worker_gpus(
+                    index, workers, settings.sp_degree, os.environ.get("CUDA_VISIBLE_DEVICES")
+                )
             processes.append(
-                start_worker(settings, f"worker{index + 1}", log_path=settings.data_dir / "worker.log")
+                start_worker(
+                    settings,
+                    f"worker{index + 1}",
+                    log_path=settings.data_dir / "worker.log",
+                    extra_env=None if visible is None else {"CUDA_VISIBLE_DEVICES": visible},
+                )
             )
         yield settings
     finally:
@@ -274,6 +284,24 @@ def single_machine(settings: Settings, workers: int = 1) -> Iterator[Settings]:
             stop_worker(process)
         if redis_server is not None:
             redis_server.stop()
+
+
+def worker_gpus(index: int, workers: int, sp_degree: int, visible: str | None) -> str | None:
+    """CUDA_VISIBLE_DEVICES of worker `index` when one machine runs several: its own `sp_degree`
+    GPUs (a worker, or a worker group, uses cuda:0..sp_degree-1 of what it sees), taken in order
+    from `visible` (this process's CUDA_VISIBLE_DEVICES) or from 0, 1, 2... None for a single
+    worker: it sees what this process sees. ValueError when `visible` lists too few GPUs."""
+    if workers == 1:
+        return None
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
+    if devices is None:
+        devices = [str(d) for d in range(workers * sp_degree)]
+    if len(devices) < workers * sp_degree:
+        raise ValueError(
+            f"{workers} workers of {sp_degree} GPUs each need {workers * sp_degree} GPUs; "
+            f"CUDA_VISIBLE_DEVICES lists {len(devices)}: {visible}"
+        )
+    return ",".join(devices[index * sp_degree : (index + 1) * sp_degree])
 
 
 def serve(settings: Settings, workers: int = 1) -> None:

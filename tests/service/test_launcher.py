@@ -15,7 +15,7 @@ import redis
 
 from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_store import JobStore
-from hyv.service.launcher import RedisServer, find_redis_server, free_port
+from hyv.service.launcher import RedisServer, find_redis_server, free_port, worker_gpus
 from hyv.service.settings import Settings
 from tests.service.conftest import MODEL, wait_until
 
@@ -143,3 +143,14 @@ def test_hyv_serve_runs_three_processes_stops_them_on_ctrl_c_and_keeps_jobs(
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
+
+
+def test_several_workers_on_one_machine_split_its_gpus() -> None:
+    assert worker_gpus(0, 1, 4, None) is None  # one worker sees what `hyv serve` sees
+    assert [worker_gpus(i, 2, 1, None) for i in range(2)] == ["0", "1"]
+    assert [worker_gpus(i, 2, 4, None) for i in range(2)] == ["0,1,2,3", "4,5,6,7"]
+    assert [worker_gpus(i, 2, 2, "3, 5,6,7") for i in range(2)] == ["3,5", "6,7"]
+    with pytest.raises(
+        ValueError, match=r"2 workers of 2 GPUs each need 4 GPUs; CUDA_VISIBLE_DEVICES lists 3"
+    ):
+        worker_gpus(0, 2, 2, "0,1,2")
