@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
