@@ -293,6 +293,8 @@ def worker_gpus(index: int, workers: int, sp_degree: int, visible: str | None) -
     worker: it sees what this process sees. ValueError when `visible` lists too few GPUs."""
     if workers == 1:
         return None
+    if visible is not None and not visible.strip():
+        return visible  # GPUs hidden on purpose: every worker runs without one
     devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
     if devices is None:
         devices = [str(d) for d in range(workers * sp_degree)]

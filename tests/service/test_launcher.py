@@ -150,6 +150,7 @@ def test_several_workers_on_one_machine_split_its_gpus() -> None:
     assert [worker_gpus(i, 2, 1, None) for i in range(2)] == ["0", "1"]
     assert [worker_gpus(i, 2, 4, None) for i in range(2)] == ["0,1,2,3", "4,5,6,7"]
     assert [worker_gpus(i, 2, 2, "3, 5,6,7") for i in range(2)] == ["3,5", "6,7"]
+    assert worker_gpus(1, 2, 2, "") == ""  # hidden GPUs stay hidden
     with pytest.raises(
         ValueError, match=r"2 workers of 2 GPUs each need 4 GPUs; CUDA_VISIBLE_DEVICES lists 3"
     ):
