@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import pkgutil
 import signal
@@ -114,6 +115,18 @@ def test_generate_with_the_defaults(tmp_path: Path) -> None:
     assert 5 < frames.mean() < 250, "a picture, not a blank frame"
 
 
+def test_generate_with_fp8_weights_and_memory_options(tmp_path: Path) -> None:
+    """The options a small GPU needs, from the installed package: the same video within FP8's error."""
+    hyv("generate", PROMPT, "--out", "plain.mp4", "--seed", "0", cwd=tmp_path)
+    options = ["--dit-dtype", "fp8", "--model-offload", "--text-encoder-placement", "cpu"]
+    hyv("generate", PROMPT, "--out", "fp8.mp4", "--seed", "0", *options, cwd=tmp_path)
+    plain = read_frames(tmp_path / "plain.mp4").astype(float)
+    fp8 = read_frames(tmp_path / "fp8.mp4").astype(float)
+    assert plain.shape == fp8.shape == (17, 64, 64, 3)
+    mse = float(((plain - fp8) ** 2).mean())
+    assert 10 * math.log10(255**2 / max(mse, 1e-12)) > 30.0, mse  # docs/models.md: ~37-40 dB measured
+
+
 # --- hyv serve + the OpenAI SDK --------------------------------------------------------------
 
 
@@ -176,6 +189,16 @@ def test_serve_one_job_with_the_sdk(serve: Any, tmp_path: Path) -> None:
     video = _one_job(base, tmp_path / "served.mp4", prompt=PROMPT, model="hyv-small", extra_body={"seed": 0})
     assert video.model == "hyv-small"
     assert read_frames(tmp_path / "served.mp4").shape == (17, 64, 64, 3)
+
+
+def test_serve_a_worker_group_with_the_sdk(serve: Any, tmp_path: Path) -> None:
+    """`hyv serve --sp 2`: the worker is two processes in one gloo group (the follower started as
+    `python -m hyv.service.group_follower` from the installed package)."""
+    base = serve("--sp", "2")
+    video = _one_job(base, tmp_path / "group.mp4", prompt=PROMPT, extra_body={"seed": 0})
+    assert video.model == "hyv-small"
+    frames = read_frames(tmp_path / "group.mp4")
+    assert frames.shape == (17, 64, 64, 3) and 5 < frames.mean() < 250
 
 
 # --- the official release, as downloaded -----------------------------------------------------
