@@ -27,6 +27,7 @@ from torch import nn
 
 from hyv.models.dit import HunyuanVideoDiT
 from hyv.models.dit_config import DiTConfig, dit_preset
+from hyv.models.dit_loading import diffusers_config
 
 logger = logging.getLogger(__name__)
 
@@ -69,33 +70,6 @@ def parse_size(text: str) -> VideoSize:
     return VideoSize(height, width, frames)
 
 
-def diffusers_kwargs(config: DiTConfig) -> dict[str, Any]:
-    """Constructor arguments of diffusers' HunyuanVideoTransformer3DModel for the same
-    architecture (the inverse of hyv.models.dit_loading.config_from_diffusers)."""
-    if config.patch_size[1] != config.patch_size[2]:
-        raise ValueError(f"diffusers needs a square spatial patch, got patch_size={config.patch_size}")
-    kwargs: dict[str, Any] = dict(
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        num_attention_heads=config.num_heads,
-        attention_head_dim=config.head_dim,
-        num_layers=config.depth_double,
-        num_single_layers=config.depth_single,
-        num_refiner_layers=config.refiner_depth,
-        mlp_ratio=config.mlp_ratio,
-        patch_size=config.patch_size[1],
-        patch_size_t=config.patch_size[0],
-        guidance_embeds=config.guidance_embed,
-        text_embed_dim=config.text_dim,
-        pooled_projection_dim=config.pooled_dim,
-        rope_theta=config.rope_theta,
-        rope_axes_dim=config.rope_axes_dim,
-    )
-    if config.image_condition is not None:
-        kwargs["image_condition_type"] = config.image_condition
-    return kwargs
-
-
 @torch.no_grad()
 def random_init_(model: nn.Module, seed: int = 0) -> None:
     """Cheap random weights in place, on the model's device: matrices ~ N(0, 1/fan_in) (activations
@@ -129,7 +103,7 @@ def build_diffusers(config: DiTConfig, device: torch.device, dtype: torch.dtype,
     from diffusers import HunyuanVideoTransformer3DModel
 
     with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel(**diffusers_kwargs(config))
+        model = HunyuanVideoTransformer3DModel(**diffusers_config(config))
     return _materialise(cast(nn.Module, model), device, dtype, seed)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.kernels import CASES, HEAD_DIM, HEADS, HIDDEN
+from benchmarks.kernels import CASES, HEAD_DIM, HEADS, HIDDEN, fwd_bwd
 from hyv import kernels
 from hyv.kernels._common import interpret_mode
 
@@ -128,20 +128,6 @@ def fused_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and interpret_mode())
 
 
-def _fwd_bwd(fn: Callable[..., Any], args: list[Any]) -> Callable[[], None]:
-    leaves = [
-        a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-        for a in args
-    ]
-
-    def run() -> None:
-        out = fn(*leaves)
-        outs = out if isinstance(out, tuple) else (out,)
-        torch.autograd.backward(list(outs), [torch.ones_like(o) for o in outs])
-
-    return run
-
-
 def bench_fused_ops(
     tokens: int,
     dtype: torch.dtype,
@@ -174,7 +160,7 @@ def bench_fused_ops(
                 fn = pick(fused, ref)
                 with torch.no_grad():
                     row["fwd_ms"] = time_ms(functools.partial(fn, *args), device, repeats)
-                row["fwdbwd_ms"] = time_ms(_fwd_bwd(fn, args), device, repeats)
+                row["fwdbwd_ms"] = time_ms(fwd_bwd(fn, args), device, repeats)
                 row["fwd_gbps"] = streams_fwd * moved / row["fwd_ms"] / 1e6
                 row["fwdbwd_gbps"] = (streams_fwd + streams_bwd) * moved / row["fwdbwd_ms"] / 1e6
                 if peak_gbps:

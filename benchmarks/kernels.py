@@ -118,7 +118,7 @@ def time_ms(fn: Callable[[], Any], dev: torch.device, repeats: int, warmup: int 
     return statistics.median(samples)
 
 
-def _fwd_bwd(fn: Callable[..., Any], args: list[Any]) -> Callable[[], Any]:
+def fwd_bwd(fn: Callable[..., Any], args: list[Any]) -> Callable[[], Any]:
     leaves = [
         a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
         for a in args
@@ -152,7 +152,7 @@ def bench_ops(tokens: list[int], dtype: torch.dtype, dev: torch.device, repeats:
                 try:
                     with torch.no_grad():
                         row["fwd_ms"] = time_ms(functools.partial(fn, *args), dev, repeats)
-                    row["fwdbwd_ms"] = time_ms(_fwd_bwd(fn, args), dev, repeats)
+                    row["fwdbwd_ms"] = time_ms(fwd_bwd(fn, args), dev, repeats)
                     row["fwd_gbps"] = streams_f * elems * size / row["fwd_ms"] / 1e6
                     row["fwdbwd_gbps"] = (streams_f + streams_b) * elems * size / row["fwdbwd_ms"] / 1e6
                 except Exception as exc:  # torch.compile without a toolchain, OOM at 120k, ...

@@ -233,6 +233,33 @@ def config_from_diffusers(data: Mapping[str, Any]) -> DiTConfig:
     return cfg
 
 
+def diffusers_config(config: DiTConfig) -> dict[str, Any]:
+    """Constructor arguments (= config.json fields) of diffusers' HunyuanVideoTransformer3DModel for
+    the same architecture: the inverse of `config_from_diffusers`."""
+    if config.patch_size[1] != config.patch_size[2]:
+        raise ValueError(f"diffusers needs a square spatial patch, got patch_size={config.patch_size}")
+    kwargs: dict[str, Any] = dict(
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        num_attention_heads=config.num_heads,
+        attention_head_dim=config.head_dim,
+        num_layers=config.depth_double,
+        num_single_layers=config.depth_single,
+        num_refiner_layers=config.refiner_depth,
+        mlp_ratio=config.mlp_ratio,
+        patch_size=config.patch_size[1],
+        patch_size_t=config.patch_size[0],
+        guidance_embeds=config.guidance_embed,
+        text_embed_dim=config.text_dim,
+        pooled_projection_dim=config.pooled_dim,
+        rope_theta=config.rope_theta,
+        rope_axes_dim=config.rope_axes_dim,
+    )
+    if config.image_condition is not None:
+        kwargs["image_condition_type"] = config.image_condition
+    return kwargs
+
+
 def default_rope_axes(head_dim: int) -> tuple[int, int, int]:
     """RoPE split used when nothing says otherwise.
 

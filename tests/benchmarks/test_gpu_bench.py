@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from benchmarks import gpu
-from benchmarks.gpu_dit import VideoSize, diffusers_kwargs, dit_flops, parse_size
+from benchmarks.gpu_dit import VideoSize, dit_flops, parse_size
 from benchmarks.gpu_report import SECTION
 from benchmarks.kernels import CASES
 from hyv.models.dit import HunyuanVideoDiT
 from hyv.models.dit_config import dit_preset
-from hyv.models.dit_loading import official_to_diffusers_state_dict
+from hyv.models.dit_loading import diffusers_config, official_to_diffusers_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 THIRTEEN_B = dit_preset("hunyuan-video-13b")
@@ -58,7 +58,7 @@ def test_diffusers_kwargs_build_the_same_tensors(preset: str) -> None:
     config = dit_preset(preset)
     with torch.device("meta"):
         ours = HunyuanVideoDiT(config)
-        theirs: Any = HunyuanVideoTransformer3DModel(**diffusers_kwargs(config))
+        theirs: Any = HunyuanVideoTransformer3DModel(**diffusers_config(config))
     mapped = official_to_diffusers_state_dict(ours.state_dict(), config)
     expected = {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in mapped.items()} == expected
