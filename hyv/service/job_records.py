@@ -108,23 +108,42 @@ class JobRecords:
         """Set fields (validated names), bump the version and publish the new state; None if missing."""
         return self._write(job_id, fields)
 
-    def update_progress(self, job_id: str, **fields: Any) -> bool | None:
-        """update() for the worker's progress writes: returns whether the job's cancel flag is set
-        (read in the same round trip), None if the job is missing."""
-        _, job, cancel = self._write_guarded(job_id, fields, [], False)
-        return None if job is None else cancel
+    def update_progress(self, job_id: str, claim_token: str, **fields: Any) -> tuple[bool, bool]:
+        """A running job's progress write, made only while `claim_token` holds the job's claim and
+        the job is in progress: a run that lost its claim (its lease lapsed, another worker owns the
+        job) can never write into the new owner's record. Returns (written, whether the job's cancel
+        flag is set: read in the same round trip); (False, False) if the job is missing."""
+        if not claim_token:
+            raise ValueError("update_progress() needs the claim token of the run")
+        written, job, cancel = self._write_guarded(
+            job_id, fields, [JobStatus.IN_PROGRESS.value], False, claim_token
+        )
+        return written, job is not None and cancel
+
+    def fail_dead_run(self, job_id: str, task_id: str, **fields: Any) -> tuple[bool, Job | None]:
+        """Fail a job whose run was killed (its pool process is gone: the hard time limit), only if
+        the claim still holds that run's token (tokens end with ":" + the Celery task id) and the
+        job is in progress; the claim goes with the write. A job requeued or taken by another run
+        since is left alone. Returns (written, the job as it is now)."""
+        fields = {**fields, "status": JobStatus.FAILED}
+        written, job, _ = self._write_guarded(
+            job_id, fields, [JobStatus.IN_PROGRESS.value], False, claim_suffix=f":{task_id}", drop_claim=True
+        )
+        return written, job
 
     def transition(
         self,
         job_id: str,
         allowed: Iterable[JobStatus],
         require_unclaimed: bool = False,
+        claim_token: str = "",
         **fields: Any,
     ) -> tuple[bool, Job | None]:
         """Compare-and-set: write only if the job's status is one of `allowed` (and, if asked, no
-        worker holds it). Returns (written, job as it is now)."""
+        worker holds it, or only while `claim_token` holds its claim). Returns (written, job as it
+        is now)."""
         written, job, _ = self._write_guarded(
-            job_id, fields, [JobStatus(s).value for s in allowed], require_unclaimed
+            job_id, fields, [JobStatus(s).value for s in allowed], require_unclaimed, claim_token
         )
         return written, job
 
@@ -165,9 +184,12 @@ class JobRecords:
         allowed: list[str],
         require_unclaimed: bool,
         claim_token: str = "",
+        claim_suffix: str = "",
+        drop_claim: bool = False,
     ) -> tuple[bool, Job | None, bool]:
         """(written, the job as it is now or None if missing, whether its cancel flag is set);
-        `claim_token`: write only while the job's claim holds exactly that token."""
+        `claim_token`: write only while the job's claim holds exactly that token; `claim_suffix`:
+        only while the claim's token ends with it; `drop_claim`: delete the claim with the write."""
         unknown = set(fields) - JOB_FIELDS - {"version"} | ({"id", "version"} & set(fields))
         if unknown:
             raise ValueError(f"cannot update job field(s) {sorted(unknown)}")
@@ -184,6 +206,10 @@ class JobRecords:
         }
         if claim_token:
             args["claim_token"] = claim_token
+        if claim_suffix:
+            args["claim_suffix"] = claim_suffix
+        if drop_claim:
+            args["drop_claim"] = True
         result = self._update_script(**args)
         if result is None:
             return False, None, False

@@ -102,9 +102,11 @@ class JobRunner:
             logger.error("lost the claim on the running job", extra={"job_id": running.job_id})
             running.lost.set()
 
-    def run(self, job_id: str, pipeline: ServedPipeline) -> str:
-        """Claim and run one job; returns what happened (for logs and tests)."""
-        token = f"{self.hostname}:{uuid.uuid4().hex[:8]}"
+    def run(self, job_id: str, pipeline: ServedPipeline, task_id: str | None = None) -> str:
+        """Claim and run one job; returns what happened (for logs and tests). The claim's token
+        ends with the delivery's Celery task id, so the main process can fail this run (and only
+        this run) if the pool process is killed at the hard time limit (fail_past_hard_limit)."""
+        token = f"{self.hostname}:{task_id or uuid.uuid4().hex}"
         claim = self.claims.claim(job_id, token, self.settings.job_lease_seconds)
         self.claims.log_run(job_id, "delivery", outcome=claim, worker=self.hostname)
         if claim in ("missing", "finished", "held"):
@@ -120,6 +122,7 @@ class JobRunner:
         written, job = self.jobs.transition(
             job_id,
             [JobStatus.QUEUED, JobStatus.IN_PROGRESS],
+            claim_token=token,
             status=JobStatus.IN_PROGRESS,
             started_at=int(now),
             attempts=current.attempts + 1,
@@ -338,22 +341,27 @@ def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
     return False
 
 
-def fail_past_hard_limit(settings: Settings, job_id: str) -> None:
+def fail_past_hard_limit(settings: Settings, job_id: str, task_id: str) -> None:
     """A job whose pool process was killed at the hard time limit: failed (not requeued), and its
-    dead run's claim dropped. Celery's main process calls this (the run itself is gone)."""
+    dead run's claim dropped, in one guarded write. Celery's main process calls this (the run itself
+    is gone); it fails the job only while the claim is that run's (its token ends with the task id):
+    a job requeued or taken by another run since is left to it."""
     assert settings.redis_url
     store = JobStore.from_url(settings.redis_url, settings)
-    written, job = store.jobs.transition(
+    written, job = store.jobs.fail_dead_run(
         job_id,
-        [JobStatus.QUEUED, JobStatus.IN_PROGRESS],
-        status=JobStatus.FAILED,
+        task_id,
         error_code="timeout",
         error_message=f"the job ran past its hard time limit ({settings.task_hard_time_limit} s)",
         completed_at=int(time.time()),
     )
     if written and job is not None:
         metrics.job_finished(job.model, JobStatus.FAILED)
-    store.claims.drop(job_id)
+    else:
+        logger.warning(
+            "a run killed at the hard time limit no longer held its job: left to its new run",
+            extra={"job_id": job_id},
+        )
 
 
 def first_frame_png(path: Path) -> bytes:

@@ -49,7 +49,9 @@ end
 # args: keys (JobKeys.for_script), id (the job id), fields (object: field -> JSON-encoded value),
 # allowed (list of current statuses the write is allowed from; [] = any), require_unclaimed (true =
 # refuse while a claim exists), claim_token (optional: refuse unless the claim holds exactly this
-# token, i.e. the writer still owns the job), queue_score (string: the enqueue time when the job
+# token, i.e. the writer still owns the job), claim_suffix (optional: refuse unless the claim's token
+# ends with it: a run known by its Celery task id, see JobRecords.fail_dead_run), drop_claim (true =
+# delete the claim with the write), queue_score (string: the enqueue time when the job
 # becomes queued), record_ttl_s (the job's TTL once finished).
 # Returns nil if the job is missing, {0, job JSON, cancel flag} if a guard refused, {1, job JSON,
 # cancel flag} after the write, which also publishes {"event": ..., "job": ...} (Job.event()'s shape)
@@ -71,6 +73,11 @@ if #allowed > 0 then
 end
 if args.require_unclaimed and redis.call('EXISTS', k.claim) == 1 then return refused() end
 if args.claim_token and redis.call('GET', k.claim) ~= args.claim_token then return refused() end
+if args.claim_suffix then
+  local holder = redis.call('GET', k.claim)
+  if not holder or string.sub(holder, -#args.claim_suffix) ~= args.claim_suffix then return refused() end
+end
+if args.drop_claim then redis.call('DEL', k.claim) end
 local fields = args.fields
 for name, value in pairs(fields) do redis.call('HSET', k.job, name, value) end
 redis.call('HINCRBY', k.job, 'version', 1)

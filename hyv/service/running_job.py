@@ -49,6 +49,12 @@ class RunningJob:
         """The pipeline's cancel hook: two local Event reads, no network."""
         return self.cancel.is_set() or self.lost.is_set()
 
+    def lose(self, why: str) -> None:
+        """Another worker owns the job now: the run stops at its next step and writes nothing."""
+        if not self.lost.is_set():
+            self.lost.set()
+            logger.error(f"lost the claim on the running job: {why}", extra={"job_id": self.job_id})
+
     def request_cancel(self, via: CancelVia) -> None:
         with self._lock:
             if self.cancel.is_set():
@@ -186,7 +192,10 @@ class ProgressWriter:
         fields, self._pending = self._pending, {}
         self._last_write = self._clock()
         self.running.progress_writes += 1
-        if self.jobs.update_progress(self.running.job_id, **fields):
+        written, cancel = self.jobs.update_progress(self.running.job_id, self.running.token, **fields)
+        if not written:  # the claim is not ours any more: stop at the next step, write nothing else
+            self.running.lose("its progress write was refused")
+        elif cancel:
             self.running.request_cancel("flag")
 
     def unwritten(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
-from celery import shared_task, signals
+from celery import Task, shared_task, signals
 from celery.exceptions import Reject
 
 from hyv.service.celery_app import TASK_NAME
@@ -56,17 +56,18 @@ def _on_process_shutdown(**_: Any) -> None:
 
 
 @signals.task_failure.connect
-def _on_task_failure(exception: Any = None, args: Any = None, **_: Any) -> None:
-    """A hard time limit kills the pool process: the main process marks the job failed."""
-    if isinstance(exception, TimeLimitExceeded) and args:
-        fail_past_hard_limit(get_settings(), str(args[0]))
+def _on_task_failure(exception: Any = None, args: Any = None, task_id: Any = None, **_: Any) -> None:
+    """A hard time limit kills the pool process: the main process marks the job failed (if the
+    claim is still that run's: its token ends with the task id)."""
+    if isinstance(exception, TimeLimitExceeded) and args and task_id:
+        fail_past_hard_limit(get_settings(), str(args[0]), str(task_id))
 
 
-@shared_task(name=TASK_NAME, ignore_result=True)
-def generate(job_id: str) -> str:
+@shared_task(name=TASK_NAME, ignore_result=True, bind=True)
+def generate(self: Task, job_id: str) -> str:
     with job_context(job_id):
         process = worker_process()
         if not process.ready():
             process.hand_back(job_id)
             raise Reject(f"model not loaded: {process.load_error}", requeue=True)
-        return process.run(job_id)
+        return process.run(job_id, self.request.id)

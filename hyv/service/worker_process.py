@@ -95,11 +95,11 @@ class WorkerProcess:
             self.load()
         return self.pipeline is not None
 
-    def run(self, job_id: str) -> str:
+    def run(self, job_id: str, task_id: str | None = None) -> str:
         """Run one delivered job (the model is loaded: see ready()); returns the run's outcome."""
         assert self.pipeline is not None
         try:
-            outcome = self.runner.run(job_id, self.pipeline)
+            outcome = self.runner.run(job_id, self.pipeline, task_id)
         except BaseException:  # the process is going away (a time limit, a stop signal)
             if self.group is not None:
                 self.group.stop(kill=True)

@@ -255,14 +255,66 @@ def test_every_writer_gives_a_finished_job_the_same_record_ttl(
         answer = client.delete(f"/v1/videos/{cancelled.id}")
     assert answer.status_code == 200 and answer.json()["status"] == "cancelled", answer.text
 
-    timed_out = store.jobs.create(Job(model=MODEL, request={"prompt": "x"}, prompt="x"))
-    fail_past_hard_limit(service_settings, timed_out.id)
+    timed_out = _running_as(store, "worker-a:7:task-1")  # its pool process was killed by the limit
+    fail_past_hard_limit(service_settings, timed_out.id, "task-1")
 
     statuses = [store.jobs.get(job.id).status for job in (completed, cancelled, timed_out)]  # type: ignore[union-attr]
     assert statuses == [JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.FAILED]
     expected = record_ttl_seconds(service_settings)
     ttls = [store.redis.ttl(store.keys.job(job.id)) for job in (completed, cancelled, timed_out)]
     assert all(expected - 60 <= ttl <= expected for ttl in ttls), (ttls, expected)
+
+
+def _running_as(store: JobStore, token: str) -> Job:
+    """A job in progress whose claim `token` holds (not enqueued: no worker runs it)."""
+    job = store.jobs.create(Job(model=MODEL, request={"prompt": "x"}, prompt="x"))
+    assert store.claims.claim(job.id, token, 60) == "claimed"
+    written, running = store.jobs.transition(
+        job.id, [JobStatus.QUEUED], claim_token=token, status=JobStatus.IN_PROGRESS, worker="worker-a:7"
+    )
+    assert written and running is not None
+    return running
+
+
+def test_the_hard_limit_fails_only_the_run_it_killed(store: JobStore, service_settings: Settings) -> None:
+    """Celery's main process fails a job whose pool process the hard time limit killed only while
+    the claim is still that run's: a job another run holds (it was requeued and taken since) or one
+    back in the queue is left alone."""
+    from hyv.service.job_runner import fail_past_hard_limit
+
+    taken = _running_as(store, "worker-b:9:task-2")  # the killed run was task-1: another run holds it
+    fail_past_hard_limit(service_settings, taken.id, "task-1")
+    after = store.jobs.get(taken.id)
+    assert after is not None and after.status == JobStatus.IN_PROGRESS and after.error_code is None
+    assert store.claims.holder(taken.id) == "worker-b:9:task-2"
+
+    requeued = store.jobs.create(Job(model=MODEL, request={"prompt": "x"}, prompt="x"))  # queued, unclaimed
+    fail_past_hard_limit(service_settings, requeued.id, "task-1")
+    assert store.jobs.get(requeued.id).status == JobStatus.QUEUED  # type: ignore[union-attr]
+
+    killed = _running_as(store, "worker-a:7:task-1")
+    fail_past_hard_limit(service_settings, killed.id, "task-1")
+    failed = store.jobs.get(killed.id)
+    assert failed is not None and failed.status == JobStatus.FAILED and failed.error_code == "timeout"
+    assert store.claims.holder(killed.id) is None  # the dead run's claim went with the write
+
+
+def test_a_stale_run_cannot_write_progress(store: JobStore) -> None:
+    """Every progress write carries the run's claim token: refused once another run holds the job,
+    or once the job is not in progress."""
+    job = _running_as(store, "worker-a:7:task-1")
+    assert store.jobs.update_progress(job.id, "worker-a:7:task-1", step=3, stage="denoise") == (True, False)
+    store.claims.drop(job.id)
+    assert store.claims.claim(job.id, "worker-b:9:task-2", 60) == "claimed"
+    assert store.jobs.update_progress(job.id, "worker-a:7:task-1", step=9) == (False, False)
+    assert store.jobs.get(job.id).step == 3  # type: ignore[union-attr]
+    store.cancels.request(job.id)
+    assert store.jobs.update_progress(job.id, "worker-b:9:task-2", step=4) == (
+        True,
+        True,
+    )  # the flag comes back
+    store.jobs.finish(job.id, "worker-b:9:task-2", JobStatus.COMPLETED)
+    assert store.jobs.update_progress(job.id, "worker-b:9:task-2", step=5)[0] is False  # finished
 
 
 def _main_pid_of(c: Cluster, child_pid: int) -> int:

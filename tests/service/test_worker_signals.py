@@ -36,8 +36,10 @@ def fresh(fresh_url: str) -> JobStore:
     return JobStore.connect(redis.Redis.from_url(fresh_url))
 
 
-def running_job(store: JobStore, worker: str | None = None) -> Job:
+def running_job(store: JobStore, worker: str | None = None, token: str = "token") -> Job:
+    """A job in progress whose claim `token` holds (progress writes carry the run's token)."""
     job = store.jobs.create(Job(model="m", prompt="p"))
+    assert store.claims.claim(job.id, token, 60) == "claimed"
     updated = store.jobs.update(job.id, status=JobStatus.IN_PROGRESS, worker=worker)
     assert updated is not None
     return updated
