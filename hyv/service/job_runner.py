@@ -47,6 +47,7 @@ from hyv.service.job_memory import release_memory
 from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_records import JobRecords
 from hyv.service.job_store import JobStore
+from hyv.service.log import repeats
 from hyv.service.running_job import CancelWatch, ProgressWriter, RunningJob
 from hyv.service.settings import Settings, queue_name
 from hyv.service.storage import Storage, StorageError, VideoWriter
@@ -99,7 +100,10 @@ class JobRunner:
         took stops the run at its next step."""
         running = self.running
         if running and not self.claims.renew(running.job_id, running.token, self.settings.job_lease_seconds):
-            logger.error("lost the claim on the running job", extra={"job_id": running.job_id})
+            # Said once a minute at most: the beat renews every few seconds until the run stops.
+            repeats.log(
+                logger, logging.ERROR, "lost the claim on the running job", extra={"job_id": running.job_id}
+            )
             running.lost.set()
 
     def run(self, job_id: str, pipeline: ServedPipeline, task_id: str | None = None) -> str:
