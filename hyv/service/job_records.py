@@ -33,6 +33,15 @@ def record_ttl_seconds(settings: Settings) -> int:
     return settings.job_ttl_seconds * 2
 
 
+class ActiveJobLimitError(Exception):
+    """An owner already has `limit` unfinished jobs: a new one was not created."""
+
+    def __init__(self, owner: str, limit: int) -> None:
+        super().__init__(f"{owner} already has {limit} unfinished jobs")
+        self.owner = owner
+        self.limit = limit
+
+
 class JobRecords:
     """Job records, their writes (each publishes the new state) and the listing and counting
     indexes. Thread-safe (redis-py pools connections)."""
@@ -48,8 +57,11 @@ class JobRecords:
 
     # --- records ---------------------------------------------------------------------------------
 
-    def create(self, job: Job) -> Job:
-        """Store a new job (status as given, normally queued) and index it."""
+    def create(self, job: Job, max_active: int | None = None) -> Job:
+        """Store a new job (status as given, normally queued) and index it. `max_active`: only if
+        its owner has fewer unfinished jobs than that, checked and counted in the script that makes
+        the job queued, so API processes racing for the owner's last slot admit one job between
+        them; ActiveJobLimitError otherwise (nothing is left behind)."""
         if not JOB_ID_RE.match(job.id):
             raise ValueError(f"job id must look like video_<24 hex>, got {job.id!r}")
         key = self.keys.job(job.id)
@@ -62,7 +74,13 @@ class JobRecords:
         pipe.zadd(self.keys.owner(job.owner), {job.id: time.time()})
         pipe.expire(key, self.record_ttl_seconds)
         pipe.execute()
-        created = self._write(job.id, {"status": job.status})
+        written, created, _ = self._write_guarded(
+            job.id, {"status": job.status}, [], False, max_active=max_active
+        )
+        if not written:  # the hash and the owner's index entry made above go again
+            self.redis.pipeline().zrem(self.keys.owner(job.owner), job.id).delete(key).execute()
+            assert max_active is not None  # the only guard a new job can meet
+            raise ActiveJobLimitError(job.owner, max_active)
         assert created is not None
         return created
 
@@ -186,6 +204,7 @@ class JobRecords:
         claim_token: str = "",
         claim_suffix: str = "",
         drop_claim: bool = False,
+        max_active: int | None = None,
     ) -> tuple[bool, Job | None, bool]:
         """(written, the job as it is now or None if missing, whether its cancel flag is set);
         `claim_token`: write only while the job's claim holds exactly that token; `claim_suffix`:
@@ -210,10 +229,14 @@ class JobRecords:
             args["claim_suffix"] = claim_suffix
         if drop_claim:
             args["drop_claim"] = True
+        if max_active is not None:
+            args["max_active"] = max_active
         result = self._update_script(**args)
         if result is None:
             return False, None, False
         written, document, cancel = result
+        if not written and json.loads(document).get("status") is None:
+            return False, None, bool(cancel)  # refused before it ever had a status (create's cap)
         return bool(written), Job.model_validate_json(document), bool(cancel)
 
     # --- listing and counting --------------------------------------------------------------------

@@ -51,7 +51,9 @@ end
 # refuse while a claim exists), claim_token (optional: refuse unless the claim holds exactly this
 # token, i.e. the writer still owns the job), claim_suffix (optional: refuse unless the claim's token
 # ends with it: a run known by its Celery task id, see JobRecords.fail_dead_run), drop_claim (true =
-# delete the claim with the write), queue_score (string: the enqueue time when the job
+# delete the claim with the write), max_active (optional: refuse unless the owner has fewer unfinished
+# jobs than this, counted and taken in this script: the per-key cap across every API process),
+# queue_score (string: the enqueue time when the job
 # becomes queued), record_ttl_s (the job's TTL once finished).
 # Returns nil if the job is missing, {0, job JSON, cancel flag} if a guard refused, {1, job JSON,
 # cancel flag} after the write, which also publishes {"event": ..., "job": ...} (Job.event()'s shape)
@@ -76,6 +78,12 @@ if args.claim_token and redis.call('GET', k.claim) ~= args.claim_token then retu
 if args.claim_suffix then
   local holder = redis.call('GET', k.claim)
   if not holder or string.sub(holder, -#args.claim_suffix) ~= args.claim_suffix then return refused() end
+end
+if args.max_active then
+  local active = k.active_ns .. cjson.decode(redis.call('HGET', k.job, 'owner'))
+  if redis.call('SISMEMBER', active, args.id) == 0 and redis.call('SCARD', active) >= args.max_active then
+    return refused()
+  end
 end
 if args.drop_claim then redis.call('DEL', k.claim) end
 local fields = args.fields

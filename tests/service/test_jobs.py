@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from hyv.service.job_model import Job, JobStatus, owner_for_key
+from hyv.service.job_records import ActiveJobLimitError
 from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer
 from hyv.service.settings import Settings
@@ -344,3 +345,19 @@ def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, servic
     denoise_jobs = values['hyv_job_stage_seconds_count{stage="denoise"}']
     assert denoise_jobs >= 1
     assert 0 < values['hyv_job_stage_seconds_sum{stage="denoise"}'] / denoise_jobs < 60
+
+
+def test_the_active_job_cap_is_checked_where_the_job_is_created(fresh: JobStore) -> None:
+    """Creation with `max_active` counts the owner's unfinished jobs in the same script that makes
+    the job queued: at the cap, nothing is created; a finished job frees its slot."""
+    kept = [fresh.jobs.create(Job(owner="k", model="m", prompt="p"), max_active=2) for _ in range(2)]
+    refused = Job(owner="k", model="m", prompt="p")
+    with pytest.raises(ActiveJobLimitError, match="k already has 2 unfinished jobs"):
+        fresh.jobs.create(refused, max_active=2)
+    assert fresh.jobs.get(refused.id) is None and fresh.jobs.queued_count("k") == 2
+    assert fresh.jobs.queue_depth("m") == 2
+    assert refused.id not in [j.id for j in fresh.jobs.list_for_owner("k")]
+    fresh.jobs.create(Job(owner="other", model="m", prompt="p"), max_active=2)  # per owner
+    fresh.cancels.request(kept[0].id)  # cancelled while queued: final, the slot is free
+    fresh.jobs.create(Job(owner="k", model="m", prompt="p"), max_active=2)
+    assert fresh.jobs.queued_count("k") == 2

@@ -19,6 +19,8 @@ from hyv.service.api.schemas import VideoDeleted, VideoList, error_responses
 from hyv.service.api.validation import build_plan, duration_text, now, plan_to_request_dict
 from hyv.service.celery_app import enqueue
 from hyv.service.job_model import Job, JobStatus, new_job_id
+from hyv.service.job_records import ActiveJobLimitError
+from hyv.service.settings import Settings
 from hyv.service.storage import StorageError
 from hyv.service.video_object import VideoPublic, status_of, to_public
 from hyv.service.webhooks import check_webhook_url
@@ -81,7 +83,8 @@ async def create_video(
 
     plan = build_plan(body.video, body.image, context.model)
     if body.video.webhook_url is not None:
-        _check_webhook(body.video.webhook_url, settings.webhook_secret)
+        await _check_webhook(body.video.webhook_url, settings)
+    # A cheap early answer; the cap itself is enforced where the job is created (one script).
     context.limiter.check_queue(caller.owner, context.jobs.queued_count(caller.owner))
 
     job_id = new_job_id()
@@ -137,7 +140,13 @@ async def _store_and_enqueue(context: AppContext, job: Job, image: bytes | None)
         except StorageError as exc:
             logger.error("job %s: %s", job.id, exc, extra={"job_id": job.id})
             raise ServiceUnavailableError("the input image cannot be stored now", "storage_error") from exc
-    context.jobs.create(job)
+    try:
+        context.jobs.create(job, max_active=context.settings.max_queued_jobs_per_key)
+    except ActiveJobLimitError as exc:  # another API process took the last slot meanwhile
+        if image is not None:
+            await _delete_quietly(context, job.id)
+        context.limiter.check_queue(job.owner, exc.limit)  # raises the usual 429
+        raise
     try:
         enqueue(job, context.settings)
     except Exception as exc:
@@ -168,14 +177,16 @@ def _release_key(context: AppContext, owner: str, key: str, job_id: str, fingerp
         logger.exception("job %s: could not release its Idempotency-Key", job_id)
 
 
-def _check_webhook(url: str, secret: str | None) -> None:
-    if not secret:
+async def _check_webhook(url: str, settings: Settings) -> None:
+    """422 unless the server can sign webhooks and the URL's host resolves, now, to addresses the
+    webhook policy allows (hyv.service.webhook_targets; delivery checks again)."""
+    if not settings.webhook_secret:
         raise InvalidRequestError(
             "webhook_url needs the server's webhook signing secret (HYV_WEBHOOK_SECRET), which is not set",
             "webhook_url",
         )
-    try:
-        check_webhook_url(url)
+    try:  # resolving a name blocks: not on the event loop
+        await run_in_threadpool(check_webhook_url, url, settings.webhook_allowed_hosts)
     except ValueError as exc:
         raise InvalidRequestError(str(exc), "webhook_url") from None
 
