@@ -78,7 +78,10 @@ class JobRecords:
             job.id, {"status": job.status}, [], False, max_active=max_active
         )
         if not written:  # the hash and the owner's index entry made above go again
-            self.redis.pipeline().zrem(self.keys.owner(job.owner), job.id).delete(key).execute()
+            pipe = self.redis.pipeline()
+            pipe.zrem(self.keys.owner(job.owner), job.id)
+            pipe.delete(key)
+            pipe.execute()
             assert max_active is not None  # the only guard a new job can meet
             raise ActiveJobLimitError(job.owner, max_active)
         assert created is not None
