@@ -1,9 +1,10 @@
 """Reliability report: runs the hostile-input, auth and schema tests (tests/reliability/) and the
-fault-injection tests (tests/reliability/faults/: Redis restarted, the API restarted mid-stream,
-storage full, out of memory, a model that does not load, SIGTERM; tests/service/test_worker.py:
-SIGKILL mid-job, the visibility-timeout trap), each fault test several times, with pytest's JUnit
-XML output, and regenerates docs/reliability.md: every fault and attack tried, how many times,
-the outcome, and what was lost (it must be nothing). The latest load test
+fault-injection tests (tests/reliability/faults/: Redis restarted, plain and TLS, the API restarted
+mid-stream, storage full, out of memory, a model that does not load, SIGTERM;
+tests/service/test_worker.py: SIGKILL mid-job, the visibility-timeout trap;
+tests/service/test_broker.py: an ack while TLS Redis is down), each fault test several times, with
+pytest's JUnit XML output, and regenerates docs/reliability.md: every fault and attack tried, how
+many times, the outcome, and what was lost (it must be nothing). The latest load test
 (benchmarks/load.py -> benchmarks/results/load.json) is summarized at the end.
 
     python -m benchmarks.reliability [--fault-runs 3] [--skip-faults] [--out docs/reliability.md]
@@ -40,6 +41,7 @@ FAULTS_DIR = "tests/reliability/faults"
 FAULT_TESTS = (
     "tests/service/test_worker.py::test_job_longer_than_visibility_timeout_runs_once",
     "tests/service/test_worker.py::test_worker_killed_mid_job_is_redelivered_and_completed",
+    "tests/service/test_broker.py::test_an_ack_that_fails_while_tls_redis_is_down_frees_the_prefetch_slot",
     FAULTS_DIR,
 )
 RELIABILITY_TESTS = "tests/reliability"

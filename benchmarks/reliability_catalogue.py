@@ -20,6 +20,19 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "transport then never frees the worker's one prefetch slot)",
         "a worker idle for good after a Redis restart",
     ),
+    "test_tls_redis_restart_with_jobs_queued_and_running": (
+        "Faults",
+        "Redis with TLS only (rediss://, certificates made by the test, AOF on) stopped and started "
+        "again while 2 workers run jobs and 3 wait: SIGTERM, SIGKILL, or down 3 s, past the running "
+        "jobs' claim lease; 2 restarts per run, then both workers must run a job at once",
+        "jobs lost, failed or stuck; a job run twice at once; a worker that stops taking jobs",
+    ),
+    "test_an_ack_that_fails_while_tls_redis_is_down_frees_the_prefetch_slot": (
+        "Faults",
+        "the broker transport alone over TLS (rediss://): a message acknowledged while Redis is "
+        "down (kombu's own transport then never frees the worker's one prefetch slot)",
+        "a worker idle for good after a Redis restart",
+    ),
     "test_api_restart_while_streaming_resumes_with_range": (
         "Faults",
         "the API process SIGKILLed while a client streams a rendering video, started again; the "

@@ -1,5 +1,5 @@
 """The Redis broker transport of the workers: kombu's, with the acknowledgement fixed for a Redis
-restart (`celery_app` selects it for redis:// brokers).
+restart (`celery_app` selects it for redis:// and rediss:// brokers).
 
 kombu's Redis `QoS.ack` first removes the message from Redis' unacked index and only then frees the
 consumer's prefetch slot. When Redis is unreachable at that moment (a job ended while Redis was
@@ -8,11 +8,17 @@ never takes another message: alive, connected again, idle for good, with only "C
 log. Here the slot is freed whatever Redis answers. A message left in the unacked index is restored
 after the visibility timeout and dropped by the job's claim (hyv.service.job_claims: the job is finished,
 or another worker holds it), so nothing runs twice and nothing is lost.
+
+TLS (rediss://) takes the same transport. kombu turns TLS on from the URL's scheme only when the
+transport is its own, so `broker_ssl` gives Celery the TLS options: the URL's own (`ssl_ca_certs`,
+`ssl_cert_reqs`, `ssl_certfile`, `ssl_keyfile`: kombu reads them from the query), else the server's
+certificate checked against the system's CAs, as redis-py does for the service's other clients.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
@@ -48,6 +54,11 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
 
 def transport_for(broker_url: str) -> str | None:
-    """This transport for a plain redis:// broker; None (kombu's choice) for anything else, e.g.
-    rediss:// (kombu turns TLS on from the URL's scheme only with its own transport name)."""
-    return TRANSPORT if broker_url.startswith("redis://") else None
+    """This transport for a redis:// or rediss:// broker; None (kombu's choice) for anything else."""
+    return TRANSPORT if broker_url.startswith(("redis://", "rediss://")) else None
+
+
+def broker_ssl(broker_url: str) -> dict[str, Any] | None:
+    """Celery's `broker_use_ssl` for this broker: None for plain Redis; for rediss:// a required,
+    checked server certificate, which TLS options in the URL's query replace (kombu prefers them)."""
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED} if broker_url.startswith("rediss://") else None

@@ -9,7 +9,8 @@ Settings that matter for long GPU jobs:
   per-job claim (hyv.service.job_claims) drops a duplicate delivery anyway (the tests shorten it on purpose).
 - soft/hard time limits, and worker_cancel_long_running_tasks_on_connection_loss.
 - the transport: kombu's Redis transport with its acknowledgement fixed for a Redis restart
-  (hyv.service.broker: otherwise a job ending while Redis is down leaves the worker idle for good).
+  (hyv.service.broker: otherwise a job ending while Redis is down leaves the worker idle for good),
+  over TLS too for a rediss:// URL (broker_use_ssl from hyv.service.broker.broker_ssl).
 
 The API process never imports the worker module (torch): it sends the task by name via `enqueue`.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from hyv.service.broker import transport_for
+from hyv.service.broker import broker_ssl, transport_for
 from hyv.service.job_model import Job
 from hyv.service.settings import Settings, get_settings, queue_name
 
@@ -48,6 +49,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
         broker_transport=transport_for(settings.redis_url),
+        broker_use_ssl=broker_ssl(settings.redis_url),
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_seconds,
             "unacked_restore_interval": settings.unacked_restore_interval,

@@ -16,6 +16,20 @@ from hyv.service.job_keys import DEFAULT_KEYS, JobKeys
 from hyv.service.job_model import Job
 from hyv.service.job_records import job_from_hash
 
+# The TLS options of a sync client (from a rediss:// URL's query) that the asyncio client takes too.
+_ASYNC_SSL_OPTIONS = (
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_ca_path",
+    "ssl_check_hostname",
+    "ssl_min_version",
+    "ssl_ciphers",
+    "ssl_password",
+)
+
 
 class JobEvents:
     """Publish to and follow a job's channel."""
@@ -37,6 +51,9 @@ class JobEvents:
         options = {name: kwargs[name] for name in wanted if name in kwargs}
         if "path" in kwargs:
             options["unix_socket_path"] = kwargs["path"]
+        if issubclass(self.redis.connection_pool.connection_class, redis.SSLConnection):  # rediss://
+            options["ssl"] = True
+            options.update({name: kwargs[name] for name in _ASYNC_SSL_OPTIONS if name in kwargs})
         return redis.asyncio.Redis(**options)
 
     async def stream(self, job_id: str, poll_seconds: float = 5.0) -> AsyncIterator[dict[str, Any]]:

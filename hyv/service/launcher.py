@@ -24,7 +24,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -58,9 +60,20 @@ def find_redis_server(configured: str | None = None) -> str:
     )
 
 
+@dataclass(frozen=True)
+class RedisTLS:
+    """The PEM files of a redis-server that speaks TLS only: its certificate (valid for 127.0.0.1)
+    and key, and the CA that signed it (what clients check the certificate against)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
 class RedisServer:
     """A redis-server child bound to 127.0.0.1 with its data (AOF + RDB) in `directory`; `binary`
-    as for `find_redis_server`."""
+    as for `find_redis_server`. With `tls` it accepts TLS connections only (clients present no
+    certificate) and its `url` is rediss:// with the CA to check it against."""
 
     def __init__(
         self,
@@ -68,16 +81,21 @@ class RedisServer:
         port: int | None = None,
         persist: bool = True,
         binary: str | None = None,
+        tls: RedisTLS | None = None,
     ) -> None:
         self.directory = Path(directory).resolve()
         self.port = port or free_port()
         self.persist = persist
         self.binary = binary
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        if self.tls is None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        ca = quote(str(Path(self.tls.ca_file).resolve()), safe="/")
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -85,8 +103,7 @@ class RedisServer:
             find_redis_server(self.binary),
             "--bind",
             "127.0.0.1",
-            "--port",
-            str(self.port),
+            *self._port_options(),
             "--dir",
             str(self.directory),
             "--appendonly",
@@ -118,6 +135,20 @@ class RedisServer:
         client.close()
         logger.info("redis-server started", extra={"url": self.url, "dir": str(self.directory)})
         return self
+
+    def _port_options(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        files = (self.tls.cert_file, self.tls.key_file, self.tls.ca_file)
+        cert, key, ca = (str(Path(path).resolve()) for path in files)
+        return [
+            "--port", "0",  # no plain-text port
+            "--tls-port", str(self.port),
+            "--tls-cert-file", cert,
+            "--tls-key-file", key,
+            "--tls-ca-cert-file", ca,
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

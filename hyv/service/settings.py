@@ -45,7 +45,9 @@ class Settings(BaseSettings):
 
     # --- where things are ------------------------------------------------------------------------
     redis_url: str | None = Field(
-        default=None, description="Redis URL; None = single-machine mode starts its own redis-server."
+        default=None,
+        description="Redis URL, redis:// or rediss:// (TLS; options such as ?ssl_ca_certs=/ca.pem in "
+        "the query); None = single-machine mode starts its own redis-server.",
     )
     data_dir: Path = Field(default=Path("data"), description="Videos, images, Redis data and metrics.")
     host: str = "127.0.0.1"
