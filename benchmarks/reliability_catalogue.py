@@ -197,6 +197,83 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "negative, NaN, huge `limit`; bad `order`, `after`, `variant`",
         "service health",
     ),
+    "test_numeric_hosts_are_read_like_the_c_resolver": (
+        "Hostile input",
+        "28 numeric host spellings (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`, "
+        "`017700000001`...) and near misses, read by the webhook policy and by inet_aton",
+        "a spelling the resolver reads as an address that the policy reads otherwise",
+    ),
+    "test_hostile_webhook_urls_are_refused_by_the_policy": (
+        "Hostile input",
+        "60 hostile `webhook_url`s (loopback, RFC 1918, CGNAT, link-local, cloud metadata, `[::1]`, "
+        "IPv4-mapped, NAT64, 6to4, Teredo, decimal/hex/octal spellings, `localhost`, userinfo and "
+        "backslash confusion, file:/gopher:) through the address policy",
+        "a hostile target accepted",
+    ),
+    "test_refusal_reasons_name_the_class": (
+        "Hostile input",
+        "addresses of each refused class and public ones (IPv4, IPv6, IPv4 embedded in IPv6)",
+        "a refused class let through; a public address refused",
+    ),
+    "test_public_addresses_are_accepted_and_kept_as_checked": (
+        "Hostile input",
+        "public IPv4/IPv6 webhook URLs with credentials, port and query",
+        "the connection URL differing from the checked address",
+    ),
+    "test_every_resolved_address_is_checked_and_https_keeps_its_name": (
+        "Hostile input",
+        "a name resolving to a public and a loopback address; https to a name",
+        "one bad address overlooked; TLS server name not the URL's host",
+    ),
+    "test_the_allow_list": (
+        "Hostile input",
+        "`HYV_WEBHOOK_ALLOWED_HOSTS` entries: names, addresses, networks, a network around the "
+        "metadata address, malformed entries",
+        "more opened than listed; metadata opened by a network",
+    ),
+    "test_the_allow_list_setting": (
+        "Hostile input",
+        "the allow-list setting as comma-separated, JSON and a URL (refused)",
+        "a malformed entry accepted",
+    ),
+    "test_hostile_webhook_urls_are_refused_at_submit": (
+        "Hostile input",
+        "the 60 hostile `webhook_url`s submitted to the live API (real Redis), a loopback trap "
+        "receiver on their port",
+        "a 201, a job queued, or a request reaching the trap",
+    ),
+    "test_allow_listed_loopback_is_accepted_at_submit": (
+        "Hostile input",
+        "an allow-listed loopback `webhook_url` and a loopback neighbour not listed",
+        "the listed one refused; the other accepted",
+    ),
+    "test_hostile_webhook_urls_are_never_delivered": (
+        "Hostile input",
+        "the 60 hostile `webhook_url`s handed to the delivery code (as if accepted earlier), a "
+        "loopback trap receiver (IPv4 and IPv6) on their port",
+        "a request reaching the trap",
+    ),
+    "test_the_worker_call_refuses_a_loopback_webhook": (
+        "Hostile input",
+        "a finished job's loopback webhook (`127.0.0.1`, `localhost`) through the worker's call",
+        "a request reaching the trap",
+    ),
+    "test_delivery_resolves_again_and_connects_to_the_checked_address": (
+        "Hostile input",
+        "DNS rebinding: a name public at submit and loopback at delivery; a name only the checked "
+        "resolver knows, whose first address takes no connection",
+        "a request reaching the trap; the name resolved a second time",
+    ),
+    "test_redirects_are_not_followed": (
+        "Hostile input",
+        "an allow-listed receiver answering 301/302/303/307/308 to a loopback address not listed",
+        "the redirect followed or retried",
+    ),
+    "test_allow_listed_receiver_gets_signed_deliveries": (
+        "Hostile input",
+        "an allow-listed loopback receiver (by name and by network)",
+        "a delivery missing or not verifying",
+    ),
     # --- auth ---
     "test_keys_are_compared_in_constant_time": (
         "Auth",

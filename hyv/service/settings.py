@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
 from hyv.engine.memory_options import TextEncoderPlacement, attention_backend_name
+from hyv.service.webhook_targets import parse_allow_entry
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +189,12 @@ class Settings(BaseSettings):
     # --- webhooks --------------------------------------------------------------------------------
     webhook_secret: str | None = Field(default=None, repr=False)
     webhook_max_attempts: int = Field(default=5, ge=1)
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names and IP addresses or CIDR networks webhooks may reach although they are "
+        "loopback, private, link-local... (refused otherwise: hyv.service.webhook_targets); a JSON list "
+        "or comma separated.",
+    )
 
     # --- storage ---------------------------------------------------------------------------------
     storage: Literal["local", "s3"] = Field(
@@ -227,10 +234,15 @@ class Settings(BaseSettings):
     def _attention_backend(cls, value: str | None) -> str | None:
         return attention_backend_name(value)  # ValueError names the choices
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _webhook_allowed_hosts(cls, value: list[str]) -> list[str]:
+        return [parse_allow_entry(entry)[1] for entry in value]
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

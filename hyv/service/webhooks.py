@@ -12,7 +12,13 @@ The body is `{"id": "evt_...", "object": "event", "type": "video.completed", "cr
 "data": <the video object of GET /v1/videos/{id}>}`.
 
 Delivery is retried with exponential backoff (1, 2, 4... s, at most 60 s apart) on connection
-errors, timeouts, 408, 429 and 5xx, up to `webhook_max_attempts` attempts; other 4xx answers stop it.
+errors, timeouts, names that do not resolve, 408, 429 and 5xx, up to `webhook_max_attempts`
+attempts; other 4xx answers stop it, and so does a redirect (never followed).
+
+Where a webhook may go is hyv.service.webhook_targets: each attempt resolves the URL's host again,
+checks every address (no loopback, private, link-local, metadata... unless
+`webhook_allowed_hosts` names it) and connects to a checked address, with the URL's own Host
+header and TLS server name; a refused target stops the delivery.
 
 The worker's one call when a job reaches a final state: `deliver_for_job(job, settings)` (returns at
 once; delivery runs in a background thread).
@@ -26,14 +32,24 @@ import hmac
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from hyv.service.video_object import status_of, to_public
+from hyv.service.webhook_targets import (
+    AllowList,
+    IPAddress,
+    Resolver,
+    Target,
+    TargetRefusedError,
+    TargetUnresolvedError,
+    resolve_target,
+)
 
 if TYPE_CHECKING:
     from hyv.service.job_model import Job
@@ -48,13 +64,11 @@ RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 USER_AGENT = "hyvideo-serve-webhooks/1"
 
 
-def check_webhook_url(url: str) -> str:
-    """The URL if it can receive webhooks; ValueError naming the problem otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"webhook_url must be an absolute http(s) URL, got {url!r}")
-    if len(url) > 2048:
-        raise ValueError(f"webhook_url is {len(url)} characters, over the limit of 2048")
+def check_webhook_url(url: str, allowed_hosts: Sequence[str] = ()) -> str:
+    """The URL if it can receive webhooks now: an absolute http(s) URL whose host resolves to
+    addresses the policy allows (hyv.service.webhook_targets); ValueError naming the problem
+    otherwise. Resolves the host (blocking). Delivery checks again: DNS answers change."""
+    resolve_target(url, allowed_hosts)
     return url
 
 
@@ -102,11 +116,18 @@ def deliver(
     max_attempts: int = 5,
     backoff_seconds: float = BACKOFF_BASE_SECONDS,
     timeout_seconds: float = TIMEOUT_SECONDS,
+    allowed_hosts: Sequence[str] = (),
+    resolver: Resolver = socket.getaddrinfo,
 ) -> bool:
-    """POST the event until the receiver answers 2xx; True if it did. Blocks through the retries."""
+    """POST the event until the receiver answers 2xx; True if it did. Blocks through the retries.
+    Every attempt resolves the host with `resolver` and checks the target first (allowed_hosts: the
+    operator's allow-list); the connection goes to a checked address, never to the name."""
     body = json.dumps(event, separators=(",", ":"))
     webhook_id = str(event["id"])
-    with httpx.Client(timeout=timeout_seconds, follow_redirects=False) as client:
+    allow = AllowList.parse(allowed_hosts)
+    outcome = "not tried"
+    # trust_env=False: no HTTP(S)_PROXY or .netrc, the connection goes to the checked address.
+    with httpx.Client(timeout=timeout_seconds, follow_redirects=False, trust_env=False) as client:
         for attempt in range(1, max_attempts + 1):
             timestamp = int(time.time())
             headers = {
@@ -117,16 +138,33 @@ def deliver(
                 "webhook-signature": sign(secret, webhook_id, timestamp, body),
             }
             try:
-                response = client.post(url, content=body, headers=headers)
+                target = resolve_target(url, allow, resolver)
+                response = _post(client, target, body, headers)
                 outcome = f"HTTP {response.status_code}"
                 if response.is_success:
                     logger.info(
                         "webhook %s delivered (attempt %d)", event["type"], attempt, extra=_extra(event)
                     )
                     return True
-                if response.status_code not in RETRY_STATUSES:
-                    logger.warning("webhook %s refused with %s: not retried", event["type"], outcome)
+                if response.is_redirect:
+                    logger.warning(
+                        "webhook %s answered %s to %s: redirects are not followed",
+                        event["type"],
+                        outcome,
+                        response.headers.get("location", "(no Location)")[:200],
+                        extra=_extra(event),
+                    )
                     return False
+                if response.status_code not in RETRY_STATUSES:
+                    logger.warning(
+                        "webhook %s refused with %s: not retried", event["type"], outcome, extra=_extra(event)
+                    )
+                    return False
+            except TargetUnresolvedError as exc:
+                outcome = str(exc)
+            except TargetRefusedError as exc:
+                logger.warning("webhook %s not sent: %s", event["type"], exc, extra=_extra(event))
+                return False
             except httpx.HTTPError as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
             if attempt < max_attempts:
@@ -142,6 +180,24 @@ def deliver(
                 time.sleep(delay)
     logger.warning("webhook %s gave up after %d attempts (%s)", event["type"], max_attempts, outcome)
     return False
+
+
+def _post(client: httpx.Client, target: Target, body: str, headers: dict[str, str]) -> httpx.Response:
+    """POST to the first checked address that takes the connection (the next one on a connect
+    error, as a resolver-following client would), never to the name itself."""
+    headers = {**headers, "Host": target.host_header}
+    *others, last = target.addresses
+
+    def post(address: IPAddress) -> httpx.Response:
+        url = target.url_for(address)
+        return client.post(url, content=body, headers=headers, extensions=target.extensions)
+
+    for address in others:
+        try:
+            return post(address)
+        except httpx.ConnectError:
+            continue
+    return post(last)
 
 
 def deliver_for_job(
@@ -165,6 +221,8 @@ def deliver_for_job(
             settings.webhook_secret,
             settings.webhook_max_attempts,
             backoff_seconds,
+            TIMEOUT_SECONDS,
+            settings.webhook_allowed_hosts,
         ),
         name=f"webhook-{job.id}",
         daemon=False,  # a worker shutting down finishes its deliveries first

@@ -90,6 +90,9 @@ def make_settings(redis_url: str, data_dir: Path, weights: Path, **overrides: An
         "job_lease_seconds": 1.5,
         "rate_limit_per_minute": 0,
         "webhook_secret": WEBHOOK_SECRET,
+        # The tests' webhook receivers listen on loopback, which the webhook policy refuses unless
+        # the operator allows it.
+        "webhook_allowed_hosts": ["127.0.0.1"],
         # Every step written: the tests that follow a job step by step read the live step. The
         # throttled default (0.1 s) has its own tests (test_worker_signals.py).
         "progress_interval_s": 0.0,

@@ -164,7 +164,14 @@ def test_webhook_retries_and_verifies_with_the_sdk() -> None:
     receiver = Receiver(fail_first=2)
     try:
         event = {"id": "evt_test", "object": "event", "type": "video.completed", "created_at": 1, "data": {}}
-        assert webhooks.deliver(receiver.url, event, WEBHOOK_SECRET, max_attempts=3, backoff_seconds=0.05)
+        assert webhooks.deliver(
+            receiver.url,
+            event,
+            WEBHOOK_SECRET,
+            max_attempts=3,
+            backoff_seconds=0.05,
+            allowed_hosts=["127.0.0.1"],  # the receiver is on loopback, refused unless allowed
+        )
     finally:
         receiver.close()
     assert len(receiver.deliveries) == 3  # two 503s, then accepted
@@ -178,7 +185,9 @@ def test_webhook_retries_and_verifies_with_the_sdk() -> None:
 
     gone = Receiver(fail_first=99)
     try:
-        assert not webhooks.deliver(gone.url, event, WEBHOOK_SECRET, max_attempts=2, backoff_seconds=0.01)
+        assert not webhooks.deliver(
+            gone.url, event, WEBHOOK_SECRET, max_attempts=2, backoff_seconds=0.01, allowed_hosts=["127.0.0.1"]
+        )
     finally:
         gone.close()
     assert len(gone.deliveries) == 2
