@@ -282,7 +282,8 @@ def test_bounded_and_invalid_ranges_while_rendering(env: tuple[httpx.Client, Fak
     assert span.headers["content-range"] == "bytes 10-29/*" and span.headers["content-length"] == "20"
     for bad in ("bytes=30-10", "bytes = 9-8"):
         invalid = client.get(url, headers={"Range": bad})
-        assert invalid.status_code == 416 and invalid.headers["content-range"] == "bytes */*"
+        assert invalid.status_code == 416  # the length is not known yet: no Content-Range
+        assert "content-range" not in invalid.headers
         assert invalid.json()["error"]["code"] == "range_not_satisfiable"
         assert invalid.json()["error"]["param"] == "Range"
 

@@ -105,9 +105,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
+            # Every method and request header the API reads, every response header of its own
+            # that a page needs (ranged downloads, resuming a rendering video, retries).
             allow_methods=["GET", "HEAD", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range", "If-None-Match"],
-            expose_headers=["Location", "Retry-After", "ETag", "Content-Range", "Idempotent-Replayed"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Range",
+                "If-Range",
+                "If-None-Match",
+            ],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "ETag",
+                "Accept-Ranges",
+                "Content-Range",
+                "Content-Disposition",
+                "X-Video-Status",
+                "Idempotent-Replayed",
+            ],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, record=metrics.observe_request)

@@ -1,9 +1,9 @@
 """GET /v1/videos/{id}/content: the MP4 (or its first-frame thumbnail); HEAD: its headers only.
 
 - Completed: the stored file, whatever the storage (Storage.open_content), with Range / 206 / 416 /
-  If-Range (one range; hyv.service.byte_ranges says which headers are ignored), a strong ETag
-  (`If-None-Match` -> 304), Last-Modified and Content-Length. HEAD answers the same headers
-  (Storage.content_info) without reading the content.
+  If-Range as RFC 9110 has them (hyv.service.byte_ranges: which ranges are served, coalesced or
+  ignored), a strong ETag (`If-None-Match` -> 304), Last-Modified and Content-Length. HEAD answers
+  the same headers (Storage.content_info) without reading the content, and ignores a Range.
 - Queued or in progress: a chunked stream of the fragmented MP4 from its first byte, following
   the worker's growing `.part` file until the job completes, so a client that starts early still
   receives the whole playable file. If the job fails or is cancelled meanwhile the connection is
@@ -23,15 +23,21 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from hyv.service.api.auth import CallerDep
 from hyv.service.api.content_live import CHUNK_BYTES, follow, live_range, ranged
 from hyv.service.api.context import AppContext, ContextDep
-from hyv.service.api.errors import ConflictError, InvalidRequestError, NotFoundError, ServiceUnavailableError
-from hyv.service.api.schemas import error_responses
-from hyv.service.byte_ranges import RangeNotSatisfiableError, parse_range
+from hyv.service.api.errors import (
+    APIError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from hyv.service.api.schemas import ErrorResponse, error_responses
+from hyv.service.byte_ranges import RangeNotSatisfiableError, if_range_holds, parse_range
 from hyv.service.storage import ContentInfo, StorageError, Variant
 from hyv.service.video_object import status_of
 
@@ -60,7 +66,10 @@ VariantQuery = Annotated[
             " (`Content-Range: bytes N-*/*`, followed until it completes)",
         },
         304: {"description": "Not modified (If-None-Match matched the ETag)"},
-        416: {"description": "Range not satisfiable (`Content-Range: bytes */<size or *>`)"},
+        416: {
+            "model": ErrorResponse,
+            "description": "Range not satisfiable (`Content-Range: bytes */<size>` where the size is known)",
+        },
         **error_responses(401, 404, 409, 422, 503),
     },
 )
@@ -191,28 +200,36 @@ async def _stored_response(
     context: AppContext, job_id: str, variant: Variant, request: Request
 ) -> Response | None:
     """The stored content as a file download (Range/206/416, If-Range, ETag/304, Content-Length),
-    whatever the storage; None if there is no such content."""
+    whatever the storage; None if there is no such content. The order is RFC 9110's: If-None-Match
+    (304), then If-Range, then the Range (hyv.service.byte_ranges)."""
     headers = request.headers
     if_none_match = _etags(headers.get("if-none-match"))
-    if_range = headers.get("if-range")
+    if_range, range_header = headers.get("if-range"), headers.get("range", "")
     try:
-        byte_range = parse_range(headers.get("range"))
-        if if_none_match or (byte_range and if_range):
+        byte_range, invalid = parse_range(range_header), False
+    except RangeNotSatisfiableError:
+        byte_range, invalid = None, True  # 416, unless a 304 or a stale If-Range comes first
+    ranged = byte_range is not None or invalid
+    try:
+        if if_none_match or invalid or (ranged and if_range):
             info = await run_in_threadpool(context.storage.content_info, job_id, variant)
             if info is None:
                 return None
-            if info.etag in if_none_match:
+            if info.etag in if_none_match or "*" in if_none_match:
                 return Response(status_code=304, headers={"ETag": info.etag, "Cache-Control": CACHE_CONTROL})
-            if if_range and if_range not in (info.etag, info.last_modified_http):
-                byte_range = None  # the client's copy is stale: send the whole new one
+            if ranged and if_range and not if_range_holds(if_range, info.etag, info.last_modified_http):
+                byte_range, invalid = None, False  # the client's copy is stale: the whole new one
+            if invalid:
+                raise _not_satisfiable(range_header, info.size, "its last byte comes before its first")
         content = await run_in_threadpool(context.storage.open_content, job_id, variant, byte_range)
     except RangeNotSatisfiableError as exc:
-        if exc.size is None:  # a reversed range: its answer names the size
+        size = exc.size
+        if size is None:
             info = await _content_info(context, job_id, variant)
             if info is None:
                 return None
-            exc.size = info.size
-        return PlainTextResponse(status_code=416, headers={"Content-Range": f"bytes */{exc.size or '*'}"})
+            size = info.size
+        raise _not_satisfiable(range_header, size, "no byte of it is in the content") from None
     except StorageError as exc:
         raise _storage_unavailable(job_id, variant, exc) from exc
     if content is None:
@@ -232,6 +249,17 @@ async def _stored_response(
         status_code=206 if content.content_range else 200,
         media_type=MEDIA_TYPES[variant],
         headers=response_headers,
+    )
+
+
+def _not_satisfiable(header: str, size: int, why: str) -> APIError:
+    """416 naming the content's length (RFC 9110 §15.5.17)."""
+    return APIError(
+        416,
+        "range_not_satisfiable",
+        f"Range {header[:80]!r} cannot be served from this content of {size} bytes: {why}",
+        "Range",
+        {"Content-Range": f"bytes */{size}"},
     )
 
 

@@ -7,14 +7,22 @@
 - `ranged`: a `Range: bytes=N-` or `bytes=N-M` request while the job renders (a client resuming a
   stream that broke, e.g. when the API restarted). The answer waits until byte N (or M) has been
   written, then is 206: `Content-Range: bytes N-*/*` and the bytes from N followed as they are
-  written until the job completes (the last position and the total length are not known yet), or
-  `bytes N-M/*` with exactly that span. If the job completes first the caller serves the finished
-  file (206 with the known length, or 416 if N is past its end); failed or cancelled: 409.
-- `live_range`: which Range requests `ranged` serves (parsed by hyv.service.byte_ranges). `bytes=0-`
-  is the whole stream (200, as without a Range: what a browser's <video> sends first); a suffix
-  (`bytes=-K`, the length is not known yet), several ranges, another unit, a malformed value or an
-  `If-Range` (there is no validator while rendering) are ignored, as RFC 9110 allows: the whole
-  stream, 200. `bytes=N-M` with M < N is 416.
+  written until the job completes, or `bytes N-M/*` with exactly that span. If the job completes
+  first the caller serves the finished file (206 with the known length, or 416 if N is past its
+  end); failed or cancelled: 409.
+- `live_range`: which Range requests `ranged` serves (parsed by hyv.service.byte_ranges, so several
+  ranges that touch are one). `bytes=0-` is the whole stream (200, as without a Range: what a
+  browser's <video> sends first, and a 200 needs no Content-Range); a suffix (`bytes=-K`: the end
+  is not written yet), ranges that stay apart, another unit, a value with no range in it, and any
+  request with `If-Range` are ignored: the whole stream, 200. RFC 9110 §14.2 lets a server ignore a
+  Range, and §13.1.5 makes an If-Range false without a validator to match (a rendering video has
+  no ETag or Last-Modified yet). `bytes=N-M` with M < N is 416 without a Content-Range (the length
+  is not known, and `bytes */*` is not a valid one).
+
+`bytes N-*/*` is this service's one departure from RFC 9110, whose Content-Range needs the last
+byte's position: the span from N to an end nobody knows yet has no standard form (RFC 8673 has
+the client ask for a huge last byte instead). A resuming client needs the status, the first
+position and the body, which are standard; the `*` tells it the rest is still being written.
 
 The reader keeps its file descriptor across the worker's rename of `.part` to `.mp4`, so it reads
 one file from its first byte to its last whatever the timing. Where this process does not see the
@@ -66,7 +74,6 @@ def live_range(request: Request) -> tuple[int, int | None] | None:
             "range_not_satisfiable",
             f"Range {header[:80]!r}: the last byte comes before the first",
             "Range",
-            {"Content-Range": "bytes */*"},
         ) from None
     if byte_range is None or byte_range.first is None:  # none, or a suffix: the whole stream
         return None

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from hyv.service import metrics
-from hyv.service.api.auth import CallerDep
+from hyv.service.api.auth import CallerDep, KeyRing
 from hyv.service.api.context import ContextDep
-from hyv.service.api.errors import NotFoundError
+from hyv.service.api.errors import APIError, NotFoundError
 from hyv.service.api.schemas import ModelList, ModelPublic, error_responses
 
 logger = logging.getLogger(__name__)
@@ -61,43 +62,74 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     tags=["health"],
     summary="Readiness: Redis answers and a worker has the model loaded",
+    description=(
+        "Without an API key: the status and counts only. With a valid key (or on a server without"
+        " keys, which listens on loopback only): also the model, which worker failed to load it and"
+        " why, with file paths cut to their last part."
+    ),
     responses={503: {"description": "Not ready: the body says why"}},
     openapi_extra=PUBLIC,
 )
-async def readyz(context: ContextDep) -> JSONResponse:
+async def readyz(request: Request, context: ContextDep) -> JSONResponse:
+    detailed = _sees_details(context.keyring, request.headers.get("authorization"))
     try:
         context.redis.ping()
     except Exception as exc:
         logger.warning("readyz: redis unreachable: %s", exc)
-        return JSONResponse({"status": "unavailable", "reason": f"redis unreachable: {exc}"}, 503)
+        reason = f"redis unreachable: {redact_paths(str(exc))}" if detailed else "redis unreachable"
+        return JSONResponse({"status": "unavailable", "reason": reason}, 503)
     workers = context.workers.live(context.model.name)
     ready = [w for w in workers if w.get("ready")]
     # Workers up whose model failed to load (their jobs stay queued): the error each one hit.
     failed = [
-        {"worker": str(w.get("hostname")), "error": str(w["load_error"])[:LOAD_ERROR_CHARS]}
+        {"worker": str(w.get("hostname")), "error": redact_paths(str(w["load_error"]))[:LOAD_ERROR_CHARS]}
         for w in workers
         if w.get("load_error") and not w.get("ready")
     ]
     body: dict[str, Any] = {
         "status": "ready" if ready else "unavailable",
-        "model": context.model.name,
         "workers": len(workers),
         "workers_ready": len(ready),
+        "workers_failed": len(failed),
         "queue_depth": context.jobs.queue_depth(context.model.name),
     }
-    if failed:
-        body["load_errors"] = failed
-    if not ready:
+    if detailed:
+        body["model"] = context.model.name
         if failed:
-            body["reason"] = (
-                f"{len(failed)} worker(s) could not load {context.model.name!r}: {failed[0]['error']}"
-            )
+            body["load_errors"] = failed
+    if not ready:
+        model = repr(context.model.name) if detailed else "the model"
+        if failed:
+            body["reason"] = f"{len(failed)} worker(s) could not load {model}"
+            if detailed:
+                body["reason"] += f": {failed[0]['error']}"
         else:
-            body["reason"] = (
-                f"no worker has loaded {context.model.name!r} yet" if workers else "no worker running"
-            )
+            body["reason"] = f"no worker has loaded {model} yet" if workers else "no worker running"
         return JSONResponse(body, 503)
     return JSONResponse(body)
+
+
+def _sees_details(keyring: KeyRing, authorization: str | None) -> bool:
+    """Whether /readyz may say which worker failed and why: to a caller with a valid key, or to
+    anyone on a server without keys (it listens on loopback only: hyv.service.api.auth). Without
+    a valid key the route still answers (probes send none), with the counts only."""
+    if not keyring.enabled:
+        return True
+    try:
+        keyring.authenticate(authorization)
+    except APIError:
+        return False
+    return True
+
+
+# An absolute POSIX path, or one under `~` (not a URL's path: no letter, digit, `.` or `/` before).
+_PATH = re.compile(r"(?<![\w./~-])~?/(?:[^\s'\"(),;:/]+/)*([^\s'\"(),;:/]+)/?")
+
+
+def redact_paths(text: str) -> str:
+    """`text` with every absolute path cut to its last part: `/srv/hyv/weights/dit/model.safetensors`
+    -> `model.safetensors` (which file, not where the server keeps it)."""
+    return _PATH.sub(r"\1", text)
 
 
 @router.get(
