@@ -41,6 +41,7 @@ FAULTS_DIR = "tests/reliability/faults"
 FAULT_TESTS = (
     "tests/service/test_worker.py::test_job_longer_than_visibility_timeout_runs_once",
     "tests/service/test_worker.py::test_worker_killed_mid_job_is_redelivered_and_completed",
+    "tests/service/test_worker_group.py::test_a_failed_rank_requeues_the_job_once_and_the_restarted_group_finishes_it",
     "tests/service/test_broker.py::test_an_ack_that_fails_while_tls_redis_is_down_frees_the_prefetch_slot",
     FAULTS_DIR,
 )

@@ -20,6 +20,32 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "transport then never frees the worker's one prefetch slot)",
         "a worker idle for good after a Redis restart",
     ),
+    "test_a_job_whose_message_was_lost_before_its_claim_completes_once": (
+        "Faults",
+        "a queued job's Celery message removed from the broker before any worker claimed it (what a "
+        "Redis crash, then the receiving worker's death, leaves); a worker's beat sends it again; "
+        "then the old message pushed back; 3 per run",
+        "the job never run, run twice, or completed twice",
+    ),
+    "test_three_api_processes_never_admit_more_than_the_cap": (
+        "Faults",
+        "48 submissions at once for one key with room for 4, 16 through each of 3 API processes "
+        "(`hyv serve --workers 0`) on one Redis; 3 keys per run",
+        "more than 4 jobs admitted or created for the key",
+    ),
+    "test_a_worker_frozen_past_its_lease_cannot_write_into_the_new_owners_job": (
+        "Faults",
+        "a busy worker frozen (SIGSTOP) past its claim lease; another worker requeues, runs and "
+        "completes the job; the frozen one resumes (SIGCONT); 3 per run",
+        "any write of the woken run into the job (its record differs from the new owner's result, "
+        "version included) or its video file",
+    ),
+    "test_a_failed_rank_requeues_the_job_once_and_the_restarted_group_finishes_it": (
+        "Faults",
+        "a worker group of 2 processes (gloo, `HYV_SP_DEGREE=2`) whose follower is SIGKILLed, or "
+        "frozen (SIGSTOP) past the group's 8 s collective timeout, mid-denoise",
+        "the job lost, failed or run twice; a rank left hanging; the group not restarted",
+    ),
     "test_tls_redis_restart_with_jobs_queued_and_running": (
         "Faults",
         "Redis with TLS only (rediss://, certificates made by the test, AOF on) stopped and started "

@@ -176,6 +176,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A running job's claim expires this long after its worker's last beat.",
     )
+    queued_reap_after_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A queued job whose Celery message is missing from the broker for this long (and "
+        "in two sweeps of the workers' beat) is sent again (hyv.service.queue_reaper).",
+    )
     unacked_restore_interval: int = Field(
         default=10, ge=1, description="Seconds between the broker's sweeps for unacked messages to redeliver."
     )

@@ -25,10 +25,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from hyv.service.celery_app import TASK_NAME, celery_for
 from hyv.service.job_memory import memory_usage
 from hyv.service.job_runner import JobRunner, ServedPipeline, requeue_job
 from hyv.service.job_store import JobStore
 from hyv.service.model_loading import LOAD_RETRY_S, load_pipeline
+from hyv.service.queue_reaper import QueueReaper
 from hyv.service.settings import Settings
 from hyv.service.storage import Storage, make_storage
 from hyv.service.worker_group import WorkerGroup
@@ -62,6 +64,15 @@ class WorkerProcess:
         self.started = time.time()
         self._beat = threading.Thread(target=self._beat_loop, name="hyv-beat", daemon=True)
         self._cleaning = threading.Event()
+        self.queue_reaper = QueueReaper(
+            store.redis,
+            self.jobs,
+            self.claims,
+            settings.model_name,
+            settings.queue_name,
+            settings.queued_reap_after_seconds,
+            self._send,
+        )
 
     def load(self) -> bool:
         """Load the model; on failure keep the error (the heartbeat shows it, not ready) and stay up:
@@ -170,6 +181,7 @@ class WorkerProcess:
                 self._heartbeat()
                 self.runner.renew_claim()
                 self.requeue_orphans()
+                self.queue_reaper.sweep()
                 if time.monotonic() - last_cleanup > CLEANUP_INTERVAL_S and not self._cleaning.is_set():
                     last_cleanup = time.monotonic()
                     self._cleaning.set()  # own thread: a slow or unreachable S3 must not delay the beat
@@ -184,6 +196,9 @@ class WorkerProcess:
             logger.exception("storage cleanup failed")
         finally:
             self._cleaning.clear()
+
+    def _send(self, job_id: str) -> None:
+        celery_for(self.settings).send_task(TASK_NAME, args=[job_id], queue=self.settings.queue_name)
 
     def requeue_orphans(self) -> list[str]:
         """In-progress jobs nobody holds (their worker died): back to the queue, once."""
