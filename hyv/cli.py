@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from hyv.engine.memory_options import ATTENTION_BACKENDS, TEXT_ENCODER_PLACEMENT
 
 if TYPE_CHECKING:
     import torch
+
+    from hyv.engine.limits import ModelLimits
+    from hyv.engine.request import GenerationRequest
 
 TRAIN_HELP = "Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`."
 # The memory options of `hyv generate` and `hyv worker` (docs/operations.md, "Memory options").
@@ -130,6 +133,40 @@ def init_weights(
     console.print(f"Wrote untrained bundle [bold]{preset}[/] to {out} (DiT: {params / 1e6:.1f}M parameters).")
 
 
+def _refuse(message: str) -> NoReturn:
+    """One red line on stderr (never wrapped, never read as markup), then exit code 2."""
+    console.print(message, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _check_before_loading(
+    request: GenerationRequest, limits: ModelLimits, weights: Path, text_encoder: Path | None
+) -> None:
+    """Refuse, before any weights load, what the model cannot do: a prompt with words outside its
+    built-in text encoder's vocabulary (the message lists the grammar it follows), a size or a
+    length it was not trained at (the message lists those it was)."""
+    from hyv.engine.limits import resolve
+    from hyv.engine.prompt_vocabulary import OffVocabularyError, bundle_prompt_vocabulary
+
+    try:
+        vocabulary = bundle_prompt_vocabulary(weights, text_encoder)
+    except ValueError:  # an unreadable tokenizer: loading the text encoder says more
+        vocabulary = None
+    if vocabulary is not None:
+        try:
+            vocabulary.check(request.prompt, "prompt")
+            if request.negative_prompt:
+                vocabulary.check(request.negative_prompt, "negative_prompt", allow_empty=True)
+        except OffVocabularyError as exc:
+            grammar = vocabulary.grammar
+            hint = grammar.describe() if grammar else f"the words {', '.join(vocabulary.sorted_words())}"
+            _refuse(f"invalid request: {exc}; this model follows {hint}")
+    try:
+        resolve(request, limits)  # the step count is checked with the model loaded (a distilled schedule)
+    except ValueError as exc:
+        _refuse(f"invalid request: {exc}")
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
@@ -199,6 +236,7 @@ def generate(
     except (ValidationError, OSError) as exc:
         console.print(f"[red]invalid request: {exc}[/]")
         raise typer.Exit(2) from exc
+    _check_before_loading(request, spec.limits, weights, text_encoder)
     default_device, default_dtype = default_device_and_dtype()
     try:
         tiles = VAETileSizes(vae_tile_size, vae_tile_frames, vae_tile_overlap)
@@ -227,8 +265,7 @@ def generate(
         pipeline = VideoPipeline.from_dir(weights, options, text_encoder_path=text_encoder)
         pipeline.plan(request)
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]invalid request: {exc}[/]")
-        raise typer.Exit(2) from exc
+        _refuse(f"invalid request: {exc}")
     with Progress(
         TextColumn("{task.description:<9}"),
         BarColumn(),

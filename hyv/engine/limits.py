@@ -36,10 +36,34 @@ class ModelLimits:
     max_steps: int = 100
     buckets: tuple[tuple[int, int], ...] | None = None  # allowed (width, height); None = any
     requires_image: bool = False  # an image-to-video-only model (e.g. HunyuanVideo-I2V)
+    # Allowed frame counts (the lengths the model was trained and evaluated at); None = any 4n+1
+    # up to max_frames. A model trained at one length draws black leading frames at others.
+    frame_counts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.buckets is not None:  # JSON gives lists
             object.__setattr__(self, "buckets", tuple((int(w), int(h)) for w, h in self.buckets))
+        if self.frame_counts is not None:
+            counts = tuple(sorted({int(n) for n in self.frame_counts}))
+            bad = [n for n in counts if (n - 1) % TIME_STRIDE or not 1 <= n <= self.max_frames]
+            if not counts or bad:
+                raise ValueError(
+                    f"frame_counts must be 4n+1 in [1, {self.max_frames}] (max_frames), "
+                    f"got {list(self.frame_counts)}"
+                )
+            if self.num_frames not in counts:
+                raise ValueError(
+                    f"the default num_frames {self.num_frames} is not in frame_counts {list(counts)}"
+                )
+            object.__setattr__(self, "frame_counts", counts)
+
+    def sizes_text(self) -> str:
+        """The allowed sizes, e.g. '64x64, 96x64' (buckets only)."""
+        return ", ".join(f"{w}x{h}" for w, h in self.buckets or ())
+
+    def lengths_text(self) -> str:
+        """The allowed frame counts, e.g. '1, 17, 33 frames' (frame_counts only)."""
+        return f"{', '.join(str(n) for n in self.frame_counts or ())} frames"
 
 
 @dataclass(frozen=True)
@@ -77,12 +101,17 @@ def resolve(
     frames = request.num_frames if request.num_frames is not None else limits.num_frames
     for name, value, upper in (("width", width, limits.max_width), ("height", height, limits.max_height)):
         if value % SIZE_MULTIPLE or not SIZE_MULTIPLE <= value <= upper:
+            sizes = f" (this model's sizes: {limits.sizes_text()})" if limits.buckets else ""
             raise ValueError(
-                f"{name} must be a multiple of {SIZE_MULTIPLE} in [{SIZE_MULTIPLE}, {upper}], got {value}"
+                f"{name} must be a multiple of {SIZE_MULTIPLE} in [{SIZE_MULTIPLE}, {upper}], "
+                f"got {value}{sizes}"
             )
     if limits.buckets is not None and (width, height) not in limits.buckets:
-        sizes = ", ".join(f"{w}x{h}" for w, h in limits.buckets)
-        raise ValueError(f"size {width}x{height} is not one of this model's resolution buckets: {sizes}")
+        raise ValueError(
+            f"size {width}x{height} is not one of this model's resolution buckets: {limits.sizes_text()}"
+        )
+    if limits.frame_counts is not None and frames not in limits.frame_counts:
+        raise ValueError(f"num_frames {frames} is not one of this model's lengths: {limits.lengths_text()}")
     if (frames - 1) % TIME_STRIDE or not 1 <= frames <= limits.max_frames:
         raise ValueError(f"num_frames must be 4n+1 in [1, {limits.max_frames}], got {frames}")
     steps = request.steps if request.steps is not None else (fixed_steps or limits.steps)

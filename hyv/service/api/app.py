@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     metrics.setup_metrics(settings)  # `uvicorn --factory` starts here (`hyv serve` did it already)
     redis_client = redis.Redis.from_url(settings.redis_url)
-    model = ServedModel.from_bundle(settings.model_name, settings.weights)
+    model = ServedModel.from_bundle(settings.model_name, settings.weights, settings.text_encoder)
     store = JobStore.connect(redis_client, settings)
     context = AppContext(
         settings=settings,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hyv.engine.prompt_vocabulary import CaptionGrammar
 from hyv.service.video_object import VideoPublic, VideoStatus
 
 _CREATE_EXAMPLE: dict[str, Any] = {
@@ -80,6 +81,25 @@ class VideoDeleted(BaseModel):
     status: VideoStatus | None = None
 
 
+class CaptionGrammarPublic(BaseModel):
+    """The captions a model with the built-in text encoder was trained on."""
+
+    template: str = Field(examples=["a {color} {shape} {motion} on a {background} background"])
+    slots: dict[str, list[str]] = Field(
+        description="The values each {slot} of the template takes.",
+        examples=[{"color": ["red", "green"], "shape": ["circle", "square"]}],
+    )
+    example: str = Field(examples=["a red circle moving left on a black background"])
+
+    @classmethod
+    def of(cls, grammar: CaptionGrammar) -> CaptionGrammarPublic:
+        return cls(
+            template=grammar.template,
+            slots={slot: list(values) for slot, values in grammar.slots.items()},
+            example=grammar.example(),
+        )
+
+
 class ModelPublic(BaseModel):
     id: str = Field(examples=["hyv-small"])
     object: Literal["model"] = "model"
@@ -94,6 +114,17 @@ class ModelPublic(BaseModel):
     max_steps: int
     fixed_steps: int | None = Field(default=None, description="A step-distilled model's only step count.")
     sizes: list[str] | None = Field(default=None, description="Allowed sizes; null = any multiple of 16.")
+    frame_counts: list[int] | None = Field(
+        default=None, description="Allowed frame counts (num_frames); null = any 4n+1 up to max_frames."
+    )
+    vocabulary: list[str] | None = Field(
+        default=None,
+        description="The words the model's built-in text encoder knows (sorted); prompts with other "
+        "words are refused. null = any text (a LLaMA/CLIP text encoder).",
+    )
+    grammar: CaptionGrammarPublic | None = Field(
+        default=None, description="The caption grammar the model was trained on (built-in text encoder)."
+    )
 
 
 class ModelList(BaseModel):
@@ -103,7 +134,7 @@ class ModelList(BaseModel):
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["invalid_value"])
-    message: str = Field(examples=["num_frames must be 4n+1 in [1, 65], got 18"])
+    message: str = Field(examples=["num_frames 18 is not one of this model's lengths: 17 frames"])
     param: str | None = Field(default=None, examples=["num_frames"])
     type: str = Field(default="invalid_request_error")
 

@@ -3,6 +3,8 @@
 The served model's limits come from its bundle (bundle.json, and the DiT's config for image
 conditioning and a distilled schedule), read once at start without loading any weights; the same
 `hyv.engine.limits.resolve` the worker runs decides, so whatever the API accepts the worker can run.
+A model with the built-in word-level text encoder also refuses prompts with words outside its
+vocabulary (hyv.engine.prompt_vocabulary): it could only draw noise for them.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from pydantic import ValidationError
 from hyv.engine.bundle_spec import BUNDLE_FILE, read_bundle_spec
 from hyv.engine.image_cond import load_image
 from hyv.engine.limits import GenerationPlan, ModelLimits, resolve
+from hyv.engine.prompt_vocabulary import OffVocabularyError, PromptVocabulary, bundle_prompt_vocabulary
 from hyv.engine.release import find_release
 from hyv.engine.request import GenerationRequest
 from hyv.service.api.errors import InvalidRequestError, TooLargeError, validation_message
-from hyv.service.api.schemas import ImageReference, ModelPublic, VideoCreate
+from hyv.service.api.schemas import CaptionGrammarPublic, ImageReference, ModelPublic, VideoCreate
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +45,12 @@ class ServedModel:
     fixed_steps: int | None = None
     supports_image: bool = True
     created: int = 0
+    vocabulary: PromptVocabulary | None = None  # the built-in text encoder's; None = any text
 
     @classmethod
-    def from_bundle(cls, name: str, weights: Path) -> ServedModel:
-        """Read the bundle's limits; without a bundle, the engine's default limits (logged)."""
+    def from_bundle(cls, name: str, weights: Path, text_encoder: Path | None = None) -> ServedModel:
+        """Read the bundle's limits; without a bundle, the engine's default limits (logged).
+        `text_encoder`: the encoder the workers load instead of the bundle's (HYV_TEXT_ENCODER)."""
         try:
             spec = read_bundle_spec(weights)
         except FileNotFoundError as exc:
@@ -70,7 +75,13 @@ class ServedModel:
         except Exception as exc:  # a missing or foreign checkpoint: the worker will say more
             logger.warning("cannot read the DiT metadata in %s: %s", weights / "dit", exc)
         created = int((weights / BUNDLE_FILE).stat().st_mtime)
-        return cls(name, spec.limits, fixed_steps, supports_image or spec.limits.requires_image, created)
+        vocabulary = None
+        try:
+            vocabulary = bundle_prompt_vocabulary(weights, text_encoder)
+        except ValueError as exc:  # a built-in encoder without a readable tokenizer: the worker fails
+            logger.warning("cannot read the text encoder's vocabulary: %s; accepting any prompt", exc)
+        supports_image = supports_image or spec.limits.requires_image
+        return cls(name, spec.limits, fixed_steps, supports_image, created, vocabulary)
 
     def public(self) -> ModelPublic:
         limits = self.limits
@@ -94,7 +105,26 @@ class ServedModel:
             max_steps=limits.max_steps,
             fixed_steps=self.fixed_steps,
             sizes=[f"{w}x{h}" for w, h in limits.buckets] if limits.buckets else None,
+            frame_counts=list(limits.frame_counts) if limits.frame_counts else None,
+            vocabulary=self.vocabulary.sorted_words() if self.vocabulary else None,
+            grammar=CaptionGrammarPublic.of(self.vocabulary.grammar)
+            if self.vocabulary and self.vocabulary.grammar
+            else None,
         )
+
+    def check_prompt(self, text: str, param: str = "prompt", allow_empty: bool = False) -> None:
+        """422 naming the words outside the built-in text encoder's vocabulary (any text passes for
+        other encoders), pointing at where the vocabulary and grammar are listed."""
+        if self.vocabulary is None:
+            return
+        try:
+            self.vocabulary.check(text, param, allow_empty)
+        except OffVocabularyError as exc:
+            raise InvalidRequestError(
+                f"{exc}; see GET /v1/models/{self.name} for the vocabulary and grammar",
+                param,
+                "prompt_outside_vocabulary",
+            ) from None
 
 
 def read_weights_metadata(path: Path) -> dict[str, str]:
@@ -113,8 +143,11 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def frames_for_seconds(seconds: str, fps: int, max_frames: int) -> int:
-    """OpenAI's `seconds` -> a 4n+1 frame count whose duration (frames - 1) / fps is nearest."""
+def frames_for_seconds(
+    seconds: str, fps: int, max_frames: int, frame_counts: tuple[int, ...] | None = None
+) -> int:
+    """OpenAI's `seconds` -> a 4n+1 frame count whose duration (frames - 1) / fps is nearest; one
+    of `frame_counts` (the model's lengths) when it has them, or a 422 naming their durations."""
     try:
         value = float(seconds)
     except ValueError:
@@ -124,6 +157,14 @@ def frames_for_seconds(seconds: str, fps: int, max_frames: int) -> int:
     if not 0 < value < 3600:
         raise InvalidRequestError(f"seconds must be > 0, got {seconds!r}", "seconds")
     frames = 4 * max(1, round(value * fps / 4)) + 1
+    if frame_counts is not None and frames not in frame_counts:
+        counts = ", ".join(str(n) for n in frame_counts)
+        durations = ", ".join(duration_text(n, fps) for n in frame_counts)
+        raise InvalidRequestError(
+            f"seconds={seconds} needs {frames} frames at {fps} fps, which is not one of this model's "
+            f"lengths: {counts} frames (seconds: {durations} at {fps} fps)",
+            "seconds",
+        )
     if frames > max_frames:
         longest = (max_frames - 1) / fps
         raise InvalidRequestError(
@@ -188,7 +229,7 @@ def build_plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> Ge
     num_frames = body.num_frames
     if num_frames is None and body.seconds is not None:
         fps = body.fps if body.fps is not None and body.fps > 0 else model.limits.fps
-        num_frames = frames_for_seconds(body.seconds, fps, model.limits.max_frames)
+        num_frames = frames_for_seconds(body.seconds, fps, model.limits.max_frames, model.limits.frame_counts)
     try:
         request = GenerationRequest(
             prompt=body.prompt,
@@ -207,6 +248,9 @@ def build_plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> Ge
         if param in ("width", "height"):
             param = "size"
         raise InvalidRequestError(message, param) from None
+    model.check_prompt(request.prompt, "prompt")
+    if request.negative_prompt:
+        model.check_prompt(request.negative_prompt, "negative_prompt", allow_empty=True)
     try:
         plan = resolve(request, model.limits, model.fixed_steps)
     except ValueError as exc:
