@@ -329,8 +329,18 @@ class JobRunner:
 
 def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
     """An in-progress job that no run holds any more: back to queued and onto its model's queue, if
-    it still is in progress and unclaimed (one Lua check-and-write). True if requeued."""
-    written, job = jobs.transition(
+    it still is in progress and unclaimed (one Lua check-and-write). True if requeued.
+
+    The message goes out before the record says queued: a process killed between the two leaves
+    either a job in progress with a message (which the next delivery claims and runs, and any other
+    beat's requeue only duplicates: the claim drops the copy) or, had the order been the other way,
+    a queued job with no message at all, which only the broker's visibility timeout would revive
+    (its old delivery sits in the unacked index, so the queue reaper sees it as present)."""
+    job = jobs.get(job_id)
+    if job is None or job.status != JobStatus.IN_PROGRESS or jobs.redis.exists(jobs.keys.claim(job_id)):
+        return False
+    celery_for(settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(job.model))
+    written, _ = jobs.transition(
         job_id,
         [JobStatus.IN_PROGRESS],
         require_unclaimed=True,
@@ -339,10 +349,7 @@ def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
         step=0,
         progress=0,
     )
-    if written and job is not None:
-        celery_for(settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(job.model))
-        return True
-    return False
+    return written
 
 
 def fail_past_hard_limit(settings: Settings, job_id: str, task_id: str) -> None:
