@@ -23,17 +23,32 @@
    of log area. Displacement >= 0.10 or an area factor >= 1.6 count as motion; the clearer of
    the two (each relative to its threshold) decides moving-<direction> vs growing/shrinking;
    otherwise standing still. 1-frame clips get no motion.
+6. Objects and cleanliness, per frame: the pixels farther from the background than
+   ``FOREGROUND_LEVEL`` of the object's contrast (at least `MIN_CONTRAST`), whatever their color,
+   split into 8-connected components. The largest is the object (when it covers at least
+   ``OBJECT_MIN_FRACTION`` of the frame); every other component larger than ``STRAY_FRACTION``
+   (1%) of the frame is a stray. A frame is clean without strays; ``objects`` counts the object
+   and the strays (1 is right; 0 is an empty frame, 4 four copies). Anti-aliased rims belong to
+   the component of the shape they fringe, so rendered ground truth is 100% clean.
+7. Shape IoU, per frame: the object's mask (``a > 0.5`` within its component) against the ideal
+   shape of the judged kind (`hyv.training.data.render.shape_distance`) whose center and
+   half-extent fit the object best: started from the mask's moments, refined by a pattern search
+   maximizing the soft IoU (sum of min / sum of max) between the object's coverage and the
+   ideal's anti-aliased coverage, then scored as the hard IoU of the two masks. Rendered ground
+   truth reads ~1; a concave triangle, a square with bent sides or a blob read lower. A frame
+   without an object scores 0, so a clip that starts black loses IoU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from hyv.training.data.grammar import BACKGROUND_RGB, COLOR_RGB, Attributes, ClipSpec, parse_caption
+from hyv.training.data.render import shape_distance
 
 MIN_CONTRAST = 40.0  # object vs background distance (RGB units) below which nothing is found
 CORE_LEVEL = 0.6
@@ -42,6 +57,9 @@ SCALE_THRESHOLD = math.log(1.6)  # |log(area_end / area_start)|
 TRIANGLE_SKEW = 0.0075  # |third central moment| / area^1.5 (triangle 0.021, circle/square 0)
 TRIANGLE_FILL = 0.64  # area / (peak column mass * peak row mass): triangle 0.5, circle 0.785,
 SQUARE_FILL = 0.81  # square 1.0
+FOREGROUND_LEVEL = 0.25  # of the object's contrast: pixels farther from the background are foreground
+STRAY_FRACTION = 0.01  # a component besides the object larger than this (of the frame) is a stray
+OBJECT_MIN_FRACTION = 0.0025  # the largest component is the object from this size (of the frame) on
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,11 @@ class Judgement:
     dy: float = 0.0  # (fraction of the height, + down)
     area_ratio: float = 1.0  # fitted last-frame area / first-frame area
     valid_frames: int = 0
+    iou: float = math.nan  # shape IoU with the best-fitting ideal shape, mean over frames (0 if absent)
+    frame_iou: tuple[float, ...] = ()  # per frame
+    clean: float = math.nan  # fraction of frames without a stray component (> 1% of the frame)
+    objects: tuple[int, ...] = ()  # per frame: the object (if any) + the strays
+    one_object: float = math.nan  # fraction of frames with exactly one object and no stray
 
 
 def _background(x: np.ndarray, hint: str | None) -> tuple[np.ndarray, str]:
@@ -190,6 +213,133 @@ def _motion(t: np.ndarray, frames: list[_Frame]) -> tuple[str, float, float, flo
     return ("moving down" if dy > 0 else "moving up"), conf, dx, dy, ratio
 
 
+def _box_min3(x: np.ndarray, fill: int) -> np.ndarray:
+    """Minimum over each pixel's 3x3 neighbourhood in the last two axes (separable), ``fill``
+    outside the frame."""
+    p = np.pad(x, ((0, 0), (1, 1), (0, 0)), constant_values=fill)
+    rows = np.minimum(np.minimum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+    p = np.pad(rows, ((0, 0), (0, 0), (1, 1)), constant_values=fill)
+    return np.minimum(np.minimum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+    """8-connected components of each frame of a (T, H, W) bool mask: int labels, 0 off the mask,
+    1..n on it (numbered over the whole clip, in raster order of each component's first pixel).
+
+    Every pixel starts labelled with its own index; each round takes the smallest label in the
+    3x3 neighbourhood and then jumps to the label of the pixel a label names (which lies in the
+    same component), so compact components settle in a few rounds. numpy only (no scipy)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 3:
+        raise ValueError(f"expected a (T, H, W) mask, got shape {mask.shape}")
+    n = mask.size
+    none = n + 1  # larger than every label
+    labels = np.where(mask, np.arange(1, n + 1, dtype=np.int64).reshape(mask.shape), none)
+    while True:
+        low = np.where(mask, _box_min3(labels, none), none)
+        jumped = np.where(mask, low.reshape(-1)[np.minimum(low, n) - 1], none)
+        if np.array_equal(jumped, labels):
+            break
+        labels = jumped
+    out = np.zeros(mask.shape, dtype=np.int64)
+    out[mask] = np.unique(labels[mask], return_inverse=True)[1] + 1
+    return out
+
+
+@dataclass(frozen=True)
+class _Objects:
+    """Per frame: the object's component label (0: none), the object count, clean or not."""
+
+    labels: np.ndarray  # (T, H, W) component labels
+    object_label: list[int]
+    objects: list[int]
+    clean: list[bool]
+
+
+def _objects(fg: np.ndarray) -> _Objects:
+    """The components of the foreground (T, H, W) and, per frame, the object and its strays."""
+    T, H, W = fg.shape
+    labels = components(fg)
+    areas = np.bincount(labels.reshape(-1))
+    frame_of = np.zeros(len(areas), dtype=np.int64)  # each label's frame
+    flat = labels.reshape(-1)
+    on = np.flatnonzero(flat)
+    frame_of[flat[on]] = on // (H * W)
+    object_label, objects, clean = [], [], []
+    for k in range(T):
+        ids = np.flatnonzero(frame_of == k)
+        ids = ids[ids > 0]
+        sizes = areas[ids]
+        order = np.argsort(-sizes, kind="stable")
+        ids, sizes = ids[order], sizes[order]
+        has_object = len(ids) > 0 and sizes[0] >= OBJECT_MIN_FRACTION * H * W
+        strays = int(np.sum(sizes[1:] > STRAY_FRACTION * H * W)) if len(ids) else 0
+        object_label.append(int(ids[0]) if has_object else 0)
+        objects.append(int(has_object) + strays)
+        clean.append(strays == 0)
+    return _Objects(labels, object_label, objects, clean)
+
+
+def _ideal_coverage(shape: str, px: np.ndarray, py: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage (K, h, w) of K ideal shapes, ``params`` (K, 3) = center x, center y,
+    half-extent (pixels). The signed distances are homogeneous (d(p; c, r) = r d((p - c) / r; 0, 1)),
+    so one `shape_distance` call scores every candidate."""
+    cx, cy, r = (params[:, i, None, None] for i in range(3))
+    dist = shape_distance(shape, (px - cx) / r, (py - cy) / r, 0.0, 0.0, 1.0) * r
+    return np.clip(0.5 - dist, 0.0, 1.0)
+
+
+def shape_iou(shape: str, coverage: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """IoU of an object's mask with the best-fitting ideal ``shape`` (module docstring, step 7).
+
+    ``coverage``: the object's soft coverage (H, W) in [0, 1] (strays already removed); ``mask``:
+    its hard mask (default ``coverage > 0.5``). 0.0 when the mask is (nearly) empty."""
+    coverage = np.clip(np.asarray(coverage, dtype=np.float64), 0.0, 1.0)
+    mask = coverage > 0.5 if mask is None else np.asarray(mask, dtype=bool)
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return 0.0
+    H, W = mask.shape
+    extent = max(int(ys.max() - ys.min()), int(xs.max() - xs.min())) + 1
+    pad = max(3, extent // 3)  # room for the rim and for an ideal shape larger than the mask
+    y0, y1 = max(0, int(ys.min()) - pad), min(H, int(ys.max()) + pad + 1)
+    x0, x1 = max(0, int(xs.min()) - pad), min(W, int(xs.max()) + pad + 1)
+    window = coverage[y0:y1, x0:x1]
+    target = np.where(mask[y0:y1, x0:x1] | (window <= 0.5), window, 0.0)  # the mask and its rim
+    px = np.arange(x0, x1, dtype=np.float64)[None, None, :] + 0.5
+    py = np.arange(y0, y1, dtype=np.float64)[None, :, None] + 0.5
+    mass = float(target.sum())
+    cx = float(target.sum(axis=0) @ px[0, 0]) / mass
+    cy = float(target.sum(axis=1) @ py[0, :, 0]) / mass
+    r = math.sqrt(mass / {"circle": math.pi, "square": 4.0}.get(shape, 2.0))  # area pi r^2, 4 r^2, 2 r^2
+    if shape == "triangle":  # its centroid lies r/3 below the center of its bounding box
+        cy -= r / 3.0
+
+    def soft_iou(params: np.ndarray) -> np.ndarray:
+        ideal = _ideal_coverage(shape, px, py, params)
+        inter = np.minimum(ideal, target).sum(axis=(1, 2))
+        return inter / np.maximum(np.maximum(ideal, target).sum(axis=(1, 2)), 1e-9)
+
+    best = np.array([cx, cy, max(r, 0.5)])
+    score = float(soft_iou(best[None])[0])
+    step = max(0.5, 0.1 * best[2])
+    moves = np.concatenate([np.eye(3), -np.eye(3)])
+    while step > 0.02:  # pattern search: the best of the six axis moves, else a finer step
+        candidates = best + step * moves
+        candidates[:, 2] = np.maximum(candidates[:, 2], 0.5)
+        scores = soft_iou(candidates)
+        i = int(np.argmax(scores))
+        if scores[i] > score + 1e-12:
+            best, score = candidates[i], float(scores[i])
+        else:
+            step /= 2.0
+    gx = np.arange(W, dtype=np.float64)[None, :] + 0.5
+    gy = np.arange(H, dtype=np.float64)[:, None] + 0.5
+    ideal = shape_distance(shape, gx, gy, float(best[0]), float(best[1]), float(best[2])) < 0.0
+    union = int(np.sum(ideal | mask))
+    return float(np.sum(ideal & mask)) / union if union else 0.0
+
+
 def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement:
     """Judge one clip: uint8 (T, H, W, 3) or one image (H, W, 3). ``background``: "auto" (or
     None) to detect it from the border, or "black"/"gray" to name it."""
@@ -202,17 +352,26 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
     bg, bg_name = _background(x, background)
     dist = np.linalg.norm(x - bg, axis=-1)
     dmax = float(np.percentile(dist, 99.9))
-    if dmax < MIN_CONTRAST:
-        return Judgement(found=False, background=bg_name)
+    if dmax < MIN_CONTRAST:  # nothing drawn: clean, but no object and nothing of the shape
+        return Judgement(
+            found=False, background=bg_name, iou=0.0, frame_iou=(0.0,) * T, clean=1.0, objects=(0,) * T,
+            one_object=0.0,
+        )  # fmt: skip
     core = dist > CORE_LEVEL * dmax
     mean = x[core].mean(axis=0)
     color, color_conf = _color(mean, bg)
     u = mean - bg
     alpha = ((x - bg) @ u) / float(u @ u)
+    objs = _objects(dist > max(MIN_CONTRAST, FOREGROUND_LEVEL * float(np.linalg.norm(u))))
+    clean, objects = float(np.mean(objs.clean)), tuple(objs.objects)
+    one_object = float(np.mean([n == 1 for n in objects]))
     measured = [(k, _measure(alpha[k])) for k in range(T)]
     valid = [(k, m) for k, m in measured if m is not None]
     if not valid:
-        return Judgement(found=False, color=color, background=bg_name, color_confidence=color_conf)
+        return Judgement(
+            found=False, color=color, background=bg_name, color_confidence=color_conf, iou=0.0,
+            frame_iou=(0.0,) * T, clean=clean, objects=objects, one_object=one_object,
+        )  # fmt: skip
     areas = np.array([m.area for _, m in valid])
     big = [m for _, m in valid if m.area >= 0.5 * areas.max()]  # shape reads best at full size
     fill = float(np.median([m.fill for m in big]))
@@ -223,6 +382,15 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
     if T > 1 and len(valid) >= 2:
         t = np.array([k / (T - 1) for k, _ in valid])
         motion, motion_conf, dx, dy, ratio = _motion(t, [m for _, m in valid])
+    ious = []
+    for k in range(T):
+        label = objs.object_label[k]
+        if label == 0:
+            ious.append(0.0)
+            continue
+        inside = objs.labels[k] == label
+        strays = (objs.labels[k] > 0) & ~inside
+        ious.append(shape_iou(shape, np.where(strays, 0.0, alpha[k]), (alpha[k] > 0.5) & inside))
     return Judgement(
         found=True,
         color=color,
@@ -238,6 +406,11 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
         dy=dy,
         area_ratio=ratio,
         valid_frames=len(valid),
+        iou=float(np.mean(ious)),
+        frame_iou=tuple(ious),
+        clean=clean,
+        objects=objects,
+        one_object=one_object,
     )
 
 
@@ -249,37 +422,57 @@ def _expected(expected: Attributes | ClipSpec | str) -> Attributes:
     return Attributes(*expected)
 
 
-def evaluate(
-    clips: Iterable[tuple[np.ndarray, Attributes | ClipSpec | str]],
-    background: str | None = "auto",
-    failures: list[str] | None = None,
+def score(
+    judged: Iterable[tuple[Judgement, Attributes | ClipSpec | str, int]], failures: list[str] | None = None
 ) -> dict[str, float]:
-    """Per-attribute accuracy of the judge's reading against the expected attributes.
-
-    ``clips``: (frames, expected) pairs; expected is `Attributes`, a `ClipSpec` or a caption.
-    Returns {"color", "shape", "background", "motion", "all", "n", "n_motion"}: motion is scored
-    on clips with more than one frame only ("n_motion" of them; NaN if none), "all" is the
-    fraction of clips with every scored attribute right. When ``failures`` is given, one line
-    per wrong clip is appended to it."""
-    n = n_motion = 0
+    """`evaluate`'s tally over judgements already made: (judgement, expected, frames of the clip)."""
+    n = n_motion = frames = 0
     right = {"color": 0, "shape": 0, "background": 0, "motion": 0, "all": 0}
-    for frames, exp in clips:
+    iou = clean = one_object = 0.0
+    for j, exp, t in judged:
         want = _expected(exp)
-        j = judge_clip(frames, background)
         n += 1
         ok = {"color": j.color == want.color, "shape": j.shape == want.shape}
         ok["background"] = j.background == want.background
-        if np.asarray(frames).ndim == 4 and np.asarray(frames).shape[0] > 1:
+        if t > 1:
             n_motion += 1
             ok["motion"] = j.motion == want.motion
         for key, good in ok.items():
             right[key] += int(good)
         right["all"] += int(all(ok.values()))
+        iou += j.iou
+        clean += j.clean * t
+        one_object += j.one_object * t
+        frames += t
         if failures is not None and not all(ok.values()):
             failures.append(f"expected {want}, judged {j}")
     if n == 0:
         raise ValueError("evaluate needs at least one clip")
     out = {key: right[key] / n for key in ("color", "shape", "background", "all")}
     out["motion"] = right["motion"] / n_motion if n_motion else math.nan
+    out["iou"], out["clean"], out["one_object"] = iou / n, clean / frames, one_object / frames
     out["n"], out["n_motion"] = float(n), float(n_motion)
     return out
+
+
+def evaluate(
+    clips: Iterable[tuple[np.ndarray, Attributes | ClipSpec | str]],
+    background: str | None = "auto",
+    failures: list[str] | None = None,
+) -> dict[str, float]:
+    """Per-attribute accuracy of the judge's reading against the expected attributes, and the
+    clips' shape fidelity and cleanliness.
+
+    ``clips``: (frames, expected) pairs; expected is `Attributes`, a `ClipSpec` or a caption.
+    Returns {"color", "shape", "background", "motion", "all", "iou", "clean", "one_object", "n",
+    "n_motion"}: motion is scored on clips with more than one frame only ("n_motion" of them; NaN
+    if none), "all" is the fraction of clips with every scored attribute right, "iou" the mean
+    shape IoU of the clips, "clean" and "one_object" fractions of all frames. When ``failures`` is
+    given, one line per wrong clip is appended to it."""
+
+    def judged() -> Iterator[tuple[Judgement, Attributes | ClipSpec | str, int]]:
+        for frames, exp in clips:
+            x = np.asarray(frames)
+            yield judge_clip(x, background), exp, x.shape[0] if x.ndim == 4 else 1
+
+    return score(judged(), failures)
