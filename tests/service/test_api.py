@@ -79,7 +79,7 @@ def test_create_json_with_our_fields(api: httpx.Client) -> None:
         "steps": 3,
         "guidance": 4.5,
         "seed": 1234,
-        "negative_prompt": "blurry",
+        "negative_prompt": "a green triangle",
     }
     response = api.post("/v1/videos", json=body)
     assert response.status_code == 201, response.text
@@ -96,34 +96,34 @@ def test_create_json_with_our_fields(api: httpx.Client) -> None:
 
 @pytest.mark.parametrize(("seconds", "frames"), [("0.5", 5), ("1", 9), ("0.1", 5)])
 def test_seconds_become_4n_plus_1_frames(api: httpx.Client, seconds: str, frames: int) -> None:
-    response = create(api, {"prompt": "x", "seconds": seconds})
+    response = create(api, {"prompt": "a red circle", "seconds": seconds})
     assert response.status_code == 201, response.text
     assert response.json()["num_frames"] == frames
 
 
 def test_num_frames_wins_over_seconds(api: httpx.Client) -> None:
-    response = create(api, {"prompt": "x", "seconds": "1", "num_frames": "5"})
+    response = create(api, {"prompt": "a red circle", "seconds": "1", "num_frames": "5"})
     assert response.json()["num_frames"] == 5
 
 
 @pytest.mark.parametrize(
     ("fields", "param", "fragment"),
     [
-        ({"prompt": "x", "size": "33x32"}, "size", "got 33"),
-        ({"prompt": "x", "size": "128x32"}, "size", "[16, 64], got 128"),
-        ({"prompt": "x", "size": "big"}, "size", "'big'"),
-        ({"prompt": "x", "num_frames": "6"}, "num_frames", "4n+1 in [1, 9], got 6"),
-        ({"prompt": "x", "num_frames": "0"}, "num_frames", "got 0"),
-        ({"prompt": "x", "seconds": "2"}, "seconds", "needs 17 frames"),
-        ({"prompt": "x", "seconds": "soon"}, "seconds", "'soon'"),
-        ({"prompt": "x", "steps": "101"}, "steps", "[1, 100], got 101"),
-        ({"prompt": "x", "fps": "0"}, "fps", "got 0"),
-        ({"prompt": "x", "guidance": "lots"}, "guidance", "'lots'"),
-        ({"prompt": "x", "seed": "-1"}, "seed", "got -1"),
+        ({"prompt": "a red circle", "size": "33x32"}, "size", "got 33"),
+        ({"prompt": "a red circle", "size": "128x32"}, "size", "[16, 64], got 128"),
+        ({"prompt": "a red circle", "size": "big"}, "size", "'big'"),
+        ({"prompt": "a red circle", "num_frames": "6"}, "num_frames", "4n+1 in [1, 9], got 6"),
+        ({"prompt": "a red circle", "num_frames": "0"}, "num_frames", "got 0"),
+        ({"prompt": "a red circle", "seconds": "2"}, "seconds", "needs 17 frames"),
+        ({"prompt": "a red circle", "seconds": "soon"}, "seconds", "'soon'"),
+        ({"prompt": "a red circle", "steps": "101"}, "steps", "[1, 100], got 101"),
+        ({"prompt": "a red circle", "fps": "0"}, "fps", "got 0"),
+        ({"prompt": "a red circle", "guidance": "lots"}, "guidance", "'lots'"),
+        ({"prompt": "a red circle", "seed": "-1"}, "seed", "got -1"),
         ({"prompt": "   "}, "prompt", "whitespace"),
         ({"size": "32x32"}, "prompt", "prompt is required"),
-        ({"prompt": "x", "model": "sora-2"}, "model", "'sora-2' is not served here"),
-        ({"prompt": "x", "colour": "red"}, "colour", "unknown field 'colour'"),
+        ({"prompt": "a red circle", "model": "sora-2"}, "model", "'sora-2' is not served here"),
+        ({"prompt": "a red circle", "colour": "red"}, "colour", "unknown field 'colour'"),
     ],
 )
 def test_invalid_values_are_422_naming_the_field(
@@ -142,7 +142,9 @@ def test_json_body_errors(api: httpx.Client) -> None:
     assert bad.status_code == 422 and error_of(bad)["code"] == "invalid_json"
     wrong = api.post("/v1/videos", content=b"prompt=x", headers={"Content-Type": "text/plain"})
     assert wrong.status_code == 415 and "text/plain" in error_of(wrong)["message"]
-    remote = api.post("/v1/videos", json={"prompt": "x", "input_reference": "https://example.com/a.png"})
+    remote = api.post(
+        "/v1/videos", json={"prompt": "a red circle", "input_reference": "https://example.com/a.png"}
+    )
     assert remote.status_code == 422 and error_of(remote)["param"] == "input_reference"
 
 
@@ -189,11 +191,13 @@ def test_image_to_video_upload_and_data_url(i2v_api: tuple[httpx.Client, Any]) -
     import base64
 
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
-    as_json = client.post("/v1/videos", json={"prompt": "x", "input_reference": {"image_url": data_url}})
+    as_json = client.post(
+        "/v1/videos", json={"prompt": "a red circle", "input_reference": {"image_url": data_url}}
+    )
     assert as_json.status_code == 201, as_json.text
     assert storage.load_input_image(as_json.json()["id"]) == image
     # The OpenAI SDK's encoding of the reference object in multipart.
-    nested = create(client, {"prompt": "x", "input_reference[image_url]": data_url})
+    nested = create(client, {"prompt": "a red circle", "input_reference[image_url]": data_url})
     assert nested.status_code == 201, nested.text
 
     broken = create(client, files={"input_reference": ("a.png", b"not an image", "image/png")})
@@ -209,7 +213,7 @@ def test_missing_or_wrong_key_is_401_and_never_echoed(api: httpx.Client) -> None
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
     assert error_of(missing)["code"] == "invalid_api_key"
-    wrong = httpx.post(f"{base}/v1/videos", json={"prompt": "x"}, headers=auth("sk-guess-123"))
+    wrong = httpx.post(f"{base}/v1/videos", json={"prompt": "a red circle"}, headers=auth("sk-guess-123"))
     assert wrong.status_code == 401 and "sk-guess-123" not in wrong.text
     basic = httpx.get(f"{base}/v1/models", headers={"Authorization": "Basic abc"})
     assert basic.status_code == 401 and "Bearer" in error_of(basic)["message"]
@@ -247,7 +251,7 @@ def test_without_keys_everyone_is_anonymous(
     make_api_settings: Callable[..., Any], serve_app: Callable[[Any], Any]
 ) -> None:
     server = serve_app(make_api_settings(api_keys=[]))
-    response = httpx.post(f"{server.url}/v1/videos", json={"prompt": "x"})
+    response = httpx.post(f"{server.url}/v1/videos", json={"prompt": "a red circle"})
     assert response.status_code == 201
     assert len(httpx.get(f"{server.url}/v1/videos").json()["data"]) == 1
 
@@ -281,7 +285,7 @@ def test_idempotency_key_replays_the_same_job(api: httpx.Client) -> None:
     assert as_json.json()["id"] == first.json()["id"]
     assert len(api.get("/v1/videos").json()["data"]) == 1
 
-    other_body = create(api, {**TINY, "prompt": "something else"}, headers=headers)
+    other_body = create(api, {**TINY, "prompt": "a blue square"}, headers=headers)
     assert other_body.status_code == 409
     error = error_of(other_body)
     assert error["code"] == "idempotency_key_reused" and first.json()["id"] in error["message"]
@@ -374,7 +378,8 @@ def test_body_and_upload_limits_are_413(
 def test_list_pages_with_after_limit_order(api: httpx.Client) -> None:
     ids = []
     for i in range(5):
-        ids.append(create(api, {**TINY, "prompt": f"clip {i}"}).json()["id"])
+        color = ("red", "green", "blue", "yellow", "cyan")[i]
+        ids.append(create(api, {**TINY, "prompt": f"a {color} circle"}).json()["id"])
         time.sleep(0.002)  # distinct creation times
     page = api.get("/v1/videos", params={"limit": 2}).json()
     assert page["object"] == "list"

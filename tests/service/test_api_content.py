@@ -78,7 +78,7 @@ def env(make_api_settings: Any, serve_app: Any) -> Iterator[tuple[httpx.Client, 
 
 
 def submit(client: httpx.Client) -> str:
-    response = client.post("/v1/videos", json={"prompt": "x", "size": "32x32", "num_frames": 9})
+    response = client.post("/v1/videos", json={"prompt": "a red circle", "size": "32x32", "num_frames": 9})
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 

@@ -20,7 +20,7 @@ from tests.service.test_api_content import read_events
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
-LONG = {"prompt": "a long one", "size": "64x64", "num_frames": 9, "steps": 1000}
+LONG = {"prompt": "a slow red circle", "size": "64x64", "num_frames": 9, "steps": 1000}
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def test_a_failed_enqueue_releases_the_idempotency_key(api: httpx.Client, api_re
     broker = redis.Redis.from_url(api_redis_url)
     queue = queue_name("hyv-tiny")  # Celery's list for the model's queue in the broker
     broker.set(queue, b"not a list")  # the broker's LPUSH of the task now fails (WRONGTYPE)
-    body = {"prompt": "retry me", "size": "32x32", "num_frames": 5}
+    body = {"prompt": "a green square", "size": "32x32", "num_frames": 5}
     headers = {"Idempotency-Key": "order-99"}
 
     failed = api.post("/v1/videos", json=body, headers=headers)

@@ -70,7 +70,8 @@ def test_create_and_poll_then_download(client: Any, tmp_path: Path) -> None:
 
 def test_create_retrieve_list_delete(client: Any) -> None:
     created = [
-        client.videos.create(prompt=f"clip {i}", extra_body={"num_frames": 5, "steps": 2}) for i in range(3)
+        client.videos.create(prompt=f"a {color} circle", extra_body={"num_frames": 5, "steps": 2})
+        for color in ("red", "green", "blue")
     ]
     assert all(v.status in ("queued", "in_progress", "completed") for v in created)
     # Auto-pagination over our cursor (after / has_more / last_id).
@@ -93,15 +94,19 @@ def test_create_retrieve_list_delete(client: Any) -> None:
 
 def test_errors_map_to_the_sdks_exceptions(client: Any, base_url: str) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as invalid:
-        client.videos.create(prompt="x", size="33x32")  # type: ignore[arg-type]
+        client.videos.create(prompt="a red circle", size="33x32")  # type: ignore[arg-type]
     assert invalid.value.code == "invalid_value" and invalid.value.param == "size"
     assert "got 33" in invalid.value.message
+    with pytest.raises(openai.UnprocessableEntityError) as unknown:
+        client.videos.create(prompt="a cat playing piano")
+    assert (unknown.value.code, unknown.value.param) == ("prompt_outside_vocabulary", "prompt")
+    assert "'cat', 'playing', 'piano'" in unknown.value.message
     with (
         openai.OpenAI(base_url=base_url, api_key="not-a-key", max_retries=0) as stranger,
         pytest.raises(openai.AuthenticationError),
     ):
         stranger.videos.list()
-    video = client.videos.create(prompt="mine", extra_body={"num_frames": 5, "steps": 2})
+    video = client.videos.create(prompt="a white square", extra_body={"num_frames": 5, "steps": 2})
     with (
         openai.OpenAI(base_url=base_url, api_key=KEY_B, max_retries=0) as other,
         pytest.raises(openai.NotFoundError),
@@ -116,7 +121,7 @@ def test_async_client(base_url: str) -> None:
     async def run() -> Any:
         async with openai.AsyncOpenAI(base_url=base_url, api_key=KEY_A, max_retries=0) as sdk:
             video = await sdk.videos.create_and_poll(
-                prompt="async", extra_body={"num_frames": 5, "steps": 2}, poll_interval_ms=100
+                prompt="a blue triangle", extra_body={"num_frames": 5, "steps": 2}, poll_interval_ms=100
             )
             content = await sdk.videos.download_content(video.id)
             return video, content.content
@@ -202,7 +207,7 @@ def test_worker_sends_a_signed_webhook_when_a_job_completes(
         server = serve_app(c.settings)
         with openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY_A, max_retries=0) as sdk:
             video = sdk.videos.create(
-                prompt="hook", extra_body={"num_frames": 5, "steps": 2, "webhook_url": receiver.url}
+                prompt="a cyan circle", extra_body={"num_frames": 5, "steps": 2, "webhook_url": receiver.url}
             )
             assert receiver.got_one.wait(120), "no webhook arrived"
     finally:

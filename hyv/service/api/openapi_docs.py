@@ -22,13 +22,24 @@ _MULTIPART_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["prompt"],
     "properties": {
-        "prompt": {"type": "string", "description": "What the video shows."},
+        "prompt": {
+            "type": "string",
+            "description": "What the video shows; only words of the model's vocabulary (GET /v1/models) "
+            "for a model with the built-in text encoder.",
+        },
         "model": {"type": "string"},
         "seconds": {"type": "string", "description": "Clip length in seconds, e.g. '2'."},
-        "size": {"type": "string", "description": "'WIDTHxHEIGHT'", "example": "128x128"},
+        "size": {
+            "type": "string",
+            "description": "'WIDTHxHEIGHT', one of the model's sizes",
+            "example": "64x64",
+        },
         "input_reference": {"type": "string", "format": "binary", "description": "Image (PNG/JPEG) for I2V."},
         "negative_prompt": {"type": "string"},
-        "num_frames": {"type": "integer", "description": "4n+1; wins over seconds."},
+        "num_frames": {
+            "type": "integer",
+            "description": "4n+1 (one of the model's frame_counts); wins over seconds.",
+        },
         "fps": {"type": "integer"},
         "steps": {"type": "integer"},
         "guidance": {"type": "number"},
@@ -42,7 +53,7 @@ CREATE_REQUEST_BODY: dict[str, Any] = {
     "content": {
         "multipart/form-data": {
             "schema": _MULTIPART_SCHEMA,
-            "example": {"prompt": "a red circle moving left on a black background", "size": "128x128"},
+            "example": {"prompt": "a red circle moving left on a black background", "size": "64x64"},
         },
         "application/json": {
             "schema": {"$ref": "#/components/schemas/VideoCreate"},
@@ -51,16 +62,15 @@ CREATE_REQUEST_BODY: dict[str, Any] = {
                     "summary": "Text to video",
                     "value": {
                         "prompt": "a red circle moving left on a black background",
-                        "size": "128x128",
+                        "size": "64x64",
                         "num_frames": 17,
-                        "steps": 12,
                         "seed": 42,
                     },
                 },
                 "image_to_video": {
                     "summary": "Image to video (base64 data URL)",
                     "value": {
-                        "prompt": "the circle starts moving right",
+                        "prompt": "a red circle moving right on a black background",
                         "input_reference": "data:image/png;base64,iVBORw0KGgo...",
                         "seconds": "2",
                     },

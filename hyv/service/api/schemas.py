@@ -16,9 +16,8 @@ from hyv.service.video_object import VideoPublic, VideoStatus
 
 _CREATE_EXAMPLE: dict[str, Any] = {
     "prompt": "a red circle moving left on a black background",
-    "size": "128x128",
+    "size": "64x64",
     "num_frames": 17,
-    "steps": 12,
     "seed": 42,
 }
 
@@ -37,7 +36,11 @@ class VideoCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE]})
 
-    prompt: str = Field(description="What the video shows.", examples=[_CREATE_EXAMPLE["prompt"]])
+    prompt: str = Field(
+        description="What the video shows. A model with the built-in text encoder takes only the words of "
+        "its vocabulary (GET /v1/models).",
+        examples=[_CREATE_EXAMPLE["prompt"]],
+    )
     model: str | None = Field(default=None, description="The served model's id; omitted = the served one.")
     seconds: str | None = Field(
         default=None,
@@ -45,7 +48,9 @@ class VideoCreate(BaseModel):
         examples=["2"],
     )
     size: str | None = Field(
-        default=None, description="'WIDTHxHEIGHT', e.g. '128x128'.", examples=["128x128"]
+        default=None,
+        description="'WIDTHxHEIGHT', one of the model's sizes (GET /v1/models).",
+        examples=["64x64"],
     )
     input_reference: str | ImageReference | None = Field(
         default=None,
@@ -53,7 +58,9 @@ class VideoCreate(BaseModel):
         "{'image_url': data URL}) in JSON.",
     )
     negative_prompt: str | None = Field(default=None, description="What to steer away from.")
-    num_frames: int | None = Field(default=None, description="Frame count, 4n+1; wins over seconds.")
+    num_frames: int | None = Field(
+        default=None, description="Frame count, 4n+1, one of the model's frame_counts; wins over seconds."
+    )
     fps: int | None = Field(default=None, description="Frames per second of the MP4.")
     steps: int | None = Field(default=None, description="Denoising steps.")
     guidance: float | None = Field(default=None, description="Guidance scale.")
