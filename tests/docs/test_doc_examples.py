@@ -679,12 +679,17 @@ def test_the_examples_of(doc: str, docs_stack: DocsStack, tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.servers
 def test_a_broken_example_fails_and_says_why(docs_stack: DocsStack, tmp_path: Path) -> None:
-    """The checks bite: a non-2xx answer (curl, the SDK, requests without raise_for_status), a
-    failing CLI, a missing tool and a video nobody created each fail the example, named."""
+    """The checks bite: a non-2xx answer (curl, the SDK, requests without raise_for_status; a
+    prompt the model cannot follow), a failing CLI, a missing tool and a video nobody created each
+    fail the example, named."""
     run = DocRun(docs_stack, "docs/api.md", tmp_path / "work")
     create = (
         'curl -s $H/v1/videos -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
         '-d \'{"prompt": "a red circle moving right on a black background", "steps": 12}\''
+    )
+    off_vocabulary = (
+        'curl -s $H/v1/videos -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
+        '-d \'{"prompt": "the circle starts moving up"}\''
     )
     sdk = (
         "from openai import OpenAI\n"
@@ -700,6 +705,7 @@ def test_a_broken_example_fails_and_says_why(docs_stack: DocsStack, tmp_path: Pa
     missing = "GET " + docs_stack.keyed_url + "/v1/videos/video_missing -> 404"
     cases = [
         ("shell", create, "HTTP status 422"),
+        ("shell", off_vocabulary, "prompt_outside_vocabulary"),
         ("shell", 'curl -s $H/v1/models -H "Authorization: Bearer wrong"', "HTTP status 401"),
         ("shell", 'hyv generate "a red circle moving right on a black background" --frames 18', "exit code"),
         ("shell", "no-such-tool --version", "is not installed"),
