@@ -218,8 +218,6 @@ def generate(
     except (FileNotFoundError, ValueError) as exc:  # ValueError: a release this project cannot serve
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    if not spec.trained:
-        console.print(f"[yellow]{weights} holds untrained (random) weights: expect noise.[/]")
     try:
         request = GenerationRequest(
             prompt=prompt,
@@ -237,6 +235,8 @@ def generate(
         console.print(f"[red]invalid request: {exc}[/]")
         raise typer.Exit(2) from exc
     _check_before_loading(request, spec.limits, weights, text_encoder)
+    if not spec.trained:
+        console.print(f"[yellow]{weights} holds untrained (random) weights: expect noise.[/]")
     default_device, default_dtype = default_device_and_dtype()
     try:
         tiles = VAETileSizes(vae_tile_size, vae_tile_frames, vae_tile_overlap)

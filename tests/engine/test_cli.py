@@ -1,6 +1,7 @@
 """End to end through the `hyv` command: an untrained tiny bundle, one generation, a real MP4."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hyv.cli import app
+from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR, read_bundle_spec
 from hyv.engine.video_io import read_mp4
 from hyv.kernels.attention import set_attention_backend
 
@@ -72,6 +74,90 @@ def test_generate_rejects_bad_requests_with_a_clear_message(bundle, tmp_path, ex
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "x.mp4").exists()
+
+
+GRAMMAR_HINT = (
+    "; this model follows 'a {color} {shape} {motion} on a {background} background' with color: red, "
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--negative-prompt", "blurry"],
+            "invalid request: negative_prompt: words outside this model's vocabulary: 'blurry'",
+        ),
+        (["--negative-prompt", "a white square"], None),  # in the vocabulary: generates
+    ],
+)
+def test_generate_checks_the_negative_prompt_too(bundle, tmp_path, extra, message):
+    result = generate(bundle, tmp_path / "x.mp4", "--steps", "1", *extra)
+    if message is None:
+        assert result.exit_code == 0, result.output
+    else:
+        assert result.exit_code == 2 and result.output.startswith(message + GRAMMAR_HINT)
+        assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "named"),
+    [
+        ("a cat playing piano", "'cat', 'playing', 'piano'"),
+        ("an orange circle moving left on a black background", "'orange'"),
+        ("一只猫在弹钢琴", "'一只猫在弹钢琴'"),
+        ("a red circle, moving left; on a black café!", "'café'"),
+    ],
+)
+def test_generate_refuses_prompts_outside_the_vocabulary(bundle, tmp_path, prompt, named):
+    args = ["generate", prompt, "--weights", str(bundle), "--out", str(tmp_path / "x.mp4")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output  # one line, not wrapped, no traceback
+    assert lines[0].startswith(f"invalid request: prompt: words outside this model's vocabulary: {named}")
+    assert GRAMMAR_HINT in lines[0] and lines[0].endswith("background: black, gray")
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["a cat playing piano"],
+            "prompt: words outside this model's vocabulary: 'cat', 'playing', 'piano'; ",
+        ),
+        (
+            ["a red circle moving left on a black background", "--frames", "33"],
+            "is not one of this model's lengths",
+        ),
+        (
+            ["a red circle moving left on a black background", "--width", "128", "--height", "128"],
+            "this model's sizes: ",
+        ),
+    ],
+)
+def test_generate_with_the_bundled_model_refuses_cleanly(tmp_path, args, message):
+    """The real command on the shipped bundle, as a user runs it: exit code 2, one line on stderr
+    naming what the model serves, no traceback, no file."""
+    out = tmp_path / "x.mp4"
+    done = subprocess.run(
+        [sys.executable, "-m", "hyv", "generate", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "60"},  # a narrow terminal: still one line
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    spec = read_bundle_spec(DEFAULT_BUNDLE_DIR)
+    if "sizes" in message:
+        assert lines[0].endswith(f"(this model's sizes: {spec.limits.sizes_text()})")
+    if "lengths" in message:
+        assert lines[0].endswith(f"lengths: {spec.limits.lengths_text()}")
+    assert not out.exists()
 
 
 def test_generate_takes_the_memory_options(bundle, tmp_path):
