@@ -1,6 +1,9 @@
 // The web page: submit a prompt, watch progress (Server-Sent Events read through fetch, so an API
 // key can be sent), and play the video while it renders (the fragmented MP4 streamed into Media
 // Source Extensions). Plain JS, no build step. `window.hyv` exposes the page's state for tests.
+// The form offers exactly what the served model lists in /v1/models: its sizes and frame counts as
+// dropdowns, and for a model with the built-in text encoder its caption grammar (values as chips
+// that fill the prompt) and vocabulary; words outside it are flagged while typing.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -25,42 +28,204 @@ async function api(path, options = {}) {
   const response = await fetch(path, { ...options, headers: authHeaders(options.headers || {}) });
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
+    let param = null;
     try {
       const body = await response.json();
-      if (body.error) message = body.error.message;
+      if (body.error) ({ message, param } = body.error);
     } catch (_) { /* not JSON */ }
     const error = new Error(message);
     error.status = response.status;
+    error.param = param;
     throw error;
   }
   return response;
 }
 
-function showError(message) {
+// The field a 422 names (its `param`) is outlined; a refused prompt opens the grammar.
+const FIELD_OF = { prompt: "prompt", negative_prompt: "prompt", size: "size", num_frames: "num_frames",
+  seconds: "num_frames", steps: "steps", seed: "seed" };
+
+function showError(message, param = null) {
   const box = $("error");
   box.textContent = message || "";
   box.hidden = !message;
+  box.dataset.param = param || "";
+  document.querySelectorAll(".invalid").forEach((element) => element.classList.remove("invalid"));
+  if (param && FIELD_OF[param]) $(FIELD_OF[param]).classList.add("invalid");
+  if (param === "prompt" || param === "negative_prompt") {
+    if (!$("grammar-box").hidden) $("grammar-box").open = true;
+  }
   if (message && /API key/i.test(message)) $("key-box").open = true;
 }
 
 // --- the model and the form -----------------------------------------------------------------------
 
+// A dropdown of exactly `values` where the model lists them, else the page's free input.
+const freeInputs = {};
+
+function choiceField(id, values, label) {
+  const current = $(id);
+  if (!freeInputs[id] && current.tagName === "INPUT") freeInputs[id] = current;
+  let next = freeInputs[id];
+  if (values && values.length) {
+    next = document.createElement("select");
+    next.id = id;
+    next.name = id;
+    next.replaceChildren(...values.map((value) => new Option(label(value), String(value))));
+  }
+  if (next !== current) current.replaceWith(next);
+  next.addEventListener("change", () => next.classList.remove("invalid"));
+  return next;
+}
+
+function framesLabel(frames, fps) {
+  return frames === 1 ? "1 (image)" : `${frames} (${+((frames - 1) / fps).toFixed(2)} s)`;
+}
+
 async function loadModel() {
   try {
     const { data } = await (await api("/v1/models")).json();
-    const model = data[0];
+    const model = (hyv.model = data[0]);
+    const defaults = model.defaults;
     const image = model.supports_image ? " · image-to-video" : "";
-    $("model").textContent = `${model.id} · up to ${model.max_width}x${model.max_height}, ${model.max_frames} frames${image}`;
-    $("size").placeholder = `${model.defaults.width}x${model.defaults.height}`;
-    $("num_frames").placeholder = model.defaults.num_frames;
-    $("num_frames").max = model.max_frames;
-    $("steps").placeholder = model.defaults.steps;
+    const sizes = model.sizes ? model.sizes.join(", ") : `up to ${model.max_width}x${model.max_height}`;
+    const lengths = model.frame_counts ? `${model.frame_counts.join(", ")} frames` : `up to ${model.max_frames} frames`;
+    $("model").textContent = `${model.id} · ${sizes} · ${lengths}${image}`;
+    const size = choiceField("size", model.sizes, (value) => value);
+    const defaultSize = `${defaults.width}x${defaults.height}`;
+    if (size.tagName === "SELECT") size.value = defaultSize;
+    else size.placeholder = defaultSize;
+    const frames = choiceField("num_frames", model.frame_counts, (n) => framesLabel(n, defaults.fps));
+    if (frames.tagName === "SELECT") frames.value = String(defaults.num_frames);
+    else {
+      frames.placeholder = defaults.num_frames;
+      frames.max = model.max_frames;
+    }
+    $("num_frames-label").textContent = model.frame_counts ? "Frames" : "Frames (4n+1)";
+    $("steps").placeholder = defaults.steps;
     $("steps").max = model.max_steps;
-    $("sizes").replaceChildren(...(model.sizes || []).map((size) => new Option(size, size)));
+    $("sizes").replaceChildren();
     $("image").disabled = !model.supports_image;
+    showGrammar(model);
   } catch (error) {
     $("model").textContent = "model unavailable";
     showError(error.message);
+  }
+}
+
+// --- what the model understands: its caption grammar and vocabulary --------------------------------
+
+let selection = {}; // slot -> the value its chips put in the prompt
+
+// The prompt's words as the server reads them (hyv.engine.prompt_vocabulary.prompt_words): ASCII
+// letters and digits, and letters, marks and symbols of other scripts; the rest separates.
+function separates(char) {
+  if (char.charCodeAt(0) < 128) return !/[a-z0-9]/.test(char);
+  return /[\p{P}\p{Z}\p{C}]/u.test(char);
+}
+
+function promptWords(text) {
+  const words = [];
+  let word = "";
+  for (const char of text.toLowerCase()) {
+    if (separates(char)) {
+      if (word) words.push(word);
+      word = "";
+    } else word += char;
+  }
+  if (word) words.push(word);
+  return words;
+}
+
+function unknownWords(text) {
+  const known = new Set((hyv.model && hyv.model.vocabulary) || []);
+  return [...new Set(promptWords(text).filter((word) => !known.has(word)))];
+}
+
+function composePrompt(grammar) {
+  return grammar.template.replace(/\{(\w+)\}/g, (_, slot) => selection[slot]);
+}
+
+// The slot values of a prompt written in the grammar's form, or null.
+function parsePrompt(grammar, text) {
+  const escape = (part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const slots = [];
+  const pattern = grammar.template.split(/(\{\w+\})/).map((part) => {
+    const slot = /^\{(\w+)\}$/.exec(part);
+    if (!slot) return escape(part).replace(/ /g, "\\s+");
+    slots.push(slot[1]);
+    return `(${grammar.slots[slot[1]].map((value) => escape(value).replace(/ /g, "\\s+")).join("|")})`;
+  }).join("");
+  const match = new RegExp(`^\\s*${pattern}\\s*$`, "i").exec(text);
+  if (!match) return null;
+  return Object.fromEntries(slots.map((slot, index) => [slot, match[index + 1].toLowerCase().replace(/\s+/g, " ")]));
+}
+
+function markChips() {
+  document.querySelectorAll("#grammar-slots .chip").forEach((chip) => {
+    chip.setAttribute("aria-pressed", String(selection[chip.dataset.slot] === chip.dataset.value));
+  });
+}
+
+function showGrammar(model) {
+  const box = $("grammar-box");
+  box.hidden = !model.vocabulary;
+  if (!model.vocabulary) return;
+  $("vocabulary-count").textContent = model.vocabulary.length;
+  $("vocabulary").textContent = model.vocabulary.join(" ");
+  const grammar = model.grammar;
+  $("grammar-template").textContent = grammar ? grammar.template : "";
+  $("grammar-slots").replaceChildren(...Object.entries(grammar ? grammar.slots : {}).map(([slot, values]) => {
+    const row = document.createElement("div");
+    row.className = "slot";
+    const name = document.createElement("span");
+    name.className = "slot-name";
+    name.textContent = slot;
+    const chips = document.createElement("div");
+    chips.className = "chips";
+    row.append(name, chips);
+    chips.append(...values.map((value) => {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "chip";
+      chip.dataset.slot = slot;
+      chip.dataset.value = value;
+      chip.textContent = value;
+      chip.addEventListener("click", () => {
+        selection[slot] = value;
+        $("prompt").value = composePrompt(grammar);
+        $("prompt").classList.remove("invalid");
+        markChips();
+        checkPrompt();
+      });
+      return chip;
+    }));
+    return row;
+  }));
+  if (grammar) {
+    $("prompt").placeholder = grammar.example;
+    selection = parsePrompt(grammar, $("prompt").value) ||
+      Object.fromEntries(Object.entries(grammar.slots).map(([slot, values]) => [slot, values[0]]));
+    markChips();
+  }
+  checkPrompt();
+}
+
+// While typing: the words the model does not know (the server refuses them with a 422).
+function checkPrompt() {
+  const hint = $("prompt-hint");
+  const model = hyv.model;
+  const unknown = model && model.vocabulary ? unknownWords($("prompt").value) : [];
+  hint.textContent = unknown.length
+    ? `Not in this model's vocabulary: ${unknown.map((word) => `'${word}'`).join(", ")}`
+    : "";
+  hint.hidden = !unknown.length;
+  if (model && model.grammar) {
+    const parsed = parsePrompt(model.grammar, $("prompt").value);
+    if (parsed) {
+      selection = parsed;
+      markChips();
+    }
   }
 }
 
@@ -81,7 +246,7 @@ async function submit(event) {
     watch(video);
     refreshRecent();
   } catch (error) {
-    showError(error.message);
+    showError(error.message, error.param);
   } finally {
     $("submit").disabled = false;
   }
@@ -278,6 +443,10 @@ async function refreshRecent() {
 // --- wiring -------------------------------------------------------------------------------------------
 
 $("create-form").addEventListener("submit", submit);
+$("prompt").addEventListener("input", () => {
+  $("prompt").classList.remove("invalid");
+  checkPrompt();
+});
 $("refresh").addEventListener("click", refreshRecent);
 $("cancel").addEventListener("click", async () => {
   if (!current) return;
