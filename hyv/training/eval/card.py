@@ -78,18 +78,47 @@ def _worst_gap(results: dict[str, Any]) -> float | None:
 
 @dataclass(frozen=True)
 class Threshold:
+    """One acceptance criterion, checked at every bucket (``video_only``: at video buckets);
+    ``value`` reads it off a bucket's section of eval.json."""
+
     key: str
     label: str
     op: str  # ">=" or "<="
     limit: float
     unit: str
     value: Callable[[dict[str, Any]], float | None]
+    video_only: bool = False
+    fmt: str = ".1f"
+
+    @property
+    def text(self) -> str:
+        return f"{self.op} {self.limit:g}" + (f" {self.unit}" if self.unit else "")
 
 
+# Issue 23's acceptance, per bucket (64x64, 96x64, 64x96, 128x128; 17 and 33 frames).
 THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold("color", "Student color accuracy", ">=", 90.0, "%", lambda r: _percent(r, "color")),
-    Threshold("motion", "Student motion accuracy", ">=", 85.0, "%", lambda r: _percent(r, "motion")),
-    Threshold("shape", "Student shape accuracy", ">=", 80.0, "%", lambda r: _percent(r, "shape")),
+    Threshold("color", "Student color accuracy", ">=", 95.0, "%", lambda r: _percent(r, "color")),
+    Threshold("shape", "Student shape accuracy", ">=", 90.0, "%", lambda r: _percent(r, "shape")),
+    Threshold(
+        "motion", "Student motion accuracy", ">=", 90.0, "%", lambda r: _percent(r, "motion"), video_only=True
+    ),
+    Threshold(
+        "iou",
+        "Student shape IoU with the best-fitting ideal shape (mean)",
+        ">=",
+        0.85,
+        "",
+        lambda r: _get(r, "student", "accuracy", "iou"),
+        fmt=".3f",
+    ),
+    Threshold(
+        "clean",
+        "Student clean frames (no stray component > 1% of the frame)",
+        ">=",
+        95.0,
+        "%",
+        lambda r: _percent(r, "clean"),
+    ),
     Threshold(
         "teacher_gap",
         "Student within 3 points of the teacher (largest shortfall over color, shape, motion)",
@@ -106,25 +135,48 @@ THRESHOLDS: tuple[Threshold, ...] = (
         "dB",
         lambda r: _get(r, "vae", "untiled", "psnr"),
     ),
-    Threshold("i2v_psnr", "I2V first-frame PSNR", ">=", 25.0, "dB", lambda r: _get(r, "i2v", "psnr")),
+    Threshold(
+        "i2v_psnr",
+        "I2V first-frame PSNR",
+        ">=",
+        30.0,
+        "dB",
+        lambda r: _get(r, "i2v", "psnr"),
+        video_only=True,
+    ),
 )
 
 
+def bucket_sections(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-bucket sections of an eval.json; one made of the top level for a file written before
+    buckets (its size x size x num_frames)."""
+    if results.get("buckets"):
+        return list(results["buckets"])
+    settings = results.get("settings", {})
+    size, frames = settings.get("size"), settings.get("num_frames")
+    name = f"{size}x{size}x{frames}" if size and frames else "all"
+    return [{**results, "bucket": name, "frames": frames}]
+
+
 def check_thresholds(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per acceptance threshold: value, limit, passed (None when not measured)."""
+    """One row per bucket and acceptance threshold: bucket, key, label, value, threshold, passed
+    (None when not measured); video-only criteria are not checked at image buckets."""
     rows = []
-    for t in THRESHOLDS:
-        value = t.value(results)
-        slack = 1e-9  # accuracies are ratios of counts: 100 * 0.9 must not miss 90 by a rounding error
-        passed = (
-            None
-            if value is None
-            else (value >= t.limit - slack if t.op == ">=" else value <= t.limit + slack)
-        )
-        rows.append(
-            {"key": t.key, "label": t.label, "value": value, "threshold": f"{t.op} {t.limit:g} {t.unit}",
-             "passed": passed}
-        )  # fmt: skip
+    for section in bucket_sections(results):
+        for t in THRESHOLDS:
+            if t.video_only and section.get("frames") == 1:
+                continue
+            value = t.value(section)
+            slack = 1e-9  # accuracies are ratios of counts: 100 * 0.9 must not miss 90 by a rounding error
+            passed = (
+                None
+                if value is None
+                else (value >= t.limit - slack if t.op == ">=" else value <= t.limit + slack)
+            )
+            rows.append(
+                {"bucket": section.get("bucket"), "key": t.key, "label": t.label, "value": value,
+                 "threshold": t.text, "passed": passed}
+            )  # fmt: skip
     return rows
 
 
@@ -250,9 +302,21 @@ def _model_section(results: dict[str, Any], bundle: dict[str, Any]) -> list[str]
         f"`{spec.get('vae_preset')}`, text encoder `{spec.get('text_encoder_preset')}`); trained: "
         f"{spec.get('trained', False)}.",
         f"- Default output {limits.get('width')}x{limits.get('height')}, {limits.get('num_frames')} frames "
-        f"at {limits.get('fps')} fps; up to {limits.get('max_width')}x{limits.get('max_height')} and "
-        f"{limits.get('max_frames')} frames (sizes multiples of 16, frame counts 4n+1).",
-        f"- Sampling as served: {_sampler_text(results.get('student'))}, flow shift "
+        f"at {limits.get('fps')} fps; "
+        + (
+            "sizes (width x height) "
+            + ", ".join(f"{w}x{h}" for w, h in limits["buckets"])
+            + (
+                f", frame counts {', '.join(map(str, limits['frame_counts']))}"
+                if limits.get("frame_counts")
+                else ""
+            )
+            + "."
+            if limits.get("buckets")
+            else f"up to {limits.get('max_width')}x{limits.get('max_height')} and {limits.get('max_frames')} "
+            "frames (sizes multiples of 16, frame counts 4n+1)."
+        ),
+        f"- Sampling as served: {_sampler_text(bucket_sections(results)[0].get('student'))}, flow shift "
         f"{limits.get('flow_shift')}."
         + (f" Distilled schedule (sigmas): {bundle['schedule']}." if "schedule" in bundle else ""),
         "",
@@ -326,89 +390,187 @@ def _recipe_section(recipe: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _cell(section: dict[str, Any], key: str, teacher: bool, render: Callable[[float | None], str]) -> str:
+    """A per-bucket table cell: the student's value, then " / " the teacher's when there is one."""
+    student = render(_get(section, "student", "accuracy", key))
+    return f"{student} / {render(_get(section, 'teacher', 'accuracy', key))}" if teacher else student
+
+
+def _iou(value: float | None) -> str:
+    return _num(value, ".3f")
+
+
+def _bucket_table(results: dict[str, Any]) -> list[str]:
+    """Rows = buckets; columns = every metric (student / teacher where a teacher was evaluated)."""
+    sections = bucket_sections(results)
+    teacher = any(s.get("teacher") for s in sections)
+    lines = [
+        "| bucket | clips | color | shape | motion | shape IoU | clean frames | one object | "
+        "gap to teacher (points) | VAE PSNR untiled / tiled | I2V first-frame PSNR (lowest) | "
+        "s/clip | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in sections:
+        image = s.get("frames") == 1
+        i2v = s.get("i2v") or {}
+        i2v_text = (
+            f"{_num(i2v['psnr'], '.2f', ' dB')} ({_num(i2v.get('psnr_min'), '.1f')})"
+            if "psnr" in i2v
+            else ("-" if image or "skipped" in i2v else "n/a")
+        )
+        vae = s.get("vae")
+        vae_text = (
+            f"{_num(_get(vae, 'untiled', 'psnr'))} / {_num(_get(vae, 'tiled', 'psnr'))} dB" if vae else "n/a"
+        )
+        lines.append(
+            f"| {s.get('bucket')} | {s.get('n_clips', _get(s, 'student', 'accuracy', 'n'))} | "
+            f"{_cell(s, 'color', teacher, _pct)} | {_cell(s, 'shape', teacher, _pct)} | "
+            f"{'-' if image else _cell(s, 'motion', teacher, _pct)} | {_cell(s, 'iou', teacher, _iou)} | "
+            f"{_cell(s, 'clean', teacher, _pct)} | {_cell(s, 'one_object', teacher, _pct)} | "
+            f"{_num(_worst_gap(s), '+.1f')} | {vae_text} | {i2v_text} | "
+            f"{_num(_get(s, 'student', 'seconds_per_clip'), '.2f', ' s')} | "
+            f"{_num(s.get('wall_s'), '.0f', ' s')} |"
+        )
+    return lines
+
+
 def _eval_section(results: dict[str, Any]) -> list[str]:
     settings = results.get("settings", {})
-    teacher, student = results.get("teacher"), results.get("student")
-    gap = results.get("gap_points") or {}
+    sections = bucket_sections(results)
+    first = sections[0]
+    teacher, student = first.get("teacher"), first.get("student")
+    has_teacher = any(s.get("teacher") for s in sections)
+    overall = results.get("overall") or {}
+    pooled_student = overall.get("student") or _get(first, "student", "accuracy") or {}
+    pooled_teacher = overall.get("teacher") or _get(first, "teacher", "accuracy") or {}
+    gap = overall.get("gap_points") or first.get("gap_points") or {}
+    names = ", ".join(str(s.get("bucket")) for s in sections)
     lines = [
         "## Evaluation",
         "",
         f"From `{results.get('command', 'hyv train eval')}` on {results.get('date', '?')} "
-        f"({settings.get('device', '?')}, {settings.get('dtype', '?')}): "
-        f"{settings.get('n_clips', '?')} clips "
+        f"({settings.get('device', '?')}, {settings.get('dtype', '?')}): at each bucket (width x height x "
+        f"frames: {names}) {settings.get('n_clips', '?')} clips "
         f"({len(settings.get('combinations_evaluated', []))} held-out combinations x "
-        f"{settings.get('samples_per_combination', '?')}) at {settings.get('size')}x{settings.get('size')}, "
-        f"{settings.get('num_frames')} frames, seed {settings.get('seed')}. The automatic judge reads color, "
-        "shape, motion (centroid track, area) and background off the pixels.",
+        f"{settings.get('samples_per_combination', '?')}), seed {settings.get('seed')}. The automatic judge "
+        "reads color, shape, motion (centroid track, area) and background off the pixels, and measures the "
+        "shape IoU (each frame's object against the best-fitting ideal shape of the judged kind; 0 for a "
+        "frame without the object), clean frames (no stray component larger than 1% of the frame besides "
+        "the object) and frames with exactly one object.",
         "",
-        f"| attribute | teacher ({_sampler_text(teacher)}) | student ({_sampler_text(student)}) | "
+        f"Student: {_sampler_text(student)}"
+        + (f"; teacher: {_sampler_text(teacher)}. Cells read student / teacher." if has_teacher else "."),
+        "",
+        *_bucket_table(results),
+        "",
+        "Over every bucket:",
+        "",
+        f"| metric | teacher ({_sampler_text(teacher)}) | student ({_sampler_text(student)}) | "
         "gap (points) |",
         "|---|---|---|---|",
     ]
-    for key in ("color", "shape", "motion", "background", "all"):
-        label = "all correct" if key == "all" else key
+    for key, label, render in (
+        ("color", "color", _pct),
+        ("shape", "shape", _pct),
+        ("motion", "motion", _pct),
+        ("background", "background", _pct),
+        ("all", "all correct", _pct),
+        ("iou", "shape IoU", _iou),
+        ("clean", "clean frames", _pct),
+        ("one_object", "one object per frame", _pct),
+    ):
         lines.append(
-            f"| {label} | {_pct(_get(results, 'teacher', 'accuracy', key))} | "
-            f"{_pct(_get(results, 'student', 'accuracy', key))} | {_num(gap.get(key), '+.1f')} |"
+            f"| {label} | {render(pooled_teacher.get(key))} | {render(pooled_student.get(key))} | "
+            f"{_num(gap.get(key), '+.1f')} |"
         )
-    truth = results.get("judge_ground_truth") or {}
+    truths = [s.get("judge_ground_truth") or {} for s in sections]
+    worst_all = min((t["all"] for t in truths if t.get("all") is not None), default=None)
+    worst_iou = min((t["iou"] for t in truths if t.get("iou") is not None), default=None)
+    worst_clean = min((t["clean"] for t in truths if t.get("clean") is not None), default=None)
     lines += [
         "",
-        f"The judge on the rendered ground truth of the same clips: {_pct(truth.get('all'))} all correct.",
+        f"The judge on the rendered ground truth of the same clips, at the worst bucket: {_pct(worst_all)} "
+        f"all correct, shape IoU {_iou(worst_iou)}, {_pct(worst_clean)} clean frames.",
     ]
-    vae = results.get("vae")
-    if vae:
-        tiling = vae.get("tiling", {})
+    tilings = {
+        str(s.get("bucket")): _get(s, "vae", "tiling")
+        for s in sections
+        if _get(s, "vae", "tiling") is not None
+    }
+    if tilings:
+        bucket, tiling = next(iter(tilings.items()))
         lines.append(
-            "VAE reconstruction of the held-out clips: untiled PSNR "
-            f"{_num(_get(vae, 'untiled', 'psnr'))} dB, "
-            f"SSIM {_num(_get(vae, 'untiled', 'ssim'), '.4f')}; tiled ({tiling.get('sample_size')} px x "
-            f"{tiling.get('sample_frames')} frame tiles, overlap {tiling.get('overlap')}) PSNR "
-            f"{_num(_get(vae, 'tiled', 'psnr'))} dB, SSIM {_num(_get(vae, 'tiled', 'ssim'), '.4f')}."
+            "VAE: reconstruction of the held-out ground truth (posterior mode), untiled and tiled with the "
+            f"largest tiles that split every dimension ({tiling.get('sample_size')} px x "
+            f"{tiling.get('sample_frames')} frame tiles at {bucket}, overlap {tiling.get('overlap')})."
         )
-    i2v = results.get("i2v") or {}
-    if "psnr" in i2v:
+    if any("psnr" in (s.get("i2v") or {}) for s in sections):
         lines.append(
-            f"Image-to-video from each clip's first frame: first-frame PSNR {_num(i2v['psnr'])} dB (lowest "
-            f"{_num(i2v.get('psnr_min'))}), SSIM {_num(i2v.get('ssim'), '.4f')}; all attributes correct "
-            f"{_pct(_get(i2v, 'accuracy', 'all'))}."
+            "I2V: the student generates from each clip's first ground-truth frame and its caption; PSNR of "
+            "the generated first frame against that image."
         )
-    elif "skipped" in i2v:
-        lines.append(f"Image-to-video: skipped ({i2v['skipped']}).")
-    walls = [f"total {_num(results.get('wall_s'), '.1f', ' s')}"]
-    for role in ("teacher", "student"):
-        run = results.get(role)
-        if run:
-            walls.append(
-                f"{role} generation {_num(_get(run, 'wall_s', 'generate'), '.1f', ' s')} "
-                f"({_num(run.get('seconds_per_clip'), '.2f', ' s')}/clip)"
-            )
-    for part in ("vae", "i2v"):
-        if _get(results, part, "wall_s") is not None:
-            walls.append(f"{part} {_num(_get(results, part, 'wall_s'), '.1f', ' s')}")
-    lines += ["", f"Wall time: {', '.join(walls)}.", ""]
+    skipped = {
+        str(_get(s, "i2v", "skipped")) for s in sections if s.get("frames") != 1 and _get(s, "i2v", "skipped")
+    }
+    lines += [f"Image-to-video: skipped ({why})." for why in sorted(skipped)]
+    lines += ["", f"Wall time: total {_num(results.get('wall_s'), '.1f', ' s')}.", ""]
     return lines
 
 
 def _acceptance_section(results: dict[str, Any]) -> list[str]:
+    """A matrix: rows = buckets, columns = criteria (THRESHOLDS), cells value and PASS/FAIL; then
+    the criteria in words and the overall verdict."""
     rows = results.get("thresholds") or check_thresholds(results)
-    lines = ["## Acceptance", "", "| criterion | threshold | measured | result |", "|---|---|---|---|"]
-    for row in rows:
-        verdict = {True: "PASS", False: "**FAIL**", None: "not measured"}[row["passed"]]
-        unit = row["threshold"].split()[-1]
-        lines.append(
-            f"| {row['label']} | {row['threshold']} | {_num(row['value'], '.1f', ' ' + unit)} | {verdict} |"
+    known = {t.key: t for t in THRESHOLDS}
+    keys = [t.key for t in THRESHOLDS if any(r["key"] == t.key for r in rows)]
+    keys += [k for k in dict.fromkeys(r["key"] for r in rows) if k not in keys]
+    buckets = list(dict.fromkeys(str(r.get("bucket")) for r in rows))
+    header = [f"{k} {known[k].text}" if k in known else k for k in keys]
+    lines = [
+        "## Acceptance",
+        "",
+        "| bucket | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for bucket in buckets:
+        cells = []
+        for key in keys:
+            row = next((r for r in rows if str(r.get("bucket")) == bucket and r["key"] == key), None)
+            if row is None:
+                cells.append("-")
+                continue
+            fmt = known[key].fmt if key in known else ".1f"
+            unit = known[key].unit if key in known else ""
+            value = _num(row["value"], fmt, f" {unit}" if unit else "")
+            verdict = {True: "PASS", False: "**FAIL**", None: "not measured"}[row["passed"]]
+            cells.append(f"{value} {verdict}" if row["value"] is not None else verdict)
+        lines.append(f"| {bucket} | " + " | ".join(cells) + " |")
+    lines += ["", "Criteria, at every bucket (motion and I2V at video buckets only):", ""]
+    lines += [f"- {k}: {known[k].label} {known[k].text}" for k in keys if k in known]
+    failed = [r for r in rows if r["passed"] is False]
+    unmeasured = [r for r in rows if r["passed"] is None]
+    if failed:
+        by_key = {key: [str(r.get("bucket")) for r in failed if r["key"] == key] for key in keys}
+        verdict = (
+            f"**Overall: FAIL** ({len(failed)} of {len(rows)} checks failed: "
+            + "; ".join(f"{key} at {', '.join(where)}" for key, where in by_key.items() if where)
+            + ")."
         )
-    return [*lines, ""]
+    else:
+        verdict = f"**Overall: PASS** (all {len(rows) - len(unmeasured)} measured checks passed" + (
+            f"; {len(unmeasured)} not measured)." if unmeasured else ")."
+        )
+    return [*lines, "", verdict, ""]
 
 
 LIMITATIONS = """## Limitations
 
 - It knows one synthetic world: a single flat-colored circle, square or triangle on a black or gray
   background, moving in a straight line, growing, shrinking or standing still. Prompts outside the
-  caption grammar's vocabulary are refused by the tokenizer or give meaningless video.
+  caption grammar's vocabulary are refused with an error naming the unknown words; prompts in its
+  vocabulary but outside the grammar give meaningless video.
 - Small and low-resolution by design (trained on a 2-core CPU): expect soft edges, some color bleed
-  and occasional wrong motions; sizes far from the training size degrade.
+  and occasional wrong motions. Only the buckets in the evaluation above are measured.
 - The accuracies are measured by an automatic pixel judge on the held-out combinations, with the
   number of clips given above; it is exact on rendered ground truth but can be fooled by artifacts
   (e.g. two blobs).
@@ -423,7 +585,9 @@ def render_model_card(
     bundle_dir = Path(bundle_dir)
     if recipe is None:
         recipe = _read_json(bundle_dir / RECIPE_FILE)
-    bundle = _get(results, "student", "model") or describe_bundle(bundle_dir)
+    bundle = (
+        _get(results, "models", "student") or _get(results, "student", "model") or describe_bundle(bundle_dir)
+    )
     name = bundle.get("spec", {}).get("name", bundle_dir.name)
     reproduce = recipe.get("command", "# no recipe.json: see the README's training section")
     trained = bundle.get("spec", {}).get("trained", False)

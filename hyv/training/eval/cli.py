@@ -41,15 +41,35 @@ def eval_command(
     teacher: Annotated[
         Path | None, typer.Option(help="Teacher bundle (sampled with --teacher-steps and true CFG).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Directory for eval.json and contact_sheet.png.")] = _EVAL.out_dir,
-    size: Annotated[int, typer.Option(help="Square size in pixels (multiple of 16).")] = _EVAL.size,
-    frames: Annotated[int, typer.Option(help="Frames per clip (4n+1, >= 5).")] = _EVAL.num_frames,
+    out: Annotated[
+        Path, typer.Option(help="Directory for eval.json and the contact sheets.")
+    ] = _EVAL.out_dir,
+    buckets: Annotated[
+        str,
+        typer.Option(
+            help="Buckets to evaluate, WIDTHxHEIGHTxFRAMES comma-separated (frames 1: images), e.g. "
+            "64x64x17,96x64x17,64x96x33. Default: the student bundle.json's buckets, else --size/--frames."
+        ),
+    ] = "",
+    size: Annotated[
+        int | None,
+        typer.Option(
+            help="Square size in pixels (multiple of 16): evaluate size x size x --frames instead of the "
+            "bundle's buckets; with --buckets, the size --batch-size refers to. [default: 64]"
+        ),
+    ] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames per clip (4n+1, >= 5), as --size. [default: 17]")
+    ] = None,
     samples_per_combination: Annotated[
         int, typer.Option(help="Clips per held-out combination.")
     ] = _EVAL.samples_per_combination,
     combinations: Combinations = 0,
     seed: Annotated[int, typer.Option(help="Seed of the clip geometry and the noise.")] = _EVAL.seed,
-    batch_size: BatchSize = _EVAL.batch_size,
+    batch_size: Annotated[
+        int,
+        typer.Option(help="Clips per batched generation at --size/--frames; fewer at larger buckets."),
+    ] = _EVAL.batch_size,
     teacher_steps: Annotated[int, typer.Option(help="Teacher denoising steps.")] = _EVAL.teacher_steps,
     teacher_guidance: Annotated[
         float | None, typer.Option(help="Teacher CFG scale (default: the teacher bundle's).")
@@ -68,17 +88,19 @@ def eval_command(
     device: Device = None,
     dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
 ) -> None:
-    """Evaluate a bundle on the held-out combinations (and the teacher, VAE, I2V); write the card."""
+    """Evaluate a bundle per bucket on the held-out combinations (and teacher, VAE, I2V); write the card."""
     from hyv.training.eval.card import CARD_FILE
     from hyv.training.eval.runner import EVAL_FILE, SHEET_FILE, InvalidBundleError, evaluate_bundle
 
+    explicit = (f"{size or _EVAL.size}x{size or _EVAL.size}x{frames or _EVAL.num_frames}",)
     try:
         config = EvalConfig(
             student=student,
             out_dir=out,
             teacher=teacher,
-            size=size,
-            num_frames=frames,
+            size=size or _EVAL.size,
+            num_frames=frames or _EVAL.num_frames,
+            buckets=tuple(buckets.split(",")) if buckets.strip() else explicit if size or frames else (),
             samples_per_combination=samples_per_combination,
             combinations=combinations or None,
             seed=seed,
@@ -104,17 +126,24 @@ def eval_command(
         raise typer.Exit(2) from exc
     for row in results["thresholds"]:
         verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[dim]not measured[/]"}[row["passed"]]
-        value = "n/a" if row["value"] is None else f"{row['value']:.1f}"
-        console.print(f"{row['label']}: {value} ({row['threshold']}) {verdict}")
+        value = "n/a" if row["value"] is None else f"{row['value']:.3g}"
+        console.print(f"{row['bucket']} {row['label']}: {value} ({row['threshold']}) {verdict}")
     summary = {
         "eval": str(out / EVAL_FILE),
         "contact_sheet": str(out / SHEET_FILE) if sheet_clips else None,
         "card": str(student / CARD_FILE) if card else None,
-        "student": results["student"]["accuracy"],
-        "teacher": results["teacher"]["accuracy"] if results["teacher"] else None,
-        "vae_psnr": (results["vae"] or {}).get("untiled", {}).get("psnr"),
-        "i2v_psnr": (results["i2v"] or {}).get("psnr"),
-        "passed": all(row["passed"] is not False for row in results["thresholds"]),
+        "student": results["overall"]["student"],
+        "teacher": results["overall"]["teacher"],
+        "buckets": {
+            b["bucket"]: {
+                "student": b["student"]["accuracy"],
+                "teacher": b["teacher"]["accuracy"] if b["teacher"] else None,
+                "vae_psnr": (b["vae"] or {}).get("untiled", {}).get("psnr"),
+                "i2v_psnr": (b["i2v"] or {}).get("psnr"),
+            }
+            for b in results["buckets"]
+        },
+        "passed": results["overall"]["passed"],
         "wall_s": round(results["wall_s"], 1),
     }
     print(json.dumps(summary))

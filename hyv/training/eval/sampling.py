@@ -62,9 +62,13 @@ class SamplerSettings:
         return {**dataclasses.asdict(self), "sigmas": list(self.sigmas), "steps": self.steps}
 
 
-def served_sampler(pipeline: VideoPipeline, size: int, frames: int) -> SamplerSettings:
-    """The pipeline's own defaults for this size (what `hyv generate` does)."""
-    request = GenerationRequest(prompt="eval", width=size, height=size, num_frames=frames, seed=0)
+def served_sampler(
+    pipeline: VideoPipeline, size: int, frames: int, height: int | None = None
+) -> SamplerSettings:
+    """The pipeline's own defaults for ``size`` (width) x ``height`` (default: square) and
+    ``frames`` (what `hyv generate` does); ValueError for a size the bundle does not serve."""
+    height = height or size
+    request = GenerationRequest(prompt="eval", width=size, height=height, num_frames=frames, seed=0)
     plan = pipeline.plan(request)
     sigmas = pipeline.schedule or flow_schedule(plan.steps, plan.flow_shift).tolist()
     embed = pipeline.dit.config.guidance_embed
@@ -73,12 +77,20 @@ def served_sampler(pipeline: VideoPipeline, size: int, frames: int) -> SamplerSe
 
 
 def teacher_sampler(
-    pipeline: VideoPipeline, size: int, frames: int, steps: int, guidance: float | None, negative_prompt: str
+    pipeline: VideoPipeline,
+    size: int,
+    frames: int,
+    steps: int,
+    guidance: float | None,
+    negative_prompt: str,
+    height: int | None = None,
 ) -> SamplerSettings:
-    """``steps`` steps of the teacher's flow schedule with true CFG (see the module docstring)."""
+    """``steps`` steps of the teacher's flow schedule with true CFG (see the module docstring), at
+    ``size`` (width) x ``height`` (default: square)."""
     request = GenerationRequest(
-        prompt="eval", width=size, height=size, num_frames=frames, steps=steps, guidance=guidance, seed=0
-    )
+        prompt="eval", width=size, height=height or size, num_frames=frames, steps=steps, guidance=guidance,
+        seed=0,
+    )  # fmt: skip
     plan = pipeline.plan(request)
     sigmas = flow_schedule(plan.steps, plan.flow_shift).tolist()
     embedded = TEACHER_EMBEDDED_GUIDANCE if pipeline.dit.config.guidance_embed else None
@@ -135,8 +147,10 @@ def generate_batch(
     frames: int,
     images: Sequence[np.ndarray] | None = None,
     start: torch.Tensor | None = None,
+    height: int | None = None,
 ) -> list[np.ndarray]:
-    """One batch of clips, uint8 (T, H, W, 3) each; ``images`` (H, W, 3) uint8 make it I2V.
+    """One batch of clips ``size`` (width) x ``height`` (default: square), uint8 (T, H, W, 3)
+    each; ``images`` (H, W, 3) uint8 make it I2V.
 
     ``start``: (B, C, t, h, w) latents at ``sampler.sigmas[0]`` to integrate from instead of the
     seeds' pure noise (a partly noised clip: `hyv.training.eval.retention`)."""
@@ -148,7 +162,7 @@ def generate_batch(
     device, dtype = pipeline.device, pipeline.options.dtype
     b, channels = len(prompts), dit.config.latent_channels
     latent_frames = (frames - 1) // TIME_STRIDE + 1
-    shape = (1, channels, latent_frames, size // 8, size // 8)
+    shape = (1, channels, latent_frames, (height or size) // 8, size // 8)
     with torch.inference_mode():
         true_cfg = sampler.mode == "true_cfg"
         texts = [sampler.negative_prompt] * b + list(prompts) if true_cfg else list(prompts)
@@ -204,8 +218,10 @@ def generate_clips(
     images: Sequence[np.ndarray] | None = None,
     bar: Any = None,
     label: str = "generate",
+    height: int | None = None,
 ) -> list[np.ndarray]:
-    """All clips in batches of ``batch_size``, advancing a rich progress ``bar`` if given."""
+    """All clips (``size`` wide, ``height`` high; default square) in batches of ``batch_size``,
+    advancing a rich progress ``bar`` if given."""
     task = bar.add_task(label, total=len(prompts)) if bar is not None else None
     out: list[np.ndarray] = []
     for idx in batches(len(prompts), batch_size):
@@ -217,6 +233,7 @@ def generate_clips(
             size,
             frames,
             None if images is None else [images[i] for i in idx],
+            height=height,
         )
         if bar is not None:
             bar.update(task, advance=len(idx))

@@ -19,29 +19,31 @@ class SheetRow:
 def save_contact_sheet(
     rows: list[SheetRow], path: str | Path, frames_per_clip: int = 5, scale: int = 2
 ) -> Path:
-    """A PNG: per row its text lines, then ``frames_per_clip`` evenly spaced frames, upscaled."""
+    """A PNG: per row its text lines, then ``frames_per_clip`` evenly spaced frames, upscaled.
+    Rows may differ in frame size (one row per bucket); each row is as tall as its own frames."""
     if not rows:
         raise ValueError("a contact sheet needs at least one row")
     font = ImageFont.load_default()
     line_h, pad = 13, 4
-    _, h, w, _ = rows[0].frames.shape
-    fw, fh = w * scale, h * scale
     text_w = max(int(font.getlength(t)) for r in rows for t in r.lines)
-    width = max(text_w, frames_per_clip * (fw + pad)) + 2 * pad
-    row_h = pad + line_h * max(len(r.lines) for r in rows) + fh + pad
-    sheet = Image.new("RGB", (width, row_h * len(rows)), (24, 24, 24))
+    frames_w = max(min(frames_per_clip, r.frames.shape[0]) * (r.frames.shape[2] * scale + pad) for r in rows)
+    width = max(text_w, frames_w) + 2 * pad
+    heights = [pad + line_h * len(r.lines) + r.frames.shape[1] * scale + pad for r in rows]
+    sheet = Image.new("RGB", (width, sum(heights)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    for i, row in enumerate(rows):
-        top = i * row_h + pad
+    top = pad
+    for row, row_h in zip(rows, heights, strict=True):
         for k, text in enumerate(row.lines):
             color = (255, 120, 120) if "WRONG" in text else (230, 230, 230)
             draw.text((pad, top + k * line_h), text, fill=color, font=font)
-        t = row.frames.shape[0]
+        t, h, w, _ = row.frames.shape
+        fw, fh = w * scale, h * scale
         picks = np.linspace(0, t - 1, min(frames_per_clip, t)).round().astype(int)
         y = top + line_h * len(row.lines)
         for j, f in enumerate(picks):
             image = Image.fromarray(row.frames[f]).resize((fw, fh), Image.Resampling.NEAREST)
             sheet.paste(image, (pad + j * (fw + pad), y))
+        top += row_h
     path = Path(path)
     sheet.save(path)
     return path
@@ -56,7 +58,10 @@ def sheet_rows(runs: list[tuple[str, list[np.ndarray], list[dict[str, Any]]]], c
         for role, clips, records in runs:
             rec, judged = records[i], records[i]["judged"]
             verdict = "ok" if not rec["wrong"] else "WRONG " + ", ".join(rec["wrong"])
-            text = f"judged: {judged['color']} {judged['shape']} {judged['motion']} / {judged['background']}"
+            motion = "" if judged["motion"] is None else f" {judged['motion']}"  # images: no motion
+            text = f"judged: {judged['color']} {judged['shape']}{motion} / {judged['background']}"
+            if rec.get("iou") is not None:
+                text += f"  IoU {rec['iou']:.2f}, clean {100 * rec['clean']:.0f}%"
             title = f"{role}: {rec['caption']} (seed {rec['seed']})"
             rows.append(SheetRow([title, f"{text}  [{verdict}]"], clips[i]))
     return rows
