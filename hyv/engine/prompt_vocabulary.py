@@ -20,36 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The caption grammar the bundled model is trained on (hyv.training.data.grammar builds on these).
+# The caption grammar the bundled model is trained on. The same values as
+# hyv.models.text_encoder_builtin's (the layer below, which cannot be imported without torch), and
+# the same saved formats as hyv.models' own: tests/engine/test_prompt_vocabulary.py checks both.
 CAPTION_TEMPLATE = "a {color} {shape} {motion} on a {background} background"
-CAPTION_COLORS = ("red", "green", "blue", "yellow", "cyan", "magenta", "white")
-CAPTION_SHAPES = ("circle", "square", "triangle")
-CAPTION_MOTIONS = (
-    "moving left",
-    "moving right",
-    "moving up",
-    "moving down",
-    "growing",
-    "shrinking",
-    "standing still",
-)
-CAPTION_BACKGROUNDS = ("black", "gray")
 CAPTION_SLOTS: dict[str, tuple[str, ...]] = {
-    "color": CAPTION_COLORS,
-    "shape": CAPTION_SHAPES,
-    "motion": CAPTION_MOTIONS,
-    "background": CAPTION_BACKGROUNDS,
+    "color": ("red", "green", "blue", "yellow", "cyan", "magenta", "white"),
+    "shape": ("circle", "square", "triangle"),
+    "motion": (
+        "moving left",
+        "moving right",
+        "moving up",
+        "moving down",
+        "growing",
+        "shrinking",
+        "standing still",
+    ),
+    "background": ("black", "gray"),
 }
-# One string reads better than a 60-line list literal; split once at import.
-EXTRA_WORDS = (  # noqa: SIM905
-    "and two three one small large big tiny fast slow slowly quickly camera zoom zooming pan panning "
-    "in out the with an image of video frame object objects shape shapes color colored left right up "
-    "down center middle top bottom corner background foreground over under while then is are it "
-    "bright dark light moves rotating rotates spinning bouncing still"
-).split()
-
-# The saved formats (the same strings as hyv.models.checkpoint_io.FORMAT_KEY,
-# hyv.models.text_encoder.BUILTIN_FORMAT and the tokenizer's; tests check they agree).
 FORMAT_KEY = "_hyv_format"
 BUILTIN_FORMAT = "hyv-text-encoder"
 TOKENIZER_FILE = "tokenizer.json"
@@ -59,16 +47,6 @@ TEXT_ENCODER_DIR = "text_encoder"  # a bundle's built-in text encoder (hyv.engin
 # What the tokenizer keeps: lowercase ASCII letters and digits; every other character separates.
 WORD_RE = re.compile(r"[a-z0-9]+")
 MAX_NAMED_WORDS = 20
-
-
-def default_caption_vocabulary() -> list[str]:
-    """Every word of the caption grammar, then a few common extras; no duplicates, stable order."""
-    words: list[str] = ["a", "on", "background"]
-    for values in CAPTION_SLOTS.values():
-        for phrase in values:
-            words.extend(phrase.split())
-    words.extend(EXTRA_WORDS)
-    return list(dict.fromkeys(words))
 
 
 def _separates(char: str) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -25,17 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from hyv.engine.prompt_vocabulary import (
-    CAPTION_BACKGROUNDS,
-    CAPTION_COLORS,
-    CAPTION_MOTIONS,
-    CAPTION_SHAPES,
-    TOKENIZER_FILE,
-    TOKENIZER_FORMAT,
-    WORD_RE,
-    caption_grammar,
-    default_caption_vocabulary,
-)
 from hyv.models.checkpoint_io import (
     FORMAT_KEY,
     OWN_CONFIG_NAME,
@@ -52,20 +42,65 @@ from hyv.models.text_encoder import BUILTIN_FORMAT, TextEmbeddings, validate_pro
 
 logger = logging.getLogger(__name__)
 
-# The caption grammar, the default vocabulary and the tokenizer's word rule live in a torch-free
-# module, so the API and the CLI can check prompts against a bundle without loading this one.
-__all__ = [
-    "CAPTION_BACKGROUNDS",
-    "CAPTION_COLORS",
-    "CAPTION_MOTIONS",
-    "CAPTION_SHAPES",
-    "TOKENIZER_FILE",
-    "TOKENIZER_FORMAT",
-    "BuiltinTextEncoder",
-    "BuiltinTextEncoderConfig",
-    "WordTokenizer",
-    "default_caption_vocabulary",
-]
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FORMAT = "hyv-word-tokenizer"
+
+# The caption grammar the bundled model is trained on:
+#   "a {color} {shape} {motion} on a {background} background"
+CAPTION_COLORS = ("red", "green", "blue", "yellow", "cyan", "magenta", "white")
+CAPTION_SHAPES = ("circle", "square", "triangle")
+CAPTION_MOTIONS = (
+    "moving left",
+    "moving right",
+    "moving up",
+    "moving down",
+    "growing",
+    "shrinking",
+    "standing still",
+)
+CAPTION_BACKGROUNDS = ("black", "gray")
+CAPTION_TEMPLATE = "a {color} {shape} {motion} on a {background} background"
+CAPTION_SLOTS: dict[str, tuple[str, ...]] = {
+    "color": CAPTION_COLORS,
+    "shape": CAPTION_SHAPES,
+    "motion": CAPTION_MOTIONS,
+    "background": CAPTION_BACKGROUNDS,
+}
+# One string reads better than a 60-line list literal; split once at import.
+_EXTRA_WORDS = (  # noqa: SIM905
+    "and two three one small large big tiny fast slow slowly quickly camera zoom zooming pan panning "
+    "in out the with an image of video frame object objects shape shapes color colored left right up "
+    "down center middle top bottom corner background foreground over under while then is are it "
+    "bright dark light moves rotating rotates spinning bouncing still"
+).split()
+
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+def caption_grammar(words: Iterable[str]) -> dict[str, Any] | None:
+    """The caption grammar as far as `words` cover it: each slot keeps the values whose words are
+    all known; None when the template's own words or a whole slot are missing. Saved with the
+    tokenizer so a bundle says which captions its model was trained on (the service shows them:
+    hyv.engine.prompt_vocabulary, which reads this without torch)."""
+    known = set(words)
+    if not {"a", "on", "background"} <= known:
+        return None
+    slots = {
+        slot: [value for value in values if set(value.split()) <= known]
+        for slot, values in CAPTION_SLOTS.items()
+    }
+    if not all(slots.values()):
+        return None
+    return {"template": CAPTION_TEMPLATE, "slots": slots}
+
+
+def default_caption_vocabulary() -> list[str]:
+    """Every word of the caption grammar, then a few common extras; no duplicates, stable order."""
+    words: list[str] = ["a", "on", "background"]
+    for phrase in (*CAPTION_COLORS, *CAPTION_SHAPES, *CAPTION_MOTIONS, *CAPTION_BACKGROUNDS):
+        words.extend(phrase.split())
+    words.extend(_EXTRA_WORDS)
+    return list(dict.fromkeys(words))
 
 
 class WordTokenizer:
@@ -81,7 +116,7 @@ class WordTokenizer:
 
     def __init__(self, words: Iterable[str]) -> None:
         vocab = list(dict.fromkeys(w.lower() for w in words))
-        bad = [w for w in vocab if not WORD_RE.fullmatch(w)]
+        bad = [w for w in vocab if not _WORD_RE.fullmatch(w)]
         if bad:
             raise ValueError(f"vocabulary words must be lowercase alphanumeric, got {bad[:5]}")
         self.words: list[str] = vocab
@@ -95,7 +130,7 @@ class WordTokenizer:
 
     @staticmethod
     def split(text: str) -> list[str]:
-        return WORD_RE.findall(text.lower())
+        return _WORD_RE.findall(text.lower())
 
     def encode(self, text: str) -> list[int]:
         """Word ids without BOS/EOS or padding."""
@@ -136,7 +171,7 @@ class WordTokenizer:
 
     def save(self, path: str | Path) -> None:
         """The word list, and the caption grammar as far as it covers it (what the service shows as
-        what the model understands: hyv.engine.prompt_vocabulary); `load` ignores the grammar."""
+        what the model understands); `load` reads the words only."""
         payload: dict[str, Any] = {
             "format": TOKENIZER_FORMAT,
             "version": 1,
@@ -145,7 +180,7 @@ class WordTokenizer:
         }
         grammar = caption_grammar(self.words)
         if grammar is not None:
-            payload["grammar"] = grammar.to_dict()
+            payload["grammar"] = grammar
         Path(path).write_text(json.dumps(payload, indent=1))
 
     @classmethod

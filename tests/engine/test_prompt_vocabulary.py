@@ -20,12 +20,16 @@ from hyv.engine.prompt_vocabulary import (
     PromptVocabulary,
     bundle_prompt_vocabulary,
     caption_grammar,
-    default_caption_vocabulary,
     prompt_words,
     read_prompt_vocabulary,
 )
 from hyv.models import checkpoint_io, text_encoder, text_encoder_builtin
-from hyv.models.text_encoder_builtin import BuiltinTextEncoder, BuiltinTextEncoderConfig, WordTokenizer
+from hyv.models.text_encoder_builtin import (
+    BuiltinTextEncoder,
+    BuiltinTextEncoderConfig,
+    WordTokenizer,
+    default_caption_vocabulary,
+)
 from hyv.training.data.grammar import all_combinations, caption
 
 VOCABULARY = PromptVocabulary(
@@ -38,6 +42,30 @@ def test_the_saved_formats_are_the_models_own() -> None:
     assert pv.BUILTIN_FORMAT == text_encoder.BUILTIN_FORMAT
     assert pv.TOKENIZER_FILE == text_encoder_builtin.TOKENIZER_FILE
     assert pv.TOKENIZER_FORMAT == text_encoder_builtin.TOKENIZER_FORMAT
+    assert pv.WORD_RE.pattern == text_encoder_builtin._WORD_RE.pattern
+
+
+def test_the_grammar_is_the_models_own() -> None:
+    """The torch-free copy of the caption grammar, and the one the tokenizer saves, are the model's."""
+    assert pv.CAPTION_TEMPLATE == text_encoder_builtin.CAPTION_TEMPLATE
+    assert pv.CAPTION_SLOTS == text_encoder_builtin.CAPTION_SLOTS
+    assert pv.CAPTION_SLOTS == {
+        "color": text_encoder_builtin.CAPTION_COLORS,
+        "shape": text_encoder_builtin.CAPTION_SHAPES,
+        "motion": text_encoder_builtin.CAPTION_MOTIONS,
+        "background": text_encoder_builtin.CAPTION_BACKGROUNDS,
+    }
+    for words in (
+        default_caption_vocabulary(),
+        ["a", "on", "background", "red", "circle", "growing", "gray"],
+    ):
+        saved = text_encoder_builtin.caption_grammar(words)
+        derived = caption_grammar(words)
+        assert saved is not None and derived is not None
+        assert CaptionGrammar.from_dict(saved) == derived
+    assert (
+        text_encoder_builtin.caption_grammar(["a", "red"]) is None and caption_grammar(["a", "red"]) is None
+    )
 
 
 def test_ascii_words_are_exactly_the_tokenizers() -> None:

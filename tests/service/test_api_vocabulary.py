@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR, read_bundle_spec
-from hyv.engine.prompt_vocabulary import (
+from hyv.models.text_encoder_builtin import (
     CAPTION_BACKGROUNDS,
     CAPTION_COLORS,
     CAPTION_MOTIONS,
