@@ -24,7 +24,7 @@ router = APIRouter()
     "/v1/models",
     response_model=ModelList,
     tags=["models"],
-    summary="The served model, its defaults and limits",
+    summary="The served model: defaults, limits, sizes and lengths, vocabulary and grammar",
     responses=error_responses(401),
 )
 async def list_models(caller: CallerDep, context: ContextDep) -> ModelList:
