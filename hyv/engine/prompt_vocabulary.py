@@ -104,13 +104,6 @@ class CaptionGrammar:
     def to_dict(self) -> dict[str, Any]:
         return {"template": self.template, "slots": {k: list(v) for k, v in self.slots.items()}}
 
-    def words(self) -> set[str]:
-        found = set(WORD_RE.findall(re.sub(r"\{\w+\}", " ", self.template)))
-        for values in self.slots.values():
-            for value in values:
-                found.update(prompt_words(value))
-        return found
-
     def example(self) -> str:
         return self.template.format(**{slot: values[0] for slot, values in self.slots.items()})
 
