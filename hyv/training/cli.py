@@ -58,9 +58,20 @@ def train_bundle_command(
     student_steps: Annotated[
         int, typer.Option(help="Sampling steps of the distilled student (<= 6).")
     ] = _BUNDLE["student_steps"],
-    until: Annotated[str, typer.Option(help="Last stage: vae, dit, cfg, steps, export or eval.")] = "eval",
+    bucket_steps: Annotated[
+        int, typer.Option(help="Steps of the progressive DiT stage on every bucket.")
+    ] = _BUNDLE["bucket_steps"],
+    stage1_from: Annotated[
+        Path | None,
+        typer.Option(help="An earlier bundle whose VAE and DiT stand in for stages vae and dit."),
+    ] = None,
+    until: Annotated[
+        str,
+        typer.Option(help="Last stage: vae, vae_buckets, dit, dit_buckets, cfg, steps, export or eval."),
+    ] = "eval",
 ) -> None:
-    """The whole recipe of the bundled model (VAE -> DiT -> CFG and step distillation -> export -> eval).
+    """The whole recipe of the bundled model (VAE -> DiT, low resolution then every bucket -> CFG and
+    step distillation -> export -> eval).
 
     Resumable: run the same command again after an interrupt and it continues where it stopped."""
     from hyv.training.recipe import train_bundle
@@ -77,6 +88,8 @@ def train_bundle_command(
             cfg_steps=cfg_steps,
             distill_steps=distill_steps,
             student_steps=student_steps,
+            bucket_steps=bucket_steps,
+            stage1_from=stage1_from,
         )
         result = train_bundle(config, until=until)
     except ValueError as exc:

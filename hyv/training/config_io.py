@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Self
 
+from hyv.training.data.buckets import Bucket, parse_buckets
+
 
 class ConfigIO:
     def to_dict(self) -> dict[str, Any]:
@@ -62,6 +64,10 @@ class TrainConfig(ConfigIO):
     size: int = 64  # square, in pixels
     image_fraction: float = 0.2  # share of 1-frame images among the samples
     dataset_length: int = 100_000  # samples in the synthetic train split (indices drawn from it)
+    # Shapes to train at, "WIDTHxHEIGHTxFRAMES" (hyv.training.data.buckets; frames 1 = images);
+    # empty: `size` x `size` at `num_frames`, plus images at that size when image_fraction > 0.
+    buckets: tuple[str, ...] = ()
+    token_budget: int = 0  # > 0: a bucket's batch is as many clips as fit this many DiT tokens
     # --- bookkeeping ---
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # newest N checkpoints kept; 0 keeps all
@@ -79,6 +85,7 @@ class TrainConfig(ConfigIO):
             if "Path" in str(field.type) and value is not None and not isinstance(value, Path):
                 setattr(self, field.name, Path(value))
         self.betas = (float(self.betas[0]), float(self.betas[1]))
+        self.buckets = tuple(str(b) for b in self.buckets)
         self.validate()
 
     def validate(self) -> None:
@@ -97,6 +104,30 @@ class TrainConfig(ConfigIO):
         self.check("ema_decay", 0 <= self.ema_decay < 1, "must be in [0, 1)")
         self.check_fraction("image_fraction")
         self.check_choice("lr_schedule", LR_SCHEDULES)
+        self.check_int("token_budget", minimum=0)
+        try:
+            buckets = self.train_buckets()
+        except ValueError as exc:
+            self.fail("buckets", f"is invalid: {exc}")
+        images = [b for b in buckets if b.is_image]
+        if not self.buckets:  # the implicit ones follow num_frames and image_fraction
+            return
+        if self.image_fraction > 0 and not images:
+            self.fail("buckets", f"has no image bucket (frames 1) but image_fraction={self.image_fraction}")
+        if images and self.image_fraction == 0:
+            self.fail("buckets", "has image buckets (frames 1) that image_fraction=0 never draws")
+        if len(images) == len(buckets) and self.image_fraction < 1:
+            self.fail("buckets", f"has no video bucket but image_fraction={self.image_fraction} < 1")
+
+    def train_buckets(self) -> tuple[Bucket, ...]:
+        """The buckets to train at, videos first (see `buckets`)."""
+        if self.buckets:
+            found = parse_buckets(self.buckets)
+        else:
+            found = (Bucket(self.size, self.size, self.num_frames),)
+            if self.image_fraction > 0 and self.num_frames > 1:
+                found += (Bucket(self.size, self.size, 1),)
+        return tuple(b for b in found if not b.is_image) + tuple(b for b in found if b.is_image)
 
     # --- validation helpers, naming the field in every message ---
 

@@ -1,15 +1,28 @@
 """The bundled model's recipe: one resumable command from nothing to `weights/hyv-small`.
 
-    hyv train bundle                      # == the five stages below, each resumable
+    hyv train bundle                      # == the stages below, each resumable
 
-1. **vae**      `hyv.training.vae`: the causal 3D VAE on synthetic clips (curriculum, GAN, tiling phase)
-2. **dit**      `hyv.training.dit`: flow matching of the small DiT + built-in text encoder on its latents
-3. **cfg**      `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
-4. **steps**    `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
-5. **export**   the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, with
-                `recipe.json` (commands, seeds, steps, wall time per stage); then **eval**
-                (`hyv.training.eval`, teacher = the stage-2 DiT with 50 steps of true CFG) writes
-                `eval.json` and `MODEL_CARD.md` next to the weights.
+1. **vae**          `hyv.training.vae`: the causal 3D VAE on synthetic 64x64 clips (curriculum, GAN,
+                    tiling phase)
+2. **vae_buckets**  its decoder fine-tuned on 64x64 and 128x128 renders (the encoder, hence every
+                    latent, unchanged): the larger buckets' objects and faster pixel motion
+3. **dit**          `hyv.training.dit`: flow matching of the small DiT + built-in text encoder on its
+                    latents, low resolution and short first (64x64, 17 frames and images)
+4. **dit_buckets**  the paper's progressive step: the same DiT on every bucket (`buckets`: 64x64,
+                    96x64, 64x96, 128x128 at 1, 17 and 33 frames; batches of one bucket, sized by a
+                    token budget; the latent cache keyed by bucket), so 3D RoPE sees every position
+                    range it will be asked to draw
+5. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
+6. **steps**        `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
+                    (both distillation stages on every bucket, reusing stage 4's latent cache)
+7. **export**       the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, its
+                    limits exactly the buckets, with `recipe.json` (commands, seeds, steps, wall time
+                    per stage); then **eval** (`hyv.training.eval`, teacher = the stage-4 DiT with 50
+                    steps of true CFG) writes `eval.json` and `MODEL_CARD.md` next to the weights.
+
+`stage1_from` (`--stage1-from`) starts from an earlier bundle instead of stages 1 and 3: its VAE and
+DiT stand in for theirs (copied into the run directory first, since the export replaces
+`export_dir`), and the card says so, with the wall time its own recipe.json recorded.
 
 Every stage runs with its trainer's `resume`, and `out_dir/recipe_state.json` records the stages
 that finished (with their output and wall time), so running the command again after an interrupt
@@ -35,8 +48,10 @@ from typing import Any
 import torch
 
 from hyv.engine.bundle import BUNDLE_PRESETS, CHECKOUT_BUNDLE_DIR, load_bundle, save_bundle
+from hyv.engine.limits import ModelLimits
 from hyv.models import read_dit_metadata
 from hyv.training.config_io import TrainConfig
+from hyv.training.data.buckets import parse_buckets
 from hyv.training.distill.config import DistillConfig
 from hyv.training.dit.config import DiTTrainConfig
 from hyv.training.eval.runner import EvalConfig
@@ -46,7 +61,12 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "recipe_state.json"
 RECIPE_FILE = "recipe.json"
-STAGES = ("vae", "dit", "cfg", "steps", "export", "eval")
+STAGES = ("vae", "vae_buckets", "dit", "dit_buckets", "cfg", "steps", "export", "eval")
+# The bundled model's buckets (hyv.training.data.buckets): what it trains, is evaluated and serves at.
+SIZES = ((64, 64), (96, 64), (64, 96), (128, 128))
+FRAME_COUNTS = (17, 33, 1)
+DEFAULT_BUCKETS = tuple(f"{w}x{h}x{f}" for f in FRAME_COUNTS for w, h in SIZES)
+STAGE1_DIR = "stage1"  # where a stage1_from bundle is copied in the run directory
 
 
 def _recipe_dit() -> DiTTrainConfig:
@@ -65,12 +85,62 @@ def _recipe_dit() -> DiTTrainConfig:
     )
 
 
+def _recipe_vae_buckets() -> VAETrainConfig:
+    """The decoder fine-tune: 64x64 x 17 renders first, then 64 px crops of 128x128 renders (the
+    larger buckets' pixel scale at a 64 px cost), no GAN, a low learning rate."""
+    return VAETrainConfig(
+        steps=800,
+        lr=1e-4,
+        warmup_steps=20,
+        train_encoder=False,
+        size=128,
+        image_phase_fraction=0.0,
+        low_res_size=64,
+        low_res_frames=17,
+        low_res_batch_size=4,
+        low_res_fraction=0.3,
+        crop_size=64,
+        crop_fraction=0.7,
+        tiling_fraction=0.0,
+        foreground_weight=1.0,
+        gan_weight=0.0,
+        checkpoint_every=100,
+    )
+
+
+def _recipe_dit_buckets() -> DiTTrainConfig:
+    """The progressive stage: every bucket, batches of ~1280 tokens (16 clips at 64x64x17, 2 at
+    128x128x33), from the stage-3 DiT at a lower learning rate."""
+    return DiTTrainConfig(
+        steps=9000,
+        batch_size=24,
+        token_budget=1280,
+        lr=3e-4,
+        warmup_steps=200,
+        lr_schedule="cosine",
+        unshifted_fraction=0.3,
+        latent_norm="per_channel",
+        buckets=DEFAULT_BUCKETS,
+        cache_videos=400,
+        cache_images=400,
+        checkpoint_every=250,
+    )
+
+
+def _recipe_distill(stage: str) -> DistillConfig:
+    """A distillation stage on every bucket: ~640 tokens per batch (8 clips at 64x64x17)."""
+    samples = {"cfg": 2048, "steps": 1536}[stage]
+    return DistillConfig.for_stage(
+        stage, buckets=DEFAULT_BUCKETS, token_budget=640, teacher_samples=samples, cache_images=400
+    )
+
+
 # The stage configs RecipeConfig nests, each a stage's own config class.
-STAGE_CONFIGS = ("vae", "dit", "cfg", "steps", "eval")
+STAGE_CONFIGS = ("vae", "vae_buckets", "dit", "dit_buckets", "cfg", "steps", "eval")
 # Their fields that the recipe sets (RecipeConfig.__post_init__ and the stages' runs).
 _SET_BY_RECIPE = frozenset(
     {"out_dir", "seed", "device", "size", "num_frames", "resume", "progress", "preset", "bundle"}
-    | {"vae_path", "teacher", "student"}
+    | {"vae_path", "teacher", "student", "init_from", "latent_cache"}
 )
 
 
@@ -92,17 +162,22 @@ class RecipeConfig:
     export_dtype: str = "fp16"
     bundle_preset: str = "small"  # hyv.engine.bundle preset: the DiT, VAE and text-encoder sizes
     progress: bool = True
+    stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
     # --- the stages' configs ---
     vae: VAETrainConfig = dataclasses.field(default_factory=VAETrainConfig)
+    vae_buckets: VAETrainConfig = dataclasses.field(default_factory=_recipe_vae_buckets)
     dit: DiTTrainConfig = dataclasses.field(default_factory=_recipe_dit)
-    cfg: DistillConfig = dataclasses.field(default_factory=lambda: DistillConfig.for_stage("cfg"))
-    steps: DistillConfig = dataclasses.field(default_factory=lambda: DistillConfig.for_stage("steps"))
+    dit_buckets: DiTTrainConfig = dataclasses.field(default_factory=_recipe_dit_buckets)
+    cfg: DistillConfig = dataclasses.field(default_factory=lambda: _recipe_distill("cfg"))
+    steps: DistillConfig = dataclasses.field(default_factory=lambda: _recipe_distill("steps"))
     eval: EvalConfig = dataclasses.field(  # 88 clips: one clip is 1.1 points, not 2.3
         default_factory=lambda: EvalConfig(student=CHECKOUT_BUNDLE_DIR, samples_per_combination=2)
     )
 
     def __post_init__(self) -> None:
         self.out_dir, self.export_dir = Path(self.out_dir), Path(self.export_dir)
+        if self.stage1_from is not None:
+            self.stage1_from = Path(self.stage1_from)
         if self.export_dtype not in ("fp16", "bf16", "fp32"):
             raise ValueError(f"RecipeConfig.export_dtype={self.export_dtype!r} must be fp16, bf16 or fp32")
         if (
@@ -114,10 +189,17 @@ class RecipeConfig:
                 f"text encoder: {[k for k, v in BUNDLE_PRESETS.items() if v.text_encoder_preset]}"
             )
         shared = self.shared_fields()
-        self.vae = self.vae.replace(
-            out_dir=self.vae_run, preset=BUNDLE_PRESETS[self.bundle_preset].vae_preset, **shared
+        vae_preset = BUNDLE_PRESETS[self.bundle_preset].vae_preset
+        self.vae = self.vae.replace(out_dir=self.vae_run, preset=vae_preset, **shared)
+        # The fine-tune renders at its own sizes (64 and 128): only the shared bookkeeping applies.
+        tuned = {k: v for k, v in shared.items() if k not in ("size", "num_frames")}
+        self.vae_buckets = self.vae_buckets.replace(
+            out_dir=self.out_dir / "vae_buckets", preset=vae_preset, **tuned
         )
         self.dit = self.dit.replace(out_dir=self.dit_run, bundle=self.bundle_preset, **shared)
+        self.dit_buckets = self.dit_buckets.replace(
+            out_dir=self.out_dir / "dit_buckets", bundle=self.bundle_preset, **shared
+        )
         self.cfg = self.cfg.replace(out_dir=self.cfg_run, **shared)
         self.steps = self.steps.replace(out_dir=self.steps_run, **shared)
         self.eval = dataclasses.replace(
@@ -218,23 +300,63 @@ class Recipe:
         config = self.config.vae
         return self._run("vae", lambda: train_vae(config), config.to_dict())
 
+    def vae_buckets(self, vae_dir: Path) -> Path:
+        from hyv.training.vae import train_vae
+
+        config = self.config.vae_buckets.replace(init_from=vae_dir)
+        return self._run("vae_buckets", lambda: train_vae(config), config.to_dict())
+
     def dit(self, vae_dir: Path) -> Path:
         from hyv.training.dit import train_dit
 
         config = self.config.dit.replace(vae_path=vae_dir)
         return self._run("dit", lambda: train_dit(config), config.to_dict())
 
+    def dit_buckets(self, stage1: Path, vae_dir: Path) -> Path:
+        from hyv.training.dit import train_dit
+
+        config = self.config.dit_buckets.replace(init_from=stage1, vae_path=vae_dir)
+        return self._run("dit_buckets", lambda: train_dit(config), config.to_dict())
+
     def distill(self, stage: str, teacher: Path) -> Path:
         from hyv.training.distill import train_distill
+        from hyv.training.dit.latents import CACHE_FILE
 
-        config = (self.config.cfg if stage == "cfg" else self.config.steps).replace(teacher=teacher)
+        config = (self.config.cfg if stage == "cfg" else self.config.steps).replace(
+            teacher=teacher, latent_cache=self.config.dit_buckets.out_dir / CACHE_FILE
+        )
         return self._run(stage, lambda: train_distill(config), config.to_dict())
+
+    def reuse_stage1(self, bundle_dir: Path) -> None:
+        """Stages vae and dit taken from an earlier bundle (copied into the run directory, since the
+        export replaces export_dir), recorded with the wall time of its own recipe.json."""
+        if self.state["stages"].get("dit", {}).get("finished"):
+            return
+        copy = self.config.out_dir / STAGE1_DIR
+        if not copy.exists():
+            shutil.copytree(bundle_dir, copy)
+        recorded = {}
+        if (copy / RECIPE_FILE).exists():
+            recorded = {s["name"]: s for s in json.loads((copy / RECIPE_FILE).read_text())["stages"]}
+        commit = json.loads((copy / RECIPE_FILE).read_text()).get("git_commit") if recorded else None
+        source = f"{bundle_dir} (recipe.json of commit {commit})" if commit else str(bundle_dir)
+        for name, output in (("vae", copy / "vae"), ("dit", copy)):
+            earlier = recorded.get(name, {})
+            self.state["stages"][name] = {
+                "finished": True,
+                "output": str(output),
+                "wall_s": float(earlier.get("wall_time_s", 0.0)),
+                "settings": earlier.get("settings", {}),
+                "reused_from": source,
+            }
+        self._save_state()
 
     def export(self, student: Path) -> Path:
         c = self.config
 
         def write() -> Path:
             bundle = load_bundle(student, dtype=torch.float32)
+            bundle.spec = dataclasses.replace(bundle.spec, limits=bucket_limits(bundle.spec.limits, c))
             dtype = _dtype(c.export_dtype)
             bundle.dit.to(dtype)
             bundle.vae.to(dtype)
@@ -305,23 +427,51 @@ class Recipe:
         if until not in STAGES:
             raise ValueError(f"until={until!r} must be one of {list(STAGES)}")
         last = STAGES.index(until)
+        if self.config.stage1_from is not None:
+            self.reuse_stage1(self.config.stage1_from)
         vae_dir = self.vae()
         if last < 1:
             return vae_dir
-        teacher = self.dit(vae_dir)
+        tuned_vae = self.vae_buckets(vae_dir)
         if last < 2:
+            return tuned_vae
+        stage1 = self.dit(vae_dir)
+        if last < 3:
+            return stage1
+        teacher = self.dit_buckets(stage1, tuned_vae)
+        if last < 4:
             return teacher
         cfg_student = self.distill("cfg", teacher)
-        if last < 3:
+        if last < 5:
             return cfg_student
         student = self.distill("steps", cfg_student)
-        if last < 4:
+        if last < 6:
             return student
         exported = self.export(student)
-        if last < 5:
+        if last < 7:
             return exported
         self.evaluate(exported, teacher)
         return exported
+
+
+def bucket_limits(limits: ModelLimits, config: RecipeConfig) -> ModelLimits:
+    """The exported bundle's limits: exactly the sizes and frame counts of the buckets it was
+    trained at (and is evaluated at), the default the first video bucket."""
+    buckets = parse_buckets(config.dit_buckets.buckets)
+    sizes = tuple(dict.fromkeys((b.width, b.height) for b in buckets))
+    frames = tuple(sorted({b.frames for b in buckets}))
+    first = next(b for b in buckets if not b.is_image)
+    return dataclasses.replace(
+        limits,
+        width=first.width,
+        height=first.height,
+        num_frames=first.frames,
+        max_width=max(w for w, _ in sizes),
+        max_height=max(h for _, h in sizes),
+        max_frames=max(frames),
+        buckets=sizes,
+        frame_counts=frames,
+    )
 
 
 # The settings a stage's row in the model card shows (recipe.json keeps them all).
@@ -376,6 +526,8 @@ BUNDLE_OPTIONS: dict[str, str] = {
     "cfg_steps": "cfg.steps",
     "distill_steps": "steps.steps",
     "student_steps": "steps.student_steps",
+    "bucket_steps": "dit_buckets.steps",
+    "stage1_from": "stage1_from",
 }
 # RecipeConfig field -> its option on the command line
 _CLI_OPTIONS = {path: "--" + name.replace("_", "-") for name, path in BUNDLE_OPTIONS.items()}

@@ -23,6 +23,7 @@ from hyv.training.distill.common import CFG_DISTILLED_KEY, image_condition, sele
 from hyv.training.dit import list_checkpoints
 
 SIZE, FRAMES = 32, 5
+VIDEO, IMAGE = f"{SIZE}x{SIZE}x{FRAMES}", f"{SIZE}x{SIZE}x1"  # the bucket names of the teacher pools
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +158,7 @@ def test_cfg_student_reproduces_teacher_cfg(cfg_run: tuple[CFGDistiller, Path]) 
     # The loaded student's error on the held-out set is the reported one.
     assert trainer.evaluate(student) == pytest.approx(metrics["after"], rel=1e-4)
     # g matters now: the prediction changes with the guidance scale.
-    rows = select(trainer.eval_pool, [0, 1], trainer.device)
+    rows = select(trainer.eval_pool[VIDEO], [0, 1], trainer.device)
     low = trainer._predict(student, rows, torch.full((2,), 1.0))
     high = trainer._predict(student, rows, torch.full((2,), 8.0))
     assert (high - low).abs().mean() > 1e-3
@@ -184,8 +185,8 @@ def test_steps_student_follows_teacher(steps_run: tuple[StepDistiller, Path]) ->
     metrics = json.loads((trainer.out_dir / METRICS_FILE).read_text())
     assert metrics["after"] < 0.7 * metrics["before"], metrics
     # The trajectories hold the student's phase boundaries: teacher_steps / student_steps apart.
-    assert trainer.pools["video"]["states"].shape[1:3] == (3, 16)
-    assert "image" in trainer.pools
+    assert trainer.pools[VIDEO]["states"].shape[1:3] == (3, 16)
+    assert IMAGE in trainer.pools
 
 
 def test_steps_bundle_carries_schedule(steps_run: tuple[StepDistiller, Path]) -> None:

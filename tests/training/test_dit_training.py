@@ -16,6 +16,7 @@ from hyv.engine.pipeline import PipelineOptions, VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
 from hyv.models import load_dit, load_text_encoder, to_dit_latents
+from hyv.training.data.buckets import Bucket
 from hyv.training.data.dataset import SyntheticVideoDataset
 from hyv.training.dit import (
     DiTTrainConfig,
@@ -278,26 +279,60 @@ def test_latent_cache_matches_the_encoder_and_resumes(tmp_path: Path) -> None:
     trainer = DiTTrainer(config)
     assert isinstance(trainer.batches, CachedLatentBatches)
     cache = trainer.batches.cache
-    assert cache.video_moments.shape == (5, 32, 2, SIZE // 8, SIZE // 8)
-    assert cache.image_moments.shape == (3, 32, 1, SIZE // 8, SIZE // 8)
+    video, image = Bucket(SIZE, SIZE, FRAMES), Bucket(SIZE, SIZE, 1)
+    assert cache.buckets == (video, image)
+    assert cache.moments[video].shape == (5, 32, 2, SIZE // 8, SIZE // 8)
+    assert cache.moments[image].shape == (3, 32, 1, SIZE // 8, SIZE // 8)
     videos = SyntheticVideoDataset("train", num_frames=FRAMES, size=SIZE, image_fraction=0.0, length=64)
     item = videos[4]
     expected = trainer.vae.encode(item["video"][None].float(), tiled=False).moments
-    torch.testing.assert_close(cache.video_moments[4:5].float(), expected, atol=2e-3, rtol=2e-3)  # fp16
-    assert cache.video_captions[4] == item["caption"]
+    torch.testing.assert_close(cache.moments[video][4:5].float(), expected, atol=2e-3, rtol=2e-3)  # fp16
+    assert cache.captions[video][4] == item["caption"]
     kinds = {trainer.batches.batch(step).moments.shape[2] for step in range(12)}  # type: ignore[union-attr]
     assert kinds == {1, 2}  # joint image + latent-video batches
     # A bigger cache reuses the saved chunks; a different VAE invalidates them.
     bigger = build_latent_cache(
         trainer.vae, config.replace(cache_videos=7), tmp_path / CACHE_FILE, trainer.device
     )
-    torch.testing.assert_close(bigger.video_moments[:5], cache.video_moments)
+    torch.testing.assert_close(bigger.moments[video][:5], cache.moments[video])
     losses = [trainer.train_step(step) for step in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
     with torch.no_grad():
         next(trainer.vae.parameters()).add_(1.0)
     rebuilt = build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
-    assert not torch.equal(rebuilt.video_moments, cache.video_moments)
+    assert not torch.equal(rebuilt.moments[video], cache.moments[video])
+
+
+def test_buckets_each_batch_one_shape_sized_by_the_token_budget(tmp_path: Path) -> None:
+    """Several aspect and length buckets: every bucket is drawn, a batch holds one shape, its size
+    follows the token budget, and the cache is keyed by bucket (a new bucket list rebuilds it)."""
+    from hyv.training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
+
+    buckets = ("32x32x5", "48x32x5", "32x48x9", "32x32x1")
+    config = _config(
+        tmp_path, buckets=buckets, token_budget=24, batch_size=8, cache_videos=4, cache_images=4,
+        image_fraction=0.25,
+    )
+    trainer = DiTTrainer(config)
+    assert isinstance(trainer.batches, CachedLatentBatches)
+    shapes: dict[tuple[int, ...], int] = {}
+    for step in range(60):
+        moments = trainer.batches.batch(step).moments
+        assert moments is not None
+        shapes[tuple(moments.shape[2:])] = moments.shape[0]
+    # (t, h, w) latents -> clips per batch: tokens are t * h/2 * w/2 (2x2 patches): 8, 12, 18 and 4
+    # per clip, so 24 // tokens = 3, 2, 1 and 6 clips (at most batch_size 8)
+    assert shapes == {(2, 4, 4): 3, (2, 4, 6): 2, (3, 6, 4): 1, (1, 4, 4): 6}
+    assert [trainer.train_step(step) for step in range(4)]  # every shape trains
+    fewer = build_latent_cache(
+        trainer.vae, config.replace(buckets=buckets[:1] + buckets[3:]), tmp_path / CACHE_FILE, trainer.device,
+        progress=False,
+    )
+    assert fewer.buckets == (Bucket(32, 32, 5), Bucket(32, 32, 1))
+    rendered = SyntheticBatches(config)
+    assert {tuple(rendered.batch(step).video.shape[1:]) for step in range(40)} == {  # type: ignore[union-attr]
+        (3, 5, 32, 32), (3, 5, 32, 48), (3, 9, 48, 32), (3, 1, 32, 32)
+    }
 
 
 # --- latent normalization and the timestep mixture ---------------------------------------------------

@@ -65,7 +65,21 @@ _DISTILL: dict[str, Any] = dict(
 )
 
 
-def _config(tmp_path: Path) -> RecipeConfig:
+BUCKETS = (f"{SIZE}x{SIZE}x{FRAMES}", f"{SIZE + 16}x{SIZE}x{FRAMES}", f"{SIZE}x{SIZE}x1")
+_VAE_BUCKETS: dict[str, Any] = {
+    **_VAE,
+    "steps": 4,
+    "size": SIZE,
+    "train_encoder": False,
+    "image_phase_fraction": 0.0,
+    "low_res_fraction": 0.5,
+    "crop_fraction": 0.5,
+    "tiling_fraction": 0.0,
+    "gan_weight": 0.0,
+}
+
+
+def _config(tmp_path: Path, **changes: Any) -> RecipeConfig:
     defaults = RecipeConfig()
     return RecipeConfig(
         out_dir=tmp_path / "runs",
@@ -75,9 +89,15 @@ def _config(tmp_path: Path) -> RecipeConfig:
         num_frames=FRAMES,
         progress=False,
         vae=VAETrainConfig(**_VAE),
+        vae_buckets=VAETrainConfig(**_VAE_BUCKETS),
         dit=defaults.dit.replace(steps=4, batch_size=2, cache_videos=4, cache_images=2, **_DIT),
-        cfg=DistillConfig.for_stage("cfg", **_DISTILL),
-        steps=DistillConfig.for_stage("steps", **_DISTILL, student_steps=2, teacher_steps=4),
+        dit_buckets=defaults.dit_buckets.replace(
+            steps=4, batch_size=2, token_budget=16, buckets=BUCKETS, cache_videos=4, cache_images=2, **_DIT
+        ),
+        cfg=DistillConfig.for_stage("cfg", **_DISTILL, buckets=BUCKETS, token_budget=16),
+        steps=DistillConfig.for_stage(
+            "steps", **_DISTILL, buckets=BUCKETS, token_budget=16, student_steps=2, teacher_steps=4
+        ),
         eval=EvalConfig(
             student=tmp_path / "bundle",
             samples_per_combination=2,
@@ -87,6 +107,7 @@ def _config(tmp_path: Path) -> RecipeConfig:
             sheet_clips=2,
             teacher_guidance=2.0,
         ),
+        **changes,
     )
 
 
@@ -101,16 +122,32 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert exported == config.export_dir
 
     state = json.loads((config.out_dir / STATE_FILE).read_text())
-    assert list(state["stages"]) == ["vae", "dit", "cfg", "steps", "export", "eval"]
+    assert list(state["stages"]) == [
+        "vae",
+        "vae_buckets",
+        "dit",
+        "dit_buckets",
+        "cfg",
+        "steps",
+        "export",
+        "eval",
+    ]
     assert all(stage["finished"] and stage["wall_s"] > 0 for stage in state["stages"].values())
 
     # Every trainer left a loss curve; each went down from its first steps.
-    for run in (config.vae_run, config.dit_run, config.cfg_run, config.steps_run):
+    runs = (config.vae_buckets.out_dir, config.dit_buckets.out_dir, config.cfg_run, config.steps_run)
+    for run in (config.vae_run, config.dit_run, *runs):
         assert (run / "loss.png").is_file() and (run / "losses.csv").is_file(), run
 
     # The export: fp16 weights, the student's schedule, its defaults, served by the pipeline.
     spec = read_bundle_spec(exported)
     assert spec.trained and spec.limits.steps == 2
+    # Its limits are exactly the buckets it was trained at; the default is the first video bucket.
+    assert spec.limits.buckets == ((SIZE, SIZE), (SIZE + 16, SIZE)) and spec.limits.frame_counts == (
+        1,
+        FRAMES,
+    )
+    assert (spec.limits.width, spec.limits.height, spec.limits.num_frames) == (SIZE, SIZE, FRAMES)
     sigmas = json.loads(read_dit_metadata(exported / "dit")[SCHEDULE_METADATA_KEY])
     assert len(sigmas) == 3 and sigmas[0] == 1.0 and sigmas[-1] == 0.0
     dit_weights = exported / "dit" / "model.safetensors"
@@ -124,9 +161,9 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     # Recipe, eval and model card beside the weights.
     recipe = json.loads((exported / RECIPE_FILE).read_text())
     assert recipe["command"].startswith("hyv train bundle")
-    assert [stage["name"] for stage in recipe["stages"]][:5] == ["vae", "dit", "cfg", "steps", "export"]
-    assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"][:4])
-    assert recipe["stages"][5]["name"] == "eval" and recipe["stages"][5]["wall_time_s"] > 0
+    names = [stage["name"] for stage in recipe["stages"]]
+    assert names == ["vae", "vae_buckets", "dit", "dit_buckets", "cfg", "steps", "export", "eval"]
+    assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"])
     stage_sum = sum(stage["wall_time_s"] for stage in recipe["stages"])
     assert recipe["total_wall_time_s"] >= stage_sum - 1e-6  # both rounded to 0.1 s: float sums differ
     assert recipe["git_commit"] and "CPU" in recipe["hardware"]
@@ -145,7 +182,7 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     # (the distilled student and the teacher share them).
     vae_config = pipeline.vae.config
     assert vae_config.latents_mean is not None and vae_config.latents_std is not None
-    teacher_vae = json.loads((config.dit_run / "bundle" / "vae" / "config.json").read_text())
+    teacher_vae = json.loads((config.dit_buckets.out_dir / "bundle" / "vae" / "config.json").read_text())
     assert teacher_vae["latents_std"] == pytest.approx(list(vae_config.latents_std), rel=1e-3)
     assert re.search(r"latent_norm=per_channel", card)
 
@@ -161,6 +198,16 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     stages = json.loads((exported / RECIPE_FILE).read_text())["stages"]
     assert stages[0]["reused_from"] == "the VAE of an earlier run"
     assert all("reused_from" not in stage for stage in stages[1:])
+
+    # An earlier bundle standing in for stages vae and dit (--stage1-from): copied into the run
+    # directory (the export replaces export_dir), recorded as reused with its recipe's wall times,
+    # and the progressive stage trains from it.
+    again = _config(tmp_path / "again", stage1_from=exported)
+    Recipe(again).run(until="dit_buckets")
+    redone = json.loads((again.out_dir / STATE_FILE).read_text())["stages"]
+    assert redone["vae"]["reused_from"].startswith(str(exported))
+    assert redone["dit"]["output"] == str(again.out_dir / "stage1") and redone["dit"]["wall_s"] > 0
+    assert redone["dit_buckets"]["finished"] and "reused_from" not in redone["dit_buckets"]
 
 
 def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:

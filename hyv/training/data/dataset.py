@@ -5,7 +5,7 @@ fraction ``image_fraction`` of the items (default 0.2, i.e. video:image = 4:1) a
 1-frame clips; the rest have ``num_frames`` frames. Since a batch must hold clips of one length,
 use `EqualFramesBatchSampler` (or ``dataset.batch_sampler(...)``) with `collate`::
 
-    ds = SyntheticVideoDataset("train", num_frames=17, size=64)
+    ds = SyntheticVideoDataset("train", num_frames=17, size=64)  # size=96, height=64: landscape
     loader = DataLoader(ds, batch_sampler=ds.batch_sampler(8, seed=0), collate_fn=collate)
 
 Items are ``{"video": float32 (3, T, H, W) in [-1, 1], "caption": str, "spec": ClipSpec}``.
@@ -67,6 +67,7 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
         image_fraction: float = 0.2,
         seed: int = 0,
         length: int | None = None,
+        height: int | None = None,
     ) -> None:
         if split == "train":
             combos = train_combinations()
@@ -76,14 +77,18 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
             combos = all_combinations()
         else:
             raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
-        if num_frames < 1 or size < 8:
-            raise ValueError(f"need num_frames >= 1 and size >= 8, got {num_frames}, {size}")
+        height = height or size
+        if num_frames < 1 or min(size, height) < 8:
+            raise ValueError(
+                f"need num_frames >= 1 and sides >= 8, got {num_frames} frames of {size}x{height}"
+            )
         if not 0.0 <= image_fraction <= 1.0:
             raise ValueError(f"image_fraction must be in [0, 1], got {image_fraction}")
         self.split: Split = split
         self.combinations: list[Attributes] = combos
         self.num_frames = num_frames
-        self.size = size
+        self.size = size  # the width; `height` equals it for square clips
+        self.height = height
         self.image_fraction = image_fraction
         self.seed = seed
         self.length = (
@@ -114,7 +119,11 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
             attrs = self.combinations[int(rng.integers(len(self.combinations)))]
         else:
             attrs = self.combinations[index % len(self.combinations)]
-        return sample_spec(attrs, rng)
+        return sample_spec(attrs, rng, aspect=self.size / self.height)
+
+    def caption_of(self, index: int) -> str:
+        """Item ``index``'s caption, without rendering it."""
+        return caption(self.spec(index))
 
     def batch_sampler(
         self, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = True
@@ -124,7 +133,7 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         spec = self.spec(index)
-        frames = render_clip(spec, self.frames_of(index), self.size)
+        frames = render_clip(spec, self.frames_of(index), self.size, self.height)
         return {"video": to_tensor(frames), "caption": caption(spec), "spec": spec}
 
 

@@ -9,6 +9,9 @@ still read as their shape. Colors are pure RGB (`grammar.COLOR_RGB`), background
 always stays inside the frame with a margin, moving clips travel 30-45% of the frame side,
 growing/shrinking clips change the linear size by 1.8-2.3x (the area by 3.2-5.3x), and still
 clips do not move at all.
+
+Frames may be non-square (the training buckets' landscape and portrait sizes): positions are
+fractions of each axis, sizes fractions of the short side, so a circle stays round at any aspect.
 """
 
 from __future__ import annotations
@@ -43,8 +46,18 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def sample_spec(attrs: Attributes, rng: np.random.Generator) -> ClipSpec:
-    """A random `ClipSpec` with the given captioned attributes; the object stays in frame."""
+def axis_scales(aspect: float) -> tuple[float, float]:
+    """(short side / width, short side / height) of a frame with width / height = `aspect`:
+    what turns a size in short-side fractions into fractions of each axis."""
+    if aspect <= 0:
+        raise ValueError(f"aspect must be > 0, got {aspect}")
+    return min(1.0, 1.0 / aspect), min(1.0, aspect)
+
+
+def sample_spec(attrs: Attributes, rng: np.random.Generator, aspect: float = 1.0) -> ClipSpec:
+    """A random `ClipSpec` with the given captioned attributes for a frame of width / height =
+    `aspect`; the object stays in frame. On a square frame the draws are those of every earlier
+    version (the bundled model's data)."""
     color, shape, motion, background = attrs
     if motion in MOTION_DIRECTION:
         size, travel, scale = _uniform(rng, MOVE_SIZE), _uniform(rng, TRAVEL), 1.0
@@ -55,21 +68,23 @@ def sample_spec(attrs: Attributes, rng: np.random.Generator) -> ClipSpec:
     else:
         size, travel, scale = _uniform(rng, STILL_SIZE), 0.0, 1.0
     largest = size * max(scale, 1.0)
-    lo, hi = largest + MARGIN, 1.0 - largest - MARGIN
     dx, dy = MOTION_DIRECTION.get(motion, (0, 0))
     start = []
-    for d in (dx, dy):
+    for d, axis_scale in zip((dx, dy), axis_scales(aspect), strict=True):
+        lo, hi = largest * axis_scale + MARGIN, 1.0 - largest * axis_scale - MARGIN
         a, b = (lo + travel, hi) if d < 0 else (lo, hi - travel) if d > 0 else (lo, hi)
         start.append(float(rng.uniform(a, b)))
     return ClipSpec(color, shape, motion, background, start[0], start[1], size, travel, scale)
 
 
-def in_frame(spec: ClipSpec, margin: float = 0.0) -> bool:
+def in_frame(spec: ClipSpec, margin: float = 0.0, aspect: float = 1.0) -> bool:
     """Whether the object's bounding box stays within the frame (less ``margin``) all clip long."""
+    sx, sy = axis_scales(aspect)
     for t in (0.0, 1.0):  # motion and scaling are linear, so the ends bound the path
         x, y, half = spec.state(t)
-        if min(x, y) - half < margin - 1e-9 or max(x, y) + half > 1.0 - margin + 1e-9:
-            return False
+        for center, extent in ((x, half * sx), (y, half * sy)):
+            if center - extent < margin - 1e-9 or center + extent > 1.0 - margin + 1e-9:
+                return False
     return True
 
 
@@ -93,27 +108,33 @@ def shape_distance(shape: str, px: np.ndarray, py: np.ndarray, cx: float, cy: fl
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def coverage(spec: ClipSpec, t: float, size: int) -> np.ndarray:
-    """Anti-aliased object coverage in [0, 1], float32 (H, W), at clip time ``t`` in [0, 1]."""
+def coverage(spec: ClipSpec, t: float, size: int, height: int | None = None) -> np.ndarray:
+    """Anti-aliased object coverage in [0, 1], float32 (H, W), at clip time ``t`` in [0, 1], on a
+    frame `size` pixels wide and `height` (default: `size`) high."""
+    width, height = size, height or size
     x, y, half = spec.state(t)
-    grid = np.arange(size, dtype=np.float32) + 0.5
-    px, py = grid[None, :], grid[:, None]
-    dist = shape_distance(spec.shape, px, py, x * size, y * size, half * size)
+    px = np.arange(width, dtype=np.float32)[None, :] + 0.5
+    py = np.arange(height, dtype=np.float32)[:, None] + 0.5
+    dist = shape_distance(spec.shape, px, py, x * width, y * height, half * min(width, height))
     return np.clip(0.5 - dist, 0.0, 1.0).astype(np.float32)
 
 
-def render_clip(spec: ClipSpec, frames: int, size: int) -> np.ndarray:
-    """Render ``frames`` frames of ``size`` x ``size``: uint8 (T, H, W, 3).
+def render_clip(spec: ClipSpec, frames: int, size: int, height: int | None = None) -> np.ndarray:
+    """Render ``frames`` frames `size` pixels wide and `height` (default: `size`) high:
+    uint8 (T, H, W, 3).
 
     Frame k shows the clip at time k / (frames - 1); a 1-frame clip (an image) is the first frame.
     """
-    if frames < 1 or size < 8:
-        raise ValueError(f"need frames >= 1 and size >= 8, got frames={frames}, size={size}")
+    height = height or size
+    if frames < 1 or min(size, height) < 8:
+        raise ValueError(
+            f"need frames >= 1 and sides >= 8, got frames={frames}, size={size}x{height}"
+        )
     bg = np.asarray(BACKGROUND_RGB[spec.background], dtype=np.float32)
     fg = np.asarray(COLOR_RGB[spec.color], dtype=np.float32)
-    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    out = np.empty((frames, height, size, 3), dtype=np.uint8)
     for k in range(frames):
         t = k / (frames - 1) if frames > 1 else 0.0
-        alpha = coverage(spec, t, size)[..., None]
+        alpha = coverage(spec, t, size, height)[..., None]
         out[k] = np.rint(bg + alpha * (fg - bg)).astype(np.uint8)
     return out

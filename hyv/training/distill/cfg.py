@@ -29,7 +29,6 @@ from hyv.models import HunyuanVideoDiT
 from hyv.training.distill.common import (
     CFG_DISTILLED_KEY,
     GUIDANCE_RANGE_KEY,
-    KINDS,
     Chunk,
     dit_forward,
     encode_text,
@@ -61,7 +60,7 @@ class CFGDistiller(DistillTrainer):
         return shift_sigmas(u, self.flow_shift) if self.flow_shift != 1.0 else u
 
     def make_chunk(self, kind: str, index: int, count: int, stream: int) -> Chunk:
-        generator = self.generator(index, 0, stream + KINDS.index(kind))
+        generator = self.generator(index, 0, stream + self.clips.stream(kind))
         available = self.clips.count(kind)
         indices = torch.randint(0, available, (count,), generator=generator, device=self.device).tolist()
         x0, first, captions = self.clips.take(kind, indices, generator)
@@ -92,6 +91,7 @@ class CFGDistiller(DistillTrainer):
                 "seed",
                 "size",
                 "num_frames",
+                "buckets",
                 "cache_videos",
                 "cache_images",
                 "teacher_samples",
@@ -120,25 +120,22 @@ class CFGDistiller(DistillTrainer):
 
     def loss(self, step: int, generator: torch.Generator) -> torch.Tensor:
         c = self.config
-        # As in base training: one image/video coin per step shared by all ranks, rows per rank.
-        coin = step_rng(c.seed, step, 0, stream=2).random()
-        kind = "image" if "image" in self.pools and coin < c.image_fraction else "video"
-        pool = self.pools[kind]
-        indices = step_rng(c.seed, step, self.rank, stream=1).integers(0, len(pool["captions"]), c.batch_size)
+        # As in base training: one bucket per step shared by all ranks, rows per rank.
+        pool, count = self.step_pool(step)
+        indices = step_rng(c.seed, step, self.rank, stream=1).integers(0, len(pool["captions"]), count)
         rows = select(pool, indices.tolist(), self.device)
-        guidance = self.sample_guidance(c.batch_size, generator)
+        guidance = self.sample_guidance(count, generator)
         return F.mse_loss(self._predict(self.model, rows, guidance), self._target(rows, guidance))
 
     @torch.no_grad()
     def evaluate(self, dit: HunyuanVideoDiT) -> float:
-        pool = self.eval_pool
-        total, n = 0.0, len(pool["captions"])
-        for start in range(0, n, self.config.teacher_batch):
-            rows = select(pool, list(range(start, min(n, start + self.config.teacher_batch))), self.device)
+        total, n = 0.0, 0
+        for rows in self.eval_rows():
             error = F.mse_loss(
                 self._predict(dit, rows, rows["guidance"]), self._target(rows, rows["guidance"])
             )
             total += float(error) * len(rows["captions"])
+            n += len(rows["captions"])
         return total / n
 
     def export_metadata(self) -> dict[str, str]:

@@ -37,7 +37,6 @@ CFG_DISTILLED_KEY = "cfg_distilled"  # "1": the guidance embedding carries CFG (
 GUIDANCE_RANGE_KEY = "distill_guidance_range"  # JSON [min, max] the student was trained for
 BASE_GUIDANCE = 1.0  # what base training fed the (zeroed, frozen) guidance embedding, x1000
 
-KINDS = ("video", "image")
 Chunk = dict[str, Any]  # tensors (first dim = samples) and a "captions" list
 
 
@@ -110,25 +109,30 @@ class Teacher:
 
 
 class ClipSource:
-    """Captions, clean latents and first-frame latents of the cached training clips."""
+    """Captions, clean latents and first-frame latents of the cached training clips, by bucket name
+    ("64x64x17"; hyv.training.data.buckets)."""
 
     def __init__(self, cache: LatentCache, vae_config: VAEConfig, device: torch.device) -> None:
         self.cache = cache
         self.vae_config = vae_config
         self.device = device
+        self.buckets = {str(b): b for b in cache.buckets}
 
-    def count(self, kind: str) -> int:
-        moments = self.cache.video_moments if kind == "video" else self.cache.image_moments
-        return int(moments.shape[0])
+    def count(self, bucket: str) -> int:
+        return self.cache.count(self.buckets[bucket])
+
+    def stream(self, bucket: str) -> int:
+        """The bucket's offset among the RNG streams (its place in the cache: videos first)."""
+        return list(self.buckets).index(bucket)
 
     def take(
-        self, kind: str, indices: list[int], generator: torch.Generator
+        self, bucket: str, indices: list[int], generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(x0 (B, C, t, h, w) posterior samples, first latent frame (B, C, 1, h, w) posterior means,
         captions), both scaled as the DiT sees them."""
-        video = kind == "video"
-        moments = self.cache.video_moments if video else self.cache.image_moments
-        captions = self.cache.video_captions if video else self.cache.image_captions
+        key = self.buckets[bucket]
+        moments = self.cache.moments[key]
+        captions = self.cache.captions[key]
         posterior = DiagonalGaussian(moments[torch.tensor(indices)].to(self.device, torch.float32))
         x0 = to_dit_latents(posterior.sample(generator).float(), self.vae_config)
         first = to_dit_latents(posterior.mode().float()[:, :, :1], self.vae_config)
@@ -163,8 +167,9 @@ def build_chunked_cache(
     label: str,
     progress: bool,
 ) -> dict[str, Chunk]:
-    """For each kind, `plan[kind]` samples made `chunk_size` at a time by make_chunk(kind, index,
-    count); chunks already on disk under the same key are loaded, not recomputed."""
+    """For each kind (a bucket name), `plan[kind]` samples made `chunk_size` at a time by
+    make_chunk(kind, index, count); chunks already on disk under the same key are loaded, not
+    recomputed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     directory.mkdir(parents=True, exist_ok=True)

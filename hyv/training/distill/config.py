@@ -47,6 +47,7 @@ class DistillConfig(TrainConfig):
     stage: str = "cfg"  # cfg | steps
     weight_decay: float = 0.0
     # --- data: clips of the synthetic train split, encoded once by the teacher's VAE ---
+    latent_cache: Path | None = None  # an earlier stage's latent cache file to reuse (same VAE and buckets)
     cache_videos: int = 256  # clips in the latent cache (captions, x0, I2V first frames)
     cache_images: int = 64
     i2v_fraction: float = 0.3  # video samples conditioned on their first latent frame

@@ -48,7 +48,6 @@ from hyv.models import HunyuanVideoDiT
 from hyv.training.distill.common import (
     CFG_DISTILLED_KEY,
     GUIDANCE_RANGE_KEY,
-    KINDS,
     Chunk,
     dit_forward,
     encode_text,
@@ -120,7 +119,7 @@ class StepDistiller(DistillTrainer):
         return torch.stack(states, dim=1)
 
     def make_chunk(self, kind: str, index: int, count: int, stream: int) -> Chunk:
-        generator = self.generator(index, 0, stream + KINDS.index(kind))
+        generator = self.generator(index, 0, stream + self.clips.stream(kind))
         available = self.clips.count(kind)
         indices = torch.randint(0, available, (count,), generator=generator, device=self.device).tolist()
         x0, first, captions = self.clips.take(kind, indices, generator)
@@ -138,6 +137,7 @@ class StepDistiller(DistillTrainer):
                 "seed",
                 "size",
                 "num_frames",
+                "buckets",
                 "cache_videos",
                 "cache_images",
                 "teacher_samples",
@@ -163,15 +163,13 @@ class StepDistiller(DistillTrainer):
 
     def loss(self, step: int, generator: torch.Generator) -> torch.Tensor:
         c = self.config
-        coin = step_rng(c.seed, step, 0, stream=2).random()
-        kind = "image" if "image" in self.pools and coin < c.image_fraction else "video"
-        pool = self.pools[kind]
+        pool, count = self.step_pool(step)
         rng = step_rng(c.seed, step, self.rank, stream=1)
-        indices = rng.integers(0, len(pool["captions"]), c.batch_size).tolist()
+        indices = rng.integers(0, len(pool["captions"]), count).tolist()
         rows = select(pool, indices, self.device)
-        phase = torch.from_numpy(rng.integers(0, c.student_steps, c.batch_size)).to(self.device)
+        phase = torch.from_numpy(rng.integers(0, c.student_steps, count)).to(self.device)
         sigmas = self.student_sigmas.to(self.device)
-        arange = torch.arange(c.batch_size, device=self.device)
+        arange = torch.arange(count, device=self.device)
         x_start = rows["states"][arange, phase]  # (B, C, t, h, w)
         x_end = rows["states"][arange, phase + 1]
         delta = (sigmas[phase + 1] - sigmas[phase]).float().view(-1, 1, 1, 1, 1)
@@ -192,12 +190,11 @@ class StepDistiller(DistillTrainer):
 
     @torch.no_grad()
     def evaluate(self, dit: HunyuanVideoDiT) -> float:
-        pool = self.eval_pool
-        total, n = 0.0, len(pool["captions"])
-        for start in range(0, n, self.config.teacher_batch):
-            rows = select(pool, list(range(start, min(n, start + self.config.teacher_batch))), self.device)
+        total, n = 0.0, 0
+        for rows in self.eval_rows():
             error = F.mse_loss(self.sample(dit, rows), rows["states"][:, -1])
             total += float(error) * len(rows["captions"])
+            n += len(rows["captions"])
         return total / n
 
     def export_metadata(self) -> dict[str, str]:

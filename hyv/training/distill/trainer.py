@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 from abc import abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from hyv.training.core import (
     init_distributed,
     process_device,
 )
+from hyv.training.data.buckets import clips_per_batch, pick_bucket
 from hyv.training.distill.common import (
     CFG_DISTILLED_KEY,
     Chunk,
@@ -46,6 +48,7 @@ from hyv.training.distill.common import (
     Teacher,
     build_chunked_cache,
     module_digest,
+    select,
 )
 from hyv.training.distill.config import DistillConfig
 from hyv.training.dit.config import DiTTrainConfig
@@ -151,6 +154,8 @@ class DistillTrainer(Trainer[DistillConfig, float]):
             out_dir=c.out_dir,
             num_frames=c.num_frames,
             size=c.size,
+            image_fraction=c.image_fraction,
+            buckets=c.buckets,
             seed=c.seed,
             dataset_length=c.dataset_length,
             cache_videos=c.cache_videos,
@@ -158,7 +163,8 @@ class DistillTrainer(Trainer[DistillConfig, float]):
         )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name = "latent_cache.pt" if self.world == 1 else f"rank{self.rank}_latent_cache.pt"
-        return build_latent_cache(self.vae, latent_config, self.out_dir / name, self.device, self.show)
+        path = c.latent_cache if c.latent_cache is not None and self.world == 1 else self.out_dir / name
+        return build_latent_cache(self.vae, latent_config, path, self.device, self.show)
 
     def build_teacher_pools(
         self, key_fields: tuple[str, ...], label: str, streams: tuple[int, int], **key: Any
@@ -167,7 +173,6 @@ class DistillTrainer(Trainer[DistillConfig, float]):
         from `make_chunk`, cached under a key of the teacher's weights and the config fields
         `key_fields` that shape them (another key rebuilds the cache)."""
         c = self.config
-        images = round(c.teacher_samples * c.image_fraction) if self.clips.count("image") else 0
         cache_key = {
             "teacher": module_digest(self.teacher.dit),
             **key,
@@ -180,21 +185,48 @@ class DistillTrainer(Trainer[DistillConfig, float]):
         self.pools = build_chunked_cache(
             self.cache_dir(),
             cache_key,
-            {"video": c.teacher_samples - images, "image": images},
+            self.pool_plan(),
             c.teacher_batch,
             lambda kind, index, count: self.make_chunk(kind, index, count, stream=train_stream),
             label,
             self.show,
         )
+        videos = [str(b) for b in c.train_buckets() if not b.is_image]
         self.eval_pool = build_chunked_cache(
             self.cache_dir() / "eval",
             cache_key,
-            {"video": c.eval_samples},
+            {name: n for name, n in zip(videos, _split(c.eval_samples, len(videos)), strict=True) if n},
             c.teacher_batch,
             lambda kind, index, count: self.make_chunk(kind, index, count, stream=eval_stream),
             f"{label} (eval)",
             self.show,
-        )["video"]
+        )
+
+    def pool_plan(self) -> dict[str, int]:
+        """Teacher samples per bucket: `image_fraction` of them images, shared evenly by the image
+        buckets; the rest shared evenly by the video buckets."""
+        c = self.config
+        buckets = c.train_buckets()
+        videos = [str(b) for b in buckets if not b.is_image]
+        images = [str(b) for b in buckets if b.is_image]
+        image_total = round(c.teacher_samples * c.image_fraction) if images else 0
+        plan = dict(zip(videos, _split(c.teacher_samples - image_total, len(videos)), strict=True))
+        plan.update(zip(images, _split(image_total, len(images)), strict=True))
+        return {name: count for name, count in plan.items() if count > 0}
+
+    def step_pool(self, step: int) -> tuple[Chunk, int]:
+        """The teacher pool of step `step`'s bucket (shared by all ranks) and its rows per batch."""
+        c = self.config
+        buckets = tuple(b for b in c.train_buckets() if str(b) in self.pools)
+        bucket = pick_bucket(buckets, c.image_fraction, c.seed, step)
+        return self.pools[str(bucket)], clips_per_batch(bucket, c.batch_size, c.token_budget)
+
+    def eval_rows(self) -> Iterator[Chunk]:
+        """The held-out teacher targets, `teacher_batch` rows (of one bucket) at a time."""
+        for pool in self.eval_pool.values():
+            n = len(pool["captions"])
+            for start in range(0, n, self.config.teacher_batch):
+                yield select(pool, list(range(start, min(n, start + self.config.teacher_batch))), self.device)
 
     def cache_dir(self) -> Path:
         return self.out_dir / ("teacher_cache" if self.world == 1 else f"rank{self.rank}_teacher_cache")
@@ -257,3 +289,11 @@ class DistillTrainer(Trainer[DistillConfig, float]):
             )
         self.barrier()
         return directory
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """`total` shared by `parts` as evenly as integers allow (the first ones get the remainder)."""
+    if parts == 0:
+        return []
+    base, rest = divmod(total, parts)
+    return [base + (1 if i < rest else 0) for i in range(parts)]

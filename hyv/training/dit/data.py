@@ -2,9 +2,10 @@
 the batches the interrupted one would have seen.
 
 `SyntheticBatches` draws from `hyv.training.data.dataset.SyntheticVideoDataset` (the synthetic caption
-grammar): per step one coin with probability `image_fraction` decides whether the batch is images
-(1 frame) or videos (`num_frames` frames), then `batch_size` indices of that split are drawn. Two
-datasets (image_fraction 1 and 0) keep every batch one shape without any bucketing state.
+grammar): per step one bucket (hyv.training.data.buckets.pick_bucket: images with probability
+`image_fraction`, else one of the video buckets), then `batch_size` indices (or as many as fit the
+`token_budget`) of that bucket's dataset. One dataset per bucket keeps every batch one shape
+without any bucketing state.
 `FixedBatch` repeats one batch (overfitting checks, tests).
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from hyv.training.data.buckets import Bucket, clips_per_batch, pick_bucket
 from hyv.training.dit.config import DiTTrainConfig
 
 
@@ -67,38 +69,24 @@ class FixedBatch:
 
 
 class SyntheticBatches:
-    """Joint image + video batches from the synthetic dataset's train split."""
+    """Batches rendered from the synthetic dataset's train split, one bucket per step."""
 
-    def __init__(self, config: DiTTrainConfig, datasets: tuple[Any, Any] | None = None) -> None:
+    def __init__(self, config: DiTTrainConfig, datasets: dict[Bucket, Any] | None = None) -> None:
+        from hyv.training.dit.latents import bucket_dataset
+
         self.config = config
+        self.buckets = config.train_buckets()
         if datasets is None:
-            from hyv.training.data.dataset import SyntheticVideoDataset
-
-            datasets = tuple(  # type: ignore[assignment]
-                SyntheticVideoDataset(
-                    "train",
-                    num_frames=config.num_frames,
-                    size=config.size,
-                    image_fraction=fraction,
-                    seed=config.seed,
-                    length=config.dataset_length,
-                )
-                for fraction in (0.0, 1.0)
-            )
-        assert datasets is not None
-        self.videos: Any = datasets[0]
-        self.images: Any = datasets[1]
+            datasets = {bucket: bucket_dataset(config, bucket) for bucket in self.buckets}
+        self.datasets = datasets
 
     def batch(self, step: int, rank: int = 0) -> TrainBatch:
-        # The image/video coin is shared by all ranks (equal work per rank under DDP); the clips are not.
-        coin = step_rng(self.config.seed, step, 0, stream=2).random()
-        images = self.config.image_fraction > 0 and coin < self.config.image_fraction
-        rng = step_rng(self.config.seed, step, rank, stream=1)
-        dataset = self.images if images else self.videos
-        indices = rng.integers(0, len(dataset), size=self.config.batch_size)
+        # The bucket is shared by all ranks (equal work per rank under DDP); the clips are not.
+        c = self.config
+        bucket = pick_bucket(self.buckets, c.image_fraction, c.seed, step)
+        rng = step_rng(c.seed, step, rank, stream=1)
+        dataset = self.datasets[bucket]
+        indices = rng.integers(0, len(dataset), size=clips_per_batch(bucket, c.batch_size, c.token_budget))
         samples = [dataset[int(i)] for i in indices]
-        frames = {tuple(s["video"].shape) for s in samples}
-        if len(frames) != 1:
-            raise ValueError(f"one batch mixes clip shapes {sorted(frames)}")
         video = torch.stack([s["video"].float() for s in samples])
         return TrainBatch(video, [str(s["caption"]) for s in samples])

@@ -3,13 +3,14 @@
 On the CPU the encoder costs more than the DiT's own forward and backward (a batch of eight 64x64x17
 clips: ~0.55 s to encode against ~0.2 s for the small DiT's step), and the VAE is frozen during DiT
 training, so encoding every clip at every step is wasted work. `build_latent_cache` encodes the first
-`cache_videos` video and `cache_images` image items of the synthetic train split and stores their
-posterior moments (mean and log-variance, fp16, unscaled); `CachedLatentBatches` then draws batches
-from them. The posterior is still *sampled* at every step (a fresh draw of noise per step), as it would
-be with the encoder in the loop; what is lost is only the clip variety beyond the cached set.
+`cache_videos` items of each video bucket and `cache_images` of each image bucket of the synthetic
+train split (hyv.training.data.buckets) and stores their posterior moments (mean and log-variance,
+fp16, unscaled); `CachedLatentBatches` then draws batches from them. The posterior is still
+*sampled* at every step (a fresh draw of noise per step), as it would be with the encoder in the
+loop; what is lost is only the clip variety beyond the cached set.
 
 The cache is built in chunks and saved after each, so an interrupted build resumes; its key (VAE
-weights digest, sizes, seed) must match or it is rebuilt.
+weights digest, buckets, seed) must match or it is rebuilt.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hyv.models import CausalVAE3D
+from hyv.training.config_io import TrainConfig
+from hyv.training.data.buckets import Bucket, clips_per_batch, pick_bucket
+from hyv.training.data.dataset import SyntheticVideoDataset
 from hyv.training.dit.config import DiTTrainConfig
 from hyv.training.dit.data import TrainBatch, step_rng
 
@@ -42,10 +47,30 @@ def vae_digest(vae: CausalVAE3D) -> str:
 
 @dataclass
 class LatentCache:
-    video_moments: torch.Tensor  # (N, 2C, t, h, w) fp16
-    video_captions: list[str]
-    image_moments: torch.Tensor  # (M, 2C, 1, h, w) fp16
-    image_captions: list[str]
+    """Posterior moments (fp16, (N, 2C, t, h, w)) and captions of cached train clips, per bucket."""
+
+    moments: dict[Bucket, torch.Tensor]
+    captions: dict[Bucket, list[str]]
+
+    @property
+    def buckets(self) -> tuple[Bucket, ...]:
+        return tuple(self.moments)
+
+    def count(self, bucket: Bucket) -> int:
+        return int(self.moments[bucket].shape[0])
+
+
+def bucket_dataset(config: TrainConfig, bucket: Bucket) -> SyntheticVideoDataset:
+    """The synthetic train split at `bucket`'s shape (images: 1-frame clips)."""
+    return SyntheticVideoDataset(
+        "train",
+        num_frames=bucket.frames,
+        size=bucket.width,
+        height=bucket.height,
+        image_fraction=1.0 if bucket.is_image else 0.0,
+        seed=config.seed,
+        length=config.dataset_length,
+    )
 
 
 def _encode(vae: CausalVAE3D, dataset: object, indices: range, device: torch.device) -> torch.Tensor:
@@ -58,59 +83,48 @@ def _encode(vae: CausalVAE3D, dataset: object, indices: range, device: torch.dev
 def build_latent_cache(
     vae: CausalVAE3D, config: DiTTrainConfig, path: Path, device: torch.device, progress: bool = True
 ) -> LatentCache:
-    """Encode (or load, or finish building) the cache of `config.cache_videos` + `config.cache_images`."""
+    """Encode (or load, or finish building) the cache: `config.cache_videos` clips per video bucket
+    and `config.cache_images` per image bucket, keyed by bucket."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from hyv.training.data.dataset import SyntheticVideoDataset
-
+    buckets = config.train_buckets()
     key = {
         "vae": vae_digest(vae),
-        "size": config.size,
-        "num_frames": config.num_frames,
+        "buckets": [str(b) for b in buckets],
         "seed": config.seed,
         "dataset_length": config.dataset_length,
     }
-    state: dict[str, object] = {"key": key, "video": [], "image": []}
+    state: dict[str, Any] = {"key": key, "chunks": {str(b): [] for b in buckets}}
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
             state = saved
         else:
-            logger.info("latent cache %s was built for another VAE or data; rebuilding", path)
-    wanted = {"video": config.cache_videos, "image": config.cache_images}
-    datasets = {
-        kind: SyntheticVideoDataset(
-            "train",
-            num_frames=config.num_frames,
-            size=config.size,
-            image_fraction=1.0 if kind == "image" else 0.0,
-            seed=config.seed,
-            length=config.dataset_length,
-        )
-        for kind in wanted
-    }
-    done = {kind: sum(chunk.shape[0] for chunk in state[kind]) for kind in wanted}  # type: ignore[attr-defined]
-    total = sum(wanted.values())
+            logger.info("latent cache %s was built for another VAE, data or buckets; rebuilding", path)
+    chunks: dict[str, list[torch.Tensor]] = state["chunks"]
+    wanted = {b: config.cache_images if b.is_image else config.cache_videos for b in buckets}
+    datasets = {b: bucket_dataset(config, b) for b in buckets}
+    done = {b: sum(chunk.shape[0] for chunk in chunks[str(b)]) for b in buckets}
     columns = (TextColumn("[bold]latent cache"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     vae.eval()
     with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("cache", total=total, completed=sum(min(done[k], wanted[k]) for k in wanted))
-        for kind in wanted:
-            while done[kind] < wanted[kind]:
-                indices = range(done[kind], min(done[kind] + _CHUNK, wanted[kind]))
-                state[kind].append(_encode(vae, datasets[kind], indices, device))  # type: ignore[attr-defined]
-                done[kind] += len(indices)
+        task = bar.add_task(
+            "cache", total=sum(wanted.values()), completed=sum(min(done[b], wanted[b]) for b in buckets)
+        )
+        for bucket in buckets:
+            while done[bucket] < wanted[bucket]:
+                indices = range(done[bucket], min(done[bucket] + _CHUNK, wanted[bucket]))
+                chunks[str(bucket)].append(_encode(vae, datasets[bucket], indices, device))
+                done[bucket] += len(indices)
                 tmp = path.with_suffix(".tmp")
                 torch.save(state, tmp)
                 tmp.replace(path)
                 bar.update(task, advance=len(indices))
-    caption = {kind: [datasets[kind][i]["caption"] for i in range(wanted[kind])] for kind in wanted}
-
-    def moments(kind: str) -> torch.Tensor:
-        chunks: list[torch.Tensor] = state[kind]  # type: ignore[assignment]
-        return torch.cat(chunks)[: wanted[kind]] if chunks else torch.empty(0)
-
-    return LatentCache(moments("video"), caption["video"], moments("image"), caption["image"])
+    moments = {
+        b: torch.cat(chunks[str(b)])[: wanted[b]] if chunks[str(b)] else torch.empty(0) for b in buckets
+    }
+    captions = {b: [datasets[b].caption_of(i) for i in range(wanted[b])] for b in buckets}
+    return LatentCache(moments, captions)
 
 
 def channel_stats(means: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -124,16 +138,7 @@ def encoded_channel_stats(
     vae: CausalVAE3D, config: DiTTrainConfig, device: torch.device
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """`channel_stats` of the first `config.latent_stats_clips` train videos, encoded now."""
-    from hyv.training.data.dataset import SyntheticVideoDataset
-
-    dataset = SyntheticVideoDataset(
-        "train",
-        num_frames=config.num_frames,
-        size=config.size,
-        image_fraction=0.0,
-        seed=config.seed,
-        length=config.dataset_length,
-    )
+    dataset = bucket_dataset(config, config.train_buckets()[0])
     count = min(config.latent_stats_clips, len(dataset))
     spans = [range(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
     chunks = [_encode(vae, dataset, span, device) for span in spans]
@@ -142,25 +147,27 @@ def encoded_channel_stats(
 
 
 class CachedLatentBatches:
-    """Joint image + video batches drawn from a `LatentCache` (same coin and seeding as SyntheticBatches)."""
+    """Batches drawn from a `LatentCache`: one bucket per step (`pick_bucket`, shared by all ranks),
+    rows per rank (the same seeding as SyntheticBatches)."""
 
     def __init__(self, config: DiTTrainConfig, cache: LatentCache) -> None:
-        if cache.video_moments.shape[0] == 0:
-            raise ValueError("the latent cache holds no video clips (DiTTrainConfig.cache_videos=0)")
-        if config.image_fraction > 0 and cache.image_moments.shape[0] == 0:
+        self.buckets = config.train_buckets()
+        empty = [str(b) for b in self.buckets if b not in cache.moments or cache.count(b) == 0]
+        if empty:
             raise ValueError(
-                f"image_fraction={config.image_fraction} but the latent cache holds no images "
-                "(set DiTTrainConfig.cache_images > 0)"
+                f"the latent cache holds no clips for buckets {empty} "
+                "(DiTTrainConfig.cache_videos / cache_images must be > 0)"
             )
         self.config = config
         self.cache = cache
 
     def batch(self, step: int, rank: int = 0) -> TrainBatch:
-        coin = step_rng(self.config.seed, step, 0, stream=2).random()
-        images = self.config.image_fraction > 0 and coin < self.config.image_fraction
-        rng = step_rng(self.config.seed, step, rank, stream=1)
-        moments = self.cache.image_moments if images else self.cache.video_moments
-        captions = self.cache.image_captions if images else self.cache.video_captions
-        indices = rng.integers(0, moments.shape[0], size=self.config.batch_size)
+        c = self.config
+        bucket = pick_bucket(self.buckets, c.image_fraction, c.seed, step)
+        rng = step_rng(c.seed, step, rank, stream=1)
+        count = clips_per_batch(bucket, c.batch_size, c.token_budget)
+        indices = rng.integers(0, self.cache.count(bucket), size=count)
         picked = torch.from_numpy(indices)
-        return TrainBatch(None, [captions[int(i)] for i in indices], moments=moments[picked].float())
+        captions = self.cache.captions[bucket]
+        moments = self.cache.moments[bucket][picked].float()
+        return TrainBatch(None, [captions[int(i)] for i in indices], moments=moments)

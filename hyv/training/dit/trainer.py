@@ -190,7 +190,8 @@ class DiTTrainer(Trainer[DiTTrainConfig, float]):
         c = self.config
         channels = self.vae.config.latent_channels
         if cache is not None:
-            means = cache.video_moments[: c.latent_stats_clips, :channels].float()  # (N, C, t, h, w)
+            first = cache.moments[c.train_buckets()[0]]  # the first video bucket's clips
+            means = first[: c.latent_stats_clips, :channels].float()  # (N, C, t, h, w)
             mean, std = channel_stats(means)
         else:
             mean, std = encoded_channel_stats(self.vae, c, self.device)

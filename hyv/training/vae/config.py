@@ -54,6 +54,8 @@ class VAETrainConfig(TrainConfig):
     # --- model ---
     preset: str = "small-flat"  # hyv.models.vae_preset name of the fresh VAE
     init_from: Path | None = None  # start from a saved VAE instead (fine-tuning)
+    # False: only the decoder trains, so the latents (and a DiT trained on them) stay valid
+    train_encoder: bool = True
     # --- optimization ---
     video_lr: float | None = 2e-4  # lr after the image phase (None: lr); warmup and schedule restart there
     min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio

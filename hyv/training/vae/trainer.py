@@ -136,6 +136,9 @@ class VAETrainer(Trainer[VAETrainConfig, dict[str, float]]):
             if c.zero_init_residual:
                 zero_init_residuals(vae)
         self.vae = self.trained = vae.to(self.device).train()
+        if not c.train_encoder:  # a decoder fine-tune: the encoder (and so every latent) stays as is
+            self.vae.encoder.requires_grad_(False)
+            self.vae.quant_conv.requires_grad_(False)
         self.features = FixedFeatures().to(self.device)
         self.disc = PatchDiscriminator3D().to(self.device).train()
         self.ema = EMA(self.vae, c.ema_decay)
@@ -152,7 +155,8 @@ class VAETrainer(Trainer[VAETrainConfig, dict[str, float]]):
 
     def _new_optimizer(self) -> torch.optim.AdamW:
         c = self.config
-        return torch.optim.AdamW(self.vae.parameters(), lr=c.lr, betas=c.betas, weight_decay=0.0)
+        trained = [p for p in self.vae.parameters() if p.requires_grad]
+        return torch.optim.AdamW(trained, lr=c.lr, betas=c.betas, weight_decay=0.0)
 
     def start_videos(self) -> None:
         """The image phase is over: inflate the temporal kernels (model and EMA) and start Adam
