@@ -111,7 +111,7 @@ def _recipe_dit_buckets() -> DiTTrainConfig:
     """The progressive stage: every bucket, batches of ~1280 tokens (16 clips at 64x64x17, 2 at
     128x128x33), from the stage-3 DiT at a lower learning rate."""
     return DiTTrainConfig(
-        steps=9000,
+        steps=6000,
         batch_size=24,
         token_budget=1280,
         lr=3e-4,
@@ -120,8 +120,8 @@ def _recipe_dit_buckets() -> DiTTrainConfig:
         unshifted_fraction=0.3,
         latent_norm="per_channel",
         buckets=DEFAULT_BUCKETS,
-        cache_videos=400,
-        cache_images=400,
+        cache_videos=300,
+        cache_images=300,
         checkpoint_every=250,
     )
 
@@ -130,7 +130,7 @@ def _recipe_distill(stage: str) -> DistillConfig:
     """A distillation stage on every bucket: ~640 tokens per batch (8 clips at 64x64x17)."""
     samples = {"cfg": 2048, "steps": 1536}[stage]
     return DistillConfig.for_stage(
-        stage, buckets=DEFAULT_BUCKETS, token_budget=640, teacher_samples=samples, cache_images=400
+        stage, buckets=DEFAULT_BUCKETS, token_budget=640, teacher_samples=samples, cache_images=300
     )
 
 
