@@ -65,6 +65,9 @@ def train_bundle_command(
         Path | None,
         typer.Option(help="An earlier bundle whose VAE and DiT stand in for stages vae and dit."),
     ] = None,
+    tune_vae: Annotated[
+        bool, typer.Option(help="Fine-tune the VAE at the buckets' pixel scale (stage vae_buckets).")
+    ] = _BUNDLE["tune_vae"],
     until: Annotated[
         str,
         typer.Option(help="Last stage: vae, vae_buckets, dit, dit_buckets, cfg, steps, export or eval."),
@@ -90,6 +93,7 @@ def train_bundle_command(
             student_steps=student_steps,
             bucket_steps=bucket_steps,
             stage1_from=stage1_from,
+            tune_vae=tune_vae,
         )
         result = train_bundle(config, until=until)
     except ValueError as exc:

@@ -162,6 +162,7 @@ class RecipeConfig:
     bundle_preset: str = "small"  # hyv.engine.bundle preset: the DiT, VAE and text-encoder sizes
     progress: bool = True
     stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
+    tune_vae: bool = True  # False: stage vae_buckets passes the stage-1 VAE on unchanged
     # --- the stages' configs ---
     vae: VAETrainConfig = dataclasses.field(default_factory=VAETrainConfig)
     vae_buckets: VAETrainConfig = dataclasses.field(default_factory=_recipe_vae_buckets)
@@ -302,6 +303,8 @@ class Recipe:
     def vae_buckets(self, vae_dir: Path) -> Path:
         from hyv.training.vae import train_vae
 
+        if not self.config.tune_vae:
+            return self._run("vae_buckets", lambda: vae_dir, {"skipped": "tune_vae=False", "steps": 0})
         config = self.config.vae_buckets.replace(init_from=vae_dir)
         return self._run("vae_buckets", lambda: train_vae(config), config.to_dict())
 
@@ -527,6 +530,7 @@ BUNDLE_OPTIONS: dict[str, str] = {
     "student_steps": "steps.student_steps",
     "bucket_steps": "dit_buckets.steps",
     "stage1_from": "stage1_from",
+    "tune_vae": "tune_vae",
 }
 # RecipeConfig field -> its option on the command line
 _CLI_OPTIONS = {path: "--" + name.replace("_", "-") for name, path in BUNDLE_OPTIONS.items()}
