@@ -4,6 +4,7 @@ settings against the real pipeline, the judge on held-out ground truth and the e
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -378,6 +379,7 @@ def bucket_run(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
         batch_size=2,
         teacher_steps=2,
         teacher_guidance=4.0,
+        vae_clips=1,
         sheet_clips=4,
         write_card=False,
         progress=False,
@@ -389,7 +391,7 @@ def test_every_bucket_gets_its_own_section(bucket_run: tuple[EvalConfig, dict]) 
     config, results = bucket_run
     saved = json.loads((config.out_dir / EVAL_FILE).read_text())
     assert saved == results and saved["settings"]["buckets"] == list(BUCKETS)
-    assert "--buckets 32x32x5,48x32x5,32x32x1" in saved["command"]
+    assert "--buckets 32x32x5,48x32x5,32x32x1" in saved["command"] and "--vae-clips 1" in saved["command"]
     assert "student" not in saved  # with several buckets, only the per-bucket sections
     assert [b["bucket"] for b in saved["buckets"]] == list(BUCKETS)
     for section in saved["buckets"]:
@@ -406,7 +408,7 @@ def test_every_bucket_gets_its_own_section(bucket_run: tuple[EvalConfig, dict]) 
         assert section["gap_points"]["iou"] == pytest.approx(
             100 * (section["teacher"]["accuracy"]["iou"] - section["student"]["accuracy"]["iou"])
         )
-        assert 0.0 < section["vae"]["untiled"]["psnr"] < 60.0 and section["vae"]["n"] == 2
+        assert 0.0 < section["vae"]["untiled"]["psnr"] < 60.0 and section["vae"]["n"] == 1  # vae_clips
         assert section["vae"]["tiling"]["sample_size"] == 16  # the short side split in two
         if frames == 1:
             assert "skipped" in section["i2v"] and section["student"]["sampler"]["steps"] == 2
@@ -495,3 +497,28 @@ def test_buckets_default_to_the_bundles_then_to_size_and_frames(
         EvalConfig(student=bundle, size=64, num_frames=17, batch_size=16).batch_for(Bucket(96, 64, 17)) == 10
     )
     assert EvalConfig(student=bundle, batch_size=16).batch_for(Bucket(64, 64, 1)) == 16  # never more
+
+
+def test_a_teacher_is_sampled_at_buckets_its_limits_do_not_list(
+    bundles: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The recipe's teacher is an intermediate bundle with its preset's limits (tiny: <= 9 frames);
+    the exported student lists the buckets. The teacher is still evaluated there (a warning says so);
+    a student that cannot serve a bucket is refused before any generation."""
+    student = tmp_path / "student"
+    save_bundle(_bundle(guidance_embed=True), student)
+    spec = json.loads((student / "bundle.json").read_text())
+    spec["limits"].update(max_frames=13, buckets=[[32, 32]])
+    (student / "bundle.json").write_text(json.dumps(spec))
+    config = EvalConfig(
+        student=student, teacher=bundles["teacher"], out_dir=tmp_path / "out", size=SIZE, num_frames=FRAMES,
+        buckets=("32x32x13",), combinations=1, teacher_steps=2, teacher_guidance=4.0, vae=False, i2v=False,
+        sheet_clips=0, write_card=False, progress=False,
+    )  # fmt: skip
+    with caplog.at_level("WARNING"):
+        results = evaluate_bundle(config)
+    assert "does not list bucket 32x32x13" in caplog.text
+    assert results["teacher"]["sampler"]["steps"] == 2 and results["teacher"]["accuracy"]["n_motion"] == 1
+    assert len(results["student"]["clips"][0]["objects"]) == 13
+    with pytest.raises(ValueError, match=r"the student cannot generate bucket 48x32x13: size 48x32"):
+        evaluate_bundle(dataclasses.replace(config, buckets=("48x32x13",)))

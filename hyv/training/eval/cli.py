@@ -78,6 +78,9 @@ def eval_command(
         str, typer.Option(help="Negative prompt of the teacher's CFG.")
     ] = _EVAL.negative_prompt,
     vae: Annotated[bool, typer.Option(help="Measure VAE PSNR/SSIM (untiled and tiled).")] = _EVAL.vae,
+    vae_clips: Annotated[
+        int, typer.Option(help="Clips per bucket for the VAE metrics, spread evenly (0: all).")
+    ] = 0,
     i2v: Annotated[bool, typer.Option(help="Measure image-to-video first-frame PSNR.")] = _EVAL.i2v,
     sheet_clips: Annotated[
         int, typer.Option(help="Clips on the contact sheet (0: none).")
@@ -109,6 +112,7 @@ def eval_command(
             teacher_guidance=teacher_guidance,
             negative_prompt=negative_prompt,
             vae=vae,
+            vae_clips=vae_clips or None,
             i2v=i2v,
             sheet_clips=sheet_clips,
             write_card=card,

@@ -110,6 +110,7 @@ class EvalConfig:
     teacher_guidance: float | None = None  # None: the teacher bundle's default guidance
     negative_prompt: str = ""
     vae: bool = True
+    vae_clips: int | None = None  # VAE PSNR/SSIM on this many clips per bucket, spread evenly (None: all)
     i2v: bool = True
     sheet_clips: int = 8  # clips shown on the contact sheet (0: no sheet)
     write_card: bool = True
@@ -143,6 +144,8 @@ class EvalConfig:
         for name in ("samples_per_combination", "batch_size", "teacher_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.vae_clips is not None and self.vae_clips < 1:
+            raise ValueError(f"vae_clips must be >= 1 (or None: every clip), got {self.vae_clips}")
         if self.seed < 0 or self.sheet_clips < 0:
             raise ValueError(f"seed and sheet_clips must be >= 0, got {self.seed}, {self.sheet_clips}")
         if self.teacher_guidance is not None and not 0.0 <= self.teacher_guidance <= 100.0:
@@ -277,7 +280,10 @@ def open_bundle(path: Path, role: str, device: str | None, dtype: str | None) ->
 def _samplers(
     pipeline: VideoPipeline, buckets: Sequence[Bucket], role: str, config: EvalConfig
 ) -> dict[Bucket, SamplerSettings]:
-    """Each bucket's sampler; ValueError naming the bucket the bundle cannot serve."""
+    """Each bucket's sampler. The student's must be served at every bucket (ValueError naming the
+    bucket otherwise). The teacher is a reference, not a served model: a bucket outside its
+    bundle's limits (an intermediate bundle keeps its preset's limits) gets the settings of its
+    default size (steps, guidance and flow shift do not depend on the size) and a warning."""
     out = {}
     for b in buckets:
         try:
@@ -289,7 +295,21 @@ def _samplers(
             else:
                 out[b] = served_sampler(pipeline, b.width, b.frames, height=b.height)
         except ValueError as exc:
-            raise ValueError(f"the {role} cannot generate bucket {b}: {exc}") from exc
+            error = ValueError(f"the {role} cannot generate bucket {b}: {exc}")
+            if role != "teacher":
+                raise error from exc
+            limits = pipeline.bundle.spec.limits
+            try:
+                out[b] = teacher_sampler(
+                    pipeline, limits.width, limits.num_frames, config.teacher_steps, config.teacher_guidance,
+                    config.negative_prompt, height=limits.height,
+                )  # fmt: skip
+            except ValueError:  # not the size: e.g. a step count the teacher refuses anywhere
+                raise error from exc
+            logger.warning(
+                "the teacher bundle does not list bucket %s (%s): sampled there anyway with the settings "
+                "of its default size", b, exc,
+            )  # fmt: skip
     return out
 
 
@@ -427,6 +447,7 @@ def command_line(config: EvalConfig, buckets: Sequence[Bucket] | None = None) ->
     if config.combinations is not None:
         parts.append(f"--combinations {config.combinations}")
     parts += [] if config.vae else ["--no-vae"]
+    parts += [] if config.vae_clips is None or not config.vae else [f"--vae-clips {config.vae_clips}"]
     parts += [] if config.i2v else ["--no-i2v"]
     return " ".join(parts)
 
@@ -515,6 +536,7 @@ def _model_run(
 
 
 def _sheet_picks(n: int, count: int) -> list[int]:
+    """``count`` indices of ``n`` spread evenly (all of them when count >= n)."""
     return sorted({j * n // min(count, n) for j in range(min(count, n))}) if count > 0 else []
 
 
@@ -579,6 +601,7 @@ def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
     }
     sheet_count = max(1, config.sheet_clips // len(entries)) if config.sheet_clips else 0
     with _progress(config.progress) as bar:
+        overall = bar.add_task("buckets", total=len(entries) * (2 if config.teacher is not None else 1))
         if config.teacher is not None:
             teacher = open_bundle(config.teacher, "teacher", config.device, config.dtype)
             teacher_samplers = _samplers(teacher, buckets, "teacher", config)
@@ -589,6 +612,7 @@ def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
                 )
                 entry.result["teacher"] = run
                 _sheet_clips(entry, "teacher", clips, run["clips"], config.sheet_clips)
+                bar.update(overall, advance=1)
             del teacher, clips
             _release_memory()
         for entry in entries:
@@ -601,7 +625,8 @@ def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
                 r["gap_points"] = _gaps(r["teacher"]["accuracy"], r["student"]["accuracy"])
             if config.vae:
                 start = time.perf_counter()
-                r["vae"] = vae_metrics(student, entry.truth, entry.batch, bar, label=f"{b} vae")
+                picks = _sheet_picks(len(entry.truth), config.vae_clips or len(entry.truth))
+                r["vae"] = vae_metrics(student, [entry.truth[i] for i in picks], entry.batch, bar, f"{b} vae")
                 r["vae"]["wall_s"] = time.perf_counter() - start
             if config.i2v and b.is_image:
                 r["i2v"] = {"skipped": "an image bucket (frames 1): image-to-video needs frames to generate"}
@@ -614,6 +639,7 @@ def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
             r["wall_s"] = (
                 time.perf_counter() - bucket_start + sum((r["teacher"] or {}).get("wall_s", {}).values())
             )
+            bar.update(overall, advance=1)
     del student
     _release_memory()
     results["buckets"] = [entry.result for entry in entries]
