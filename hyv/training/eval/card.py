@@ -440,10 +440,9 @@ def _eval_section(results: dict[str, Any]) -> list[str]:
     first = sections[0]
     teacher, student = first.get("teacher"), first.get("student")
     has_teacher = any(s.get("teacher") for s in sections)
-    overall = results.get("overall") or {}
-    pooled_student = overall.get("student") or _get(first, "student", "accuracy") or {}
-    pooled_teacher = overall.get("teacher") or _get(first, "teacher", "accuracy") or {}
-    gap = overall.get("gap_points") or first.get("gap_points") or {}
+    pooled_student = _get(results, "student", "accuracy") or {}  # every bucket's clips together
+    pooled_teacher = _get(results, "teacher", "accuracy") or {}
+    gap = results.get("gap_points") or {}
     names = ", ".join(str(s.get("bucket")) for s in sections)
     lines = [
         "## Evaluation",

@@ -136,8 +136,8 @@ def eval_command(
         "eval": str(out / EVAL_FILE),
         "contact_sheet": str(out / SHEET_FILE) if sheet_clips else None,
         "card": str(student / CARD_FILE) if card else None,
-        "student": results["overall"]["student"],
-        "teacher": results["overall"]["teacher"],
+        "student": results["student"]["accuracy"],
+        "teacher": results["teacher"]["accuracy"] if results["teacher"] else None,
         "buckets": {
             b["bucket"]: {
                 "student": b["student"]["accuracy"],
@@ -147,7 +147,7 @@ def eval_command(
             }
             for b in results["buckets"]
         },
-        "passed": results["overall"]["passed"],
+        "passed": results["passed"],
         "wall_s": round(results["wall_s"], 1),
     }
     print(json.dumps(summary))

@@ -27,12 +27,13 @@ under `torch.inference_mode`):
 6. I2V (models with an image condition; video buckets): the student generates from the first
    ground-truth frame and the caption; PSNR/SSIM of the generated first frame vs that image.
 
-The teacher runs over every bucket first and is released before the student's runs (one large
-model in memory at a time on a GPU).
+The student is loaded first (every bucket's sampler checked before any generation); the teacher
+then runs over every bucket and is released before the student's runs.
 
-Outputs: ``out_dir/eval.json`` (a section per bucket under ``"buckets"``; a single-bucket run
-also keeps the bucket's sections at the top level, as before buckets), ``out_dir/contact_sheet.png``
-(``sheet_clips`` clips spread over the buckets) and, with several buckets,
+Outputs: ``out_dir/eval.json`` (a section per bucket under ``"buckets"``; at the top level a
+single-bucket run keeps that bucket's sections, as before buckets, and a several-bucket run the
+accuracies over every bucket's clips; ``"passed"``: every threshold at every bucket),
+``out_dir/contact_sheet.png`` (``sheet_clips`` clips spread over the buckets) and, with several buckets,
 ``out_dir/contact_sheet_<bucket>.png`` (``sheet_clips`` clips each); and (``write_card``) the model
 card ``MODEL_CARD.md`` in the student bundle (`hyv.training.eval.card`).
 """
@@ -548,19 +549,28 @@ def _sheet_clips(
     entry.sheet.append((f"{role} {entry.name}", [clips[i] for i in picks], [records[i] for i in picks]))
 
 
-def _pooled(entries: Sequence[_BucketRun], role: str) -> dict[str, float] | None:
-    """A role's accuracy over every bucket's clips (weighted by clips; motion by video clips)."""
-    accs = [e.result[role]["accuracy"] for e in entries if e.result.get(role)]
-    if not accs:
+def _pooled(entries: Sequence[_BucketRun], section: str) -> dict[str, float] | None:
+    """The accuracy of ``section`` ("student", "teacher" or "judge_ground_truth") over every
+    bucket's clips: weighted by clips, motion by video clips, clean frames by frames."""
+    pairs = []
+    for e in entries:
+        value = e.result.get(section)
+        if value:
+            pairs.append((value.get("accuracy", value), e.bucket.frames))
+    if not pairs:
         return None
-    n = sum(a["n"] for a in accs)
-    out = {k: sum(a[k] * a["n"] for a in accs) / n for k in ("color", "shape", "background", "all", "iou")}
-    frames = [a["n"] * e.bucket.frames for a, e in zip(accs, entries, strict=True)]
+    n = sum(a["n"] for a, _ in pairs)
+    out = {
+        k: sum(a[k] * a["n"] for a, _ in pairs) / n for k in ("color", "shape", "background", "all", "iou")
+    }
+    frames = sum(a["n"] * t for a, t in pairs)
     for key in ("clean", "one_object"):
-        out[key] = sum(a[key] * f for a, f in zip(accs, frames, strict=True)) / sum(frames)
-    n_motion = sum(a["n_motion"] for a in accs)
+        out[key] = sum(a[key] * a["n"] * t for a, t in pairs) / frames
+    n_motion = sum(a["n_motion"] for a, _ in pairs)
     out["motion"] = (
-        sum(a["motion"] * a["n_motion"] for a in accs if a["n_motion"]) / n_motion if n_motion else math.nan
+        sum(a["motion"] * a["n_motion"] for a, _ in pairs if a["n_motion"]) / n_motion
+        if n_motion
+        else math.nan
     )
     out["n"], out["n_motion"] = n, n_motion
     return out
@@ -643,19 +653,23 @@ def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
     del student
     _release_memory()
     results["buckets"] = [entry.result for entry in entries]
-    student_all, teacher_all = _pooled(entries, "student"), _pooled(entries, "teacher")
-    results["overall"] = {
-        "student": student_all,
-        "teacher": teacher_all,
-        "gap_points": _gaps(teacher_all, student_all) if teacher_all and student_all else None,
-    }
     if len(entries) == 1:  # as before buckets: the one bucket's sections at the top level
         results.update({key: entries[0].result[key] for key in BUCKET_SECTIONS})
-        for role in ("student", "teacher"):
-            if results[role] is not None:
-                results[role] = {**results[role], "model": results["models"][role]}
+    else:  # every bucket's clips together; the VAE and I2V only per bucket
+        student_all, teacher_all = _pooled(entries, "student"), _pooled(entries, "teacher")
+        results.update(
+            judge_ground_truth=_pooled(entries, "judge_ground_truth"),
+            student={"accuracy": student_all},
+            teacher={"accuracy": teacher_all} if teacher_all else None,
+            gap_points=_gaps(teacher_all, student_all) if teacher_all and student_all else None,
+            vae=None,
+            i2v=None,
+        )
+    for role in ("student", "teacher"):
+        if results[role] is not None:
+            results[role] = {**results[role], "model": results["models"][role]}
     results["thresholds"] = check_thresholds(results)
-    results["overall"]["passed"] = all(row["passed"] is not False for row in results["thresholds"])
+    results["passed"] = all(row["passed"] is not False for row in results["thresholds"])
     results["wall_s"] = time.perf_counter() - started
     results = _jsonable(results)
     config.out_dir.mkdir(parents=True, exist_ok=True)
