@@ -163,7 +163,8 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert recipe["command"].startswith("hyv train bundle")
     names = [stage["name"] for stage in recipe["stages"]]
     assert names == ["vae", "vae_buckets", "dit", "dit_buckets", "cfg", "steps", "export", "eval"]
-    assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"])
+    # every training stage and the eval took time (the export of a tiny bundle rounds to 0.0 s)
+    assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"] if stage["name"] != "export")
     stage_sum = sum(stage["wall_time_s"] for stage in recipe["stages"])
     assert recipe["total_wall_time_s"] >= stage_sum - 1e-6  # both rounded to 0.1 s: float sums differ
     assert recipe["git_commit"] and "CPU" in recipe["hardware"]
