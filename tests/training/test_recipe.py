@@ -21,7 +21,14 @@ from hyv.models import read_dit_metadata
 from hyv.training.distill import DistillConfig
 from hyv.training.dit import DiTTrainConfig
 from hyv.training.eval.runner import EvalConfig
-from hyv.training.recipe import RECIPE_FILE, STATE_FILE, Recipe, RecipeConfig, train_bundle
+from hyv.training.recipe import (
+    DEFAULT_BUCKETS,
+    RECIPE_FILE,
+    STATE_FILE,
+    Recipe,
+    RecipeConfig,
+    train_bundle,
+)
 from hyv.training.vae import VAETrainConfig
 
 SIZE, FRAMES = 32, 5
@@ -270,6 +277,7 @@ def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
             False,
         )
     assert config.dit.out_dir == config.dit_run and config.steps.out_dir == config.steps_run
-    assert config.dit.latent_norm == "per_channel" and config.eval.samples_per_combination == 2
+    assert config.dit.latent_norm == "per_channel" and config.eval.samples_per_combination == 1
+    assert config.eval.vae_clips == 22 and config.dit_buckets.buckets == DEFAULT_BUCKETS
     assert isinstance(config.dit, DiTTrainConfig)
     assert json.loads(json.dumps(config.to_dict()))["dit"]["steps"] == 20_000
