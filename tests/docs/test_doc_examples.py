@@ -45,14 +45,12 @@ broken download the example resumes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -394,23 +392,9 @@ def _start(stack: DocsStack, name: str, args: list[str], env: dict[str, str]) ->
     return process
 
 
-def _stop(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM (hyv serve then stops its worker and Redis), SIGKILL after grace_s."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def docs_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsStack]:
-    from hyv.service.launcher import find_redis_server, free_port
+    from hyv.service.launcher import find_redis_server, free_port, stop_worker
 
     try:
         find_redis_server()
@@ -438,8 +422,9 @@ def docs_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocsStack]:
         _wait_up(stack, keyed, "keyed", f"{stack.keyed_url}/readyz", key=True)
         yield stack
     finally:
+        # SIGTERM to each process group (hyv serve then stops its worker and Redis), SIGKILL after 60 s.
         for process in reversed(stack.processes):
-            _stop(process, grace_s=60.0)
+            stop_worker(process, grace_s=60.0)
 
 
 # --- running the examples ----------------------------------------------------------------------------
@@ -584,6 +569,18 @@ class DocRun:
             return self.run_shell(example, code)
         return self.run_python(example, code)
 
+    def execute(
+        self, example: Example, argv: list[str], timeout_s: float, code: str
+    ) -> subprocess.CompletedProcess[bytes] | str:
+        """argv run in the work folder with the document's environment, its output captured; what
+        went wrong (naming the example and its code) when it is still running after timeout_s."""
+        try:
+            return subprocess.run(
+                argv, cwd=self.workdir, env=self.env, capture_output=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired:
+            return f"{example.where}: still running after {timeout_s} s\n{code}"
+
     def run_shell(self, example: Example, command: str) -> str | None:
         self.env["ID"] = self.video_id or ""
         assignment = ASSIGNMENT.fullmatch(flat(command))
@@ -594,16 +591,9 @@ class DocRun:
             target = self.workdir / resumed[1]
             with target.open("r+b") as partial:
                 partial.truncate(target.stat().st_size // 2)
-        try:
-            done = subprocess.run(
-                ["bash", "-o", "pipefail", "-c", command],
-                cwd=self.workdir,
-                env=self.env,
-                capture_output=True,
-                timeout=SHELL_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired:
-            return f"{example.where}: still running after {SHELL_TIMEOUT_S} s\n{command}"
+        done = self.execute(example, ["bash", "-o", "pipefail", "-c", command], SHELL_TIMEOUT_S, command)
+        if isinstance(done, str):
+            return done
         stdout = done.stdout.decode(errors="replace")
         lines = done.stderr.decode(errors="replace").splitlines()
         statuses = [line.split()[1] for line in lines if line.startswith(STATUS_MARK + " ")]
@@ -646,16 +636,9 @@ class DocRun:
         script.write_text(code)
         runner = self.workdir / ".run_example.py"
         runner.write_text(PYTHON_RUNNER)
-        try:
-            done = subprocess.run(
-                [sys.executable, str(runner), str(script)],
-                cwd=self.workdir,
-                env=self.env,
-                capture_output=True,
-                timeout=PYTHON_TIMEOUT_S,
-            )
-        except subprocess.TimeoutExpired:
-            return f"{example.where}: still running after {PYTHON_TIMEOUT_S} s\n{code}"
+        done = self.execute(example, [sys.executable, str(runner), str(script)], PYTHON_TIMEOUT_S, code)
+        if isinstance(done, str):
+            return done
         if done.returncode != 0:
             return (
                 f"{example.where}: the Python example failed (exit code {done.returncode}; "
