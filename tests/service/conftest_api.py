@@ -8,6 +8,7 @@ queued, which is what validation, auth, limits and listing tests want.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -73,6 +74,28 @@ def tiny_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hyv.engine.bundle import init_random_bundle, save_bundle
 
     return save_bundle(init_random_bundle("tiny"), tmp_path_factory.mktemp("bundle") / "hyv-tiny")
+
+
+@pytest.fixture(scope="session")
+def bucketed_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle served at two sizes (32x32, 48x32) and two lengths (5, 9 frames) only: a
+    bundle that lists its buckets, as weights/hyv-small does."""
+    from hyv.engine.bundle import init_random_bundle, save_bundle
+
+    bundle = init_random_bundle("tiny")
+    limits = dataclasses.replace(
+        bundle.spec.limits,
+        width=32,
+        height=32,
+        num_frames=5,
+        max_width=48,
+        max_height=48,
+        max_frames=9,
+        buckets=((32, 32), (48, 32)),
+        frame_counts=(5, 9),
+    )
+    bundle.spec = dataclasses.replace(bundle.spec, limits=limits)
+    return save_bundle(bundle, tmp_path_factory.mktemp("bucketed") / "hyv-tiny")
 
 
 @pytest.fixture

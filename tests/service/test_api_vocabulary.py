@@ -6,7 +6,6 @@ counts; a model with the LLaMA/CLIP text encoders takes any text; the bundled hy
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,27 +30,6 @@ GOOD = "a red circle moving left on a black background"
 HINT = "; see GET /v1/models/hyv-tiny for the vocabulary and grammar"
 
 
-@pytest.fixture(scope="module")
-def bucketed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random bundle (built-in text encoder) served at two sizes and two lengths only."""
-    from hyv.engine.bundle import init_random_bundle, save_bundle
-
-    bundle = init_random_bundle("tiny")
-    limits = dataclasses.replace(
-        bundle.spec.limits,
-        width=32,
-        height=32,
-        num_frames=5,
-        max_width=48,
-        max_height=48,
-        max_frames=9,
-        buckets=((32, 32), (48, 32)),
-        frame_counts=(5, 9),
-    )
-    bundle.spec = dataclasses.replace(bundle.spec, limits=limits)
-    return save_bundle(bundle, tmp_path_factory.mktemp("bucketed") / "hyv-tiny")
-
-
 def _client(serve_app: Callable[[Any], Any], settings: Any) -> httpx.Client:
     server = serve_app(settings)
     return httpx.Client(base_url=server.url, headers=auth(KEY_A), timeout=30)
@@ -59,9 +37,9 @@ def _client(serve_app: Callable[[Any], Any], settings: Any) -> httpx.Client:
 
 @pytest.fixture
 def api(
-    make_api_settings: Callable[..., Any], serve_app: Callable[[Any], Any], bucketed_bundle: Path
+    make_api_settings: Callable[..., Any], serve_app: Callable[[Any], Any], bucketed_bundle_dir: Path
 ) -> Iterator[httpx.Client]:
-    with _client(serve_app, make_api_settings(weights=bucketed_bundle)) as client:
+    with _client(serve_app, make_api_settings(weights=bucketed_bundle_dir)) as client:
         yield client
 
 
@@ -239,7 +217,7 @@ def test_models_list_the_vocabulary_grammar_sizes_and_frame_counts(api: httpx.Cl
 def test_the_grammar_falls_back_to_the_vocabulary_without_a_saved_one(
     make_api_settings: Callable[..., Any],
     serve_app: Callable[[Any], Any],
-    bucketed_bundle: Path,
+    bucketed_bundle_dir: Path,
     tmp_path: Path,
 ) -> None:
     """A tokenizer.json saved before the grammar was stored in it (or with fewer words): the
@@ -248,7 +226,7 @@ def test_the_grammar_falls_back_to_the_vocabulary_without_a_saved_one(
     import shutil
 
     bundle = tmp_path / "old-bundle"
-    shutil.copytree(bucketed_bundle, bundle)
+    shutil.copytree(bucketed_bundle_dir, bundle)
     tokenizer = bundle / "text_encoder" / "tokenizer.json"
     data = json.loads(tokenizer.read_text())
     assert "grammar" in data  # saved by WordTokenizer.save

@@ -4,7 +4,6 @@ stream, recent jobs, a validation error; a screenshot is kept in tests/service/a
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,25 +98,10 @@ def test_generate_watch_and_list_in_the_browser(page: tuple[Any, str]) -> None:
 
 @pytest.fixture
 def bucketed_page(
-    make_api_settings: Any, serve_app: Any, tmp_path_factory: pytest.TempPathFactory
+    make_api_settings: Any, serve_app: Any, bucketed_bundle_dir: Path
 ) -> Iterator[tuple[Any, str]]:
     """The page on an API (no worker) serving the tiny bundle at two sizes and two lengths only."""
-    from hyv.engine.bundle import init_random_bundle, save_bundle
-
-    bundle = init_random_bundle("tiny")
-    limits = dataclasses.replace(
-        bundle.spec.limits,
-        width=32,
-        height=32,
-        num_frames=5,
-        max_width=48,
-        max_height=48,
-        buckets=((32, 32), (48, 32)),
-        frame_counts=(5, 9),
-    )
-    bundle.spec = dataclasses.replace(bundle.spec, limits=limits)
-    weights = save_bundle(bundle, tmp_path_factory.mktemp("web-bucketed") / "hyv-tiny")
-    server = serve_app(make_api_settings(weights=weights, api_keys=[KEY_A]))
+    server = serve_app(make_api_settings(weights=bucketed_bundle_dir, api_keys=[KEY_A]))
     yield from _browser_on(server.url)
 
 
