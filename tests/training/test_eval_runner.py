@@ -9,6 +9,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,21 +63,31 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def run(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[EvalConfig, dict]:
+def _evaluate(bundles: dict[str, Path], out_dir: Path, **settings: Any) -> tuple[EvalConfig, dict]:
+    """The student against the teacher at SIZE x FRAMES (teacher guidance 4, no progress bar), with
+    `settings` for the rest: the config and evaluate_bundle's results."""
     config = EvalConfig(
         student=bundles["student"],
         teacher=bundles["teacher"],
-        out_dir=tmp_path_factory.mktemp("eval"),
+        out_dir=out_dir,
         size=SIZE,
         num_frames=FRAMES,
+        teacher_guidance=4.0,
+        progress=False,
+        **settings,
+    )
+    return config, evaluate_bundle(config)
+
+
+@pytest.fixture(scope="module")
+def run(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[EvalConfig, dict]:
+    return _evaluate(
+        bundles,
+        tmp_path_factory.mktemp("eval"),
         combinations=3,
         batch_size=2,  # several batches, one of them partial
         teacher_steps=3,
-        teacher_guidance=4.0,
-        progress=False,
     )
-    return config, evaluate_bundle(config)
 
 
 def test_eval_json_has_every_number_with_sane_values(run: tuple[EvalConfig, dict]) -> None:
@@ -367,23 +378,17 @@ BUCKETS = ("32x32x5", "48x32x5", "32x32x1")  # square, landscape, an image bucke
 
 @pytest.fixture(scope="module")
 def bucket_run(bundles: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[EvalConfig, dict]:
-    config = EvalConfig(
-        student=bundles["student"],
-        teacher=bundles["teacher"],
-        out_dir=tmp_path_factory.mktemp("eval_buckets"),
-        size=SIZE,
-        num_frames=FRAMES,
+    return _evaluate(
+        bundles,
+        tmp_path_factory.mktemp("eval_buckets"),
         buckets=BUCKETS,
         combinations=2,
         batch_size=2,
         teacher_steps=2,
-        teacher_guidance=4.0,
         vae_clips=1,
         sheet_clips=4,
         write_card=False,
-        progress=False,
     )
-    return config, evaluate_bundle(config)
 
 
 def test_every_bucket_gets_its_own_section(bucket_run: tuple[EvalConfig, dict]) -> None:
