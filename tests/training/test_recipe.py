@@ -14,6 +14,7 @@ import torch
 from safetensors import safe_open
 
 from hyv.engine.bundle import read_bundle_spec
+from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
 from hyv.engine.pipeline import SCHEDULE_METADATA_KEY, PipelineOptions, VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
@@ -27,6 +28,7 @@ from hyv.training.recipe import (
     STATE_FILE,
     Recipe,
     RecipeConfig,
+    bucket_limits,
     train_bundle,
 )
 from hyv.training.vae import VAETrainConfig
@@ -114,7 +116,7 @@ def _config(tmp_path: Path, **changes: Any) -> RecipeConfig:
             sheet_clips=2,
             teacher_guidance=2.0,
         ),
-        **changes,
+        **{"serve_sizes": (), **changes},
     )
 
 
@@ -216,6 +218,21 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert redone["vae"]["reused_from"].startswith(str(exported))
     assert redone["dit"]["output"] == str(again.out_dir / "stage1") and redone["dit"]["wall_s"] > 0
     assert redone["dit_buckets"]["finished"] and "reused_from" not in redone["dit_buckets"]
+
+
+def test_the_export_serves_the_trained_buckets_of_serve_sizes(tmp_path: Path) -> None:
+    config = _config(tmp_path, serve_sizes=((SIZE + 16, SIZE),))
+    limits = bucket_limits(read_bundle_spec(DEFAULT_BUNDLE_DIR).limits, config)
+    # only 48x32's buckets: its videos (the image bucket is 32x32's)
+    assert limits.buckets == ((SIZE + 16, SIZE),) and limits.frame_counts == (FRAMES,)
+    assert (limits.width, limits.height, limits.max_width, limits.max_frames) == (
+        SIZE + 16,
+        SIZE,
+        SIZE + 16,
+        FRAMES,
+    )
+    with pytest.raises(ValueError, match="serve_sizes"):
+        bucket_limits(limits, _config(tmp_path, serve_sizes=((512, 512),)))
 
 
 def test_recipe_config_errors_name_the_field(tmp_path: Path) -> None:
