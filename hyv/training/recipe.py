@@ -494,6 +494,7 @@ def bucket_limits(limits: ModelLimits, config: RecipeConfig) -> ModelLimits:
 
 # The settings a stage's row in the model card shows (recipe.json keeps them all).
 _STAGE_DETAILS = (
+    "skipped",
     "preset",
     "lr",
     "video_lr",
@@ -614,7 +615,9 @@ def _cli_args(c: RecipeConfig) -> str:
     for path, value in _changes(c):
         if path == "progress":
             continue
-        if path in _CLI_OPTIONS:
+        if path in _CLI_OPTIONS and isinstance(value, bool):  # typer's --flag / --no-flag
+            args.append(_CLI_OPTIONS[path] if value else "--no-" + _CLI_OPTIONS[path][2:])
+        elif path in _CLI_OPTIONS:
             args.append(f"{_CLI_OPTIONS[path]} {value}")
         else:
             elsewhere.append(f"{path}={value!r}")

@@ -128,7 +128,7 @@ def test_generate_refuses_prompts_outside_the_vocabulary(bundle, tmp_path, promp
             "prompt: words outside this model's vocabulary: 'cat', 'playing', 'piano'; ",
         ),
         (
-            ["a red circle moving left on a black background", "--frames", "33"],
+            ["a red circle moving left on a black background", "--frames", "65"],
             "is not one of this model's lengths",
         ),
         (

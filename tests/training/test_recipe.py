@@ -261,6 +261,9 @@ def test_the_recorded_command_uses_only_options_the_cli_has(tmp_path: Path) -> N
     args = _cli_args(config)
     assert args.startswith(f"--out {tmp_path / 'r'} --dit-steps 7")
     assert args.endswith("# with RecipeConfig(size=32)")  # not an option: named, not invented
+    flag = _cli_args(RecipeConfig(out_dir=tmp_path / "r", tune_vae=False))
+    negatives = {opt for param in bundle_command.params for opt in getattr(param, "secondary_opts", [])}
+    assert flag.endswith("--no-tune-vae") and "--no-tune-vae" in negatives  # a flag, as typed
 
 
 def test_bundle_options_are_the_table_and_default_to_the_config() -> None:
