@@ -310,7 +310,12 @@ def test_buckets_each_batch_one_shape_sized_by_the_token_budget(tmp_path: Path) 
 
     buckets = ("32x32x5", "48x32x5", "32x48x9", "32x32x1")
     config = _config(
-        tmp_path, buckets=buckets, token_budget=24, batch_size=8, cache_videos=4, cache_images=4,
+        tmp_path,
+        buckets=buckets,
+        token_budget=24,
+        batch_size=8,
+        cache_videos=4,
+        cache_images=4,
         image_fraction=0.25,
     )
     trainer = DiTTrainer(config)
@@ -325,13 +330,19 @@ def test_buckets_each_batch_one_shape_sized_by_the_token_budget(tmp_path: Path) 
     assert shapes == {(2, 4, 4): 3, (2, 4, 6): 2, (3, 6, 4): 1, (1, 4, 4): 6}
     assert [trainer.train_step(step) for step in range(4)]  # every shape trains
     fewer = build_latent_cache(
-        trainer.vae, config.replace(buckets=buckets[:1] + buckets[3:]), tmp_path / CACHE_FILE, trainer.device,
+        trainer.vae,
+        config.replace(buckets=buckets[:1] + buckets[3:]),
+        tmp_path / CACHE_FILE,
+        trainer.device,
         progress=False,
     )
     assert fewer.buckets == (Bucket(32, 32, 5), Bucket(32, 32, 1))
     rendered = SyntheticBatches(config)
     assert {tuple(rendered.batch(step).video.shape[1:]) for step in range(40)} == {  # type: ignore[union-attr]
-        (3, 5, 32, 32), (3, 5, 32, 48), (3, 9, 48, 32), (3, 1, 32, 32)
+        (3, 5, 32, 32),
+        (3, 5, 32, 48),
+        (3, 9, 48, 32),
+        (3, 1, 32, 32),
     }
 
 
