@@ -236,7 +236,10 @@ def test_fp8_dit_saves_and_loads_in_our_format(tmp_path) -> None:
         assert torch.equal(loaded.state_dict()[name].float(), tensor.float()), name
     inputs = dit_inputs(model)
     with torch.inference_mode():
-        torch.testing.assert_close(loaded(*inputs), model(*inputs), rtol=0, atol=0)
+        # The same weights, bit for bit (above); the forward may round differently in the last
+        # place (the loaded tensors sit at other addresses, and the CPU kernels' vector paths
+        # depend on alignment: 7e-7 apart on a CPU of this session, 0 on others).
+        torch.testing.assert_close(loaded(*inputs), model(*inputs), rtol=1e-6, atol=1e-6)
     # a bf16 load keeps the fp8 weights as they are and casts the rest
     bf16 = load_dit(tmp_path / "dit", dtype="bf16")
     dtypes = {n: t.dtype for n, t in bf16.state_dict().items()}
