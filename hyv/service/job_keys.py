@@ -10,6 +10,7 @@ Python builds every name here, and the Lua scripts (hyv.service.job_scripts) get
     {prefix}running               set   in_progress jobs (the worker's reaper looks for dead claims here)
     {prefix}cancel:{id}           flag  cancel requested (the worker reads it with its progress writes)
     {prefix}claim:{id}            str   the token of the worker running the job, with a lease (PX)
+    {prefix}requeue:{id}          str   held while one process requeues the job (PX: a dead holder's lapses)
     {prefix}runs:{id}             list  the job's delivery log (JSON entries)
     {prefix}idem:{owner}:{h}      str   [job_id, body_hash] of an Idempotency-Key (h: its SHA-256)
     {prefix}workers:{host}        str   a worker's heartbeat (JSON, TTL): ready with its model loaded
@@ -58,6 +59,9 @@ class JobKeys:
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}cancel:{job_id}"
+
+    def requeue(self, job_id: str) -> str:
+        return f"{self.prefix}requeue:{job_id}"
 
     def claim(self, job_id: str) -> str:
         return f"{self.prefix}claim:{job_id}"

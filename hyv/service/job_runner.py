@@ -327,29 +327,39 @@ class JobRunner:
             logger.exception("webhook delivery failed")
 
 
+REQUEUE_LOCK_MS = 30_000  # a holder killed mid-requeue blocks the job's next requeue this long
+
+
 def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
     """An in-progress job that no run holds any more: back to queued and onto its model's queue, if
-    it still is in progress and unclaimed (one Lua check-and-write). True if requeued.
+    it still is in progress and unclaimed. True if requeued.
 
-    The message goes out before the record says queued: a process killed between the two leaves
-    either a job in progress with a message (which the next delivery claims and runs, and any other
-    beat's requeue only duplicates: the claim drops the copy) or, had the order been the other way,
-    a queued job with no message at all, which only the broker's visibility timeout would revive
-    (its old delivery sits in the unacked index, so the queue reaper sees it as present)."""
-    job = jobs.get(job_id)
-    if job is None or job.status != JobStatus.IN_PROGRESS or jobs.redis.exists(jobs.keys.claim(job_id)):
+    The message goes out before the record says queued: a process killed between the two leaves a
+    job in progress with a message (the next delivery claims and runs it; a later requeue's copy
+    is dropped by the claim), never a queued job without one, which nothing would revive but the
+    broker's visibility timeout (the dead run's delivery sits in the unacked index, so the queue
+    reaper sees it as present). A short lock lets one process at a time do it: the run handing its
+    job back and a beat that saw it unclaimed would otherwise both send."""
+    lock = jobs.keys.requeue(job_id)
+    if not jobs.redis.set(lock, "1", nx=True, px=REQUEUE_LOCK_MS):
         return False
-    celery_for(settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(job.model))
-    written, _ = jobs.transition(
-        job_id,
-        [JobStatus.IN_PROGRESS],
-        require_unclaimed=True,
-        status=JobStatus.QUEUED,
-        stage=None,
-        step=0,
-        progress=0,
-    )
-    return written
+    try:
+        job = jobs.get(job_id)
+        if job is None or job.status != JobStatus.IN_PROGRESS or jobs.redis.exists(jobs.keys.claim(job_id)):
+            return False
+        celery_for(settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(job.model))
+        written, _ = jobs.transition(
+            job_id,
+            [JobStatus.IN_PROGRESS],
+            require_unclaimed=True,
+            status=JobStatus.QUEUED,
+            stage=None,
+            step=0,
+            progress=0,
+        )
+        return written
+    finally:
+        jobs.redis.delete(lock)
 
 
 def fail_past_hard_limit(settings: Settings, job_id: str, task_id: str) -> None:

@@ -12,7 +12,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from hyv.service.job_model import Job, JobStatus
-from hyv.service.job_runner import requeue_job
+from hyv.service.job_runner import REQUEUE_LOCK_MS, requeue_job
 from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer
 from hyv.service.queue_reaper import job_id_of
@@ -23,8 +23,10 @@ MODEL = "requeue-model"
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> JobStore:
-    client = redis.Redis.from_url(redis_server.url)
-    client.delete(queue_name(MODEL))
+    """A database of its own: the session's workers (other tests') run beats on database 0, and a
+    beat would requeue this module's unclaimed in-progress jobs itself."""
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/14")
+    client.flushdb()
     return JobStore.connect(client)
 
 
@@ -40,21 +42,23 @@ def settings_for(url: str, tmp_path: Path) -> Settings:
     return Settings(redis_url=url, data_dir=tmp_path, model_name=MODEL)
 
 
-def test_requeue_sends_a_message_and_marks_the_job_queued(
-    store: JobStore, redis_server: RedisServer, tmp_path: Path
-) -> None:
+def broker_url(store: JobStore) -> str:
+    """The store's own database as the broker (its messages land where the test reads them)."""
+    kwargs = store.redis.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs['db']}"
+
+
+def test_requeue_sends_a_message_and_marks_the_job_queued(store: JobStore, tmp_path: Path) -> None:
     job = in_progress(store)
-    assert requeue_job(store.jobs, settings_for(redis_server.url, tmp_path), job.id)
+    assert requeue_job(store.jobs, settings_for(broker_url(store), tmp_path), job.id)
     after = store.jobs.get(job.id)
     assert after is not None and after.status == JobStatus.QUEUED and after.progress == 0
     messages = store.redis.lrange(queue_name(MODEL), 0, -1)
     assert [job_id_of(m) for m in messages] == [job.id]
 
 
-def test_a_claimed_or_finished_job_is_not_requeued(
-    store: JobStore, redis_server: RedisServer, tmp_path: Path
-) -> None:
-    settings = settings_for(redis_server.url, tmp_path)
+def test_a_claimed_or_finished_job_is_not_requeued(store: JobStore, tmp_path: Path) -> None:
+    settings = settings_for(broker_url(store), tmp_path)
     claimed = in_progress(store)
     store.claims.claim(claimed.id, "w:1:t", 60)
     queued = store.jobs.create(Job(model=MODEL, prompt="p"))
@@ -63,6 +67,18 @@ def test_a_claimed_or_finished_job_is_not_requeued(
     after = store.jobs.get(claimed.id)
     assert after is not None and after.status == JobStatus.IN_PROGRESS
     assert store.redis.llen(queue_name(MODEL)) == 0  # no message sent for either
+
+
+def test_one_process_at_a_time_requeues_a_job(store: JobStore, tmp_path: Path) -> None:
+    """The run handing its job back and a beat that saw it unclaimed: one message, not two."""
+    settings = settings_for(broker_url(store), tmp_path)
+    job = in_progress(store)
+    store.redis.set(store.keys.requeue(job.id), "1", px=REQUEUE_LOCK_MS)  # another process's
+    assert not requeue_job(store.jobs, settings, job.id)
+    assert store.redis.llen(queue_name(MODEL)) == 0
+    store.redis.delete(store.keys.requeue(job.id))
+    assert requeue_job(store.jobs, settings, job.id)
+    assert store.redis.llen(queue_name(MODEL)) == 1 and not store.redis.exists(store.keys.requeue(job.id))
 
 
 def test_a_requeue_that_cannot_send_leaves_the_job_in_progress(store: JobStore, tmp_path: Path) -> None:
