@@ -92,9 +92,9 @@ def _recipe_dit() -> DiTTrainConfig:
 
 def _recipe_vae_buckets() -> VAETrainConfig:
     """A short fine-tune of the whole VAE on 32 px crops of 128x128 x 17 renders: the larger
-    buckets' object sizes and faster pixel motion at the cost of 32 px clips (a 64x64 x 17 step
-    takes ~5 s on one CPU core), pixel losses only, a low learning rate. The latents move a little;
-    the DiT's progressive stage trains on the new ones."""
+    buckets' object sizes and faster pixel motion at the cost of 32 px clips (even these took
+    ~5.2 s per step of 2 clips here, with the other of 2 cores busy), pixel losses only, a low
+    learning rate. The latents move a little; the DiT's progressive stage trains on the new ones."""
     return VAETrainConfig(
         steps=300,
         lr=1e-4,
@@ -349,10 +349,9 @@ class Recipe:
         copy = self.config.out_dir / STAGE1_DIR
         if not copy.exists():
             shutil.copytree(bundle_dir, copy)
-        recorded = {}
-        if (copy / RECIPE_FILE).exists():
-            recorded = {s["name"]: s for s in json.loads((copy / RECIPE_FILE).read_text())["stages"]}
-        commit = json.loads((copy / RECIPE_FILE).read_text()).get("git_commit") if recorded else None
+        old_recipe = json.loads((copy / RECIPE_FILE).read_text()) if (copy / RECIPE_FILE).exists() else {}
+        recorded = {s["name"]: s for s in old_recipe.get("stages", [])}
+        commit = old_recipe.get("git_commit")
         source = f"{bundle_dir} (recipe.json of commit {commit})" if commit else str(bundle_dir)
         for name, output in (("vae", copy / "vae"), ("dit", copy)):
             earlier = recorded.get(name, {})
