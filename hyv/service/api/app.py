@@ -140,6 +140,16 @@ def _mount_web(app: FastAPI) -> None:
     async def web_page() -> FileResponse:
         return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
+    # The page links web/favicon.svg; this is the same icon (16 and 32 px) for the clients that ask
+    # for /favicon.ico by convention (bookmarks, link previews, browsers without SVG icons).
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(
+            WEB_DIR / "favicon.ico",
+            media_type="image/vnd.microsoft.icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
 
