@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from hyv.service import metrics
 from hyv.service.job_keys import DEFAULT_KEYS, JobKeys
 from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_records import JobRecords
@@ -32,7 +33,7 @@ class CancelRequests:
             return None
         self.redis.set(self.keys.cancel(job_id), b"1", ex=self.records.record_ttl_seconds)
         now = int(time.time())
-        _, job = self.records.transition(
+        cancelled, job = self.records.transition(
             job_id,
             [JobStatus.QUEUED],
             status=JobStatus.CANCELLED,
@@ -40,6 +41,10 @@ class CancelRequests:
             error_code="cancelled",
             error_message="cancelled before it started",
         )
+        if cancelled and job is not None:
+            # This write ended the job: no worker will (its delivery finds the job finished and is
+            # dropped), so it is counted here, once.
+            metrics.job_finished(job.model, JobStatus.CANCELLED)
         if job is not None and job.status == JobStatus.IN_PROGRESS and job.worker:
             self.redis.publish(self.channel(job.worker), job_id)
         return job

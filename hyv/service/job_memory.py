@@ -102,19 +102,19 @@ def data_bytes() -> int:
 
 
 def memory_usage(pipeline: Any) -> dict[str, int]:
-    """What the worker's heartbeat reports: the CUDA allocator's counters on a GPU, else the
-    process's resident memory."""
+    """What the worker's heartbeat reports: the process's resident memory (`process_rss`), and on
+    a GPU the CUDA allocator's counters."""
     import torch
 
-    if pipeline is not None and pipeline.device.type == "cuda":
-        device = pipeline.device
-        return {
-            "allocated": torch.cuda.memory_allocated(device),
-            "reserved": torch.cuda.memory_reserved(device),
-            "peak_allocated": torch.cuda.max_memory_allocated(device),
-        }
+    found: dict[str, int] = {}
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return {"process_rss": pages * os.sysconf("SC_PAGE_SIZE")}
+        found["process_rss"] = pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        return {}
+        pass
+    if pipeline is not None and pipeline.device.type == "cuda":
+        device = pipeline.device
+        found["allocated"] = torch.cuda.memory_allocated(device)
+        found["reserved"] = torch.cuda.memory_reserved(device)
+        found["peak_allocated"] = torch.cuda.max_memory_allocated(device)
+    return found

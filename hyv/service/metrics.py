@@ -10,7 +10,8 @@ whichever process answers the scrape.
                               before its first metric: the folder is $PROMETHEUS_MULTIPROC_DIR,
                               else settings.data_dir / "metrics"; it is created and exported, so
                               child processes (forked or started) write there too
-    API:    observe_request(route, method, code, seconds); job_submitted(model, mode)
+    API:    observe_request(route, method, code, seconds); job_submitted(model, mode);
+            job_finished(model, "cancelled") for a job cancelled while queued (hyv.service.job_cancels)
     worker: job_finished(model, status); observe_queue_wait / observe_stage / observe_denoise_step /
             observe_first_byte
     /metrics: body, content_type = render_metrics(jobs, workers, settings)
@@ -42,6 +43,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
     values,
@@ -61,6 +63,9 @@ _P = ParamSpec("_P")
 _COMPLAINT_INTERVAL_S = 60.0
 _last_complaint = [-_COMPLAINT_INTERVAL_S]
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The entry of a worker beat's "memory" (hyv.service.job_memory.memory_usage) that is the process's
+# RSS; every other entry is GPU memory.
+RESIDENT_MEMORY_KIND = "process_rss"
 # prometheus-client's files start with 8 bytes (used size + padding); an empty one was never written.
 _MIN_METRICS_FILE_BYTES = 8
 
@@ -191,6 +196,8 @@ def job_submitted(model: str, mode: str) -> None:
 
 @_never_raises
 def job_finished(model: str, status: str) -> None:
+    """Called once per job, by the process whose write made it final (that write is guarded, so
+    no other process can finish the same job again)."""
     _metrics().jobs_finished.labels(model, status).inc()
 
 
@@ -249,7 +256,8 @@ class JobStoreState:
 
 
 class RedisStateCollector(Collector):
-    """Queue depth, workers ready/busy and their memory, read from Redis at scrape time."""
+    """Queue depth, workers ready/busy and their memory, read from Redis at scrape time: the GPU
+    memory summed over workers by kind, each worker's resident memory on its own."""
 
     def __init__(self, store: RedisState, models: list[str]) -> None:
         self.store = store
@@ -268,19 +276,27 @@ class RedisStateCollector(Collector):
         for w in workers:
             busy.add_metric([str(w.get("hostname"))], 1.0 if w.get("busy_job") else 0.0)
         yield busy
-        memory: dict[str, float] = {}
+        gpu_memory: dict[str, float] = {}
+        resident = GaugeMetricFamily(
+            "hyv_worker_resident_memory_bytes",
+            "Resident memory (RSS) of each worker's job process.",
+            labels=["worker"],
+        )
         for w in workers:
             for kind, amount in (w.get("memory") or {}).items():
-                memory[kind] = memory.get(kind, 0.0) + float(amount)
+                if kind == RESIDENT_MEMORY_KIND:
+                    resident.add_metric([str(w.get("hostname"))], float(amount))
+                else:
+                    gpu_memory[kind] = gpu_memory.get(kind, 0.0) + float(amount)
         gpu = GaugeMetricFamily(
             "hyv_gpu_memory_bytes",
-            "Accelerator memory of the workers, summed (kind: allocated, reserved, peak_allocated; "
-            "process_rss on CPU-only workers).",
+            "GPU memory of the workers, summed (kind: allocated, reserved, peak_allocated).",
             labels=["kind"],
         )
-        for kind, amount in sorted(memory.items()):
+        for kind, amount in sorted(gpu_memory.items()):
             gpu.add_metric([kind], amount)
         yield gpu
+        yield resident
 
 
 class _ReadableFilesCollector(multiprocess.MultiProcessCollector):
@@ -304,10 +320,12 @@ class _ReadableFilesCollector(multiprocess.MultiProcessCollector):
 def render_metrics(
     jobs: JobRecords | None = None, workers: WorkerRegistry | None = None, settings: Settings | None = None
 ) -> tuple[bytes, str]:
-    """(body, content type) for GET /metrics: every process's counters and histograms merged, plus
-    the Redis-held gauges when the job records and the worker registry are given."""
+    """(body, content type) for GET /metrics: every process's counters and histograms merged, this
+    process's own process_* series (multiprocess mode leaves them out), plus the Redis-held gauges
+    when the job records and the worker registry are given."""
     registry = CollectorRegistry()
     _ReadableFilesCollector(registry, path=str(multiproc_dir()))
+    ProcessCollector(registry=registry)
     if jobs is not None and workers is not None:
         models = [(settings or get_settings()).model_name]
         registry.register(RedisStateCollector(JobStoreState(jobs, workers), models))

@@ -9,8 +9,9 @@ files of its own folder. That is right on one machine (`hyv serve`: one PID name
 but not across containers: two worker containers started the same way have the same PIDs, so a
 folder shared between them would mix their files, and a worker on another machine cannot share
 the API's folder at all. So in Docker and Kubernetes every container keeps its own folder, the
-API's `/metrics` reports the API's counters plus the cluster state read from Redis (queue depth,
-workers ready/busy, GPU memory), and each worker container reports its own counters and
+API's `/metrics` reports the API's counters (jobs cancelled while queued among them) and its own
+process_* series plus the cluster state read from Redis (queue depth, workers ready/busy, GPU
+memory, each worker's resident memory), and each worker container reports its own counters and
 histograms (jobs finished, queue wait, stage and step times, time to first byte) through this
 exporter on port 9101. Prometheus scrapes both kinds of target (deploy/prometheus/prometheus.yml).
 

@@ -47,6 +47,9 @@ WORKER_METRICS = {
     "hyv_time_to_first_byte_seconds",
 }
 
+# Series only a GPU worker reports (the test stacks run on the CPU).
+GPU_ONLY_METRICS = {"hyv_gpu_memory_bytes"}
+
 
 def promtool() -> str:
     path = shutil.which("promtool")
@@ -65,7 +68,8 @@ class _FakeStore:
         return 0
 
     def workers(self, model: str | None = None) -> list[dict[str, Any]]:
-        return [{"hostname": "h:1", "ready": True, "busy_job": "j", "memory": {"allocated": 1.0}}]
+        memory = {"allocated": 1.0, "process_rss": 2.0}
+        return [{"hostname": "h:1", "ready": True, "busy_job": "j", "memory": memory}]
 
 
 def exported_series() -> dict[str, set[str]]:
@@ -243,7 +247,11 @@ def test_live_metrics_after_a_job(stack: Stack) -> None:
     assert samples(worker)["process_start_time_seconds"] > 0, "the exporter's own start time"
     for name in WORKER_METRICS:
         assert any(family(n) == name for n in sample_names(worker)), name
-    live = sample_names(api) | sample_names(worker) | {"up"}
+    assert samples(api)["process_start_time_seconds"] > 0, "the API process's own start time"
+    # The stack's worker runs on the CPU: the GPU memory gauge is exported without samples.
+    assert "# TYPE hyv_gpu_memory_bytes gauge" in api
+    assert not any(name.startswith("hyv_gpu_memory_bytes") for name in samples(api))
+    live = sample_names(api) | sample_names(worker) | {"up"} | GPU_ONLY_METRICS
     missing = {name for name in referenced_metrics() if name not in live}
     assert not missing, f"named in the dashboard/alerts but not scraped after a job: {sorted(missing)}"
 

@@ -328,6 +328,7 @@ def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, servic
         "hyv_workers_ready",
         "hyv_worker_busy",
         "hyv_gpu_memory_bytes",
+        "hyv_worker_resident_memory_bytes",
     ):
         assert name in text, name
     values = {
@@ -339,7 +340,9 @@ def test_metrics_after_a_job(submit: Callable[..., Job], store: JobStore, servic
     assert values["hyv_denoise_step_seconds_count"] >= 3
     assert values["hyv_workers_ready"] >= 1
     assert values['hyv_queue_depth{queue="hyv.hyv-tiny"}'] == 0
-    assert 1e8 < values['hyv_gpu_memory_bytes{kind="process_rss"}'] < 8e9  # the worker's RSS
+    resident = [v for k, v in values.items() if k.startswith("hyv_worker_resident_memory_bytes{worker=")]
+    assert resident and all(1e8 < rss < 8e9 for rss in resident)  # each worker's RSS
+    assert not any(k.startswith("hyv_gpu_memory_bytes{") for k in values)  # a CPU worker has no GPU memory
     # The metric files are the whole session's (one PROMETHEUS_MULTIPROC_DIR), long jobs of other
     # tests included: the mean per job is bounded, the sum depends on the machine's speed.
     denoise_jobs = values['hyv_job_stage_seconds_count{stage="denoise"}']

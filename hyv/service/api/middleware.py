@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hyv.service.api.errors import error_body
+from hyv.service.api.errors import error_body, retry_headers
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class BodyLimitMiddleware:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                    *((k.encode(), v.encode()) for k, v in retry_headers(413).items()),
                 ],
             }
         )
@@ -95,7 +96,8 @@ class RequestMetricsMiddleware:
     """Time every HTTP request and record (route template, method, status, seconds).
 
     The route is the matched path template (`/v1/videos/{video_id}`), never the raw path, so ids
-    don't explode the label set; unmatched paths count as "unmatched"."""
+    don't explode the label set; a file under a mounted app (the web page's static files) counts as
+    its mount's template (`/web/{path}`); unmatched paths count as "unmatched"."""
 
     def __init__(self, app: ASGIApp, record: RequestRecorder) -> None:
         self.app = app
@@ -107,6 +109,7 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        root_path = scope.get("root_path", "")
 
         async def status_send(message: Message) -> None:
             nonlocal status
@@ -117,12 +120,25 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, status_send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
             try:
-                self.record(template, scope["method"], status, time.perf_counter() - start)
+                self.record(
+                    route_template(scope, root_path), scope["method"], status, time.perf_counter() - start
+                )
             except Exception:  # metrics must never fail a request
                 logger.exception("recording request metrics failed")
+
+
+def route_template(scope: Scope, root_path: str) -> str:
+    """The template of the route that answered a request, read from its scope after the router ran;
+    `root_path`: the scope's root_path before it did. A mount (starlette.routing.Mount) extends the
+    root_path by its own path, and FastAPI does not record the mount as the scope's route."""
+    template = getattr(scope.get("route"), "path", None)
+    if template:
+        return str(template)
+    mounted_at = scope.get("root_path", "")
+    if len(mounted_at) > len(root_path) and mounted_at.startswith(root_path):
+        return f"{mounted_at[len(root_path) :]}/{{path}}"
+    return "unmatched"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
