@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -63,7 +64,7 @@ class GenerationCancelledError(Exception):
 @dataclass(frozen=True)
 class Progress:
     stage: str  # text_encode | denoise | decode | encode
-    step: int
+    step: int  # done of total: 1 of 1 (text_encode), steps, VAE decoder tiles, encoded frames
     total: int
 
     @property
@@ -325,9 +326,10 @@ class VideoPipeline:
         with self._lock, self._run_context() as (timings, peak):
             frames = [video_to_uint8(chunk[0]) for chunk in self._frames(plan, timings, on_progress, cancel)]
             start = time.perf_counter()
-            mp4 = encode_mp4(frames, plan.fps)
+            mp4 = encode_mp4(_reporting_encoded(frames, on_progress), plan.fps)
             timings["encode"] = time.perf_counter() - start
-            _report(on_progress, "encode", 1, 1)
+            count = sum(len(chunk) for chunk in frames)
+            _report(on_progress, "encode", count, count)
         return GenerationResult(mp4, plan, timings, peak.bytes, peak.kind)
 
     def frames(
@@ -355,6 +357,14 @@ class VideoPipeline:
         plan = self.plan(request)
         started = time.perf_counter()
         first_fragment: float | None = None
+        decoded = False  # the decode stage's last tile was reported: pushing is the encode stage now
+
+        def watch_decode(progress: Progress) -> None:
+            nonlocal decoded
+            decoded = decoded or (progress.stage == "decode" and progress.step == progress.total)
+            if on_progress is not None:
+                on_progress(progress)
+
         with (
             self._lock,
             self._run_context() as (timings, peak),
@@ -363,9 +373,13 @@ class VideoPipeline:
             yield encoder.pending()  # the init segment: the response starts before any model work
             first_byte = time.perf_counter() - started
             encode_s = 0.0
-            for chunk in self._frames(plan, timings, on_progress, cancel):
+            for chunk in self._frames(plan, timings, watch_decode, cancel):
                 t0 = time.perf_counter()
-                data = encoder.push(video_to_uint8(chunk[0]))
+                frames = video_to_uint8(chunk[0])
+                if decoded:  # the last chunk: frame by frame, each one reported
+                    data = b"".join(_push_reporting(encoder, frames, on_progress))
+                else:
+                    data = encoder.push(frames)
                 encode_s += time.perf_counter() - t0
                 if data:
                     first_fragment = first_fragment or time.perf_counter() - started
@@ -375,7 +389,7 @@ class VideoPipeline:
             timings["encode"] = encode_s + time.perf_counter() - t0
             first_fragment = first_fragment or time.perf_counter() - started
             yield tail
-            _report(on_progress, "encode", 1, 1)
+            _report(on_progress, "encode", encoder.frames, encoder.frames)
         if result is not None:
             summary = GenerationResult(b"", plan, timings, peak.bytes, peak.kind).summary()
             summary.pop("bytes")
@@ -453,10 +467,14 @@ class VideoPipeline:
         decoded = 0
         with self.placement.running("vae") as vae_device:
             z = from_dit_latents(latents.float(), self.vae.config).to(vae_device, self.options.dtype)
-            for chunk in self.vae.iter_decode(z, self.vae_tiling):
-                decoded += chunk.shape[2]
+            _report(on_progress, "decode", 0, self.vae.decode_tile_count(z.shape, self.vae_tiling))
+
+            def on_tile(done: int, total: int) -> None:
+                _report(on_progress, "decode", done, total)
                 check()
-                _report(on_progress, "decode", decoded, plan.num_frames)
+
+            for chunk in self.vae.iter_decode(z, self.vae_tiling, on_tile):
+                decoded += chunk.shape[2]
                 yield chunk.float()
         timings["decode"] = time.perf_counter() - start
         if decoded != plan.num_frames:
@@ -590,6 +608,35 @@ def _blank_png(width: int, height: int) -> bytes:
 def _report(on_progress: ProgressFn | None, stage: str, step: int, total: int) -> None:
     if on_progress is not None:
         on_progress(Progress(stage, step, total))
+
+
+def _reporting_encoded(frames: list[np.ndarray], on_progress: ProgressFn | None) -> Iterator[np.ndarray]:
+    """`frames` (chunks (n, H, W, 3)) one frame at a time for encode_mp4, reporting the encode stage as
+    frames encoded / frames: a frame is encoded when the encoder asks for the next one. The caller
+    reports the last (all, all) once the file is written."""
+    total = sum(len(chunk) for chunk in frames)
+    done = 0
+    _report(on_progress, "encode", 0, total)
+    for chunk in frames:
+        for frame in chunk:
+            yield frame[None]
+            done += 1
+            if done < total:
+                _report(on_progress, "encode", done, total)
+
+
+def _push_reporting(
+    encoder: FragmentedMP4Encoder, frames: np.ndarray, on_progress: ProgressFn | None
+) -> Iterator[bytes]:
+    """Push the last decoded chunk (n, H, W, 3) frame by frame, reporting the encode stage as frames
+    encoded / frames (those pushed while tiles were still decoding count as done). The caller reports
+    the last (all, all) after `encoder.finish()`."""
+    total = encoder.frames + len(frames)
+    _report(on_progress, "encode", encoder.frames, total)
+    for frame in frames:
+        yield encoder.push(frame)
+        if encoder.frames < total:
+            _report(on_progress, "encode", encoder.frames, total)
 
 
 def _cancel_check(cancel: CancelSignal) -> Callable[[], None]:

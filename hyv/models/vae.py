@@ -21,7 +21,7 @@ is the official 64 frames (16 latent frames).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ def from_dit_latents(x: torch.Tensor, config: VAEConfig) -> torch.Tensor:
 logger = logging.getLogger(__name__)
 
 TileFn = Callable[[torch.Tensor], torch.Tensor]
+TileProgressFn = Callable[[int, int], None]  # (tiles done, tiles)
 
 
 class DiagonalGaussian:
@@ -153,6 +154,12 @@ def _iter_tiles_t(
             yield out[:, :, :count].clone()
             emitted += count
         prev = out
+
+
+def _time_window_count(frames: int, stride: int) -> int:
+    """How many windows `_iter_tiles_t` runs `fn` on over `frames` input frames: one per `stride`,
+    but a trailing single-frame window (past the first) is dropped."""
+    return sum(1 for start in range(0, frames, stride) if start == 0 or start < frames - 1)
 
 
 class CausalVAE3D(nn.Module):
@@ -295,21 +302,36 @@ class CausalVAE3D(nn.Module):
             return self._decode_full(z.to(self.dtype))
         return torch.cat(list(self.iter_decode(z, tiling)), dim=2)
 
-    def iter_decode(self, z: torch.Tensor, tiling: VAETiling | None = None) -> Iterator[torch.Tensor]:
+    def iter_decode(
+        self, z: torch.Tensor, tiling: VAETiling | None = None, on_tile: TileProgressFn | None = None
+    ) -> Iterator[torch.Tensor]:
         """Decode time tile by time tile, yielding final frames (B, 3, n_i, H, W) in order.
 
         Each chunk is already blended with its neighbours; `torch.cat(chunks, dim=2)` equals
         `decode(z, tiled=True)`. Only the current and previous time tile are held in memory.
+        `on_tile(done, total)` is called after each decoder pass (a spatial tile of a time tile;
+        total = `decode_tile_count(z.shape, tiling)`): what progress reports and cancel checks hang on.
         """
         self._check_latents(z)
         z = z.to(self.dtype)
         tiling = tiling or self.config.tiling()
+        decode_tile = self._decode_full
+        if on_tile is not None:
+            total, done = self.decode_tile_count(z.shape, tiling), 0
+
+            def decode_tile(tile: torch.Tensor) -> torch.Tensor:
+                nonlocal done
+                out = self._decode_full(tile)
+                done += 1
+                on_tile(done, total)
+                return out
+
         if z.shape[2] <= tiling.latent_frames:
-            yield self._decode_spatial(z, tiling)
+            yield self._decode_spatial(z, tiling, decode_tile)
             return
         yield from _iter_tiles_t(
             z,
-            lambda tile: self._decode_spatial(tile, tiling),
+            lambda tile: self._decode_spatial(tile, tiling, decode_tile),
             tile=tiling.latent_frames,
             stride=tiling.latent_stride_frames,
             blend=tiling.sample_frames - tiling.stride_frames,
@@ -317,14 +339,30 @@ class CausalVAE3D(nn.Module):
             total=(z.shape[2] - 1) * tiling.temporal_ratio + 1,
         )
 
-    def _decode_spatial(self, z: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
+    def decode_tile_count(self, latent_shape: Sequence[int], tiling: VAETiling | None = None) -> int:
+        """How many decoder passes `iter_decode` makes for latents of `latent_shape` (B, C, t, h, w):
+        time tiles x spatial tiles per time tile."""
+        tiling = tiling or self.config.tiling()
+        frames, height, width = latent_shape[2:]
+        windows = 1
+        if frames > tiling.latent_frames:  # else one pass over all frames (iter_decode)
+            windows = _time_window_count(frames, tiling.latent_stride_frames)
+        if height <= tiling.latent_size and width <= tiling.latent_size:
+            return windows
+        stride = tiling.latent_stride_size
+        return windows * len(range(0, height, stride)) * len(range(0, width, stride))
+
+    def _decode_spatial(
+        self, z: torch.Tensor, tiling: VAETiling, decode_tile: TileFn | None = None
+    ) -> torch.Tensor:
+        decode_tile = decode_tile or self._decode_full
         height, width = z.shape[-2:]
         if height <= tiling.latent_size and width <= tiling.latent_size:
-            return self._decode_full(z)
+            return decode_tile(z)
         ratio = tiling.spatial_ratio
         return _tile_2d(
             z,
-            self._decode_full,
+            decode_tile,
             tile=tiling.latent_size,
             stride=tiling.latent_stride_size,
             blend=tiling.sample_size - tiling.stride_size,

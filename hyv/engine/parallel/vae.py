@@ -14,13 +14,13 @@ Every rank must consume the whole stream (the broadcasts are collective).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from hyv.models.vae import CausalVAE3D, DiagonalGaussian, _iter_tiles_t
+from hyv.models.vae import CausalVAE3D, DiagonalGaussian, TileProgressFn, _iter_tiles_t
 from hyv.models.vae_config import VAEConfig, VAETiling
 
 logger = logging.getLogger(__name__)
@@ -44,14 +44,16 @@ def sp_iter_decode(
     latents: torch.Tensor,
     tiling: VAETiling | None = None,
     group: dist.ProcessGroup | None = None,
+    on_tile: TileProgressFn | None = None,
 ) -> Iterator[torch.Tensor]:
-    """`vae.iter_decode(latents, tiling)` with the time windows split over `group` (default: the
-    world). latents (B, C, t, h, w), identical on every rank -> the same chunks (B, 3, n_i, H, W)
-    on every rank. A video of a single time window is decoded by every rank on its own."""
+    """`vae.iter_decode(latents, tiling, on_tile)` with the time windows split over `group` (default:
+    the world). latents (B, C, t, h, w), identical on every rank -> the same chunks (B, 3, n_i, H, W)
+    on every rank. A video of a single time window is decoded by every rank on its own. `on_tile`
+    hears of a time tile's spatial tiles at once, when this rank has its decoded window."""
     tiling = tiling or vae.config.tiling()
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     if world == 1 or latents.shape[2] <= tiling.latent_frames:
-        yield from vae.iter_decode(latents, tiling)
+        yield from vae.iter_decode(latents, tiling, on_tile)
         return
     vae._check_latents(latents)
     z = latents.to(vae.dtype)
@@ -60,6 +62,8 @@ def sp_iter_decode(
     rt, rs = tiling.temporal_ratio, tiling.spatial_ratio
     tiles: dict[int, tuple[torch.Tensor, dist.Work | None]] = {}
     issued = 0
+    total_tiles = vae.decode_tile_count(z.shape, tiling)
+    tiles_per_window = total_tiles // len(windows)
 
     def issue(index: int) -> None:
         """Decode window `index` if it is ours, and start its broadcast (every rank, in order)."""
@@ -89,6 +93,8 @@ def sp_iter_decode(
         tile, work = tiles.pop(wanted)
         if work is not None:
             work.wait()
+        if on_tile is not None:
+            on_tile((wanted + 1) * tiles_per_window, total_tiles)
         if tile.shape[2] != (window.shape[2] - 1) * rt + 1:
             raise RuntimeError(
                 f"time window {wanted}: {window.shape[2]} latent frames, tile {tuple(tile.shape)}"
@@ -152,5 +158,10 @@ class SequenceParallelVAE(nn.Module):
             return self.vae.decode(z, tiled=False)
         return sp_decode(self.vae, z, tiling, self.group)
 
-    def iter_decode(self, z: torch.Tensor, tiling: VAETiling | None = None) -> Iterator[torch.Tensor]:
-        return sp_iter_decode(self.vae, z, tiling, self.group)
+    def iter_decode(
+        self, z: torch.Tensor, tiling: VAETiling | None = None, on_tile: TileProgressFn | None = None
+    ) -> Iterator[torch.Tensor]:
+        return sp_iter_decode(self.vae, z, tiling, self.group, on_tile)
+
+    def decode_tile_count(self, latent_shape: Sequence[int], tiling: VAETiling | None = None) -> int:
+        return self.vae.decode_tile_count(latent_shape, tiling)
