@@ -9,10 +9,14 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from hyv.engine.request import GenerationRequest
+from hyv.engine.request import GenerationRequest, VideoMode
 
 SIZE_MULTIPLE = 16
 TIME_STRIDE = 4
+# An edit (and a remix) re-runs the schedule from the first sigma at or below this: high enough that
+# a new prompt can change colour and shape, low enough that the source's layout and motion survive
+# (measured on hyv-small: docs/api.md, "Remix and edits").
+DEFAULT_EDIT_STRENGTH = 0.95
 
 # HunyuanVideo's official buckets as (width, height): 9:16, 16:9, 4:3, 3:4, 1:1.
 BUCKETS_540P: tuple[tuple[int, int], ...] = ((544, 960), (960, 544), (832, 624), (624, 832), (720, 720))
@@ -81,6 +85,9 @@ class GenerationPlan:
     guidance: float
     flow_shift: float
     seed: int
+    video: bytes | None = None  # the source video of an edit or extension (hyv.engine.source_video)
+    video_mode: VideoMode | None = None
+    strength: float = 1.0  # edit: the fraction of the schedule re-run
 
     @property
     def latent_frames(self) -> int:
@@ -133,4 +140,7 @@ def resolve(
         guidance=request.guidance if request.guidance is not None else limits.guidance,
         flow_shift=request.flow_shift if request.flow_shift is not None else limits.flow_shift,
         seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+        video=request.video,
+        video_mode=request.video_mode,
+        strength=request.strength if request.strength is not None else DEFAULT_EDIT_STRENGTH,
     )

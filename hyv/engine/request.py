@@ -7,9 +7,12 @@ size is refused with a clear message before any GPU work.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 4000
+VideoMode = Literal["edit", "extend"]
 
 
 class GenerationRequest(BaseModel):
@@ -30,6 +33,21 @@ class GenerationRequest(BaseModel):
     guidance: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
     flow_shift: float | None = Field(default=None, gt=0.0, le=100.0, allow_inf_nan=False)
     seed: int | None = Field(default=None, ge=0, lt=2**63, description="None: a random seed, reported back.")
+    video: bytes | None = Field(
+        default=None, description="Encoded source video (MP4, WebM, ...) for video_mode edit or extend."
+    )
+    video_mode: VideoMode | None = Field(
+        default=None,
+        description="edit: re-noise the source video and denoise it with the prompt (SDEdit); "
+        "extend: continue the source from its last frame and return both, stitched.",
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="edit: how much of the schedule is re-run (1 = from pure noise); None: the default.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -37,3 +55,13 @@ class GenerationRequest(BaseModel):
         if not value.strip():
             raise ValueError("prompt is empty (only whitespace)")
         return value
+
+    @model_validator(mode="after")
+    def _source_video_consistent(self) -> GenerationRequest:
+        if (self.video is None) != (self.video_mode is None):
+            raise ValueError("video and video_mode come together: a source video needs a mode, and back")
+        if self.strength is not None and self.video_mode != "edit":
+            raise ValueError("strength applies to video_mode 'edit' only")
+        if self.video_mode == "extend" and self.image is not None:
+            raise ValueError("an extension is conditioned on its source's last frame: it takes no image")
+        return self

@@ -30,6 +30,20 @@ def flow_schedule(num_steps: int, shift: float, device: torch.device | str = "cp
     return shift_sigmas(sigmas, shift)
 
 
+def edit_schedule(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
+    """SDEdit: the tail of `sigmas` from the first sigma at or below `strength` (at least one step),
+    so a distilled student's fixed schedule is entered only at sigmas it was trained on."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    start = int(torch.nonzero(sigmas <= strength + 1e-9)[0]) if bool((sigmas <= strength + 1e-9).any()) else 0
+    return sigmas[min(start, len(sigmas) - 2) :]
+
+
+def noise_to(clean: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x_sigma = (1 - sigma) * x_0 + sigma * noise: a clean latent moved onto the flow at `sigma`."""
+    return ((1.0 - sigma) * clean.double() + sigma * noise.double()).to(clean.dtype)
+
+
 def euler_denoise(
     velocity: VelocityFn,
     latents: torch.Tensor,
