@@ -43,6 +43,20 @@ VAE_TILE_SIZE_HELP = "VAE decode tile edge in pixels, a multiple of 8; default t
 VAE_TILE_FRAMES_HELP = "VAE decode tile length in frames, a multiple of 4; default the VAE's own (64)"
 VAE_TILE_OVERLAP_HELP = "Fraction of a VAE tile blended with its neighbour; default the VAE's own (0.25)"
 
+# The option of `hyv generate` that sets each GenerationRequest field (for error messages).
+GENERATE_OPTIONS = {
+    "prompt": "PROMPT",
+    "negative_prompt": "--negative-prompt",
+    "image": "--image",
+    "width": "--width",
+    "height": "--height",
+    "num_frames": "--frames",
+    "fps": "--fps",
+    "steps": "--steps",
+    "guidance": "--guidance",
+    "seed": "--seed",
+}
+
 
 class LazyGroup(TyperGroup):
     """A command group whose commands are imported on first use (listing it in `hyv --help` only
@@ -139,6 +153,16 @@ def _refuse(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _check_device(device: str, option: str) -> None:
+    """Refuse, before any weights load, a device this machine does not have (CUDA on a CPU build)."""
+    from hyv.engine.devices import check_device
+
+    try:
+        check_device(device)
+    except ValueError as exc:
+        _refuse(f"error: {option} {device}: {exc}")
+
+
 def _check_before_loading(
     request: GenerationRequest, limits: ModelLimits, weights: Path, text_encoder: Path | None
 ) -> None:
@@ -212,6 +236,7 @@ def generate(
     from hyv.engine.pipeline import PipelineOptions, VideoPipeline, default_device_and_dtype
     from hyv.engine.pipeline import Progress as StepProgress
     from hyv.engine.request import GenerationRequest
+    from hyv.option_errors import option_error
 
     try:
         spec = read_bundle_spec(weights)
@@ -219,10 +244,14 @@ def generate(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
     try:
+        image_bytes = image.read_bytes() if image is not None else None
+    except OSError as exc:
+        _refuse(f"error: --image {image}: {exc.strerror or exc}")
+    try:
         request = GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            image=image.read_bytes() if image is not None else None,
+            image=image_bytes,
             width=width,
             height=height,
             num_frames=frames,
@@ -231,9 +260,10 @@ def generate(
             guidance=guidance,
             seed=seed,
         )
-    except (ValidationError, OSError) as exc:
-        console.print(f"[red]invalid request: {exc}[/]")
-        raise typer.Exit(2) from exc
+    except ValidationError as exc:
+        _refuse(f"error: {option_error(exc, GenerationRequest, GENERATE_OPTIONS)}")
+    if device is not None:
+        _check_device(device, "--device")
     _check_before_loading(request, spec.limits, weights, text_encoder)
     if not spec.trained:
         console.print(f"[yellow]{weights} holds untrained (random) weights: expect noise.[/]")
@@ -358,15 +388,20 @@ def convert(
     console.print(f"Converted {kind} {source} -> {output}")
 
 
-def _settings(**overrides: Any) -> Any:
+def _settings(options: dict[str, str], **overrides: Any) -> Any:
+    """Settings (HYV_* environment) with the command's options over them; exit 2 with one line
+    naming the option (`options`: setting -> option) or variable that holds a bad value."""
     from pydantic import ValidationError
 
+    from hyv.option_errors import option_error
     from hyv.service.settings import Settings
 
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        named = {field: option for field, option in options.items() if field in given}
+        _refuse(f"error: {option_error(exc, Settings, named, lambda field: f'HYV_{field.upper()}')}")
 
 
 def _named_after_the_model(settings: Any) -> Any:
@@ -379,6 +414,35 @@ def _named_after_the_model(settings: Any) -> Any:
     if "model_name" in settings.model_fields_set:
         return settings
     return settings.model_copy(update={"model_name": spec.name})
+
+
+# The option of `hyv serve` and `hyv worker` that sets each setting (for error messages).
+SERVE_OPTIONS = {
+    "host": "--host",
+    "port": "--port",
+    "data_dir": "--data-dir",
+    "weights": "--weights",
+    "redis_url": "--redis-url",
+    "sp_degree": "--sp",
+    "sp_mode": "--sp-mode",
+}
+WORKER_OPTIONS = {
+    "redis_url": "--redis-url",
+    "weights": "--weights",
+    "data_dir": "--data-dir",
+    "device": "--device",
+    "sp_degree": "--sp",
+    "sp_mode": "--sp-mode",
+    "sp_ulysses_degree": "--ulysses-degree",
+    "text_encoder_placement": "--text-encoder-placement",
+    "model_offload": "--model-offload",
+    "offload_blocks": "--offload-blocks",
+    "compile_dit": "--compile",
+    "attention_backend": "--attention-backend",
+    "vae_tile_size": "--vae-tile-size",
+    "vae_tile_frames": "--vae-tile-frames",
+    "vae_tile_overlap": "--vae-tile-overlap",
+}
 
 
 @app.command()
@@ -412,6 +476,7 @@ def serve(
     from hyv.service.launcher import serve as run_serve
 
     settings = _settings(
+        SERVE_OPTIONS,
         host=host,
         port=port,
         data_dir=data_dir,
@@ -494,6 +559,7 @@ def worker(
     from hyv.service.launcher import run_worker
 
     settings = _settings(
+        WORKER_OPTIONS,
         redis_url=redis_url,
         weights=weights,
         data_dir=data_dir,
@@ -512,6 +578,8 @@ def worker(
     )
     if not settings.redis_url:
         raise typer.BadParameter("hyv worker needs --redis-url or HYV_REDIS_URL")
+    if settings.device is not None:
+        _check_device(settings.device, "--device" if device is not None else "HYV_DEVICE")
     settings = _named_after_the_model(settings)
     if settings.sp_degree > 1:
         from hyv.service.worker_group import check_layout

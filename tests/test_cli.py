@@ -76,3 +76,83 @@ def test_api_only_serve_imports_no_torch(tmp_path: Path) -> None:
         report = _run(code)
         assert report["heavy"] == []
         assert [model["id"] for model in report["models"]["data"]] == ["hyv-small"]
+
+
+# --- one-line errors ------------------------------------------------------------------------------
+
+HYV = str(Path(sys.executable).with_name("hyv"))  # the installed console command
+
+
+def _hyv(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([HYV, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [expected], output
+    assert "Traceback" not in output and "pydantic" not in output.lower() and "http" not in output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--frames", "-5", "error: --frames must be >= 1 and <= 1024, got -5"),
+        ("--steps", "0", "error: --steps must be >= 1 and <= 1000, got 0"),
+        ("--fps", "500", "error: --fps must be >= 1 and <= 120, got 500"),
+        ("--guidance", "-1", "error: --guidance must be >= 0.0 and <= 100.0, got -1.0"),
+        ("--width", "8", "error: --width must be >= 16 and <= 4096, got 8"),
+        ("--seed", "-1", "error: --seed must be >= 0 and < 9223372036854775808, got -1"),
+    ],
+)
+def test_generate_names_the_option_out_of_range(
+    tiny_bundle_dir: Path, tmp_path: Path, option: str, value: str, expected: str
+) -> None:
+    out = tmp_path / "video.mp4"
+    result = _hyv(
+        "generate", "a red circle", "--weights", str(tiny_bundle_dir), "-o", str(out), option, value
+    )
+    _assert_one_line_error(result, expected)
+    assert not out.exists()
+
+
+def _no_cuda() -> str:
+    """What the CLI says this machine has instead (the test needs a machine without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: --device cuda is valid")
+    assert torch.version.cuda is None, "a CUDA build without a GPU says 'no CUDA GPU is visible'"
+    return f"CUDA is not available: this torch ({torch.__version__}) is built without CUDA; available: cpu"
+
+
+def test_generate_on_cuda_without_cuda_says_so_in_one_line(tiny_bundle_dir: Path, tmp_path: Path) -> None:
+    reason = _no_cuda()
+    out = tmp_path / "video.mp4"
+    result = _hyv(
+        "generate", "a red circle", "--weights", str(tiny_bundle_dir), "-o", str(out), "--device", "cuda"
+    )
+    _assert_one_line_error(result, f"error: --device cuda: {reason}")
+    assert not out.exists()
+
+
+def test_worker_on_cuda_without_cuda_says_so_in_one_line(tiny_bundle_dir: Path) -> None:
+    """Refused before it connects anywhere (the Redis named here does not exist)."""
+    reason = _no_cuda()
+    result = _hyv(
+        "worker",
+        "--redis-url",
+        "redis://127.0.0.1:1/0",
+        "--weights",
+        str(tiny_bundle_dir),
+        "--device",
+        "cuda",
+    )
+    _assert_one_line_error(result, f"error: --device cuda: {reason}")
+
+
+def test_a_setting_out_of_range_names_its_option() -> None:
+    _assert_one_line_error(
+        _hyv("serve", "--port", "70000"), "error: --port must be >= 0 and <= 65535, got 70000"
+    )
