@@ -156,6 +156,20 @@ def _iter_tiles_t(
         prev = out
 
 
+def _counted(fn: TileFn, on_tile: TileProgressFn, total: int) -> TileFn:
+    """`fn`, calling on_tile(done, total) after each call."""
+    done = 0
+
+    def counted(tile: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        out = fn(tile)
+        done += 1
+        on_tile(done, total)
+        return out
+
+    return counted
+
+
 def _time_window_count(frames: int, stride: int) -> int:
     """How many windows `_iter_tiles_t` runs `fn` on over `frames` input frames: one per `stride`,
     but a trailing single-frame window (past the first) is dropped."""
@@ -315,17 +329,9 @@ class CausalVAE3D(nn.Module):
         self._check_latents(z)
         z = z.to(self.dtype)
         tiling = tiling or self.config.tiling()
-        decode_tile = self._decode_full
+        decode_tile: TileFn = self._decode_full
         if on_tile is not None:
-            total, done = self.decode_tile_count(z.shape, tiling), 0
-
-            def decode_tile(tile: torch.Tensor) -> torch.Tensor:
-                nonlocal done
-                out = self._decode_full(tile)
-                done += 1
-                on_tile(done, total)
-                return out
-
+            decode_tile = _counted(self._decode_full, on_tile, self.decode_tile_count(z.shape, tiling))
         if z.shape[2] <= tiling.latent_frames:
             yield self._decode_spatial(z, tiling, decode_tile)
             return

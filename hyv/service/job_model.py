@@ -65,6 +65,10 @@ class Job(BaseModel):
     prompt: str = ""
     size: str = ""  # "WxH"
     seconds: str = ""  # duration as the OpenAI API writes it ("4")
+    # OpenAI's size and seconds as the request sent them, before they were mapped onto the model's
+    # sizes and lengths (hyv.service.api.validation); None where the request left them out.
+    requested_size: str | None = None
+    requested_seconds: str | None = None
     num_frames: int = 0
     fps: int = 0
     error_code: str | None = None

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from hyv.service import metrics
-from hyv.service.api import content, routes_system, routes_videos, sse
+from hyv.service.api import content, routes_system, routes_unsupported, routes_videos, sse
 from hyv.service.api.auth import KeyRing
 from hyv.service.api.context import AppContext
 from hyv.service.api.errors import install_error_handlers
@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(content.router)
     app.include_router(sse.router)
     app.include_router(routes_system.router)
+    # Last of the /v1 routes: the parts of OpenAI's API this server does not offer (501).
+    app.include_router(routes_unsupported.router)
     _mount_web(app)
 
     if settings.cors_origins:
