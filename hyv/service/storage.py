@@ -5,7 +5,9 @@ Local layout under data_dir:
     videos/{id}.mp4.part    the fragmented MP4 while the worker writes it (readable while it grows)
     videos/{id}.mp4         the finished file (renamed from .part on close: readers never see half)
     images/{id}             the input image of an image-to-video job
+    sources/{id}            the source video of an edit, remix or extension (as received)
     thumbnails/{id}.png     the first frame
+    spritesheets/{id}.jpg   a grid of its frames (hyv.service.spritesheet), made on first request
 
 `storage = "s3"` selects hyv.service.storage_s3.S3Storage: the same protocol on an S3-compatible
 object store (the growing `.part` file stays a local spool under data_dir).
@@ -53,7 +55,7 @@ class VideoWriter(Protocol):
     def abandon(self) -> None: ...
 
 
-Variant = Literal["video", "thumbnail"]
+Variant = Literal["video", "thumbnail", "spritesheet"]
 READ_CHUNK_BYTES = 256 * 1024
 
 
@@ -98,7 +100,10 @@ class Storage(Protocol):
     def delete(self, job_id: str) -> None: ...
     def save_input_image(self, job_id: str, data: bytes) -> None: ...
     def load_input_image(self, job_id: str) -> bytes | None: ...
+    def save_input_video(self, job_id: str, data: bytes) -> None: ...
+    def load_input_video(self, job_id: str) -> bytes | None: ...
     def save_thumbnail(self, job_id: str, png: bytes) -> None: ...
+    def save_spritesheet(self, job_id: str, jpeg: bytes) -> None: ...
     def video_file(self, job_id: str) -> AbstractContextManager[Path]: ...
     def cleanup_expired(self, now: float, ttl_seconds: float | None = None) -> list[str]: ...
 
@@ -206,8 +211,10 @@ class LocalStorage:
         self.ttl_seconds = ttl_seconds
         self.videos = self.root / "videos"
         self.images = self.root / "images"
+        self.sources = self.root / "sources"
         self.thumbnails = self.root / "thumbnails"
-        for folder in (self.videos, self.images, self.thumbnails):
+        self.spritesheets = self.root / "spritesheets"
+        for folder in (self.videos, self.images, self.sources, self.thumbnails, self.spritesheets):
             folder.mkdir(parents=True, exist_ok=True)
 
     def open_writer(self, job_id: str) -> LocalVideoWriter:
@@ -221,6 +228,16 @@ class LocalStorage:
 
     def thumbnail_path(self, job_id: str) -> Path:
         return self.thumbnails / f"{_check_id(job_id)}.png"
+
+    def spritesheet_path(self, job_id: str) -> Path:
+        return self.spritesheets / f"{_check_id(job_id)}.jpg"
+
+    def variant_path(self, job_id: str, variant: Variant) -> Path:
+        if variant == "thumbnail":
+            return self.thumbnail_path(job_id)
+        if variant == "spritesheet":
+            return self.spritesheet_path(job_id)
+        return self.path(job_id)
 
     def exists(self, job_id: str) -> bool:
         return self.path(job_id).is_file()
@@ -236,7 +253,7 @@ class LocalStorage:
     ) -> LocalContent | None:
         """The finished file opened (byte_range resolved against its size: RangeNotSatisfiableError
         when it starts past the end); None if there is none."""
-        path = self.path(job_id) if variant == "video" else self.thumbnail_path(job_id)
+        path = self.variant_path(job_id, variant)
         try:
             file = path.open("rb")
         except (FileNotFoundError, IsADirectoryError):
@@ -264,7 +281,9 @@ class LocalStorage:
             self.path(job_id),
             self.partial_path(job_id),
             self.thumbnail_path(job_id),
+            self.spritesheet_path(job_id),
             self.images / job_id,
+            self.sources / job_id,
         ):
             path.unlink(missing_ok=True)
 
@@ -275,8 +294,18 @@ class LocalStorage:
         path = self.images / _check_id(job_id)
         return path.read_bytes() if path.is_file() else None
 
+    def save_input_video(self, job_id: str, data: bytes) -> None:
+        _atomic_write(self.sources / _check_id(job_id), data)
+
+    def load_input_video(self, job_id: str) -> bytes | None:
+        path = self.sources / _check_id(job_id)
+        return path.read_bytes() if path.is_file() else None
+
     def save_thumbnail(self, job_id: str, png: bytes) -> None:
         _atomic_write(self.thumbnail_path(job_id), png)
+
+    def save_spritesheet(self, job_id: str, jpeg: bytes) -> None:
+        _atomic_write(self.spritesheet_path(job_id), jpeg)
 
     def cleanup_expired(self, now: float, ttl_seconds: float | None = None) -> list[str]:
         """Delete the files of jobs whose video is older than ttl_seconds (default: the storage's;
@@ -294,7 +323,7 @@ class LocalStorage:
             if age > limit and JOB_ID_RE.match(job_id):
                 self.delete(job_id)
                 removed.append(job_id)
-        for path in self.images.glob("video_*"):
+        for path in [*self.images.glob("video_*"), *self.sources.glob("video_*")]:
             if now - path.stat().st_mtime > ttl_seconds * 2:
                 path.unlink(missing_ok=True)
         if removed:

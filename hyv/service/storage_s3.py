@@ -4,6 +4,7 @@ Objects in `s3_bucket`, under `s3_prefix` (default `hyv/`):
 
     {prefix}videos/{id}.mp4        the finished MP4 (Content-Type video/mp4)
     {prefix}thumbnails/{id}.png    its first frame
+    {prefix}spritesheets/{id}.jpg  a grid of its frames, made on first request
     {prefix}images/{id}            the input image of an image-to-video job
 
 While a job renders, the worker writes the fragmented MP4 into a local spool file,
@@ -192,12 +193,16 @@ class S3Storage:
 
     # --- keys and local paths ---------------------------------------------------------------------
 
-    def key(self, job_id: str, variant: Variant | Literal["image"]) -> str:
+    def key(self, job_id: str, variant: Variant | Literal["image", "source"]) -> str:
         _check_id(job_id)
         if variant == "video":
             return f"{self.prefix}videos/{job_id}.mp4"
         if variant == "thumbnail":
             return f"{self.prefix}thumbnails/{job_id}.png"
+        if variant == "spritesheet":
+            return f"{self.prefix}spritesheets/{job_id}.jpg"
+        if variant == "source":
+            return f"{self.prefix}sources/{job_id}"
         return f"{self.prefix}images/{job_id}"
 
     def path(self, job_id: str) -> Path:
@@ -238,7 +243,7 @@ class S3Storage:
         return self.head(job_id, "video") is not None
 
     def delete(self, job_id: str) -> None:
-        keys = [self.key(job_id, v) for v in ("video", "thumbnail", "image")]
+        keys = [self.key(job_id, v) for v in ("video", "thumbnail", "spritesheet", "image", "source")]
         response = self._call(
             "delete",
             self.client.delete_objects,
@@ -266,8 +271,24 @@ class S3Storage:
         finally:
             obj.close()
 
+    def save_input_video(self, job_id: str, data: bytes) -> None:
+        self._put(self.key(job_id, "source"), data, "application/octet-stream", "upload of the source video")
+
+    def load_input_video(self, job_id: str) -> bytes | None:
+        obj = self.open_object(job_id, "source")
+        if obj is None:
+            return None
+        try:
+            data: bytes = self._call("download of the source video", obj.body.read)
+            return data
+        finally:
+            obj.close()
+
     def save_thumbnail(self, job_id: str, png: bytes) -> None:
         self._put(self.key(job_id, "thumbnail"), png, "image/png", "upload of the thumbnail")
+
+    def save_spritesheet(self, job_id: str, jpeg: bytes) -> None:
+        self._put(self.key(job_id, "spritesheet"), jpeg, "image/jpeg", "upload of the spritesheet")
 
     @contextmanager
     def video_file(self, job_id: str) -> Iterator[Path]:
@@ -290,7 +311,7 @@ class S3Storage:
 
     def cleanup_expired(self, now: float, ttl_seconds: float | None = None) -> list[str]:
         """Delete the objects of jobs whose video was uploaded more than ttl_seconds ago (default:
-        the storage's); returns their ids. Input images and thumbnails without a video go after
+        the storage's); returns their ids. Input images, thumbnails and spritesheets without a video go after
         twice the TTL, and so do local spool files (a crashed writer)."""
         ttl_seconds = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         removed: list[str] = []
@@ -301,7 +322,7 @@ class S3Storage:
                 removed.append(job_id)
         stale = [
             key
-            for folder in ("images/", "thumbnails/")
+            for folder in ("images/", "sources/", "thumbnails/", "spritesheets/")
             for key, modified in self._list(folder)
             if now - modified > ttl_seconds * 2
         ]
@@ -351,7 +372,7 @@ class S3Storage:
         )
 
     def open_object(
-        self, job_id: str, variant: Variant | Literal["image"], byte_range: str | None = None
+        self, job_id: str, variant: Variant | Literal["image", "source"], byte_range: str | None = None
     ) -> S3Object | None:
         """GET the object (byte_range: an HTTP Range value, `bytes=0-99`, passed through to S3);
         None if there is none. The caller reads and closes `body`."""
@@ -366,7 +387,7 @@ class S3Storage:
                 return None
             if code == "InvalidRange":
                 size = exc.response.get("Error", {}).get("ActualObjectSize")
-                if size is None and variant != "image":
+                if size is None and variant != "image" and variant != "source":
                     info = self.head(job_id, variant)
                     size = info.size if info else None
                 raise RangeNotSatisfiableError(int(size) if size is not None else None) from exc

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from hyv.service.job_model import Job, Stage
+from hyv.service.job_model import Job, Operation, Stage
 
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 
@@ -29,11 +29,21 @@ class VideoPublic(BaseModel):
     created_at: int
     completed_at: int | None = None
     expires_at: int | None = None
-    size: str = Field(examples=["128x128"])
-    seconds: str = Field(description="Duration: (num_frames - 1) / fps.", examples=["2"])
+    size: str = Field(description="The size rendered: one of the model's sizes.", examples=["64x64"])
+    seconds: str = Field(description="The duration rendered: (num_frames - 1) / fps.", examples=["2"])
     prompt: str | None = None
     remixed_from_video_id: str | None = None
     error: VideoError | None = None
+
+    operation: Operation = Field(
+        default="create",
+        description="create: from the prompt (and image); remix, edit: the source video re-noised and "
+        "denoised with the prompt; extend: the source continued from its last frame, stitched in front.",
+    )
+    source_video_id: str | None = Field(
+        default=None,
+        description="The video a remix, edit or extension started from (null: an uploaded source).",
+    )
 
     stage: Stage | None = Field(default=None, description="What the worker is doing now.")
     step: int = Field(default=0, description="Step within the stage (denoise: the sampler step).")
@@ -48,6 +58,18 @@ class VideoPublic(BaseModel):
     seed: int | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per finished stage.")
     content_bytes: int = Field(default=0, description="Size of the MP4 written so far.")
+    requested_size: str | None = Field(
+        default=None,
+        description="The size the request asked for ('WxH'); `size` is the model's size it was mapped "
+        "to (the nearest aspect ratio). null if the request sent none.",
+        examples=["1280x720"],
+    )
+    requested_seconds: str | None = Field(
+        default=None,
+        description="The seconds the request asked for; `seconds` is the model's length it was mapped "
+        "to (the nearest duration). null if the request sent none.",
+        examples=["8"],
+    )
 
 
 def status_of(job: Job) -> str:
@@ -71,7 +93,10 @@ def to_public(job: Job, queue_position: int | None = None) -> VideoPublic:
         size=job.size,
         seconds=str(job.seconds),
         prompt=job.prompt,
+        remixed_from_video_id=job.source_video_id if job.operation == "remix" else None,
         error=error,
+        operation=job.operation,
+        source_video_id=job.source_video_id,
         stage=job.stage,
         step=job.step,
         total_steps=job.total_steps,
@@ -83,6 +108,8 @@ def to_public(job: Job, queue_position: int | None = None) -> VideoPublic:
         seed=request.get("seed"),
         timings=dict(job.timings or {}),
         content_bytes=job.content_bytes,
+        requested_size=job.requested_size,
+        requested_seconds=job.requested_seconds,
     )
 
 

@@ -1,4 +1,5 @@
-"""GET /v1/videos/{id}/content: the MP4 (or its first-frame thumbnail); HEAD: its headers only.
+"""GET /v1/videos/{id}/content: the MP4 (or its first-frame thumbnail, or its spritesheet); HEAD:
+its headers only.
 
 - Completed: the stored file, whatever the storage (Storage.open_content), with Range / 206 / 416 /
   If-Range as RFC 9110 has them (hyv.service.byte_ranges: which ranges are served, coalesced or
@@ -15,10 +16,16 @@ With S3 storage (hyv.service.storage_s3) the range becomes a ranged GET and the 
 growing `.part` spool is followed as above where this process sees the worker's data_dir,
 otherwise the stream starts once the video is in S3. Every storage call runs in the thread pool
 (boto3 blocks), and a storage failure answers 503 `storage_error`.
+
+The thumbnail is made by the worker when the job completes. The spritesheet (a JPEG grid of evenly
+spaced frames: hyv.service.spritesheet) is made here, from the stored MP4, on its first request
+(GET or HEAD) and stored beside the thumbnail, then served like it: a variant few clients ask for
+costs the workers nothing, and videos finished before it existed have one too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Literal
 
@@ -29,26 +36,33 @@ from starlette.concurrency import run_in_threadpool
 from hyv.service.api.auth import CallerDep
 from hyv.service.api.content_live import CHUNK_BYTES, follow, live_range, ranged
 from hyv.service.api.context import AppContext, ContextDep
-from hyv.service.api.errors import (
-    APIError,
-    ConflictError,
-    InvalidRequestError,
-    NotFoundError,
-    ServiceUnavailableError,
-)
+from hyv.service.api.errors import APIError, ConflictError, NotFoundError, ServiceUnavailableError
 from hyv.service.api.schemas import ErrorResponse, error_responses
 from hyv.service.byte_ranges import RangeNotSatisfiableError, if_range_holds, parse_range
-from hyv.service.storage import ContentInfo, StorageError, Variant
+from hyv.service.spritesheet import MEDIA_TYPE as SPRITESHEET_MEDIA_TYPE
+from hyv.service.spritesheet import make_spritesheet
+from hyv.service.storage import ContentInfo, Storage, StorageError, Variant
 from hyv.service.video_object import status_of
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 CACHE_CONTROL = "private, max-age=3600"
-MEDIA_TYPES: dict[Variant, str] = {"video": "video/mp4", "thumbnail": "image/png"}
+MEDIA_TYPES: dict[Variant, str] = {
+    "video": "video/mp4",
+    "thumbnail": "image/png",
+    "spritesheet": SPRITESHEET_MEDIA_TYPE,
+}
+EXTENSIONS: dict[Variant, str] = {"video": "mp4", "thumbnail": "png", "spritesheet": "jpg"}
 VariantQuery = Annotated[
-    Literal["video", "thumbnail", "spritesheet"], Query(description="video (MP4) or thumbnail (PNG)")
+    Literal["video", "thumbnail", "spritesheet"],
+    Query(
+        description="video (MP4), thumbnail (the first frame, PNG) or spritesheet (a JPEG grid of up "
+        "to 4x4 evenly spaced frames, the first and the last included, each at the video's size)"
+    ),
 ]
+# Spritesheets being made, by (app, job): concurrent first requests wait for the same one.
+_SPRITESHEET_BUILDS: dict[tuple[int, str], asyncio.Future[bool]] = {}
 
 
 @router.get(
@@ -57,8 +71,8 @@ VariantQuery = Annotated[
     response_class=Response,
     responses={
         200: {
-            "content": {"video/mp4": {}, "image/png": {}},
-            "description": "The MP4 (chunked while the job runs), or the thumbnail PNG",
+            "content": {"video/mp4": {}, "image/png": {}, "image/jpeg": {}},
+            "description": "The MP4 (chunked while the job runs), the thumbnail PNG or the spritesheet JPEG",
         },
         206: {
             "content": {"video/mp4": {}},
@@ -82,9 +96,10 @@ async def download_content(
 ) -> Response:
     job = context.owned_job(video_id, caller)
     status = status_of(job)
-    _check_variant(variant)
     if variant == "thumbnail":
         return await _thumbnail(context, job.id, status, request)
+    if variant == "spritesheet":
+        return await _spritesheet(context, job.id, status, request)
     if status in ("queued", "in_progress") and (byte_range := live_range(request)) is not None:
         answer = await ranged(context, job.id, request, *byte_range)
         if isinstance(answer, Response):
@@ -115,7 +130,7 @@ async def _completed_video(context: AppContext, job_id: str, request: Request) -
 
 @router.head(
     "/videos/{video_id}/content",
-    summary="A video's (or thumbnail's) headers: size, ETag, type",
+    summary="A video's (or thumbnail's, or spritesheet's) headers: size, ETag, type",
     response_class=Response,
     responses={
         200: {"description": "Headers only: Content-Length, ETag, Accept-Ranges, Content-Type"},
@@ -134,7 +149,14 @@ async def content_headers(
     job renders: 200 with `X-Video-Status` and no length (the GET would be a chunked stream)."""
     job = context.owned_job(video_id, caller)
     status = status_of(job)
-    _check_variant(variant)
+    if variant == "spritesheet":
+        _check_spritesheet_status(job.id, status)
+        info = await _content_info(context, job.id, "spritesheet")
+        if info is None and await _build_spritesheet(context, job.id):
+            info = await _content_info(context, job.id, "spritesheet")
+        if info is None:
+            raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
+        return _head_response(info, request, job.id, "spritesheet")
     if variant == "video" and status in ("failed", "cancelled"):
         raise ConflictError(f"video {job.id} is {status}: it has no content", "video_not_available")
     if variant == "video" and status != "completed":
@@ -143,21 +165,14 @@ async def content_headers(
         )
         del response.headers["content-length"]  # unknown until it completes
         return response
-    info = await _content_info(context, job.id, variant)  # type: ignore[arg-type]
+    info = await _content_info(context, job.id, variant)
     if info is not None:
-        return _head_response(info, request, job.id, variant)  # type: ignore[arg-type]
+        return _head_response(info, request, job.id, variant)
     if variant == "video":
         raise NotFoundError(f"video {job.id}'s file has expired or was removed", "video_expired")
     if status in ("queued", "in_progress"):
         raise ConflictError(f"video {job.id} is {status}: its thumbnail is not ready yet", "video_not_ready")
     raise NotFoundError(f"video {job.id} has no thumbnail ({status})", "thumbnail_not_available")
-
-
-def _check_variant(variant: str) -> None:
-    if variant == "spritesheet":
-        raise InvalidRequestError(
-            "variant 'spritesheet' is not offered here; use 'video' or 'thumbnail'", "variant"
-        )
 
 
 async def _content_info(context: AppContext, job_id: str, variant: Variant) -> ContentInfo | None:
@@ -194,6 +209,65 @@ async def _thumbnail(context: AppContext, job_id: str, status: str, request: Req
     if status in ("queued", "in_progress"):
         raise ConflictError(f"video {job_id} is {status}: its thumbnail is not ready yet", "video_not_ready")
     raise NotFoundError(f"video {job_id} has no thumbnail ({status})", "thumbnail_not_available")
+
+
+async def _spritesheet(context: AppContext, job_id: str, status: str, request: Request) -> Response:
+    """The stored spritesheet, made from the stored MP4 first if this is its first request."""
+    _check_spritesheet_status(job_id, status)
+    response = await _stored_response(context, job_id, "spritesheet", request)
+    if response is None and await _build_spritesheet(context, job_id):
+        response = await _stored_response(context, job_id, "spritesheet", request)
+    if response is None:
+        raise NotFoundError(f"video {job_id}'s file has expired or was removed", "video_expired")
+    return response
+
+
+def _check_spritesheet_status(job_id: str, status: str) -> None:
+    if status in ("queued", "in_progress"):
+        raise ConflictError(
+            f"video {job_id} is {status}: its spritesheet is not ready yet", "video_not_ready"
+        )
+    if status in ("failed", "cancelled"):
+        raise ConflictError(f"video {job_id} is {status}: it has no content", "video_not_available")
+
+
+async def _build_spritesheet(context: AppContext, job_id: str) -> bool:
+    """Make and store the spritesheet of a completed job's MP4 (once, however many requests ask at
+    the same time); False if the MP4 is gone."""
+    key = (id(context), job_id)
+    build = _SPRITESHEET_BUILDS.get(key)
+    if build is None:
+        build = asyncio.ensure_future(run_in_threadpool(_make_and_store_spritesheet, context.storage, job_id))
+        _SPRITESHEET_BUILDS[key] = build
+        build.add_done_callback(lambda _: _SPRITESHEET_BUILDS.pop(key, None))
+    try:
+        return await asyncio.shield(build)  # a client that leaves does not cancel the others' build
+    except StorageError as exc:
+        raise _storage_unavailable(job_id, "spritesheet", exc) from exc
+    except ValueError as exc:
+        logger.error("job %s: cannot make its spritesheet: %s", job_id, exc, extra={"job_id": job_id})
+        raise APIError(
+            500, "spritesheet_failed", f"the spritesheet of video {job_id} could not be made: {exc}"
+        ) from exc
+
+
+def _make_and_store_spritesheet(storage: Storage, job_id: str) -> bool:
+    if storage.content_info(job_id, "video") is None:
+        return False
+    try:
+        with storage.video_file(job_id) as path:
+            jpeg, layout = make_spritesheet(path)
+    except FileNotFoundError:  # deleted or expired since the check above
+        return False
+    storage.save_spritesheet(job_id, jpeg)
+    logger.info(
+        "spritesheet made: %dx%d tiles of %d frames",
+        layout.columns,
+        layout.rows,
+        layout.frame_count,
+        extra={"job_id": job_id},
+    )
+    return True
 
 
 async def _stored_response(
@@ -264,7 +338,7 @@ def _not_satisfiable(header: str, size: int, why: str) -> APIError:
 
 
 def _disposition(job_id: str, variant: Variant) -> str:
-    return f'inline; filename="{job_id}.{"mp4" if variant == "video" else "png"}"'
+    return f'inline; filename="{job_id}.{EXTENSIONS[variant]}"'
 
 
 def _etags(header: str | None) -> set[str]:

@@ -3,6 +3,12 @@
 Route code raises `APIError` (or one of its named subclasses); FastAPI's own validation errors and
 Starlette's HTTP errors are rewritten into the same shape, so clients (and the OpenAI SDK, which
 reads `error.message`) see one format everywhere.
+
+An error that the same request can never get past (`NO_RETRY_STATUSES`: a bad value, a missing key,
+no such video, a cancelled video's content, a feature this server does not have) says so with
+`x-should-retry: false`, which the OpenAI SDK obeys: without it the SDK retries every 409 and 5xx
+(501 included) with backoff, so such a call would fail only after a second or more. Timeouts (408),
+rate limits (429) and the 5xx of a backend that failed (500, 503) go without it: a retry may work.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from hyv.service.storage import StorageError
 
@@ -31,9 +38,12 @@ _TYPES = {
     413: "invalid_request_error",
     416: "invalid_request_error",
     422: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
+    501: "not_implemented_error",
     503: "service_unavailable_error",
 }
+NO_RETRY_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 416, 422, 501})
 
 
 class APIError(Exception):
@@ -75,6 +85,13 @@ class TooLargeError(APIError):
         super().__init__(413, code, message, param)
 
 
+class UnsupportedFeatureError(APIError):
+    """501: a part of OpenAI's API (or another /v1 route) this server does not offer, named."""
+
+    def __init__(self, message: str, code: str = "unsupported_feature", param: str | None = None) -> None:
+        super().__init__(501, code, message, param)
+
+
 class ServiceUnavailableError(APIError):
     """503: a backend the request needs (object storage, the queue) failed; retrying may work."""
 
@@ -98,6 +115,11 @@ def error_body(status_code: int, code: str, message: str, param: str | None = No
     }
 
 
+def retry_headers(status_code: int) -> dict[str, str]:
+    """`x-should-retry: false` for the statuses a retry cannot fix (NO_RETRY_STATUSES), else none."""
+    return {"x-should-retry": "false"} if status_code in NO_RETRY_STATUSES else {}
+
+
 def error_response(
     status_code: int,
     code: str,
@@ -106,7 +128,9 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
-        error_body(status_code, code, message, param), status_code, headers=dict(headers or {})
+        error_body(status_code, code, message, param),
+        status_code,
+        headers={**retry_headers(status_code), **(headers or {})},
     )
 
 
@@ -155,10 +179,35 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route for {request.method} {request.url.path}"
-    headers = dict(exc.headers or {})
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        allowed = _allowed_methods(request, headers.pop("Allow", None) or headers.pop("allow", None))
+        message = f"{request.method} is not allowed on {request.url.path}"
+        if allowed:
+            headers["Allow"] = allowed
+            message += f"; it takes {allowed}"
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message, None, headers)
+
+
+def _allowed_methods(request: Request, allow: str | None) -> str | None:
+    """Every method the API takes on the request's path: Starlette's `Allow` names only those of the
+    first route whose path matches (GET of /v1/videos/{id}, not its DELETE), so add the methods the
+    OpenAPI document lists for every path template that matches."""
+    methods = {m.strip().upper() for m in (allow or "").split(",")} & set(_METHOD_ORDER)
+    try:
+        paths: dict[str, dict[str, Any]] = request.app.openapi().get("paths", {})
+    except Exception:  # the 405 still goes out, with Starlette's list
+        logger.exception("cannot read the OpenAPI document for an Allow header")
+        paths = {}
+    for template, operations in paths.items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {m.upper() for m in operations if m.upper() in _METHOD_ORDER}
+    return ", ".join(sorted(methods, key=_METHOD_ORDER.index)) or None
+
+
+_METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 
 
 async def _storage_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -28,10 +28,15 @@ _MULTIPART_SCHEMA: dict[str, Any] = {
             "for a model with the built-in text encoder.",
         },
         "model": {"type": "string"},
-        "seconds": {"type": "string", "description": "Clip length in seconds, e.g. '2'."},
+        "seconds": {
+            "type": "string",
+            "description": "Clip length in seconds, e.g. '2' or OpenAI's '4', '8', '12': the model's "
+            "length of the nearest duration.",
+        },
         "size": {
             "type": "string",
-            "description": "'WIDTHxHEIGHT', one of the model's sizes",
+            "description": "'WIDTHxHEIGHT'; a model with fixed sizes renders the one of the nearest "
+            "aspect ratio.",
             "example": "64x64",
         },
         "input_reference": {"type": "string", "format": "binary", "description": "Image (PNG/JPEG) for I2V."},

@@ -44,12 +44,14 @@ class VideoCreate(BaseModel):
     model: str | None = Field(default=None, description="The served model's id; omitted = the served one.")
     seconds: str | None = Field(
         default=None,
-        description="Clip length in seconds (a number as text, like OpenAI's '4'); num_frames wins.",
+        description="Clip length in seconds (a number as text, like OpenAI's '4', '8', '12'), mapped to the "
+        "model's length of the nearest duration; num_frames wins.",
         examples=["2"],
     )
     size: str | None = Field(
         default=None,
-        description="'WIDTHxHEIGHT', one of the model's sizes (GET /v1/models).",
+        description="'WIDTHxHEIGHT'. A model with fixed sizes (GET /v1/models) renders the one of the "
+        "nearest aspect ratio (OpenAI's '1280x720' -> '96x64' on hyv-small); the video says which.",
         examples=["64x64"],
     )
     input_reference: str | ImageReference | None = Field(
@@ -159,6 +161,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
         413: "Body or upload too large",
         422: "Invalid value (the message names the field and the value)",
         429: "Rate limit or queued-job cap reached (see Retry-After)",
+        501: "Not supported by this server (the message names the feature)",
         503: "Not ready",
     }
     return {code: {"model": ErrorResponse, "description": descriptions.get(code, "Error")} for code in codes}

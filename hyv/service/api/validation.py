@@ -5,6 +5,14 @@ conditioning and a distilled schedule), read once at start without loading any w
 `hyv.engine.limits.resolve` the worker runs decides, so whatever the API accepts the worker can run.
 A model with the built-in word-level text encoder also refuses prompts with words outside its
 vocabulary (hyv.engine.prompt_vocabulary): it could only draw noise for them.
+
+OpenAI's `size` and `seconds` are mapped onto what the model renders, as the OpenAI SDK sends them
+("1280x720", "8") whatever the model: a size on a model with resolution buckets becomes the bucket
+of the nearest aspect ratio (then the nearest area), refused only when no bucket's aspect ratio is
+within a factor of MAX_ASPECT_MISMATCH of it; `seconds` become the model's frame count (one of its
+`frame_counts`, else any 4n+1 up to max_frames) whose duration is nearest, never a single frame.
+The video object's `size` and `seconds` then say what is rendered, and `requested_size` /
+`requested_seconds` what was asked. An explicit `num_frames` is taken as it is (or refused).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,6 +43,9 @@ logger = logging.getLogger(__name__)
 SIZE_PATTERN = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
 DATA_URL_PATTERN = re.compile(r"^data:(image/[\w.+-]+)?(;[\w=-]+)*;base64,(.*)$", re.DOTALL)
 SCHEDULE_METADATA_KEY = "sampling_sigmas"
+MAX_SIZE_SIDE = 4096  # GenerationRequest's bound on width and height
+MAX_ASPECT_MISMATCH = 2.0  # a requested aspect ratio at most this factor from its bucket's is snapped
+MAX_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -137,42 +149,72 @@ def read_weights_metadata(path: Path) -> dict[str, str]:
 
 
 def parse_size(size: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height), each side 1 to MAX_SIZE_SIDE pixels, or a 422."""
     match = SIZE_PATTERN.match(size)
     if not match:
         raise InvalidRequestError(f"size must be 'WIDTHxHEIGHT' such as '128x128', got {size!r}", "size")
-    return int(match.group(1)), int(match.group(2))
+    width, height = int(match.group(1)), int(match.group(2))
+    if not (1 <= width <= MAX_SIZE_SIDE and 1 <= height <= MAX_SIZE_SIDE):
+        raise InvalidRequestError(
+            f"size {size.strip()!r}: width and height must be 1 to {MAX_SIZE_SIDE} pixels", "size"
+        )
+    return width, height
+
+
+def snap_size(width: int, height: int, buckets: tuple[tuple[int, int], ...]) -> tuple[int, int]:
+    """The bucket of the nearest aspect ratio to width x height (ratios compared as logarithms, so
+    a portrait size is as far from a landscape bucket as its mirror image), the nearest area among
+    equally near ones; a 422 when even the nearest ratio is off by more than MAX_ASPECT_MISMATCH."""
+    ratio = math.log(width / height)
+
+    def distance(bucket: tuple[int, int]) -> tuple[float, float]:
+        aspect = abs(math.log(bucket[0] / bucket[1]) - ratio)
+        return round(aspect, 9), abs(math.log(bucket[0] * bucket[1] / (width * height)))
+
+    best = min(buckets, key=distance)
+    if math.exp(distance(best)[0]) > MAX_ASPECT_MISMATCH:
+        sizes = ", ".join(f"{w}x{h}" for w, h in buckets)
+        raise InvalidRequestError(
+            f"size {width}x{height}: its aspect ratio ({width / height:.3g}) is not within a factor of "
+            f"{MAX_ASPECT_MISMATCH:g} of any of this model's sizes: {sizes}",
+            "size",
+        )
+    return best
 
 
 def frames_for_seconds(
     seconds: str, fps: int, max_frames: int, frame_counts: tuple[int, ...] | None = None
 ) -> int:
-    """OpenAI's `seconds` -> a 4n+1 frame count whose duration (frames - 1) / fps is nearest; one
-    of `frame_counts` (the model's lengths) when it has them, or a 422 naming their durations."""
+    """OpenAI's `seconds` -> the model's frame count whose duration (frames - 1) / fps is nearest:
+    one of `frame_counts` (the model's lengths) when it has them, else a 4n+1 up to max_frames; the
+    longer of two equally near, and a single frame (a still image) only if the model makes nothing
+    else. A 422 for a value that is not a duration."""
     try:
         value = float(seconds)
     except ValueError:
         raise InvalidRequestError(
             f"seconds must be a number such as '4', got {seconds!r}", "seconds"
         ) from None
-    if not 0 < value < 3600:
-        raise InvalidRequestError(f"seconds must be > 0, got {seconds!r}", "seconds")
-    frames = 4 * max(1, round(value * fps / 4)) + 1
-    if frame_counts is not None and frames not in frame_counts:
-        counts = ", ".join(str(n) for n in frame_counts)
-        durations = ", ".join(duration_text(n, fps) for n in frame_counts)
+    if not 0 < value < MAX_SECONDS:
         raise InvalidRequestError(
-            f"seconds={seconds} needs {frames} frames at {fps} fps, which is not one of this model's "
-            f"lengths: {counts} frames (seconds: {durations} at {fps} fps)",
-            "seconds",
+            f"seconds must be more than 0 and less than {MAX_SECONDS}, got {seconds!r}", "seconds"
         )
-    if frames > max_frames:
-        longest = (max_frames - 1) / fps
-        raise InvalidRequestError(
-            f"seconds={seconds} needs {frames} frames at {fps} fps; this model makes at most "
-            f"{max_frames} frames ({longest:g} s at {fps} fps)",
-            "seconds",
-        )
-    return frames
+    counts = list(frame_counts) if frame_counts is not None else list(range(1, max_frames + 1, 4))
+    moving = [n for n in counts if n > 1] or counts
+    wanted = value * fps + 1
+    return min(moving, key=lambda n: (abs(n - wanted), -n))
+
+
+def requested_fields(body: VideoCreate) -> dict[str, str | None]:
+    """What the request asked for in OpenAI's terms, for the job's record (Job.requested_size and
+    requested_seconds; None where not sent): the size as 'WxH' and the seconds as sent, before
+    build_plan mapped them onto the model's sizes and lengths."""
+    size = None
+    if body.size is not None:
+        width, height = parse_size(body.size)
+        size = f"{width}x{height}"
+    seconds = body.seconds.strip() if body.seconds is not None else None
+    return {"requested_size": size, "requested_seconds": seconds}
 
 
 def decode_data_url(value: str | ImageReference, max_bytes: int) -> bytes:
@@ -226,6 +268,9 @@ def build_plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> Ge
     width = height = None
     if body.size is not None:
         width, height = parse_size(body.size)
+        buckets = model.limits.buckets
+        if buckets and (width, height) not in buckets:
+            width, height = snap_size(width, height, buckets)
     num_frames = body.num_frames
     if num_frames is None and body.seconds is not None:
         fps = body.fps if body.fps is not None and body.fps > 0 else model.limits.fps

@@ -1,17 +1,24 @@
 // The web page: submit a prompt, watch progress (Server-Sent Events read through fetch, so an API
 // key can be sent), and play the video while it renders (the fragmented MP4 streamed into Media
-// Source Extensions). Plain JS, no build step. `window.hyv` exposes the page's state for tests.
+// Source Extensions), download it when done. Plain JS, no build step. `window.hyv` exposes the
+// page's state for tests.
 // The form offers exactly what the served model lists in /v1/models: its sizes and frame counts as
 // dropdowns, and for a model with the built-in text encoder its caption grammar (values as chips
 // that fill the prompt) and vocabulary; words outside it are flagged while typing.
+// Every request carries the API key, so the MP4 and the thumbnails are fetched (not linked) and
+// shown or saved from object URLs.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const FINAL = ["completed", "failed", "cancelled"];
-const hyv = (window.hyv = {
-  videoId: null, mode: null, streamedWhile: null, initAppendedAt: null, firstMediaAt: null, completedAt: null, events: [],
-});
-let current = null; // { id, abort: AbortController }
+// playback: how the video's stream ended: "ended" (the whole file), the job's status when it ended
+// without a video ("cancelled", "failed"), or "error".
+const FRESH = {
+  videoId: null, mode: null, streamedWhile: null, initAppendedAt: null, firstMediaAt: null, completedAt: null,
+  playback: null, events: [],
+};
+const hyv = (window.hyv = { ...FRESH, events: [] });
+let current = null; // { id, abort: AbortController, cancelling: bool }
 
 // --- API calls ------------------------------------------------------------------------------------
 
@@ -257,13 +264,12 @@ async function submit(event) {
 function watch(video) {
   if (current) current.abort.abort();
   const abort = new AbortController();
-  current = { id: video.id, abort };
-  Object.assign(hyv, {
-    videoId: video.id, mode: null, streamedWhile: null, initAppendedAt: null, firstMediaAt: null, completedAt: null, events: [],
-  });
+  current = { id: video.id, abort, cancelling: false };
+  Object.assign(hyv, { ...FRESH, videoId: video.id, events: [] });
   $("job").hidden = false;
   $("job-id").textContent = video.id;
   $("player").removeAttribute("src");
+  $("cancel").disabled = false;
   render(video);
   if (video.status === "failed" || video.status === "cancelled") return;
   if (video.status !== "completed") followEvents(video.id, abort.signal);
@@ -281,9 +287,14 @@ function render(video) {
     text += ` · ${video.stage.replace("_", " ")}`;
     if (video.stage === "denoise" && video.total_steps) text += ` step ${video.step}/${video.total_steps}`;
   }
-  if (video.error) text += ` · ${video.error.message}`;
+  if (video.status === "failed" && video.error) text += ` · ${video.error.message}`;
+  if (!FINAL.includes(video.status) && current && current.id === video.id && current.cancelling) {
+    text += " · cancelling";
+  }
   status.textContent = text;
   $("cancel").hidden = FINAL.includes(video.status);
+  $("download").hidden = video.status !== "completed";
+  $("player").hidden = video.status === "failed" || video.status === "cancelled";
   const timings = Object.entries(video.timings || {}).map(([stage, s]) => `${stage} ${s.toFixed(2)} s`);
   $("timings").textContent = timings.length ? `${video.size} · ${video.num_frames} frames · ${timings.join(" · ")}` : "";
 }
@@ -348,7 +359,7 @@ async function play(id, signal) {
     hyv.streamedWhile = response.headers.get("X-Video-Status"); // null: the finished file
     reader = response.body.getReader();
   } catch (error) {
-    if (!signal.aborted) showError(error.message);
+    await streamEnded(id, signal, error); // a 409 if the job ended (cancelled, failed) before
     return;
   }
   let pending = new Uint8Array(0);
@@ -389,47 +400,156 @@ async function play(id, signal) {
       }
     }
     source.endOfStream();
+    hyv.playback = "ended";
     player.play().catch(() => {});
   } catch (error) {
-    if (signal.aborted) return;
-    if (source.readyState === "open") source.endOfStream("network");
-    showError(`video stream ended early: ${error.message}`);
+    const ended = await streamEnded(id, signal, error);
+    if (source.readyState === "open" && !buffer.updating) source.endOfStream(ended ? undefined : "network");
   }
+}
+
+// The server cuts a rendering video's stream (no closing chunk) when its job ends without a video,
+// which the browser reports as a network error: ask the job. True where it was cancelled or failed
+// (its status is shown, no error); otherwise the stream's error is shown.
+async function streamEnded(id, signal, error) {
+  if (signal.aborted) return true;
+  let video = null;
+  try {
+    video = await (await api(`/v1/videos/${id}`, { signal })).json();
+  } catch (_) { /* the job is unknown too: report the stream's own error */ }
+  if (signal.aborted) return true;
+  if (video && (video.status === "cancelled" || video.status === "failed")) {
+    hyv.playback = video.status;
+    if (current && current.id === id) render(video);
+    return true;
+  }
+  hyv.playback = "error";
+  showError(error.status ? error.message : `video stream ended early: ${error.message}`);
+  return false;
 }
 
 // Without MSE support: wait for the job, then play the finished file.
 async function playWhenDone(id, signal) {
   hyv.mode = "file";
-  for (;;) {
-    if (signal.aborted) return;
-    const video = await (await api(`/v1/videos/${id}`)).json();
-    if (video.status === "completed") break;
-    if (FINAL.includes(video.status)) return;
-    await new Promise((resolve) => setTimeout(resolve, 1000));
+  try {
+    for (;;) {
+      if (signal.aborted) return;
+      const video = await (await api(`/v1/videos/${id}`, { signal })).json();
+      if (video.status === "completed") break;
+      if (FINAL.includes(video.status)) {
+        hyv.playback = video.status;
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+    const blob = await (await api(`/v1/videos/${id}/content`, { signal })).blob();
+    hyv.playback = "ended";
+    $("player").src = URL.createObjectURL(blob);
+    $("player").play().catch(() => {});
+  } catch (error) {
+    if (!signal.aborted) showError(error.message);
   }
-  const blob = await (await api(`/v1/videos/${id}/content`, { signal })).blob();
-  $("player").src = URL.createObjectURL(blob);
-  $("player").play().catch(() => {});
+}
+
+// The finished MP4, saved under the video's id.
+async function download() {
+  if (!current) return;
+  const id = current.id;
+  const button = $("download");
+  button.disabled = true;
+  try {
+    const blob = await (await api(`/v1/videos/${id}/content`)).blob();
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `${id}.mp4`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000); // the browser reads it after the click returns
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // --- recent videos ----------------------------------------------------------------------------------
 
+// A completed video's first frame (a PNG), fetched once it scrolls near the viewport; a finished
+// video's thumbnail never changes, so each is fetched once per page (id -> a promise of its object
+// URL, null where it has none: expired).
+const thumbnails = new Map();
+const nearViewport = "IntersectionObserver" in window
+  ? new IntersectionObserver((entries) => entries.forEach((entry) => {
+    if (!entry.isIntersecting) return;
+    nearViewport.unobserve(entry.target);
+    showThumbnail(entry.target);
+  }), { rootMargin: "200px" })
+  : null;
+
+function thumbnailUrl(id) {
+  if (!thumbnails.has(id)) {
+    thumbnails.set(id, api(`/v1/videos/${id}/content?variant=thumbnail`)
+      .then((response) => response.blob())
+      .then((blob) => URL.createObjectURL(blob))
+      .catch(() => null));
+  }
+  return thumbnails.get(id);
+}
+
+async function showThumbnail(image) {
+  const url = await thumbnailUrl(image.dataset.id);
+  if (url) image.src = url;
+  else image.replaceWith(placeholder("expired"));
+}
+
+function placeholder(status) {
+  const box = document.createElement("span");
+  box.className = "thumb thumb-placeholder";
+  box.dataset.status = status;
+  box.setAttribute("aria-hidden", "true");
+  return box;
+}
+
+function thumbnail(video) {
+  if (video.status !== "completed") return placeholder(video.status);
+  const image = document.createElement("img");
+  image.className = "thumb";
+  image.alt = ""; // the row's text says what it is; an empty box until it is fetched
+  image.decoding = "async";
+  image.dataset.id = video.id;
+  if (nearViewport) nearViewport.observe(image);
+  else showThumbnail(image);
+  return image;
+}
+
+function forgetThumbnails(listed) {
+  for (const [id, url] of thumbnails) {
+    if (listed.has(id)) continue;
+    thumbnails.delete(id);
+    url.then((objectUrl) => objectUrl && URL.revokeObjectURL(objectUrl));
+  }
+}
+
 async function refreshRecent() {
   try {
     const { data } = await (await api("/v1/videos?limit=10")).json();
+    if (nearViewport) nearViewport.disconnect();
+    forgetThumbnails(new Set(data.map((video) => video.id)));
     $("recent").replaceChildren(...data.map((video) => {
       const item = document.createElement("li");
       item.dataset.id = video.id;
-      const cells = [
-        new Date(video.created_at * 1000).toLocaleTimeString(),
-        video.status,
-        `${video.size} · ${video.num_frames}f`,
-        video.prompt || "",
-      ];
-      item.replaceChildren(...cells.map((text, index) => {
+      const cells = {
+        when: new Date(video.created_at * 1000).toLocaleTimeString(),
+        status: video.status,
+        shape: `${video.size} · ${video.num_frames}f`,
+        prompt: video.prompt || "",
+      };
+      item.replaceChildren(thumbnail(video), ...Object.entries(cells).map(([name, text]) => {
         const span = document.createElement("span");
         span.textContent = text;
-        if (index === 1) span.className = `status-${video.status}`;
+        span.className = name === "status" ? `status status-${video.status}` : name;
         return span;
       }));
       item.addEventListener("click", () => watch(video));
@@ -448,17 +568,26 @@ $("prompt").addEventListener("input", () => {
   checkPrompt();
 });
 $("refresh").addEventListener("click", refreshRecent);
+$("download").addEventListener("click", download);
+// A running job stops within a step; its events then say "cancelled". The button stays disabled
+// meanwhile: a second DELETE, once the job has ended, would delete it.
 $("cancel").addEventListener("click", async () => {
   if (!current) return;
+  const job = current;
+  $("cancel").disabled = true;
   try {
-    await api(`/v1/videos/${current.id}`, { method: "DELETE" });
+    await api(`/v1/videos/${job.id}`, { method: "DELETE" });
+    job.cancelling = true;
+    if (current === job && !FINAL.includes($("status").dataset.status)) $("status").textContent += " · cancelling";
   } catch (error) {
+    $("cancel").disabled = false;
     showError(error.message);
   }
 });
 $("api-key").value = apiKey();
 $("api-key").addEventListener("change", () => {
   localStorage.setItem("hyv-api-key", $("api-key").value.trim());
+  forgetThumbnails(new Set()); // fetched (or refused) with the previous key
   showError("");
   loadModel();
   refreshRecent();
