@@ -1,14 +1,21 @@
 """The web page at / in a real headless Chromium (Debian's, driven by Playwright's Python client)
-against the real API and a real Celery worker: submit, live progress, the video playing from the
-stream, recent jobs, a validation error; a screenshot is kept in tests/service/artifacts/."""
+against the real API and a real Celery worker, at a desktop and a phone viewport: submit, live
+progress, the video playing from the stream, its download and thumbnail, cancelling, recent jobs,
+a validation error, the favicon, no sideways scrolling. Screenshots are kept as test artifacts in
+$HYV_TEST_ARTIFACTS, else tests/artifacts/, named by test and viewport."""
 
 from __future__ import annotations
 
+import io
+import itertools
+import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import pytest
 
@@ -16,29 +23,57 @@ from tests.service.conftest_api import KEY_A
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+BOTH_VIEWPORTS = pytest.mark.parametrize("viewport", list(VIEWPORTS))
+
+
+def artifacts_dir() -> Path:
+    directory = Path(os.environ.get("HYV_TEST_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _screenshot(browser_page: Any, test: str, viewport: str) -> None:
+    path = artifacts_dir() / f"web-{test}-{viewport}.png"
+    browser_page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
 
 
 @pytest.fixture
-def page(service_settings: Any, worker: Any, serve_app: Any) -> Iterator[tuple[Any, str]]:
+def viewport() -> str:
+    """The page's viewport (a key of VIEWPORTS); a test parametrizes it to run at both."""
+    return "desktop"
+
+
+@pytest.fixture
+def page(service_settings: Any, worker: Any, serve_app: Any, viewport: str) -> Iterator[tuple[Any, str]]:
     server = serve_app(service_settings.model_copy(update={"api_keys": [KEY_A]}))
-    yield from _browser_on(server.url)
+    yield from _browser_on(server.url, viewport)
 
 
-def _browser_on(url: str) -> Iterator[tuple[Any, str]]:
-    """A headless Chromium page (its console errors fail the test) on the served web page."""
+def _browser_on(url: str, viewport: str) -> Iterator[tuple[Any, str]]:
+    """A headless Chromium page (its uncaught errors fail the test) on the served web page; the
+    phone viewport is a mobile one (its <meta name=viewport> applies, touch, 2x pixels)."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
     )
+    phone = viewport == "phone"
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"]
         )
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            context = browser.new_context(
+                viewport=VIEWPORTS[viewport],
+                is_mobile=phone,
+                has_touch=phone,
+                device_scale_factor=2 if phone else 1,
+                accept_downloads=True,
+            )
+            page = context.new_page()
             console: list[str] = []
             page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
             page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
@@ -48,12 +83,35 @@ def _browser_on(url: str) -> Iterator[tuple[Any, str]]:
             browser.close()
 
 
-def test_generate_watch_and_list_in_the_browser(page: tuple[Any, str]) -> None:
-    browser_page, url = page
+def _open(browser_page: Any, url: str) -> None:
+    """The page, with the API key entered and the model loaded."""
     browser_page.goto(url)
     browser_page.fill("#api-key", KEY_A)
     browser_page.dispatch_event("#api-key", "change")
     browser_page.wait_for_function("document.getElementById('model').textContent.startsWith('hyv-tiny')")
+
+
+def _submit(browser_page: Any, size: str, frames: int, steps: int, seed: int = 5) -> str:
+    """Submit a job from the form; its id."""
+    browser_page.fill("#prompt", "a red circle moving right on a black background")
+    browser_page.fill("#size", size)
+    browser_page.fill("#num_frames", str(frames))
+    browser_page.fill("#steps", str(steps))
+    browser_page.fill("#seed", str(seed))
+    browser_page.click("#submit")
+    browser_page.wait_for_function("window.hyv.videoId !== null")
+    return str(browser_page.evaluate("window.hyv.videoId"))
+
+
+def _wait_status(browser_page: Any, status: str, timeout_ms: int = 120_000) -> None:
+    browser_page.wait_for_function(
+        f"document.getElementById('status').dataset.status === '{status}'", timeout=timeout_ms
+    )
+
+
+def test_generate_watch_and_list_in_the_browser(page: tuple[Any, str]) -> None:
+    browser_page, url = page
+    _open(browser_page, url)
 
     # A value the model refuses: the API's message is shown next to the form.
     browser_page.fill("#prompt", "a red circle moving right")
@@ -91,18 +149,159 @@ def test_generate_watch_and_list_in_the_browser(page: tuple[Any, str]) -> None:
     browser_page.wait_for_selector(f"#recent li[data-id='{video_id}']")
     assert "completed" in browser_page.text_content(f"#recent li[data-id='{video_id}']")
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser_page.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
-    assert (ARTIFACTS / "web.png").stat().st_size > 10_000
+    _screenshot(browser_page, "generate", "desktop")
+
+
+@BOTH_VIEWPORTS
+def test_a_finished_video_downloads_and_has_a_thumbnail(page: tuple[Any, str], viewport: str) -> None:
+    browser_page, url = page
+    _open(browser_page, url)
+    assert browser_page.is_hidden("#download")  # nothing to download before the job completes
+    video_id = _submit(browser_page, "64x48", 9, 4)
+    _wait_status(browser_page, "completed")
+
+    # The download button saves the finished MP4 (fetched with the API key), a playable one.
+    browser_page.wait_for_selector("#download:not([hidden])")
+    with browser_page.expect_download() as download_info:
+        browser_page.click("#download")
+    download = download_info.value
+    assert download.failure() is None
+    assert download.suggested_filename == f"{video_id}.mp4"
+    data = Path(download.path()).read_bytes()
+    assert data[4:8] == b"ftyp"
+    with av.open(io.BytesIO(data), mode="r") as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == 9 and frames[0].shape == (48, 64, 3)
+    stored = httpx.get(f"{url}/v1/videos/{video_id}/content", headers={"Authorization": f"Bearer {KEY_A}"})
+    assert data == stored.content
+
+    # The recent list shows the video's first frame, small, fetched with the key (an object URL)
+    # once it comes near the viewport: on the phone the list starts below the fold.
+    thumbnail = f"#recent li[data-id='{video_id}'] img.thumb"
+    browser_page.wait_for_selector(thumbnail, state="attached")
+    top, src = browser_page.eval_on_selector(thumbnail, "(i) => [i.getBoundingClientRect().top, i.src]")
+    if top > VIEWPORTS[viewport]["height"] + 400:
+        assert src == ""  # not fetched while far out of view
+    browser_page.locator(thumbnail).scroll_into_view_if_needed()
+    browser_page.wait_for_function(
+        "(selector) => { const image = document.querySelector(selector);"
+        " return image && image.complete && image.naturalWidth > 0; }",
+        arg=thumbnail,
+        timeout=30_000,
+    )
+    image = browser_page.eval_on_selector(
+        thumbnail,
+        "(i) => [i.naturalWidth, i.naturalHeight, i.src.slice(0, 5), i.getBoundingClientRect().width]",
+    )
+    assert image[:3] == [64, 48, "blob:"]
+    assert 0 < image[3] <= 48
+    _assert_fits(browser_page, viewport)
+    _screenshot(browser_page, "download", viewport)
+
+
+@BOTH_VIEWPORTS
+def test_cancelling_a_running_job_shows_cancelled_not_an_error(page: tuple[Any, str], viewport: str) -> None:
+    browser_page, url = page
+    _open(browser_page, url)
+    # 1000 steps at 64x64: seconds of denoising, during which its MP4 stream is already open.
+    video_id = _submit(browser_page, "64x64", 17, 1000)
+    browser_page.wait_for_function(
+        "/denoise step [1-9]/.test(document.getElementById('status').textContent)", timeout=120_000
+    )
+    # The stream's first bytes (the MP4's init segment) are in the player: the stream the server
+    # cuts when the job stops is the one the page is reading.
+    browser_page.wait_for_function("window.hyv.initAppendedAt !== null", timeout=30_000)
+    browser_page.click("#cancel")
+    _wait_status(browser_page, "cancelled", timeout_ms=30_000)
+    # The server cut the video's stream when the job stopped: the page asked why, and shows it.
+    browser_page.wait_for_function("window.hyv.playback !== null", timeout=30_000)
+    assert browser_page.evaluate("window.hyv.playback") == "cancelled"
+    status = browser_page.text_content("#status") or ""
+    assert re.fullmatch(r"cancelled · \d+%", status), status
+    assert browser_page.is_hidden("#error") and browser_page.text_content("#error") == ""
+    assert "error" not in browser_page.inner_text("body").lower()
+    assert browser_page.is_hidden("#cancel") and browser_page.is_hidden("#download")
+    # Shown in the page's neutral colour, not the error red.
+    colours = browser_page.evaluate(
+        """[getComputedStyle(document.getElementById('status')).color,
+            getComputedStyle(document.getElementById('model')).color,
+            getComputedStyle(document.getElementById('error')).color]"""
+    )
+    assert colours[0] == colours[1] != colours[2]
+
+    row = f"#recent li[data-id='{video_id}']"
+    browser_page.wait_for_function(
+        "(row) => document.querySelector(`${row} .status`)?.textContent === 'cancelled'",
+        arg=row,
+        timeout=10_000,
+    )
+    assert browser_page.get_attribute(f"{row} .thumb-placeholder", "data-status") == "cancelled"
+    assert browser_page.locator(f"{row} img").count() == 0
+    _assert_fits(browser_page, viewport)
+    _screenshot(browser_page, "cancelled", viewport)
+
+
+def _assert_fits(browser_page: Any, viewport: str) -> None:
+    """No sideways scrolling, and no visible element reaching past either edge of the viewport."""
+    width = VIEWPORTS[viewport]["width"]
+    assert browser_page.evaluate("document.documentElement.clientWidth") == width
+    scroll_width = browser_page.evaluate("document.documentElement.scrollWidth")
+    assert scroll_width <= width, f"scrollWidth {scroll_width} > {width}"
+    cut = browser_page.evaluate(
+        """(width) => [...document.body.querySelectorAll('*')].filter((element) => {
+             const box = element.getBoundingClientRect();
+             return box.width > 0 && box.height > 0 && (box.left < -0.5 || box.right > width + 0.5);
+           }).map((element) => `${element.tagName}#${element.id}.${element.className}`)""",
+        width,
+    )
+    assert cut == []
 
 
 @pytest.fixture
 def bucketed_page(
-    make_api_settings: Any, serve_app: Any, bucketed_bundle_dir: Path
+    make_api_settings: Any, serve_app: Any, bucketed_bundle_dir: Path, viewport: str
 ) -> Iterator[tuple[Any, str]]:
     """The page on an API (no worker) serving the tiny bundle at two sizes and two lengths only."""
     server = serve_app(make_api_settings(weights=bucketed_bundle_dir, api_keys=[KEY_A]))
-    yield from _browser_on(server.url)
+    yield from _browser_on(server.url, viewport)
+
+
+@BOTH_VIEWPORTS
+def test_layout_favicon_and_what_the_model_understands(bucketed_page: tuple[Any, str], viewport: str) -> None:
+    browser_page, url = bucketed_page
+    _open(browser_page, url)
+    # The model's limits and, opened, its grammar and vocabulary: shown, and inside the viewport.
+    browser_page.click("#grammar-box summary")
+    assert browser_page.text_content("#model") == "hyv-tiny · 32x32, 48x32 · 5, 9 frames"
+    for selector in ("#model", "#grammar-template", "#grammar-slots", "#vocabulary"):
+        assert browser_page.is_visible(selector), selector
+    assert "triangle" in browser_page.inner_text("#vocabulary").split()
+    # A queued job in the recent list (no worker here): its placeholder instead of a thumbnail.
+    browser_page.click("#grammar-slots .chip[data-value='magenta']")
+    browser_page.click("#submit")
+    browser_page.wait_for_selector("#recent li .thumb-placeholder[data-status='queued']")
+
+    # The form's four fields: side by side on a desktop, one under another on a phone.
+    boxes = [
+        browser_page.locator(f"#{field}").bounding_box() for field in ("size", "num_frames", "steps", "seed")
+    ]
+    if viewport == "phone":
+        assert len({round(box["x"]) for box in boxes}) == 1
+        assert all(upper["y"] + upper["height"] <= lower["y"] for upper, lower in itertools.pairwise(boxes))
+    else:
+        assert len({round(box["y"]) for box in boxes}) == 1
+    _assert_fits(browser_page, viewport)
+
+    # The favicon: the page's SVG, and /favicon.ico for clients that only ask for that.
+    icon = browser_page.evaluate("document.querySelector('link[rel=icon]').href")
+    assert icon == f"{url}/web/favicon.svg"
+    svg = browser_page.request.get(icon)
+    assert (svg.status, svg.headers["content-type"]) == (200, "image/svg+xml")
+    assert svg.body().startswith(b"<svg")
+    ico = browser_page.request.get(f"{url}/favicon.ico")
+    assert (ico.status, ico.headers["content-type"]) == (200, "image/vnd.microsoft.icon")
+    assert ico.body()[:4] == b"\x00\x00\x01\x00"  # an ICO header
+    _screenshot(browser_page, "layout", viewport)
 
 
 def _options(browser_page: Any, selector: str) -> list[list[str]]:
@@ -117,10 +316,7 @@ def test_the_form_offers_what_the_model_serves_and_shows_a_refused_prompt(
     from hyv.engine.prompt_vocabulary import CAPTION_SLOTS, prompt_words
 
     browser_page, url = bucketed_page
-    browser_page.goto(url)
-    browser_page.fill("#api-key", KEY_A)
-    browser_page.dispatch_event("#api-key", "change")
-    browser_page.wait_for_function("document.getElementById('model').textContent.startsWith('hyv-tiny')")
+    _open(browser_page, url)
     assert browser_page.text_content("#model") == "hyv-tiny · 32x32, 48x32 · 5, 9 frames"
 
     # Exactly the model's sizes and lengths, as dropdowns set to its defaults.
@@ -166,8 +362,7 @@ def test_the_form_offers_what_the_model_serves_and_shows_a_refused_prompt(
     )
     assert browser_page.get_attribute("#error", "data-param") == "prompt"
     assert "invalid" in (browser_page.get_attribute("#prompt", "class") or "")
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser_page.screenshot(path=str(ARTIFACTS / "web-refused-prompt.png"), full_page=True)
+    _screenshot(browser_page, "refused-prompt", "desktop")
 
     # A caption from the chips, the second size and length: queued as chosen.
     browser_page.click("#grammar-slots .chip[data-value='white']")
