@@ -88,10 +88,19 @@ class GenerationPlan:
     video: bytes | None = None  # the source video of an edit or extension (hyv.engine.source_video)
     video_mode: VideoMode | None = None
     strength: float = 1.0  # edit: the fraction of the schedule re-run
+    source_frames: int = 0  # frames of the source video (set once the engine has decoded it)
 
     @property
     def latent_frames(self) -> int:
         return (self.num_frames - 1) // TIME_STRIDE + 1
+
+    @property
+    def output_frames(self) -> int:
+        """Frames of the video made: an extension's source (but its last frame, which the new
+        segment's first redraws) in front of the `num_frames` generated."""
+        if self.video_mode == "extend" and self.source_frames:
+            return self.source_frames - 1 + self.num_frames
+        return self.num_frames
 
 
 def resolve(

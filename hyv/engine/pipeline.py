@@ -13,6 +13,7 @@ is polled after every denoising step and decoded tile, so a cancelled job stops 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import json
@@ -34,7 +35,8 @@ from hyv.engine.limits import GenerationPlan, resolve
 from hyv.engine.memory_options import TextEncoderPlacement, VAETileSizes, attention_backend_name
 from hyv.engine.placement import Mover, Placement, plan_placement
 from hyv.engine.request import GenerationRequest
-from hyv.engine.sampling import cfg_combine, euler_denoise, flow_schedule
+from hyv.engine.sampling import cfg_combine, edit_schedule, euler_denoise, flow_schedule, noise_to
+from hyv.engine.source_video import decode_frames, fit_frames, frame_png, frames_to_video_tensor
 from hyv.engine.video_io import FragmentedMP4Encoder, encode_mp4, video_to_uint8
 from hyv.models import TextEmbeddings, VAETiling, from_dit_latents, read_dit_metadata, to_dit_latents
 from hyv.models.checkpoint_io import parse_dtype
@@ -91,7 +93,7 @@ class GenerationResult:
         return {
             "width": self.plan.width,
             "height": self.plan.height,
-            "num_frames": self.plan.num_frames,
+            "num_frames": self.plan.output_frames,
             "fps": self.plan.fps,
             "steps": self.plan.steps,
             "seed": self.plan.seed,
@@ -314,7 +316,27 @@ class VideoPipeline:
             raise ValueError("this model is text-to-video only: it cannot take an input image")
         if plan.image is not None:
             load_image(plan.image)  # fail fast on an unreadable image, before any model work
+        if plan.video is not None:
+            plan = self._plan_source(plan)
         return plan
+
+    def _plan_source(self, plan: GenerationPlan) -> GenerationPlan:
+        """Check an edit's or extension's source video; an extension's image is the source's last
+        frame (fitted to the plan's size): it runs as image-to-video from there."""
+        assert plan.video is not None
+        frames = decode_frames(plan.video)  # ValueError naming what is wrong with the file
+        if plan.video_mode == "edit" and len(frames) < plan.num_frames:
+            raise ValueError(
+                f"video: the source has {len(frames)} frames; an edit of {plan.num_frames} frames "
+                "needs at least as many"
+            )
+        plan = dataclasses.replace(plan, source_frames=len(frames))
+        if plan.video_mode != "extend":
+            return plan
+        if self.dit.config.image_condition is None:
+            raise ValueError("this model cannot extend a video: it takes no image condition")
+        last = fit_frames(frames[-1:], plan.width, plan.height)[0]
+        return dataclasses.replace(plan, image=frame_png(last))
 
     # --- public entry points ----------------------------------------------------------------------
 
@@ -452,6 +474,13 @@ class VideoPipeline:
     ) -> Iterator[torch.Tensor]:
         """Decoded video chunks (1, 3, n, H, W) in [-1, 1], in order."""
         check = _cancel_check(cancel)
+        source = None
+        if plan.video is not None:
+            source = fit_frames(decode_frames(plan.video), plan.width, plan.height)
+        if plan.video_mode == "extend" and source is not None and len(source) > 1:
+            # The source up to its last frame, which the extension's first frame redraws (the
+            # image condition, pinned: equal within the VAE's error), so no frame shows twice.
+            yield frames_to_video_tensor(source[:-1])
         start = time.perf_counter()
         cond, uncond = self._encode_text(plan)
         image_cond = self._image_condition(plan)
@@ -460,7 +489,8 @@ class VideoPipeline:
         check()
 
         start = time.perf_counter()
-        latents = self._denoise(plan, cond, uncond, image_cond, on_progress, check)
+        edited = source[: plan.num_frames] if source is not None and plan.video_mode == "edit" else None
+        latents = self._denoise(plan, cond, uncond, image_cond, on_progress, check, edited)
         timings["denoise"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -522,9 +552,12 @@ class VideoPipeline:
         image_cond: torch.Tensor | None,
         on_progress: ProgressFn | None,
         check: Callable[[], None],
+        edited: np.ndarray | None = None,
         max_steps: int | None = None,
     ) -> torch.Tensor:
-        """The denoised latents; `max_steps` stops after that many steps (the warm-up's one)."""
+        """The denoised latents; `max_steps` stops after that many steps (the warm-up's one).
+        `edited`: an edit's source frames (T, H, W, 3) uint8, re-noised to the first sigma of the
+        schedule at or below `plan.strength` (SDEdit) instead of starting from pure noise."""
         config = self.dit.config
         shape = (
             1,
@@ -542,6 +575,9 @@ class VideoPipeline:
             sigmas = torch.tensor(self.schedule, dtype=torch.float64)
         else:
             sigmas = flow_schedule(plan.steps, plan.flow_shift)
+        if edited is not None:
+            sigmas = edit_schedule(sigmas, plan.strength)
+            noise = noise_to(self._encode_video(edited), noise, float(sigmas[0]))
         if max_steps is not None:
             sigmas = sigmas[: max_steps + 1]
         velocity = self._velocity_fn(plan, cond, uncond, image_cond)
@@ -553,6 +589,14 @@ class VideoPipeline:
         with self.placement.running("dit"):
             latents = euler_denoise(velocity, noise, sigmas, on_step)
         return pin_first_frame(latents, image_cond) if plan.image is not None else latents
+
+    def _encode_video(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> the DiT's latents (1, C, t, h, w): the VAE posterior's mode."""
+        video = frames_to_video_tensor(frames)
+        with self.placement.running("vae") as vae_device:
+            posterior = self.vae.encode(video.to(vae_device, self.options.dtype))
+            latents = to_dit_latents(posterior.mode(), self.vae.config)
+        return latents.to(self.device, self.options.dtype)
 
     def _velocity_fn(
         self,

@@ -44,7 +44,9 @@ def _open(data: bytes) -> av.container.InputContainer:
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.FFmpegError, ValueError) as exc:
-        raise ValueError(f"the source video cannot be read ({exc.__class__.__name__}): not a video file") from None
+        raise ValueError(
+            f"the source video cannot be read ({exc.__class__.__name__}): not a video file"
+        ) from None
     if not container.streams.video:
         container.close()
         raise ValueError("the source file has no video stream")

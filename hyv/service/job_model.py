@@ -36,6 +36,8 @@ EVENT_NAMES: dict[JobStatus, str] = {
     status: "progress" if status == JobStatus.IN_PROGRESS else status.value for status in JobStatus
 }
 Stage = Literal["text_encode", "denoise", "decode", "encode"]
+# How a job's video comes about: from a prompt (and image), or from an earlier video (its source).
+Operation = Literal["create", "remix", "edit", "extend"]
 
 
 def new_job_id() -> str:
@@ -78,6 +80,8 @@ class Job(BaseModel):
     worker: str | None = None
     content_bytes: int = 0
     webhook_url: str | None = None
+    operation: Operation = "create"
+    source_video_id: str | None = None  # the earlier job a remix, edit or extension starts from
     version: int = 0  # bumped by every write
 
     @property

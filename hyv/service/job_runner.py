@@ -158,7 +158,11 @@ class JobRunner:
     def _generate(self, job: Job, running: RunningJob, pipeline: ServedPipeline) -> str:
         job_id = job.id
         try:
-            request = GenerationRequest(**job.request, image=self.storage.load_input_image(job_id))
+            request = GenerationRequest(
+                **job.request,
+                image=self.storage.load_input_image(job_id),
+                video=self.storage.load_input_video(job_id) if job.operation != "create" else None,
+            )
             plan = pipeline.plan(request)
         except StorageError as exc:
             return self._fail(job, running.token, Failure("storage_error", str(exc)), pipeline)
@@ -231,7 +235,7 @@ class JobRunner:
             expires_at=now + self.settings.job_ttl_seconds,
             timings=timings,
             content_bytes=writer.bytes_written,
-            num_frames=plan.num_frames,
+            num_frames=plan.output_frames,
             fps=plan.fps,
             size=f"{plan.width}x{plan.height}",
         )

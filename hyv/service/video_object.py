@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from hyv.service.job_model import Job, Stage
+from hyv.service.job_model import Job, Operation, Stage
 
 VideoStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 
@@ -34,6 +34,16 @@ class VideoPublic(BaseModel):
     prompt: str | None = None
     remixed_from_video_id: str | None = None
     error: VideoError | None = None
+
+    operation: Operation = Field(
+        default="create",
+        description="create: from the prompt (and image); remix, edit: the source video re-noised and "
+        "denoised with the prompt; extend: the source continued from its last frame, stitched in front.",
+    )
+    source_video_id: str | None = Field(
+        default=None,
+        description="The video a remix, edit or extension started from (null: an uploaded source).",
+    )
 
     stage: Stage | None = Field(default=None, description="What the worker is doing now.")
     step: int = Field(default=0, description="Step within the stage (denoise: the sampler step).")
@@ -83,7 +93,10 @@ def to_public(job: Job, queue_position: int | None = None) -> VideoPublic:
         size=job.size,
         seconds=str(job.seconds),
         prompt=job.prompt,
+        remixed_from_video_id=job.source_video_id if job.operation == "remix" else None,
         error=error,
+        operation=job.operation,
+        source_video_id=job.source_video_id,
         stage=job.stage,
         step=job.step,
         total_steps=job.total_steps,

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from hyv.service import metrics
-from hyv.service.api import content, routes_system, routes_unsupported, routes_videos, sse
+from hyv.service.api import content, routes_derived, routes_system, routes_unsupported, routes_videos, sse
 from hyv.service.api.auth import KeyRing
 from hyv.service.api.context import AppContext
 from hyv.service.api.errors import install_error_handlers
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keyring = context.keyring
     install_error_handlers(app)
     app.include_router(routes_videos.router)
+    app.include_router(routes_derived.router)
     app.include_router(content.router)
     app.include_router(sse.router)
     app.include_router(routes_system.router)

@@ -110,23 +110,76 @@ async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
     return CreateBody(video, image)
 
 
-async def _read_upload(upload: UploadFile, max_upload_bytes: int) -> bytes:
+async def _read_upload(upload: UploadFile, max_upload_bytes: int, field: str = "input_reference") -> bytes:
     if upload.size is not None and upload.size > max_upload_bytes:
         raise TooLargeError(
-            f"input_reference is {upload.size} bytes, over the upload limit of {max_upload_bytes}",
+            f"{field} is {upload.size} bytes, over the upload limit of {max_upload_bytes}",
             "upload_too_large",
-            "input_reference",
+            field,
         )
     data = await upload.read(max_upload_bytes + 1)
     if len(data) > max_upload_bytes:
         raise TooLargeError(
-            f"input_reference is over the upload limit of {max_upload_bytes} bytes",
-            "upload_too_large",
-            "input_reference",
+            f"{field} is over the upload limit of {max_upload_bytes} bytes", "upload_too_large", field
         )
     if not data:
-        raise InvalidRequestError("input_reference is an empty file", "input_reference")
+        raise InvalidRequestError(f"{field} is an empty file", field)
     return data
+
+
+@dataclass(frozen=True)
+class SourceBody:
+    """The body of a remix, edit or extension: its fields, and the source video when uploaded."""
+
+    fields: dict[str, Any]
+    video: bytes | None
+
+
+async def parse_source_body(request: Request, max_upload_bytes: int) -> SourceBody:
+    """JSON (`{"prompt": ..., "video": {"id": ...}}`) or multipart, which the OpenAI SDK sends: the
+    video as a `video` file part or as a `video[id]` field. The route validates the fields."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        raw = await request.body()
+        try:
+            data = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError) as exc:
+            raise InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise InvalidRequestError(
+                f"body must be a JSON object, got {type(data).__name__}", code="invalid_json"
+            )
+        return SourceBody(data, None)
+    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be multipart/form-data or application/json, got {content_type or 'none'!r}",
+        )
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except (MultiPartException, StarletteHTTPException) as exc:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code != 400:
+            raise
+        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
+        raise InvalidRequestError(f"malformed multipart body: {message}", code="invalid_multipart") from None
+    fields: dict[str, Any] = {}
+    video: bytes | None = None
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name != "video":
+                    raise InvalidRequestError(
+                        f"unexpected file field {name!r}; send the source video as the video file", name
+                    )
+                video = await _read_upload(value, max_upload_bytes, "video")
+            elif name == "video[id]":
+                fields["video"] = {"id": value}
+            elif value != "":
+                fields[name] = value
+    finally:
+        await form.close()
+    return SourceBody(fields, video)
 
 
 def _validate(data: dict[str, Any]) -> VideoCreate:

@@ -111,7 +111,7 @@ async def create_video(
         webhook_url=body.video.webhook_url,
     )
     try:
-        await _store_and_enqueue(context, job, body.image)
+        await store_and_enqueue(context, job, body.image)
     except BaseException:
         # Nothing was queued: the key must not keep pointing at a job that will never run, or a
         # retry with the same key would replay it instead of submitting again.
@@ -131,19 +131,29 @@ async def create_video(
     return video_response(job, context, 201, Location=f"/v1/videos/{job_id}")
 
 
-async def _store_and_enqueue(context: AppContext, job: Job, image: bytes | None) -> None:
-    """Save the input image (object storage: in the thread pool), store the job, send the task. A
-    failure leaves no job behind and answers 503 (`storage_error` or `queue_unavailable`)."""
-    if image is not None:
+async def store_and_enqueue(
+    context: AppContext, job: Job, image: bytes | None, source_video: bytes | None = None
+) -> None:
+    """Save the input image and source video (object storage: in the thread pool), store the job,
+    send the task. A failure leaves no job behind and answers 503 (`storage_error` or
+    `queue_unavailable`)."""
+    for what, data, save in (
+        ("input image", image, context.storage.save_input_image),
+        ("source video", source_video, context.storage.save_input_video),
+    ):
+        if data is None:
+            continue
         try:
-            await run_in_threadpool(context.storage.save_input_image, job.id, image)
+            await run_in_threadpool(save, job.id, data)
         except StorageError as exc:
             logger.error("job %s: %s", job.id, exc, extra={"job_id": job.id})
-            raise ServiceUnavailableError("the input image cannot be stored now", "storage_error") from exc
+            await _delete_quietly(context, job.id)  # what was saved before this one
+            raise ServiceUnavailableError(f"the {what} cannot be stored now", "storage_error") from exc
+    has_files = image is not None or source_video is not None
     try:
         context.jobs.create(job, max_active=context.settings.max_queued_jobs_per_key)
     except ActiveJobLimitError as exc:  # another API process took the last slot meanwhile
-        if image is not None:
+        if has_files:
             await _delete_quietly(context, job.id)
         context.limiter.check_queue(job.owner, exc.limit)  # raises the usual 429
         raise
@@ -154,7 +164,7 @@ async def _store_and_enqueue(context: AppContext, job: Job, image: bytes | None)
             "job %s could not be queued: %s: %s", job.id, type(exc).__name__, exc, extra={"job_id": job.id}
         )
         context.jobs.delete(job.id)
-        if image is not None:
+        if has_files:
             await _delete_quietly(context, job.id)
         raise ServiceUnavailableError(
             "the job could not be queued (the broker did not take it); retry, with the same "
