@@ -158,13 +158,20 @@ class JobRecords:
         allowed: Iterable[JobStatus],
         require_unclaimed: bool = False,
         claim_token: str = "",
+        queue_front: bool = False,
         **fields: Any,
     ) -> tuple[bool, Job | None]:
         """Compare-and-set: write only if the job's status is one of `allowed` (and, if asked, no
-        worker holds it, or only while `claim_token` holds its claim). Returns (written, job as it
+        worker holds it, or only while `claim_token` holds its claim). `queue_front`: a job made
+        queued goes ahead of every job queued now (its queue position 1). Returns (written, job as it
         is now)."""
         written, job, _ = self._write_guarded(
-            job_id, fields, [JobStatus(s).value for s in allowed], require_unclaimed, claim_token
+            job_id,
+            fields,
+            [JobStatus(s).value for s in allowed],
+            require_unclaimed,
+            claim_token,
+            queue_front=queue_front,
         )
         return written, job
 
@@ -208,6 +215,7 @@ class JobRecords:
         claim_suffix: str = "",
         drop_claim: bool = False,
         max_active: int | None = None,
+        queue_front: bool = False,
     ) -> tuple[bool, Job | None, bool]:
         """(written, the job as it is now or None if missing, whether its cancel flag is set);
         `claim_token`: write only while the job's claim holds exactly that token; `claim_suffix`:
@@ -234,6 +242,8 @@ class JobRecords:
             args["drop_claim"] = True
         if max_active is not None:
             args["max_active"] = max_active
+        if queue_front:
+            args["queue_front"] = True
         result = self._update_script(**args)
         if result is None:
             return False, None, False

@@ -11,7 +11,8 @@ For each delivery of "hyv.generate", `JobRunner.run`:
 3. checks for a cancel after every denoising step and decoded tile (the pipeline raises
    GenerationCancelledError) by reading a local event that a pub/sub message sets
    (hyv.service.running_job.CancelWatch: no Redis round trip per step), and stops if it lost its
-   claim (the process's beat renews it: `renew_claim`);
+   claim (the process's beat renews it: `renew_claim`), or hands the job back to the front of its
+   queue when the worker is stopping and the job's grace ran out (hyv.service.worker_shutdown);
 4. renews its claim before publishing the video (a run whose lease lapsed unnoticed drops its
    output there), writes a PNG thumbnail of the first frame and the final state, which
    JobRecords.finish writes only while this run's token still holds the claim (one Lua script): a
@@ -48,7 +49,9 @@ from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_records import JobRecords
 from hyv.service.job_store import JobStore
 from hyv.service.log import repeats
-from hyv.service.running_job import CancelWatch, ProgressWriter, RunningJob
+from hyv.service.queue_front import move_to_front
+from hyv.service.run_tokens import run_token
+from hyv.service.running_job import CancelWatch, HandBackDeadline, ProgressWriter, RunningJob
 from hyv.service.settings import Settings, queue_name
 from hyv.service.storage import Storage, StorageError, VideoWriter
 
@@ -93,6 +96,9 @@ class JobRunner:
         self.hostname = hostname
         self.running: RunningJob | None = None
         self.cancels = CancelWatch(store.cancels, hostname, lambda: self.running)
+        # Set when the worker is asked to stop (hyv.service.worker_shutdown): past it, the run stops
+        # at its next step and hands the job back.
+        self.hand_back = HandBackDeadline()
         self._on_busy_change = on_busy_change  # the heartbeat: it shows the job this process runs
 
     def renew_claim(self) -> None:
@@ -110,7 +116,7 @@ class JobRunner:
         """Claim and run one job; returns what happened (for logs and tests). The claim's token
         ends with the delivery's Celery task id, so the main process can fail this run (and only
         this run) if the pool process is killed at the hard time limit (fail_past_hard_limit)."""
-        token = f"{self.hostname}:{task_id or uuid.uuid4().hex}"
+        token = run_token(self.hostname, task_id or uuid.uuid4().hex)
         claim = self.claims.claim(job_id, token, self.settings.job_lease_seconds)
         self.claims.log_run(job_id, "delivery", outcome=claim, worker=self.hostname)
         if claim in ("missing", "finished", "held"):
@@ -142,7 +148,7 @@ class JobRunner:
             return "dropped"
         if job.attempts == 1:
             metrics.observe_queue_wait(now - job.created_at)
-        running = self.running = RunningJob(job_id, token)
+        running = self.running = RunningJob(job_id, token, hand_back=self.hand_back)
         self.cancels.check_flag(running)  # cancelled between the claim and now: no message reached us
         self._on_busy_change()
         outcome = "error"
@@ -205,6 +211,8 @@ class JobRunner:
                 writer.abandon()
                 return self._lost(job_id, "before publishing its video")
             writer.abort()
+            if running.hand_back.due() and not running.cancel.is_set():
+                return self._hand_back(job_id, running.token)
             # The cancelled record shows where it stopped (the last step, even if not yet written).
             unwritten = progress_writer.unwritten()
             return self._cancel(job_id, running.token, "cancelled while running", **unwritten)
@@ -291,6 +299,18 @@ class JobRunner:
         self._notify(job.id)
         return "failed"
 
+    def _hand_back(self, job_id: str, token: str) -> str:
+        """The worker is stopping and the job ran past its grace: the claim given up, the job queued
+        again at the front of its queue (no stale in_progress left behind), for the next worker."""
+        self.claims.release(job_id, token)
+        requeued = requeue_job(self.jobs, self.settings, job_id)
+        if requeued or ((job := self.jobs.get(job_id)) is not None and job.status == JobStatus.QUEUED):
+            logger.warning(  # (a beat that saw it unclaimed may have requeued it first: as good)
+                "worker stopping: job handed back to the front of its queue", extra={"job_id": job_id}
+            )
+            return "requeued"
+        return self._lost(job_id, "while handing it back")
+
     def _cancel(self, job_id: str, token: str, message: str, **progress: Any) -> str:
         written, job = self.jobs.finish(
             job_id,
@@ -335,8 +355,9 @@ REQUEUE_LOCK_MS = 30_000  # a holder killed mid-requeue blocks the job's next re
 
 
 def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
-    """An in-progress job that no run holds any more: back to queued and onto its model's queue, if
-    it still is in progress and unclaimed. True if requeued.
+    """An in-progress job that no run holds any more: back to queued at the front of its model's
+    queue (it runs before the jobs submitted after it started: hyv.service.queue_front), if it still
+    is in progress and unclaimed. True if requeued.
 
     The message goes out before the record says queued: a process killed between the two leaves a
     job in progress with a message (the next delivery claims and runs it; a later requeue's copy
@@ -351,11 +372,14 @@ def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
         job = jobs.get(job_id)
         if job is None or job.status != JobStatus.IN_PROGRESS or jobs.redis.exists(jobs.keys.claim(job_id)):
             return False
-        celery_for(settings).send_task(TASK_NAME, args=[job_id], queue=queue_name(job.model))
+        queue = queue_name(job.model)
+        celery_for(settings).send_task(TASK_NAME, args=[job_id], queue=queue)
+        move_to_front(jobs.redis, queue, job_id)
         written, _ = jobs.transition(
             job_id,
             [JobStatus.IN_PROGRESS],
             require_unclaimed=True,
+            queue_front=True,
             status=JobStatus.QUEUED,
             stage=None,
             step=0,

@@ -54,7 +54,8 @@ end
 # delete the claim with the write), max_active (optional: refuse unless the owner has fewer unfinished
 # jobs than this, counted and taken in this script: the per-key cap across every API process),
 # queue_score (string: the enqueue time when the job
-# becomes queued), record_ttl_s (the job's TTL once finished).
+# becomes queued), queue_front (true = queued ahead of every job queued now: a requeued job),
+# record_ttl_s (the job's TTL once finished).
 # Returns nil if the job is missing, {0, job JSON, cancel flag} if a guard refused, {1, job JSON,
 # cancel flag} after the write, which also publishes {"event": ..., "job": ...} (Job.event()'s shape)
 # on the job's channel: one round trip per write, events published in version order, and the cancel
@@ -94,7 +95,12 @@ if fields['status'] then
   local queued = k.queued_ns .. cjson.decode(redis.call('HGET', k.job, 'model'))
   local active = k.active_ns .. cjson.decode(redis.call('HGET', k.job, 'owner'))
   if s == STATUS.QUEUED then
-    redis.call('ZADD', queued, 'NX', args.queue_score, args.id)
+    local score = args.queue_score
+    if args.queue_front then
+      local first = redis.call('ZRANGE', queued, 0, 0, 'WITHSCORES')[2]
+      if first and tonumber(first) <= tonumber(score) then score = tostring(tonumber(first) - 1) end
+    end
+    redis.call('ZADD', queued, 'NX', score, args.id)
   else
     redis.call('ZREM', queued, args.id)
   end

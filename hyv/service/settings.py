@@ -182,6 +182,14 @@ class Settings(BaseSettings):
         description="A queued job whose Celery message is missing from the broker for this long (and "
         "in two sweeps of the workers' beat) is sent again (hyv.service.queue_reaper).",
     )
+    shutdown_grace_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A worker asked to stop (SIGTERM, Ctrl-C on `hyv serve`) gives its running job this "
+        "long to finish; then the job goes back to the front of its queue, marked queued, and the worker "
+        "exits. Keep it below the platform's own stop timeout (docker's stop_grace_period, Kubernetes' "
+        "terminationGracePeriodSeconds) by a denoising step or two.",
+    )
     unacked_restore_interval: int = Field(
         default=10, ge=1, description="Seconds between the broker's sweeps for unacked messages to redeliver."
     )

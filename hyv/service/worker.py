@@ -4,7 +4,9 @@ hyv.service.job_runner.JobRunner). hyv.service.celery_app `include`s this module
 
 A prefork child loads the model at worker_process_init; a job delivered before its model is loaded
 is handed back to the queue (Celery's Reject with requeue). A job killed at the hard time limit is
-failed by the main process (task_failure), since its pool process is gone.
+failed by the main process (task_failure), since its pool process is gone. When the worker stops,
+the main process tells its pool processes (worker_shutting_down), whose running job then has its
+grace to finish before it goes back to its queue (hyv.service.worker_shutdown).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hyv.service.job_runner import fail_past_hard_limit
 from hyv.service.log import configure_logging, job_context
 from hyv.service.settings import get_settings
 from hyv.service.worker_process import WorkerProcess
+from hyv.service.worker_shutdown import tell_pool_processes
 
 _process: WorkerProcess | None = None
 _process_lock = threading.Lock()
@@ -46,7 +49,16 @@ def _on_setup_logging(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     configure_logging()
-    worker_process()
+    worker_process().stop_signals.install()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    """The main process starts its shutdown (a SIGTERM or SIGINT sent to it): its pool processes
+    start their running job's grace."""
+    from billiard.process import active_children
+
+    tell_pool_processes([child.pid for child in active_children() if child.pid])
 
 
 @signals.worker_process_shutdown.connect

@@ -3,7 +3,10 @@
 Each pool process loads hyv.engine.pipeline.VideoPipeline once (worker_process_init), then beats in
 Redis (`hyv:workers:{host}`, TTL) as ready. The beat thread also renews the running job's claim,
 requeues in-progress jobs whose claim expired (their worker died without Celery noticing, e.g. the
-whole machine went away) and, every CLEANUP_INTERVAL_S, removes expired files from storage.
+whole machine went away) or whose claim names a process of this machine that is gone (so a worker
+starting where one was killed takes its job back before it says ready: hyv.service.run_tokens) and,
+every CLEANUP_INTERVAL_S, removes expired files from storage. Asked to stop, it gives its running
+job a grace and then hands it back (hyv.service.worker_shutdown).
 
 Faults: a model that fails to load leaves the process up but not ready (/readyz shows the error):
 every delivered job is handed back to the queue (`hand_back`) and the load is retried at most every
@@ -31,9 +34,11 @@ from hyv.service.job_runner import JobRunner, ServedPipeline, requeue_job
 from hyv.service.job_store import JobStore
 from hyv.service.model_loading import LOAD_RETRY_S, load_pipeline
 from hyv.service.queue_reaper import QueueReaper
+from hyv.service.run_tokens import process_is_gone
 from hyv.service.settings import Settings
 from hyv.service.storage import Storage, make_storage
 from hyv.service.worker_group import WorkerGroup
+from hyv.service.worker_shutdown import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,10 @@ class WorkerProcess:
         self.storage: Storage = make_storage(settings)
         self.hostname = f"{socket.gethostname()}:{os.getpid()}"
         self.runner = JobRunner(settings, store, self.storage, self.hostname, self._heartbeat)
+        self._busy = False  # inside run(): a stop signal starts the job's grace rather than ending us
+        self.stop_signals = StopSignals(
+            self.runner.hand_back, settings.shutdown_grace_seconds, lambda: self._busy
+        )
         self._stop = threading.Event()
         self.pipeline: ServedPipeline | None = None
         self.group: WorkerGroup | None = None  # sp_degree > 1: this process is the group's rank 0
@@ -84,6 +93,10 @@ class WorkerProcess:
             self.load_error = f"cannot load {self.settings.weights}: {type(exc).__name__}: {exc}"
             logger.exception("model not loaded: jobs stay queued", extra={"load_error": self.load_error})
         if not self._beat.is_alive():
+            try:  # jobs a killed worker of this machine left in progress: queued before we say ready
+                self.requeue_orphans()
+            except Exception:  # Redis away: the beat does it as soon as it can
+                logger.exception("requeueing orphaned jobs failed")
             self.runner.cancels.start()
             self._beat.start()
         try:
@@ -109,12 +122,16 @@ class WorkerProcess:
     def run(self, job_id: str, task_id: str | None = None) -> str:
         """Run one delivered job (the model is loaded: see ready()); returns the run's outcome."""
         assert self.pipeline is not None
+        self._busy = True
         try:
             outcome = self.runner.run(job_id, self.pipeline, task_id)
         except BaseException:  # the process is going away (a time limit, a stop signal)
             if self.group is not None:
                 self.group.stop(kill=True)
             raise
+        finally:
+            self._busy = False
+            self.stop_signals.job_ended()
         if self.group is not None and self.group.broken:
             self._restart_group()
         return outcome
@@ -201,11 +218,15 @@ class WorkerProcess:
         celery_for(self.settings).send_task(TASK_NAME, args=[job_id], queue=self.settings.queue_name)
 
     def requeue_orphans(self) -> list[str]:
-        """In-progress jobs nobody holds (their worker died): back to the queue, once."""
+        """In-progress jobs nobody holds (their worker died: its claim lapsed, or it names a process
+        of this machine that is gone): back to the front of the queue, once."""
         requeued = []
         for job_id in self.jobs.running_ids():
-            if self.claims.holder(job_id) is not None:
-                continue
+            holder = self.claims.holder(job_id)
+            if holder is not None:
+                if not process_is_gone(holder):
+                    continue
+                self.claims.release(job_id, holder)  # that dead run's claim only
             if requeue_job(self.jobs, self.settings, job_id):
                 logger.warning("requeued a job whose worker died", extra={"job_id": job_id})
                 requeued.append(job_id)
