@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,6 +33,7 @@ from hyv.service.job_store import JobStore
 from hyv.service.settings import Settings
 from hyv.service.storage import StorageError, make_storage
 from hyv.service.storage_s3 import RangeNotSatisfiableError, S3Storage
+from hyv.training.eval.metrics import psnr
 from tests.service.conftest import Cluster, wait_until
 from tests.service.conftest_api import KEY_A, auth, free_port
 from tests.service.conftest_s3 import PREFIX, MotoS3, make_s3, objects
@@ -327,6 +329,42 @@ def test_api_serves_s3_content_with_ranges_and_etag(s3_env: tuple[httpx.Client, 
 
     assert client.delete(f"/v1/videos/{vid}").json()["deleted"] is True
     assert not worker.storage.exists(vid) and worker.storage.head(vid, "thumbnail") is None
+
+
+def test_api_makes_the_spritesheet_from_the_video_in_s3(
+    s3_env: tuple[httpx.Client, S3WorkerSide], moto_s3: MotoS3, bucket: str, tmp_path: Path
+) -> None:
+    """On its first request the API downloads the MP4 from S3, stores the spritesheet there (no
+    local copy left behind) and serves it like the other content; delete removes it too."""
+    from hyv.service.spritesheet import SpritesheetLayout
+
+    client, worker = s3_env
+    vid = submit(client)
+    mp4 = b"".join(mp4_pieces())  # 9 random 32x32 frames
+    writer = worker.start(vid)
+    writer.write(mp4)
+    worker.complete(vid, writer)
+    url = f"/v1/videos/{vid}/content"
+    assert worker.storage.head(vid, "spritesheet") is None
+    sheet = client.get(url, params={"variant": "spritesheet"})
+    assert sheet.status_code == 200 and sheet.headers["content-type"] == "image/jpeg"
+    stored = objects(moto_s3, bucket)[f"{PREFIX}spritesheets/{vid}.jpg"]
+    assert stored == sheet.content
+    info = worker.storage.head(vid, "spritesheet")
+    assert info is not None and info.content_type == "image/jpeg" and sheet.headers["etag"] == info.etag
+    assert not list((tmp_path / "data" / "videos").glob("*"))  # the API's download is gone
+
+    layout, frames = SpritesheetLayout.for_frames(9), read_mp4(mp4)
+    pixels = np.asarray(Image.open(io.BytesIO(sheet.content)))
+    assert pixels.shape == (3 * 32, 3 * 32, 3)
+    for tile, index in enumerate(layout.frame_indices):
+        left, top, right, bottom = layout.tile_box(tile, 32, 32)
+        assert psnr(pixels[top:bottom, left:right], frames[index]) > 25
+    head = client.head(url, params={"variant": "spritesheet"})
+    assert head.headers["etag"] == info.etag and head.headers["content-length"] == str(len(stored))
+
+    assert client.delete(f"/v1/videos/{vid}").json()["deleted"] is True
+    assert not any(vid in key for key in objects(moto_s3, bucket))
 
 
 def test_api_stream_while_rendering_with_s3(
