@@ -320,6 +320,5 @@ def test_the_unsupported_routes_shadow_no_video_route(make_api_settings: Callabl
         "/v1/videos/characters/{character_id}",
     }
     assert not any(p.startswith(("/v1/models", "/v1/{")) for p in paths)
-    schema = create_app(make_api_settings()).openapi()["paths"]
-    assert set(schema["/v1/videos/characters"]) == {"post"}
-    assert not any(p.startswith(("/v1/chat", "/v1/images")) for p in schema)
+    schema = create_app(make_api_settings()).openapi()["paths"]  # what the server offers
+    assert not any(p.startswith(("/v1/videos/characters", "/v1/chat", "/v1/images")) for p in schema)

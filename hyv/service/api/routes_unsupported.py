@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Request
 
 from hyv.service.api.errors import UnsupportedFeatureError
-from hyv.service.api.schemas import error_responses
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 
@@ -58,22 +57,13 @@ def _characters_unsupported() -> UnsupportedFeatureError:
     )
 
 
-@router.post(
-    "/videos/characters",
-    summary="Create a character (not supported: 501)",
-    status_code=501,
-    responses=error_responses(501),
-)
+# Out of the OpenAPI document, which lists what this server offers (docs/api.md lists these).
+@router.post("/videos/characters", status_code=501, include_in_schema=False)
 async def create_character() -> None:
     raise _characters_unsupported()
 
 
-@router.get(
-    "/videos/characters/{character_id}",
-    summary="Get a character (not supported: 501)",
-    status_code=501,
-    responses=error_responses(501),
-)
+@router.get("/videos/characters/{character_id}", status_code=501, include_in_schema=False)
 async def get_character(character_id: str) -> None:
     raise _characters_unsupported()
 
