@@ -122,6 +122,7 @@ class WorkerProcess:
     def run(self, job_id: str, task_id: str | None = None) -> str:
         """Run one delivered job (the model is loaded: see ready()); returns the run's outcome."""
         assert self.pipeline is not None
+        self.stop_signals.install()  # again: billiard set its SIGTERM handler after our first install
         self._busy = True
         try:
             outcome = self.runner.run(job_id, self.pipeline, task_id)

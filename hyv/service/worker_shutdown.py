@@ -5,9 +5,9 @@ the worker exits. Nothing is lost or run twice, and no record is left `in_progre
 How the pool process (the one running jobs) hears of the stop:
 
     SIGTERM   sent to the worker's whole process group (systemd, `launcher.stop_worker`, `hyv serve`
-              on Ctrl-C). Idle: the process ends at once, as SIGTERM's default did (nothing to hand
-              back). Busy: the grace starts; a second SIGTERM cuts it short (the job is handed back
-              at its next step: a second Ctrl-C on `hyv serve`).
+              on Ctrl-C). Idle: the handler that was there before ours (billiard's: the process
+              exits), nothing to hand back. Busy: the grace starts; a second SIGTERM cuts it short
+              (the job is handed back at its next step: a second Ctrl-C on `hyv serve`).
     SIGUSR2   from the worker's main process when Celery's shutdown starts there (a SIGTERM or
               SIGINT sent to the main process alone: `docker stop`, Kubernetes, Ctrl-C on
               `hyv worker`): the grace starts if busy; idle, nothing (the pool's close ends it).
@@ -42,9 +42,15 @@ class StopSignals:
         self.grace_s = grace_s
         self._busy = busy
         self._terms = 0  # SIGTERMs received during the running job
+        self._idle_sigterm: Any = signal.SIG_DFL  # the SIGTERM handler ours replaced
 
     def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        """Take SIGTERM and SIGUSR2. Call it as the process starts and again as each job starts:
+        billiard installs its own SIGTERM handler after the process's initializer has run."""
+        current = signal.getsignal(signal.SIGTERM)
+        if current != self._on_sigterm:
+            self._idle_sigterm = current
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(MAIN_STOPPING_SIGNAL, self._on_main_stopping)
 
     def job_ended(self) -> None:
@@ -55,9 +61,12 @@ class StopSignals:
         self.deadline.clear()
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if not self._busy():
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+        if not self._busy():  # nothing to hand back: what SIGTERM did here before
+            if callable(self._idle_sigterm):
+                self._idle_sigterm(signum, frame)
+            elif self._idle_sigterm != signal.SIG_IGN:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
             return
         self._terms += 1
         if self._terms == 1:
