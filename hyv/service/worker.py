@@ -4,13 +4,16 @@ hyv.service.job_runner.JobRunner). hyv.service.celery_app `include`s this module
 
 A prefork child loads the model at worker_process_init; a job delivered before its model is loaded
 is handed back to the queue (Celery's Reject with requeue). A job killed at the hard time limit is
-failed by the main process (task_failure), since its pool process is gone. When the worker stops,
+failed by the main process (task_failure), since its pool process is gone. Before it takes any
+message, the main process requeues (at the front) the jobs a killed worker of this machine left in
+progress (worker_init: hyv.service.worker_process.requeue_orphans). When the worker stops,
 the main process tells its pool processes (worker_shutting_down), whose running job then has its
 grace to finish before it goes back to its queue (hyv.service.worker_shutdown).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -20,10 +23,13 @@ from celery.exceptions import Reject
 
 from hyv.service.celery_app import TASK_NAME
 from hyv.service.job_runner import fail_past_hard_limit
+from hyv.service.job_store import JobStore
 from hyv.service.log import configure_logging, job_context
 from hyv.service.settings import get_settings
-from hyv.service.worker_process import WorkerProcess
+from hyv.service.worker_process import WorkerProcess, requeue_orphans
 from hyv.service.worker_shutdown import tell_pool_processes
+
+logger = logging.getLogger(__name__)
 
 _process: WorkerProcess | None = None
 _process_lock = threading.Lock()
@@ -44,6 +50,21 @@ def worker_process() -> WorkerProcess:
 @signals.setup_logging.connect
 def _on_setup_logging(**_: Any) -> None:
     configure_logging()  # JSON lines in the worker's main process too (instead of Celery's format)
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    """The main process, before it consumes: a job a killed worker of this machine left in progress
+    goes back to the front of the queue now, ahead of the jobs waiting there, rather than once the
+    dead run's claim lapses."""
+    settings = get_settings()
+    if not settings.redis_url:
+        return
+    try:
+        store = JobStore.from_url(settings.redis_url, settings)
+        requeue_orphans(store.jobs, store.claims, settings)
+    except Exception:  # Redis not up yet: the pool process's beat does it as soon as it can
+        logger.exception("requeueing jobs left in progress failed")
 
 
 @signals.worker_process_init.connect

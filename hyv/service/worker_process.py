@@ -3,8 +3,9 @@
 Each pool process loads hyv.engine.pipeline.VideoPipeline once (worker_process_init), then beats in
 Redis (`hyv:workers:{host}`, TTL) as ready. The beat thread also renews the running job's claim,
 requeues in-progress jobs whose claim expired (their worker died without Celery noticing, e.g. the
-whole machine went away) or whose claim names a process of this machine that is gone (so a worker
-starting where one was killed takes its job back before it says ready: hyv.service.run_tokens) and,
+whole machine went away) or whose claim names a process of this machine that is gone
+(hyv.service.run_tokens: a worker starting where one was killed does it before it takes a message,
+so the job runs first and never reads in_progress while nothing runs it) and,
 every CLEANUP_INTERVAL_S, removes expired files from storage. Asked to stop, it gives its running
 job a grace and then hands it back (hyv.service.worker_shutdown).
 
@@ -29,7 +30,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from hyv.service.celery_app import TASK_NAME, celery_for
+from hyv.service.job_claims import JobClaims
 from hyv.service.job_memory import memory_usage
+from hyv.service.job_records import JobRecords
 from hyv.service.job_runner import JobRunner, ServedPipeline, requeue_job
 from hyv.service.job_store import JobStore
 from hyv.service.model_loading import LOAD_RETRY_S, load_pipeline
@@ -93,10 +96,6 @@ class WorkerProcess:
             self.load_error = f"cannot load {self.settings.weights}: {type(exc).__name__}: {exc}"
             logger.exception("model not loaded: jobs stay queued", extra={"load_error": self.load_error})
         if not self._beat.is_alive():
-            try:  # jobs a killed worker of this machine left in progress: queued before we say ready
-                self.requeue_orphans()
-            except Exception:  # Redis away: the beat does it as soon as it can
-                logger.exception("requeueing orphaned jobs failed")
             self.runner.cancels.start()
             self._beat.start()
         try:
@@ -219,19 +218,24 @@ class WorkerProcess:
         celery_for(self.settings).send_task(TASK_NAME, args=[job_id], queue=self.settings.queue_name)
 
     def requeue_orphans(self) -> list[str]:
-        """In-progress jobs nobody holds (their worker died: its claim lapsed, or it names a process
-        of this machine that is gone): back to the front of the queue, once."""
-        requeued = []
-        for job_id in self.jobs.running_ids():
-            holder = self.claims.holder(job_id)
-            if holder is not None:
-                if not process_is_gone(holder):
-                    continue
-                self.claims.release(job_id, holder)  # that dead run's claim only
-            if requeue_job(self.jobs, self.settings, job_id):
-                logger.warning("requeued a job whose worker died", extra={"job_id": job_id})
-                requeued.append(job_id)
-        return requeued
+        return requeue_orphans(self.jobs, self.claims, self.settings)
+
+
+def requeue_orphans(jobs: JobRecords, claims: JobClaims, settings: Settings) -> list[str]:
+    """In-progress jobs nobody holds (their worker died: its claim lapsed, or it names a process of
+    this machine that is gone): back to the front of the queue, once. Every beat runs it, and a
+    worker's main process before it takes its first message (hyv.service.worker)."""
+    requeued = []
+    for job_id in jobs.running_ids():
+        holder = claims.holder(job_id)
+        if holder is not None:
+            if not process_is_gone(holder):
+                continue
+            claims.release(job_id, holder)  # that dead run's claim only
+        if requeue_job(jobs, settings, job_id):
+            logger.warning("requeued a job whose worker died", extra={"job_id": job_id})
+            requeued.append(job_id)
+    return requeued
 
 
 def worker_redis(url: str, ride_out_s: float = REDIS_RIDE_OUT_S) -> redis.Redis:
