@@ -1,13 +1,14 @@
 """A requeued job goes to the front of its queue: kombu's own consumption (basic_get: the lists in
 priority order, each from its tail, as BRPOP) takes it before the jobs submitted after it, and its
 queue position says 1. A worker taking back a job whose claim names a process of this machine that
-is gone (requeue_orphans) does it at once, without waiting out the claim's lease."""
+is gone, its main process too (requeue_orphans), does it at once, without waiting out the claim's
+lease."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer
 from hyv.service.queue_front import move_to_front
 from hyv.service.queue_reaper import job_id_of
-from hyv.service.run_tokens import process_stamp
+from hyv.service.run_tokens import process_is_gone, process_stamp
 from hyv.service.settings import Settings, queue_name
 from hyv.service.worker_process import WorkerProcess
+from tests.service.conftest import wait_until
+from tests.service.test_run_tokens import worker_like
 
 MODEL = "front-model"
 QUEUE = queue_name(MODEL)
@@ -94,13 +97,18 @@ def test_a_dead_process_of_this_machine_gives_its_job_back_at_once(
     store: JobStore, settings: Settings
 ) -> None:
     host = socket.gethostname()
-    child = subprocess.Popen(["sleep", "30"])
-    dead_holder = f"{host}:{child.pid}:{process_stamp(child.pid)}:task-1"
-    child.kill()
-    child.wait()
+    main, pool = worker_like()  # a worker killed whole: its pool process and its main process
+    dead_holder = f"{host}:{pool}:{process_stamp(pool)}:task-1"
+    os.killpg(main.pid, signal.SIGKILL)
+    main.wait()
+    wait_until(lambda: process_is_gone(dead_holder), 5)
+    main, pool = worker_like()  # a pool process lost while its main process lives
+    pool_lost = f"{host}:{pool}:{process_stamp(pool)}:task-4"
+    os.kill(pool, signal.SIGKILL)
     dead = started(store, settings, dead_holder)
     alive = started(store, settings, f"{host}:{os.getpid()}:{process_stamp()}:task-2")
-    elsewhere = started(store, settings, f"another-{host}:{child.pid}:{process_stamp()}:task-3")
+    elsewhere = started(store, settings, f"another-{host}:{pool}:{process_stamp()}:task-3")
+    lost_pool = started(store, settings, pool_lost)
     waiting = submit(store, settings)
 
     process = WorkerProcess(settings)
@@ -109,6 +117,9 @@ def test_a_dead_process_of_this_machine_gives_its_job_back_at_once(
     assert found is not None and found.status == JobStatus.QUEUED and store.claims.holder(dead.id) is None
     assert store.jobs.queue_position(dead.id, MODEL) == 1
     assert take(settings) == dead.id and take(settings) == waiting.id
-    for job in (alive, elsewhere):  # alive, or not for this machine to judge: their leases decide
+    os.killpg(main.pid, signal.SIGKILL)
+    main.wait()
+    # Alive; not for this machine to judge; or left to its live main process: their leases decide.
+    for job in (alive, elsewhere, lost_pool):
         kept = store.jobs.get(job.id)
         assert kept is not None and kept.status == JobStatus.IN_PROGRESS and store.claims.holder(job.id)
