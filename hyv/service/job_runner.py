@@ -384,6 +384,7 @@ def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
             stage=None,
             step=0,
             progress=0,
+            content_bytes=0,  # the dead or handed-back run's partial MP4 is not the next run's
         )
         return written
     finally:

@@ -95,7 +95,7 @@ def _hand_back_rounds(stack: Stack, target: str) -> None:
 
         handed = stack.store.jobs.get(job.id)
         assert handed is not None and handed.status == JobStatus.QUEUED, handed
-        assert (handed.progress, handed.stage, handed.attempts) == (0, None, 1)
+        assert (handed.progress, handed.stage, handed.attempts, handed.content_bytes) == (0, None, 1, 0)
         assert stack.store.jobs.queue_position(job.id) == 1
         assert stack.store.jobs.queue_position(behind.id) == 2
         ended = [r for r in stack.store.claims.runs(job.id) if r["event"] == "end"]
