@@ -86,17 +86,32 @@ CATALOGUE: dict[str, tuple[str, str, str]] = {
         "for 2 s with 3 jobs submitted through the API; then a good worker; 2 per run",
         "/readyz not 503 or not saying why; a job failed, lost or run twice",
     ),
-    "test_sigterm_to_the_main_process_finishes_the_job": (
+    "test_sigterm_finishes_the_job_within_the_grace": (
         "Faults",
-        "SIGTERM to a busy worker's main process (`docker stop`, Kubernetes): Celery's warm "
-        "shutdown; 2 per run",
-        "the job not finished by that worker within the grace period; the worker not exiting",
+        "SIGTERM to a busy worker's main process (`docker stop`, Kubernetes: Celery's warm shutdown) "
+        "or to every process of it (systemd's default, `hyv serve`); 2 per run",
+        "the job not finished by that worker within its shutdown grace; the worker not exiting",
     ),
-    "test_sigterm_requeues_what_it_cannot_finish": (
+    "test_past_its_grace_the_job_goes_back_to_the_front_of_its_queue": (
         "Faults",
-        "SIGTERM to every process of a busy worker (systemd's default), or a job that outlasts the "
-        "grace period (then SIGKILL); a second worker is running; 2 per run",
-        "jobs lost; a job run twice at once or completed twice",
+        "SIGTERM (main process or every process) to the only worker, with a half-second shutdown "
+        "grace, a job running and one queued behind it; then a new worker; 2 per run",
+        "the job lost, run twice or left `in_progress`; not first in line (queued, position 1) or "
+        "not run before the job behind it",
+    ),
+    "test_a_killed_workers_job_is_taken_back_at_once": (
+        "Faults",
+        "a busy worker SIGKILLed half a second after its SIGTERM (`launcher.stop_worker`), claims "
+        "leased for 10 min; a second worker is running; 2 per run",
+        "the job not requeued within 15 s (its claim names processes that are gone); lost, run twice "
+        "at once or completed twice",
+    ),
+    "test_ctrl_c_on_hyv_serve_finishes_or_requeues_the_running_job": (
+        "Faults",
+        "Ctrl-C (SIGINT) to a real `hyv serve` with a job running and one queued, with the default "
+        "or a half-second shutdown grace, or SIGKILL to all its processes; then `hyv serve` again",
+        "a job lost, run twice, or `in_progress` while nothing runs it; the running job not first "
+        "after the restart; a second MP4",
     ),
     "test_worker_killed_mid_job_is_redelivered_and_completed": (
         "Faults",
