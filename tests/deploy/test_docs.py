@@ -62,10 +62,10 @@ def test_uvicorn_factory_in_the_docs_imports() -> None:
 def test_routes_called_in_the_api_guide_exist() -> None:
     from fastapi.routing import APIRoute
 
-    from hyv.service.api import content, routes_system, routes_videos, sse
+    from hyv.service.api import content, routes_derived, routes_system, routes_videos, sse
 
     routes = set()
-    for module in (routes_videos, content, sse, routes_system):
+    for module in (routes_videos, routes_derived, content, sse, routes_system):
         for route in module.router.routes:
             if isinstance(route, APIRoute):
                 routes |= {(method, route.path) for method in route.methods or ()}

@@ -53,3 +53,24 @@ def test_timesteps_passed_to_model_are_sigma_times_1000():
     sigmas = flow_schedule(4, 1.0)
     euler_denoise(velocity, torch.zeros(1, 1), sigmas)
     assert seen == pytest.approx([1000.0, 750.0, 500.0, 250.0])
+
+
+def test_edit_schedule_enters_at_the_first_sigma_at_or_below_the_strength():
+    from hyv.engine.sampling import edit_schedule
+
+    student = torch.tensor([1.0, 0.9375, 0.8333, 0.625, 0.0], dtype=torch.float64)
+    assert edit_schedule(student, 1.0).tolist() == student.tolist()
+    assert edit_schedule(student, 0.95).tolist() == [0.9375, 0.8333, 0.625, 0.0]
+    assert edit_schedule(student, 0.9375).tolist() == [0.9375, 0.8333, 0.625, 0.0]
+    assert edit_schedule(student, 0.01).tolist() == [0.625, 0.0]  # always one step left
+    with pytest.raises(ValueError, match="strength must be in"):
+        edit_schedule(student, 0.0)
+
+
+def test_noise_to_lies_on_the_flow_line():
+    from hyv.engine.sampling import noise_to
+
+    clean, noise = torch.randn(2, 3, generator=torch.Generator().manual_seed(0)), torch.randn(2, 3)
+    assert torch.equal(noise_to(clean, noise, 0.0), clean)
+    assert torch.allclose(noise_to(clean, noise, 1.0), noise)
+    assert torch.allclose(noise_to(clean, noise, 0.25), 0.75 * clean + 0.25 * noise)

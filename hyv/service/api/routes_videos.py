@@ -16,7 +16,13 @@ from hyv.service.api.context import AppContext, ContextDep
 from hyv.service.api.errors import ConflictError, InvalidRequestError, ServiceUnavailableError
 from hyv.service.api.openapi_docs import CREATE_REQUEST_BODY
 from hyv.service.api.schemas import VideoDeleted, VideoList, error_responses
-from hyv.service.api.validation import build_plan, duration_text, now, plan_to_request_dict
+from hyv.service.api.validation import (
+    build_plan,
+    duration_text,
+    now,
+    plan_to_request_dict,
+    requested_fields,
+)
 from hyv.service.celery_app import enqueue
 from hyv.service.job_model import Job, JobStatus, new_job_id
 from hyv.service.job_records import ActiveJobLimitError
@@ -88,6 +94,7 @@ async def create_video(
     context.limiter.check_queue(caller.owner, context.jobs.queued_count(caller.owner))
 
     job_id = new_job_id()
+    asked = requested_fields(body.video)
     if idempotency_key is not None:
         claimed = context.idempotency.set(caller.owner, idempotency_key, job_id, fingerprint)
         if claimed is False:  # a concurrent request with the same key won the race
@@ -109,6 +116,8 @@ async def create_video(
         num_frames=plan.num_frames,
         fps=plan.fps,
         webhook_url=body.video.webhook_url,
+        requested_size=asked["requested_size"],
+        requested_seconds=asked["requested_seconds"],
     )
     try:
         await store_and_enqueue(context, job, body.image)
