@@ -1,8 +1,9 @@
 """The web page at / in a real headless Chromium (Debian's, driven by Playwright's Python client)
 against the real API and a real Celery worker, at a desktop and a phone viewport: submit, live
 progress, the video playing from the stream, its download and thumbnail, cancelling, recent jobs,
-a validation error, the favicon, no sideways scrolling. Screenshots are kept as test artifacts in
-$HYV_TEST_ARTIFACTS, else tests/artifacts/, named by test and viewport."""
+remixing and extending a finished video, a validation error, the favicon, no sideways scrolling.
+Screenshots are kept as test artifacts in $HYV_TEST_ARTIFACTS, else tests/artifacts/, named by test
+and viewport."""
 
 from __future__ import annotations
 
@@ -380,3 +381,145 @@ def test_the_form_offers_what_the_model_serves_and_shows_a_refused_prompt(
         "48x32",
         9,
     )
+
+
+PROMPT = "a red circle moving right on a black background"
+
+
+def _api_get(url: str, path: str) -> Any:
+    response = httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {KEY_A}"})
+    response.raise_for_status()
+    return response.json()
+
+
+@BOTH_VIEWPORTS
+def test_remix_from_the_recent_list_is_followed_and_marked(page: tuple[Any, str], viewport: str) -> None:
+    browser_page, url = page
+    _open(browser_page, url)
+    source_id = _submit(browser_page, "64x48", 9, 4, seed=7)
+    _wait_status(browser_page, "completed")
+    source_row = f"#recent li[data-id='{source_id}']"
+    browser_page.wait_for_selector(f"{source_row} button[data-action='remix']")
+    assert browser_page.locator(f"{source_row} .origin").count() == 0  # made from a prompt
+
+    # Remix on the row: the form remixes that video, its prompt in the box to edit; the video shown
+    # stays the one it was (the button is not a click on the row).
+    browser_page.fill("#prompt", "")
+    browser_page.click(f"{source_row} button[data-action='remix']")
+    assert browser_page.input_value("#prompt") == PROMPT
+    assert browser_page.text_content("#derive-what") == f"Remix of {source_id}"
+    assert browser_page.text_content("#submit") == "Remix"
+    assert browser_page.is_hidden("#create-fields") and browser_page.is_hidden("#extend-length")
+    assert browser_page.evaluate("window.hyv.videoId") == source_id
+    _assert_fits(browser_page, viewport)
+    _screenshot(browser_page, "remix-form", viewport)
+
+    browser_page.fill("#prompt", "a blue circle moving right on a black background")
+    browser_page.click("#submit")
+    browser_page.wait_for_function("(source) => window.hyv.videoId !== source", arg=source_id)
+    remix_id = str(browser_page.evaluate("window.hyv.videoId"))
+    assert remix_id.startswith("video_")
+    # The form is back to making new videos; the remix is followed as a new generation is.
+    assert browser_page.is_hidden("#derive-bar") and browser_page.text_content("#submit") == "Generate"
+    assert browser_page.is_visible("#size") and browser_page.is_hidden("#error")
+    _wait_status(browser_page, "completed")
+    state = browser_page.evaluate("window.hyv")
+    assert state["events"][-1] == "video.completed" and "video.progress" in state["events"]
+    assert browser_page.evaluate("document.getElementById('progress').value") == 100
+    assert re.fullmatch(r"completed · 100%", browser_page.text_content("#status") or "")
+    browser_page.wait_for_function(
+        """() => { const v = document.getElementById('player');
+                   return v.readyState >= 2 && v.videoWidth === 64 && v.videoHeight === 48
+                          && Number.isFinite(v.duration); }""",
+        timeout=30_000,
+    )
+    duration = browser_page.evaluate("document.getElementById('player').duration")
+    assert duration == pytest.approx(9 / 8, abs=0.2)
+    assert browser_page.evaluate("window.hyv.playback") == "ended"
+    short = f"{source_id[:12]}\u2026"
+    assert browser_page.text_content("#job-origin") == f"remix of {short}"
+
+    # Its row in the recent list says what it was remixed from (the full id as the tooltip).
+    remix_row = f"#recent li[data-id='{remix_id}']"
+    browser_page.wait_for_function(
+        "(row) => document.querySelector(`${row} .status`)?.textContent === 'completed'",
+        arg=remix_row,
+        timeout=10_000,
+    )
+    assert browser_page.text_content(f"{remix_row} .origin") == f"remix of {short}"
+    assert browser_page.get_attribute(f"{remix_row} .origin", "title") == source_id
+    assert browser_page.text_content(f"{remix_row} .prompt") == (
+        f"remix of {short}a blue circle moving right on a black background"
+    )
+    assert browser_page.locator(f"{remix_row} .row-actions button").all_text_contents() == ["Remix", "Extend"]
+
+    remix = _api_get(url, f"/v1/videos/{remix_id}")
+    assert (remix["operation"], remix["source_video_id"], remix["remixed_from_video_id"]) == (
+        "remix",
+        source_id,
+        source_id,
+    )
+    assert (remix["status"], remix["prompt"], remix["size"], remix["num_frames"], remix["seed"]) == (
+        "completed",
+        "a blue circle moving right on a black background",
+        "64x48",
+        9,
+        7,
+    )
+    content = httpx.get(f"{url}/v1/videos/{remix_id}/content", headers={"Authorization": f"Bearer {KEY_A}"})
+    with av.open(io.BytesIO(content.content), mode="r") as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == 9 and frames[0].shape == (48, 64, 3)
+    listed = [video["id"] for video in _api_get(url, "/v1/videos?limit=10")["data"]]
+    assert listed[:2] == [remix_id, source_id]
+    _assert_fits(browser_page, viewport)
+    _screenshot(browser_page, "remix", viewport)
+
+
+def test_extend_on_a_model_without_image_input_shows_the_servers_reason(page: tuple[Any, str]) -> None:
+    browser_page, url = page
+    _open(browser_page, url)
+    source_id = _submit(browser_page, "64x48", 9, 4)
+    _wait_status(browser_page, "completed")
+
+    # Extend on the video shown: its prompt to edit, and the lengths the model renders (the test
+    # bundle: any 4n+1 up to 17 frames at 8 fps) as the seconds each adds, its default (5) chosen.
+    browser_page.wait_for_selector("#extend:not([hidden])")
+    assert browser_page.is_visible("#remix")
+    browser_page.fill("#prompt", "")
+    browser_page.click("#extend")
+    assert browser_page.input_value("#prompt") == PROMPT
+    assert browser_page.text_content("#derive-what") == f"Extend {source_id}"
+    assert browser_page.text_content("#submit") == "Extend"
+    assert _options(browser_page, "#extend-frames") == [
+        ["5", "+0.5 s"],
+        ["9", "+1 s"],
+        ["13", "+1.5 s"],
+        ["17", "+2 s"],
+    ]
+    assert browser_page.input_value("#extend-frames") == "5"
+    browser_page.select_option("#extend-frames", "9")
+    browser_page.click("#submit")
+
+    # The tiny model takes no image: the server's 422 and its reason, in the error box.
+    browser_page.wait_for_selector("#error:not([hidden])")
+    assert browser_page.text_content("#error") == (
+        "model 'hyv-tiny' cannot extend a video: it takes no image condition"
+    )
+    assert browser_page.get_attribute("#error", "data-param") == "video"
+    # Nothing else changed: the source still shown and completed, the form still extending it with
+    # the user's choices, no new job.
+    assert browser_page.evaluate("window.hyv.videoId") == source_id
+    assert browser_page.get_attribute("#status", "data-status") == "completed"
+    assert browser_page.is_visible("#derive-bar") and browser_page.text_content("#submit") == "Extend"
+    assert browser_page.input_value("#prompt") == PROMPT
+    assert browser_page.input_value("#extend-frames") == "9"
+    assert browser_page.is_enabled("#submit")
+    assert _api_get(url, "/v1/videos?limit=1")["data"][0]["id"] == source_id
+    _screenshot(browser_page, "extend-refused", "desktop")
+
+    # Back to a new video: the create form again, the error gone.
+    browser_page.click("#derive-back")
+    assert browser_page.is_hidden("#derive-bar") and browser_page.is_hidden("#error")
+    assert browser_page.text_content("#submit") == "Generate"
+    assert browser_page.is_visible("#size") and browser_page.is_enabled("#size")

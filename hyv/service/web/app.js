@@ -7,6 +7,9 @@
 // that fill the prompt) and vocabulary; words outside it are flagged while typing.
 // Every request carries the API key, so the MP4 and the thumbnails are fetched (not linked) and
 // shown or saved from object URLs.
+// A completed video (the one shown, or a row of the recent list) can be remixed or extended: the
+// form then posts the prompt box's text to the remix or extensions route, and the new job is
+// followed as a new generation is; the recent list says which video each derived one came from.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -52,13 +55,21 @@ async function api(path, options = {}) {
 const FIELD_OF = { prompt: "prompt", negative_prompt: "prompt", size: "size", num_frames: "num_frames",
   seconds: "num_frames", steps: "steps", seed: "seed" };
 
+// An extension's length is its own dropdown (the create form's fields are put away meanwhile).
+function fieldOf(param) {
+  if (deriving && deriving.operation === "extend" && (param === "num_frames" || param === "seconds")) {
+    return "extend-frames";
+  }
+  return FIELD_OF[param];
+}
+
 function showError(message, param = null) {
   const box = $("error");
   box.textContent = message || "";
   box.hidden = !message;
   box.dataset.param = param || "";
   document.querySelectorAll(".invalid").forEach((element) => element.classList.remove("invalid"));
-  if (param && FIELD_OF[param]) $(FIELD_OF[param]).classList.add("invalid");
+  if (param && fieldOf(param)) $(fieldOf(param)).classList.add("invalid");
   if (param === "prompt" || param === "negative_prompt") {
     if (!$("grammar-box").hidden) $("grammar-box").open = true;
   }
@@ -114,6 +125,7 @@ async function loadModel() {
     $("sizes").replaceChildren();
     $("image").disabled = !model.supports_image;
     showGrammar(model);
+    if (deriving && deriving.operation === "extend") fillExtendLengths(deriving.video);
   } catch (error) {
     $("model").textContent = "model unavailable";
     showError(error.message);
@@ -236,9 +248,7 @@ function checkPrompt() {
   }
 }
 
-async function submit(event) {
-  event.preventDefault();
-  showError("");
+function postCreate() {
   const form = new FormData();
   form.append("prompt", $("prompt").value);
   for (const name of ["size", "num_frames", "steps", "seed"]) {
@@ -247,9 +257,17 @@ async function submit(event) {
   }
   const file = $("image").files[0];
   if (file) form.append("input_reference", file);
+  return api("/v1/videos", { method: "POST", body: form });
+}
+
+async function submit(event) {
+  event.preventDefault();
+  showError("");
   $("submit").disabled = true;
   try {
-    const video = await (await api("/v1/videos", { method: "POST", body: form })).json();
+    const response = deriving ? await postDerived(deriving) : await postCreate();
+    const video = await response.json();
+    if (deriving) stopDerive();
     watch(video);
     refreshRecent();
   } catch (error) {
@@ -259,12 +277,82 @@ async function submit(event) {
   }
 }
 
+// --- remix and extend: a new video from a completed one -------------------------------------------
+
+let deriving = null; // { operation: "remix" | "extend", video: the completed source }
+
+// Where a derived video came from, its source's id shortened ("remix of video_1a2b3c…").
+const ORIGIN = { remix: "remix of", edit: "edit of", extend: "extended from" };
+
+function originText(video) {
+  if (!video.operation || video.operation === "create") return "";
+  const verb = ORIGIN[video.operation] || `${video.operation} of`;
+  const source = video.source_video_id ? `${video.source_video_id.slice(0, 12)}\u2026` : "an upload";
+  return `${verb} ${source}`;
+}
+
+// The lengths an extension can add: the model's frame counts (any 4n+1 up to its maximum where it
+// lists none) but a single frame, each shown as the seconds it adds at the source's frame rate
+// (the new segment's first frame takes the place of the source's last).
+function extendLengths(model) {
+  const counts = model.frame_counts ||
+    Array.from({ length: Math.floor((model.max_frames - 1) / 4) + 1 }, (_, index) => 4 * index + 1);
+  return counts.filter((frames) => frames > 1);
+}
+
+function fillExtendLengths(video) {
+  const model = hyv.model;
+  const select = $("extend-frames");
+  if (!model) return select.replaceChildren();
+  const fps = video.fps || model.defaults.fps;
+  const lengths = extendLengths(model);
+  select.replaceChildren(...lengths.map((frames) => new Option(`+${+((frames - 1) / fps).toFixed(2)} s`, String(frames))));
+  const preferred = lengths.includes(model.defaults.num_frames) ? model.defaults.num_frames : lengths[0];
+  if (preferred !== undefined) select.value = String(preferred);
+}
+
+// The form, set to remix or extend `video`: its prompt in the prompt box to edit, the create form's
+// own fields put away (the new job takes them from its source).
+function startDerive(operation, video) {
+  deriving = { operation, video };
+  showError("");
+  $("derive-bar").hidden = false;
+  $("derive-bar").dataset.operation = operation;
+  $("derive-what").textContent = `${operation === "remix" ? "Remix of" : "Extend"} ${video.id}`;
+  $("extend-length").hidden = operation !== "extend";
+  if (operation === "extend") fillExtendLengths(video);
+  $("create-fields").disabled = $("create-fields").hidden = true;
+  $("submit").textContent = operation === "remix" ? "Remix" : "Extend";
+  $("prompt").value = video.prompt || "";
+  checkPrompt();
+  $("create-form").scrollIntoView({ block: "nearest" });
+  $("prompt").focus({ preventScroll: true });
+}
+
+function stopDerive() {
+  deriving = null;
+  $("derive-bar").hidden = true;
+  $("derive-bar").dataset.operation = "";
+  $("create-fields").disabled = $("create-fields").hidden = false;
+  $("submit").textContent = "Generate";
+  document.querySelectorAll(".invalid").forEach((element) => element.classList.remove("invalid"));
+}
+
+// JSON bodies: the source by id, as OpenAI's routes take it.
+function postDerived({ operation, video }) {
+  const prompt = $("prompt").value;
+  const [path, body] = operation === "remix"
+    ? [`/v1/videos/${encodeURIComponent(video.id)}/remix`, { prompt }]
+    : ["/v1/videos/extensions", { prompt, num_frames: Number($("extend-frames").value), video: { id: video.id } }];
+  return api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
 // --- one job: progress and playback ---------------------------------------------------------------
 
 function watch(video) {
   if (current) current.abort.abort();
   const abort = new AbortController();
-  current = { id: video.id, abort, cancelling: false };
+  current = { id: video.id, video, abort, cancelling: false };
   Object.assign(hyv, { ...FRESH, videoId: video.id, events: [] });
   $("job").hidden = false;
   $("job-id").textContent = video.id;
@@ -292,8 +380,10 @@ function render(video) {
     text += " · cancelling";
   }
   status.textContent = text;
+  if (current && current.id === video.id) current.video = video;
+  $("job-origin").textContent = originText(video);
   $("cancel").hidden = FINAL.includes(video.status);
-  $("download").hidden = video.status !== "completed";
+  for (const action of ["download", "remix", "extend"]) $(action).hidden = video.status !== "completed";
   $("player").hidden = video.status === "failed" || video.status === "cancelled";
   const timings = Object.entries(video.timings || {}).map(([stage, s]) => `${stage} ${s.toFixed(2)} s`);
   $("timings").textContent = timings.length ? `${video.size} · ${video.num_frames} frames · ${timings.join(" · ")}` : "";
@@ -532,6 +622,26 @@ function forgetThumbnails(listed) {
   }
 }
 
+// Remix and Extend on a completed row (a click elsewhere on the row shows the video).
+function rowActions(video) {
+  const box = document.createElement("span");
+  box.className = "row-actions";
+  if (video.status !== "completed") return box;
+  box.append(...[["remix", "Remix"], ["extend", "Extend"]].map(([operation, label]) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary";
+    button.dataset.action = operation;
+    button.textContent = label;
+    button.addEventListener("click", (event) => {
+      event.stopPropagation();
+      startDerive(operation, video);
+    });
+    return button;
+  }));
+  return box;
+}
+
 async function refreshRecent() {
   try {
     const { data } = await (await api("/v1/videos?limit=10")).json();
@@ -552,6 +662,16 @@ async function refreshRecent() {
         span.className = name === "status" ? `status status-${video.status}` : name;
         return span;
       }));
+      const origin = originText(video);
+      if (origin) {
+        const mark = document.createElement("span");
+        mark.className = "origin";
+        mark.dataset.operation = video.operation;
+        mark.title = video.source_video_id || "";
+        mark.textContent = origin;
+        item.querySelector(".prompt").prepend(mark);
+      }
+      item.append(rowActions(video));
       item.addEventListener("click", () => watch(video));
       return item;
     }));
@@ -569,6 +689,13 @@ $("prompt").addEventListener("input", () => {
 });
 $("refresh").addEventListener("click", refreshRecent);
 $("download").addEventListener("click", download);
+for (const operation of ["remix", "extend"]) {
+  $(operation).addEventListener("click", () => current && startDerive(operation, current.video));
+}
+$("derive-back").addEventListener("click", () => {
+  stopDerive();
+  showError("");
+});
 // A running job stops within a step; its events then say "cancelled". The button stays disabled
 // meanwhile: a second DELETE, once the job has ended, would delete it.
 $("cancel").addEventListener("click", async () => {
