@@ -17,14 +17,11 @@ card holds it against issue 23's thresholds (one seed's clip here would make a 9
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 
 from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR, read_bundle_spec
-from hyv.engine.pipeline import PipelineOptions, VideoPipeline
+from hyv.engine.pipeline import VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
 from hyv.training.data.grammar import BACKGROUND_RGB, is_heldout, parse_caption
@@ -49,16 +46,6 @@ BUCKETS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def pipeline() -> Iterator[VideoPipeline]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        yield VideoPipeline.from_dir(DEFAULT_BUNDLE_DIR, PipelineOptions(device="cpu", dtype=torch.float32))
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_the_bundle_lists_its_buckets_and_the_prompts_are_held_out() -> None:
     assert LIMITS.buckets and LIMITS.frame_counts, "bundle.json must list the sizes and lengths it serves"
     card = (DEFAULT_BUNDLE_DIR / "MODEL_CARD.md").read_text()
@@ -69,11 +56,11 @@ def test_the_bundle_lists_its_buckets_and_the_prompts_are_held_out() -> None:
 @pytest.mark.parametrize("prompt", PROMPTS)
 @pytest.mark.parametrize(("width", "height", "frames"), BUCKETS, ids=[f"{w}x{h}x{n}" for w, h, n in BUCKETS])
 def test_every_bucket_draws_one_object_in_every_frame(
-    pipeline: VideoPipeline, prompt: str, width: int, height: int, frames: int
+    bundled_pipeline: VideoPipeline, prompt: str, width: int, height: int, frames: int
 ) -> None:
     expected = parse_caption(prompt)
     request = GenerationRequest(prompt=prompt, width=width, height=height, num_frames=frames, seed=SEED)
-    video = read_mp4(pipeline.generate(request).mp4)
+    video = read_mp4(bundled_pipeline.generate(request).mp4)
     assert video.shape == (frames, height, width, 3)
     clip = judge_clip(video, background=expected.background)
     # Exactly one object in every frame: no repeated copies, no stray blobs, no empty frames.

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
 from hyv.engine.pipeline import PipelineOptions, VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.source_video import decode_frames, probe_video
@@ -50,10 +49,12 @@ def test_extension_keeps_the_source_and_redraws_its_last_frame(i2v: VideoPipelin
     assert _psnr(after[:8], before[:8]) > 35  # the source's frames, once more through H.264
 
 
-def test_edit_at_full_strength_is_the_plain_generation_and_lower_keeps_the_source(source: bytes) -> None:
+def test_edit_at_full_strength_is_the_plain_generation_and_lower_keeps_the_source(
+    bundled_pipeline: VideoPipeline,
+) -> None:
     # The bundled model (its 4 distilled steps: sigmas 1, 0.9375, 0.8333, 0.625, 0): the tiny random
     # model's VAE cannot reconstruct anything, so what an edit keeps shows only with a trained one.
-    small = VideoPipeline.from_dir(DEFAULT_BUNDLE_DIR, PipelineOptions())
+    small = bundled_pipeline
     prompt = "a red circle moving right on a black background"
     base = GenerationRequest(prompt=prompt, num_frames=17, seed=7)
     made = small.generate(base).mp4

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
@@ -41,12 +41,13 @@ class CreateBody:
         return digest.hexdigest()
 
 
-async def parse_create_body(request: Request, max_upload_bytes: int) -> CreateBody:
+def _body_kind(request: Request) -> str:
+    """The body's encoding by the request's Content-Type: "json" or "form"; a 415 naming it otherwise."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        return await _parse_form(request, max_upload_bytes)
+        return "form"
     if content_type == "application/json" or content_type.endswith("+json"):
-        return await _parse_json(request, max_upload_bytes)
+        return "json"
     raise APIError(
         415,
         "unsupported_media_type",
@@ -54,7 +55,13 @@ async def parse_create_body(request: Request, max_upload_bytes: int) -> CreateBo
     )
 
 
-async def _parse_json(request: Request, max_upload_bytes: int) -> CreateBody:
+async def parse_create_body(request: Request, max_upload_bytes: int) -> CreateBody:
+    if _body_kind(request) == "form":
+        return await _parse_form(request, max_upload_bytes)
+    return await _parse_json(request, max_upload_bytes)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         data = json.loads(raw)
@@ -66,14 +73,20 @@ async def _parse_json(request: Request, max_upload_bytes: int) -> CreateBody:
         raise InvalidRequestError(
             f"body must be a JSON object, got {type(data).__name__}", code="invalid_json"
         )
-    video = _validate(data)
+    return data
+
+
+async def _parse_json(request: Request, max_upload_bytes: int) -> CreateBody:
+    video = _validate(await _json_object(request))
     image = decode_data_url(video.input_reference, max_upload_bytes) if video.input_reference else None
     return CreateBody(video, image)
 
 
-async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
+async def _read_form(request: Request, files_hint: str) -> FormData:
+    """The multipart (or urlencoded) form, within the field and file limits; a 413 or 422 naming
+    the problem otherwise. `files_hint` says which part takes the file."""
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+        return await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
     except (MultiPartException, StarletteHTTPException) as exc:
         # Inside an app Starlette re-raises its MultiPartException as a bare HTTPException(400).
         if isinstance(exc, StarletteHTTPException) and exc.status_code != 400:
@@ -81,11 +94,14 @@ async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
         message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
         if "exceeded maximum size" in message:
             raise TooLargeError(
-                f"a multipart field is over the limit of {MAX_FIELD_BYTES // 1024} KB (upload images "
-                "as the input_reference file)",
+                f"a multipart field is over the limit of {MAX_FIELD_BYTES // 1024} KB ({files_hint})",
                 "field_too_large",
             ) from None
         raise InvalidRequestError(f"malformed multipart body: {message}", code="invalid_multipart") from None
+
+
+async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
+    form = await _read_form(request, "upload images as the input_reference file")
     data: dict[str, Any] = {}
     image: bytes | None = None
     try:
@@ -138,31 +154,9 @@ class SourceBody:
 async def parse_source_body(request: Request, max_upload_bytes: int) -> SourceBody:
     """JSON (`{"prompt": ..., "video": {"id": ...}}`) or multipart, which the OpenAI SDK sends: the
     video as a `video` file part or as a `video[id]` field. The route validates the fields."""
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type == "application/json" or content_type.endswith("+json"):
-        raw = await request.body()
-        try:
-            data = json.loads(raw) if raw else {}
-        except (ValueError, RecursionError) as exc:
-            raise InvalidRequestError(f"body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise InvalidRequestError(
-                f"body must be a JSON object, got {type(data).__name__}", code="invalid_json"
-            )
-        return SourceBody(data, None)
-    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise APIError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type must be multipart/form-data or application/json, got {content_type or 'none'!r}",
-        )
-    try:
-        form = await request.form(max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
-    except (MultiPartException, StarletteHTTPException) as exc:
-        if isinstance(exc, StarletteHTTPException) and exc.status_code != 400:
-            raise
-        message = exc.message if isinstance(exc, MultiPartException) else str(exc.detail)
-        raise InvalidRequestError(f"malformed multipart body: {message}", code="invalid_multipart") from None
+    if _body_kind(request) == "json":
+        return SourceBody(await _json_object(request), None)
+    form = await _read_form(request, "upload the source video as the video file")
     fields: dict[str, Any] = {}
     video: bytes | None = None
     try:
