@@ -406,11 +406,17 @@ def serve(settings: Settings, workers: int = 1) -> None:
             },
         )
         config = uvicorn.Config(app, host=host, port=running.port, log_config=None, access_log=False)
-        # uvicorn stops on SIGINT/SIGTERM, then re-raises the signal with our handlers restored:
-        # both end here, and the `with` stops the workers and Redis.
+        # uvicorn stops on SIGINT/SIGTERM, then re-raises the signal with the handlers it found.
+        # Found: ones that only note it (an exception raised inside the stopping event loop is
+        # logged as a lifespan traceback), so the server returns; then the `with` stops the
+        # workers and Redis, where a second Ctrl-C or SIGTERM hurries them (single_machine).
+        stopped: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stopped.append(signum))
+        uvicorn.Server(config).run()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_system_exit)
-        with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run()
+        logger.info("the API stopped (%s)", ", ".join(signal.Signals(s).name for s in stopped) or "no signal")
     logger.info("stopped")
 
 
