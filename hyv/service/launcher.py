@@ -87,8 +87,10 @@ class RedisServer:
         persist: bool = True,
         binary: str | None = None,
         tls: RedisTLS | None = None,
+        databases: int = 16,  # Redis's own default
     ) -> None:
         self.directory = Path(directory).resolve()
+        self.databases = databases
         self.port = port or free_port()
         self.persist = persist
         self.binary = binary
@@ -117,6 +119,8 @@ class RedisServer:
             "60 1" if self.persist else "",
             "--protected-mode",
             "yes",
+            "--databases",
+            str(self.databases),
             "--logfile",
             str(self.directory / "redis.log"),
         ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,11 @@ class StopSignals:
 
     def install(self) -> None:
         """Take SIGTERM and SIGUSR2. Call it as the process starts and again as each job starts:
-        billiard installs its own SIGTERM handler after the process's initializer has run."""
+        billiard installs its own SIGTERM handler after the process's initializer has run. Only the
+        main thread can take signals: a runtime driven from another thread (tests, an embedding
+        application) keeps the handlers it has."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         current = signal.getsignal(signal.SIGTERM)
         if current != self._on_sigterm:
             self._idle_sigterm = current

@@ -74,7 +74,8 @@ def tiny_bundle(service_tmp: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(service_tmp: Path) -> Iterator[RedisServer]:
-    with RedisServer(service_tmp / "redis", persist=False) as server:
+    # Databases 1-15 are the tests' own (a private one each); cluster() takes fresh ones above them.
+    with RedisServer(service_tmp / "redis", persist=False, databases=64) as server:
         yield server
 
 
@@ -174,7 +175,7 @@ class Cluster:
         return submit_job(self.store, self.settings, **request)
 
 
-_next_db = iter(range(1, 16))
+_next_db = iter(range(16, 64))
 
 
 @pytest.fixture
