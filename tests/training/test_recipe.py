@@ -297,7 +297,7 @@ def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
             False,
         )
     assert config.dit.out_dir == config.dit_run and config.steps.out_dir == config.steps_run
-    assert config.dit.latent_norm == "per_channel" and config.eval.samples_per_combination == 1
+    assert config.dit.latent_norm == "per_channel" and config.eval.samples_per_combination == 2
     assert config.eval.vae_clips == 22 and config.dit_buckets.buckets == DEFAULT_BUCKETS
     assert isinstance(config.dit, DiTTrainConfig)
     assert json.loads(json.dumps(config.to_dict()))["dit"]["steps"] == 20_000
