@@ -7,9 +7,13 @@ Width and height are multiples of 16 (8x VAE downsampling, then 2x2 patches); fr
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hyv.engine.request import GenerationRequest, VideoMode
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SIZE_MULTIPLE = 16
 TIME_STRIDE = 4
@@ -89,6 +93,9 @@ class GenerationPlan:
     video_mode: VideoMode | None = None
     strength: float = 1.0  # edit: the fraction of the schedule re-run
     source_frames: int = 0  # frames of the source video (set once the engine has decoded it)
+    # The source's frames the engine uses, fitted to width x height, (T, H, W, 3) uint8: an edit's
+    # first num_frames, or every frame of an extension's source (decoded once, at planning).
+    source: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def latent_frames(self) -> int:

@@ -321,8 +321,9 @@ class VideoPipeline:
         return plan
 
     def _plan_source(self, plan: GenerationPlan) -> GenerationPlan:
-        """Check an edit's or extension's source video; an extension's image is the source's last
-        frame (fitted to the plan's size): it runs as image-to-video from there."""
+        """Check an edit's or extension's source video and keep the frames the run uses, fitted to
+        the plan's size; an extension's image is the source's last frame: it runs as image-to-video
+        from there."""
         assert plan.video is not None
         frames = decode_frames(plan.video)  # ValueError naming what is wrong with the file
         if plan.video_mode == "edit" and len(frames) < plan.num_frames:
@@ -330,13 +331,14 @@ class VideoPipeline:
                 f"video: the source has {len(frames)} frames; an edit of {plan.num_frames} frames "
                 "needs at least as many"
             )
-        plan = dataclasses.replace(plan, source_frames=len(frames))
+        if plan.video_mode == "extend" and self.dit.config.image_condition is None:
+            raise ValueError("this model cannot extend a video: it takes no image condition")
+        used = frames[: plan.num_frames] if plan.video_mode == "edit" else frames
+        source = fit_frames(used, plan.width, plan.height)
+        plan = dataclasses.replace(plan, source_frames=len(frames), source=source)
         if plan.video_mode != "extend":
             return plan
-        if self.dit.config.image_condition is None:
-            raise ValueError("this model cannot extend a video: it takes no image condition")
-        last = fit_frames(frames[-1:], plan.width, plan.height)[0]
-        return dataclasses.replace(plan, image=frame_png(last))
+        return dataclasses.replace(plan, image=frame_png(source[-1]))
 
     # --- public entry points ----------------------------------------------------------------------
 
@@ -474,9 +476,7 @@ class VideoPipeline:
     ) -> Iterator[torch.Tensor]:
         """Decoded video chunks (1, 3, n, H, W) in [-1, 1], in order."""
         check = _cancel_check(cancel)
-        source = None
-        if plan.video is not None:
-            source = fit_frames(decode_frames(plan.video), plan.width, plan.height)
+        source = plan.source
         if plan.video_mode == "extend" and source is not None and len(source) > 1:
             # The source up to its last frame, which the extension's first frame redraws (the
             # image condition, pinned: equal within the VAE's error), so no frame shows twice.
@@ -489,7 +489,7 @@ class VideoPipeline:
         check()
 
         start = time.perf_counter()
-        edited = source[: plan.num_frames] if source is not None and plan.video_mode == "edit" else None
+        edited = source if plan.video_mode == "edit" else None
         latents = self._denoise(plan, cond, uncond, image_cond, on_progress, check, edited)
         timings["denoise"] = time.perf_counter() - start
 

@@ -11,6 +11,7 @@ torch-free, like image_cond: the API probes uploads with `probe_video` before qu
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -54,33 +55,40 @@ def _open(data: bytes) -> av.container.InputContainer:
 
 
 def probe_video(data: bytes) -> VideoInfo:
-    """Size, frame count and frame rate of an encoded video; ValueError naming what is wrong."""
-    frames = decode_frames(data)
+    """Size, frame count and frame rate of an encoded video; ValueError naming what is wrong.
+    Every frame is decoded (a count in the header can lie) but none is converted to pixels."""
     with _open(data) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 0) or 8.0
-    return VideoInfo(width=frames.shape[2], height=frames.shape[1], num_frames=len(frames), fps=rate)
+        count = sum(1 for _ in _decoded(container))
+    return VideoInfo(width=stream.width, height=stream.height, num_frames=count, fps=rate)
 
 
 def decode_frames(data: bytes) -> np.ndarray:
     """Every frame of an encoded video as (T, H, W, 3) uint8."""
-    frames: list[np.ndarray] = []
     with _open(data) as container:
-        stream = container.streams.video[0]
-        if stream.width * stream.height > MAX_SOURCE_PIXELS:
-            raise ValueError(
-                f"the source video is {stream.width}x{stream.height}, over {MAX_SOURCE_PIXELS} pixels"
-            )
-        try:
-            for frame in container.decode(video=0):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if len(frames) > MAX_SOURCE_FRAMES:
-                    raise ValueError(f"the source video has more than {MAX_SOURCE_FRAMES} frames")
-        except av.error.FFmpegError as exc:
-            raise ValueError(f"the source video is corrupt ({exc.__class__.__name__})") from None
-    if not frames:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in _decoded(container)])
+
+
+def _decoded(container: av.container.InputContainer) -> Iterator[av.VideoFrame]:
+    """The video stream's frames, checked: at most MAX_SOURCE_PIXELS each, at most
+    MAX_SOURCE_FRAMES, at least one; ValueError naming what is wrong."""
+    stream = container.streams.video[0]
+    if stream.width * stream.height > MAX_SOURCE_PIXELS:
+        raise ValueError(
+            f"the source video is {stream.width}x{stream.height}, over {MAX_SOURCE_PIXELS} pixels"
+        )
+    count = 0
+    try:
+        for frame in container.decode(video=0):
+            count += 1
+            if count > MAX_SOURCE_FRAMES:
+                raise ValueError(f"the source video has more than {MAX_SOURCE_FRAMES} frames")
+            yield frame
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"the source video is corrupt ({exc.__class__.__name__})") from None
+    if not count:
         raise ValueError("the source video has no frames")
-    return np.stack(frames)
 
 
 def fit_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
