@@ -8,7 +8,6 @@ import inspect
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from hyv.service.api import auth as auth_module
 from tests.reliability.conftest import VALID, error_of, make_reliability_settings
 from tests.service.conftest_api import KEY_A, KEY_B, LiveServer, auth, free_port
+from tests.service.serve_process import start_hyv_serve
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,33 +115,15 @@ WRONG = "hyv-wrong-charlie-11d0e5a6f3"
 
 
 def _serve(data_dir: Path, bundle: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYV_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(
-        HYV_DEVICE="cpu",
-        HYV_DTYPE="fp32",
+    return start_hyv_serve(
+        data_dir,
+        bundle,
+        port,
+        log,
         HYV_API_KEYS=f"{SECRET_A},{SECRET_B}",
         HYV_LOG_LEVEL="DEBUG",  # the most the service ever logs
-        HYV_WORKER_HEARTBEAT_SECONDS="0.25",
-        HYV_JOB_LEASE_SECONDS="1.5",
         HYV_RATE_LIMIT_PER_MINUTE="0",
     )
-    code = "import typer; from hyv.cli import serve; typer.run(serve)"
-    command = [
-        sys.executable,
-        "-c",
-        code,
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--weights",
-        str(bundle),
-    ]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
 
 
 def _wait(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.2) -> Any:

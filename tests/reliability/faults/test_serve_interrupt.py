@@ -21,7 +21,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_store import JobStore
 from hyv.service.launcher import free_port
 from tests.reliability.faults.conftest import MEDIUM, MODEL, SMALL, assert_never_concurrent, wait_until
+from tests.service.serve_process import start_hyv_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -50,33 +50,10 @@ def start_serve(
     """`hyv serve` (the CLI's command, as `make serve` runs it) in its own session, like a terminal's
     foreground job; returns it and its base URL once /readyz says ready."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYV_")}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve uses data_dir/metrics
-    env.update(
-        HYV_DEVICE="cpu",
-        HYV_DTYPE="fp32",
-        HYV_WORKER_HEARTBEAT_SECONDS="0.25",
-        HYV_JOB_LEASE_SECONDS=str(lease_s),
-        OMP_NUM_THREADS="1",
-    )
+    env = {"HYV_JOB_LEASE_SECONDS": str(lease_s), "OMP_NUM_THREADS": "1"}
     if grace_s is not None:
         env["HYV_SHUTDOWN_GRACE_SECONDS"] = str(grace_s)
-    code = "import typer; from hyv.cli import serve; typer.run(serve)"
-    command = [
-        sys.executable,
-        "-c",
-        code,
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data),
-        "--weights",
-        str(bundle),
-    ]
-    with log.open("ab") as out:
-        serve = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    serve = start_hyv_serve(data, bundle, port, log, **env)
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _ready(base) or serve.poll() is not None, READY_TIMEOUT_S, 0.2)
     assert serve.poll() is None, log.read_text(errors="replace")[-3000:]
