@@ -55,6 +55,7 @@ GENERATE_OPTIONS = {
     "steps": "--steps",
     "guidance": "--guidance",
     "seed": "--seed",
+    "loras": "--lora",
 }
 
 
@@ -191,6 +192,25 @@ def _check_before_loading(
         _refuse(f"invalid request: {exc}")
 
 
+def _lora_files(options: list[str], sp: int) -> list[tuple[str, float, Path | None]]:
+    """--lora values -> (name, scale, the file when a path was given)."""
+    from hyv.engine.lora_folder import LORA_SUFFIX, parse_lora_option
+
+    out: list[tuple[str, float, Path | None]] = []
+    for value in options:
+        spec, scale = parse_lora_option(value)
+        if spec.endswith(LORA_SUFFIX) or "/" in spec:
+            path = Path(spec)
+            if not path.is_file():
+                _refuse(f"error: --lora {value}: no such file {path}")
+            if sp > 1:
+                _refuse(f"error: --lora {value}: with --sp, name an adapter of the bundle's loras/ folder")
+            out.append((path.name.removesuffix(LORA_SUFFIX), scale, path))
+        else:
+            out.append((spec, scale, None))
+    return out
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
@@ -228,6 +248,14 @@ def generate(
     vae_tile_size: Annotated[int | None, typer.Option(help=f"{VAE_TILE_SIZE_HELP}.")] = None,
     vae_tile_frames: Annotated[int | None, typer.Option(help=f"{VAE_TILE_FRAMES_HELP}.")] = None,
     vae_tile_overlap: Annotated[float | None, typer.Option(help=f"{VAE_TILE_OVERLAP_HELP}.")] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="LoRA adapter: a NAME from the bundle's loras/ folder or a PATH to a .safetensors, with "
+            "an optional :SCALE (default 1.0); repeat it for several (their deltas add up).",
+        ),
+    ] = None,
 ) -> None:
     """Generate one video and write it as an MP4; prints one JSON line (path, stage seconds, memory)."""
     from pydantic import ValidationError
@@ -235,7 +263,7 @@ def generate(
 
     from hyv.engine.pipeline import PipelineOptions, VideoPipeline, default_device_and_dtype
     from hyv.engine.pipeline import Progress as StepProgress
-    from hyv.engine.request import GenerationRequest
+    from hyv.engine.request import GenerationRequest, LoraChoice
     from hyv.option_errors import option_error
 
     try:
@@ -247,6 +275,7 @@ def generate(
         image_bytes = image.read_bytes() if image is not None else None
     except OSError as exc:
         _refuse(f"error: --image {image}: {exc.strerror or exc}")
+    lora_files = _lora_files(lora or [], sp)
     try:
         request = GenerationRequest(
             prompt=prompt,
@@ -259,6 +288,7 @@ def generate(
             steps=steps,
             guidance=guidance,
             seed=seed,
+            loras=tuple(LoraChoice(name=name, scale=scale) for name, scale, _ in lora_files),
         )
     except ValidationError as exc:
         _refuse(f"error: {option_error(exc, GenerationRequest, GENERATE_OPTIONS)}")
@@ -293,6 +323,9 @@ def generate(
         return
     try:
         pipeline = VideoPipeline.from_dir(weights, options, text_encoder_path=text_encoder)
+        for name, _, path in lora_files:
+            if path is not None:
+                pipeline.loras.add_file(path, name)
         pipeline.plan(request)
     except (ValueError, FileNotFoundError) as exc:
         _refuse(f"invalid request: {exc}")

@@ -25,21 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hyv.engine.lora_folder import LORA_SUFFIX, lora_names
 from hyv.engine.request import LoraChoice
 from hyv.models.lora_formats import LoraAdapter, LoraError, LoraTargets, find_dit, read_lora_file
 
 logger = logging.getLogger(__name__)
 
-LORA_SUFFIX = ".safetensors"
-LORA_DIR_NAME = "loras"  # a bundle's adapters: <bundle>/loras/<name>.safetensors
 DEFAULT_CACHE_SIZE = 8
-
-
-def lora_names(folder: Path | None) -> list[str]:
-    """The adapter names in `folder` (file stems of its *.safetensors), sorted; none if it is absent."""
-    if folder is None or not folder.is_dir():
-        return []
-    return sorted(p.name.removesuffix(LORA_SUFFIX) for p in folder.glob(f"*{LORA_SUFFIX}") if p.is_file())
 
 
 class LoraLibrary:
@@ -105,7 +97,12 @@ class LoraLibrary:
         adapter = read_lora_file(path, self.targets(dit), name)
         logger.info(
             "LoRA loaded",
-            extra={"lora": name, "format": adapter.format, "layers": len(adapter.parts), "params": adapter.num_parameters},
+            extra={
+                "lora": name,
+                "format": adapter.format,
+                "layers": len(adapter.parts),
+                "params": adapter.num_parameters,
+            },
         )
         with self._lock:
             for stale in [k for k in self._cache if k[0] == name]:
@@ -121,9 +118,7 @@ class LoraLibrary:
         return [(self.load(choice.name, dit), choice.scale) for choice in choices if choice.scale != 0.0]
 
 
-def merged_weights(
-    dit: nn.Module, adapters: Sequence[tuple[LoraAdapter, float]]
-) -> dict[str, torch.Tensor]:
+def merged_weights(dit: nn.Module, adapters: Sequence[tuple[LoraAdapter, float]]) -> dict[str, torch.Tensor]:
     """module name -> W + sum of scale * delta for every layer an adapter touches (new tensors)."""
     base = find_dit(dit)
     modules = sorted({m for adapter, _ in adapters for m in adapter.parts})
@@ -153,34 +148,14 @@ def applied_loras(dit: nn.Module, adapters: Sequence[tuple[LoraAdapter, float]])
         return
     base = find_dit(dit)
     merged = merged_weights(base, active)  # everything computed before the first swap
-    originals: dict[str, nn.Parameter] = {}
+    originals: dict[str, torch.Tensor] = {}  # the Parameter objects themselves
     try:
         for name, weight in merged.items():
             layer = base.get_submodule(name)
+            assert isinstance(layer, nn.Linear)  # merged_weights checked it
             originals[name] = layer.weight
             layer.weight = nn.Parameter(weight, requires_grad=False)
         yield
     finally:
         for name, original in originals.items():
             base.get_submodule(name).weight = original
-
-
-def parse_lora_option(value: str) -> tuple[str, float]:
-    """`NAME_OR_PATH[:SCALE]` (the CLI's --lora) -> (name or path, scale)."""
-    spec, sep, tail = value.rpartition(":")
-    if sep:
-        try:
-            return spec, float(tail)
-        except ValueError:
-            pass
-    return value, 1.0
-
-
-def lora_choices(library: LoraLibrary, specs: Sequence[tuple[str, float]]) -> list[LoraChoice]:
-    """(name or path, scale) pairs to request choices; a path (it ends in .safetensors or holds a
-    /) is added to the library under its stem."""
-    choices = []
-    for spec, scale in specs:
-        name = library.add_file(spec) if spec.endswith(LORA_SUFFIX) or "/" in spec else spec
-        choices.append(LoraChoice(name=name, scale=scale))
-    return choices

@@ -32,7 +32,8 @@ from hyv.engine import memory
 from hyv.engine.bundle import BUNDLE_FILE, ModelBundle, load_bundle
 from hyv.engine.image_cond import fit_image, image_to_video_tensor, load_image
 from hyv.engine.limits import GenerationPlan, resolve
-from hyv.engine.lora import LORA_DIR_NAME, LoraLibrary, applied_loras
+from hyv.engine.lora import LoraLibrary, applied_loras
+from hyv.engine.lora_folder import default_lora_dir
 from hyv.engine.memory_options import TextEncoderPlacement, VAETileSizes, attention_backend_name
 from hyv.engine.placement import Mover, Placement, plan_placement
 from hyv.engine.request import GenerationRequest
@@ -307,7 +308,7 @@ class VideoPipeline:
         metadata = read_dit_metadata(weights / "dit") if (weights / BUNDLE_FILE).is_file() else {}
         schedule = json.loads(metadata[SCHEDULE_METADATA_KEY]) if SCHEDULE_METADATA_KEY in metadata else None
         pipeline = cls(bundle, options, schedule)
-        pipeline.loras = LoraLibrary(weights / LORA_DIR_NAME)
+        pipeline.loras = LoraLibrary(default_lora_dir(weights))
         return pipeline
 
     # --- planning -------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ class LoraChoice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=LORA_NAME_PATTERN, description="The adapter's file name without .safetensors.")
-    scale: float = Field(default=1.0, ge=-100.0, le=100.0, allow_inf_nan=False, description="0 = not applied.")
+    scale: float = Field(
+        default=1.0, ge=-100.0, le=100.0, allow_inf_nan=False, description="0 = not applied."
+    )
 
 
 class GenerationRequest(BaseModel):
@@ -61,7 +63,9 @@ class GenerationRequest(BaseModel):
     )
 
     loras: tuple[LoraChoice, ...] = Field(
-        default=(), max_length=MAX_LORAS, description="LoRA adapters applied for this request; their deltas add up."
+        default=(),
+        max_length=MAX_LORAS,
+        description="LoRA adapters applied for this request; their deltas add up.",
     )
 
     @field_validator("loras")

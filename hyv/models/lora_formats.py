@@ -165,7 +165,10 @@ def _split_key(key: str) -> tuple[str, Factor] | None:
 
 def _locate(source: str, targets: LoraTargets) -> tuple[LoraTarget | None, str, bool]:
     """(where a source module lands or None, its format, whether its alpha is ignored)."""
-    for prefix, fmt, ignore_alpha in ((KOHYA_PREFIX, "kohya", False), (OFFICIAL_I2V_PREFIX, "official-i2v", True)):
+    for prefix, fmt, ignore_alpha in (
+        (KOHYA_PREFIX, "kohya", False),
+        (OFFICIAL_I2V_PREFIX, "official-i2v", True),
+    ):
         if source.startswith(prefix):
             name = targets.underscored.get(source[len(prefix) :])
             if name is None or name in targets.not_adaptable:
@@ -251,7 +254,9 @@ def parse_lora(
         assert part is not None
         for start, stop, other in covered.get(pair.target.module, []):
             if start < part.stop and part.start < stop:
-                problems.append(f"{pair.source} and {other} both adapt rows {start}:{stop} of {pair.target.module}")
+                problems.append(
+                    f"{pair.source} and {other} both adapt rows {start}:{stop} of {pair.target.module}"
+                )
         covered.setdefault(pair.target.module, []).append((part.start, part.stop, pair.source))
         adapter.parts.setdefault(pair.target.module, []).append(part)
     if problems:
@@ -273,7 +278,10 @@ def _checked_part(
     if down.ndim != 2 or up.ndim != 2:
         return None, f"{where}: down {tuple(down.shape)} and up {tuple(up.shape)} must be matrices"
     if down.shape[0] != up.shape[1]:
-        return None, f"{where}: rank mismatch, down {tuple(down.shape)} has rank {down.shape[0]}, up {tuple(up.shape)} has {up.shape[1]}"
+        return None, (
+            f"{where}: rank mismatch, down {tuple(down.shape)} has rank {down.shape[0]}, "
+            f"up {tuple(up.shape)} has {up.shape[1]}"
+        )
     if down.shape[1] != in_features or up.shape[0] != rows:
         return None, (
             f"{where}: wrong shapes, down {tuple(down.shape)} and up {tuple(up.shape)}; the layer needs "
@@ -318,4 +326,3 @@ def read_lora_file(path: str | Path, targets: LoraTargets, name: str | None = No
     except ValueError as exc:
         raise LoraError(f"LoRA {name!r}: {exc}") from exc
     return parse_lora(state_dict, targets, name, metadata)
-

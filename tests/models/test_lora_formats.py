@@ -50,7 +50,9 @@ def original_adapter(
     out: dict[str, torch.Tensor] = {}
     for module in modules:
         rows, cols = targets.shapes[module]
-        out[f"diffusion_model.{module}.lora_A.weight"] = torch.randn(rank, cols, generator=generator) / cols**0.5
+        out[f"diffusion_model.{module}.lora_A.weight"] = (
+            torch.randn(rank, cols, generator=generator) / cols**0.5
+        )
         out[f"diffusion_model.{module}.lora_B.weight"] = torch.randn(rows, rank, generator=generator)
     return out
 
@@ -70,12 +72,17 @@ def expected_deltas(original: dict[str, torch.Tensor]) -> dict[str, Delta]:
     modules = {k.removeprefix("diffusion_model.").rsplit(".", 2)[0] for k in original}
     out: dict[str, Delta] = {}
     for m in modules:
-        down, up = original[f"diffusion_model.{m}.lora_A.weight"], original[f"diffusion_model.{m}.lora_B.weight"]
+        down, up = (
+            original[f"diffusion_model.{m}.lora_A.weight"],
+            original[f"diffusion_model.{m}.lora_B.weight"],
+        )
         out[m] = (up @ (down @ PROBE[: down.shape[1]]), up @ down if m in DENSE else None)
     return out
 
 
-def to_kohya(original: dict[str, torch.Tensor], alpha: float, prefix: str = KOHYA_PREFIX) -> dict[str, torch.Tensor]:
+def to_kohya(
+    original: dict[str, torch.Tensor], alpha: float, prefix: str = KOHYA_PREFIX
+) -> dict[str, torch.Tensor]:
     """kohya / musubi-tuner names; up scaled by rank / alpha so that up @ down * alpha / rank is
     the original delta."""
     out: dict[str, torch.Tensor] = {}
@@ -166,7 +173,10 @@ def test_diffusers_conversion_diverges_where_documented(targets_13b: LoraTargets
     # A diffusers-form LoRA on norm_out.linear (scale, shift) lands on our (shift, scale) rows.
     down = torch.randn(4, 3072)
     up = torch.randn(6144, 4)
-    diffusers_form = {"transformer.norm_out.linear.lora_A.weight": down, "transformer.norm_out.linear.lora_B.weight": up}
+    diffusers_form = {
+        "transformer.norm_out.linear.lora_A.weight": down,
+        "transformer.norm_out.linear.lora_B.weight": up,
+    }
     delta = deltas_of(diffusers_form, targets_13b)["final_layer.adaLN_modulation.1"][1]
     assert delta is not None
     torch.testing.assert_close(delta, torch.cat([up[3072:], up[:3072]]) @ down)
@@ -182,7 +192,9 @@ def test_split_parts_fill_their_rows_and_missing_parts_are_zero(targets_13b: Lor
         "transformer.single_transformer_blocks.3.proj_mlp.lora_B.weight": up_mlp,
     }
     targets = targets_13b
-    delta = parse_lora(adapter, targets).delta("single_blocks.3.linear1", targets.shapes["single_blocks.3.linear1"])
+    delta = parse_lora(adapter, targets).delta(
+        "single_blocks.3.linear1", targets.shapes["single_blocks.3.linear1"]
+    )
     assert delta.shape == (3 * 3072 + 12288, 3072)
     torch.testing.assert_close(delta[:3072], up_q @ down_q)
     assert not delta[3072 : 3 * 3072].any()  # k and v: no LoRA, zero delta
@@ -204,7 +216,11 @@ def test_small_dit_formats_and_alpha() -> None:
     # diffusers with PEFT's alpha in the header metadata (its conversion splits the single blocks'
     # linear1 at the 13B's width, so they stay out here)
     converted = _convert_hunyuan_video_lora_to_diffusers(
-        {k: v for k, v in original.items() if "single" not in k and not any(d in k for d in DIFFUSERS_DIVERGES)}
+        {
+            k: v
+            for k, v in original.items()
+            if "single" not in k and not any(d in k for d in DIFFUSERS_DIVERGES)
+        }
     )
     adapter = parse_lora(converted, targets, metadata={DIFFUSERS_METADATA_KEY: '{"r": 3, "lora_alpha": 6}'})
     module = "double_blocks.0.img_attn_qkv"
@@ -218,7 +234,9 @@ def test_refusals_name_the_problem(tmp_path) -> None:
     module = "double_blocks.0.img_attn_proj"
     rows, cols = targets.shapes[module]
     good = {f"{module}.lora_A.weight": torch.randn(4, cols), f"{module}.lora_B.weight": torch.randn(rows, 4)}
-    with pytest.raises(LoraError, match=r"name no adaptable layer.*double_blocks\.0\.nonsense\.lora_A\.weight"):
+    with pytest.raises(
+        LoraError, match=r"name no adaptable layer.*double_blocks\.0\.nonsense\.lora_A\.weight"
+    ):
         parse_lora({**good, "double_blocks.0.nonsense.lora_A.weight": torch.randn(4, cols)}, targets)
     with pytest.raises(LoraError, match=rf"{module}.*wrong shapes.*down \(4, {cols + 1}\)"):
         parse_lora({**good, f"{module}.lora_A.weight": torch.randn(4, cols + 1)}, targets)
