@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from hyv.engine.limits import ModelLimits
-    from hyv.engine.request import GenerationRequest
+    from hyv.engine.request import GenerationRequest, LoraChoice
 
 TRAIN_HELP = "Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`."
 # The memory options of `hyv generate` and `hyv worker` (docs/operations.md, "Memory options").
@@ -192,22 +192,28 @@ def _check_before_loading(
         _refuse(f"invalid request: {exc}")
 
 
-def _lora_files(options: list[str], sp: int) -> list[tuple[str, float, Path | None]]:
-    """--lora values -> (name, scale, the file when a path was given)."""
-    from hyv.engine.lora_folder import LORA_SUFFIX, parse_lora_option
+def _lora_files(options: list[str], sp: int) -> list[tuple[LoraChoice, Path | None]]:
+    """--lora values -> (the request's choice, the file when a path was given)."""
+    from pydantic import ValidationError
 
-    out: list[tuple[str, float, Path | None]] = []
+    from hyv.engine.lora_folder import LORA_SUFFIX, parse_lora_option
+    from hyv.engine.request import LoraChoice
+    from hyv.option_errors import option_error
+
+    out: list[tuple[LoraChoice, Path | None]] = []
     for value in options:
         spec, scale = parse_lora_option(value)
-        if spec.endswith(LORA_SUFFIX) or "/" in spec:
-            path = Path(spec)
+        path = Path(spec) if spec.endswith(LORA_SUFFIX) or "/" in spec else None
+        if path is not None:
             if not path.is_file():
                 _refuse(f"error: --lora {value}: no such file {path}")
             if sp > 1:
                 _refuse(f"error: --lora {value}: with --sp, name an adapter of the bundle's loras/ folder")
-            out.append((path.name.removesuffix(LORA_SUFFIX), scale, path))
-        else:
-            out.append((spec, scale, None))
+        try:
+            choice = LoraChoice(name=path.name.removesuffix(LORA_SUFFIX) if path else spec, scale=scale)
+        except ValidationError as exc:
+            _refuse(f"error: --lora {value}: {option_error(exc, LoraChoice, {})}")
+        out.append((choice, path))
     return out
 
 
@@ -263,7 +269,7 @@ def generate(
 
     from hyv.engine.pipeline import PipelineOptions, VideoPipeline, default_device_and_dtype
     from hyv.engine.pipeline import Progress as StepProgress
-    from hyv.engine.request import GenerationRequest, LoraChoice
+    from hyv.engine.request import GenerationRequest
     from hyv.option_errors import option_error
 
     try:
@@ -288,7 +294,7 @@ def generate(
             steps=steps,
             guidance=guidance,
             seed=seed,
-            loras=tuple(LoraChoice(name=name, scale=scale) for name, scale, _ in lora_files),
+            loras=tuple(choice for choice, _ in lora_files),
         )
     except ValidationError as exc:
         _refuse(f"error: {option_error(exc, GenerationRequest, GENERATE_OPTIONS)}")
@@ -323,9 +329,9 @@ def generate(
         return
     try:
         pipeline = VideoPipeline.from_dir(weights, options, text_encoder_path=text_encoder)
-        for name, _, path in lora_files:
+        for choice, path in lora_files:
             if path is not None:
-                pipeline.loras.add_file(path, name)
+                pipeline.loras.add_file(path, choice.name)
         pipeline.plan(request)
     except (ValueError, FileNotFoundError) as exc:
         _refuse(f"invalid request: {exc}")

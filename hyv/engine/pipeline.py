@@ -99,6 +99,7 @@ class GenerationResult:
             "fps": self.plan.fps,
             "steps": self.plan.steps,
             "seed": self.plan.seed,
+            "loras": [lora.model_dump() for lora in self.plan.loras],
             "bytes": len(self.mp4),
             "seconds": {k: round(v, 4) for k, v in self.timings.items()},
             "peak_memory_mb": round(self.peak_memory_bytes / 2**20, 1),

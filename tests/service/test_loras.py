@@ -31,7 +31,9 @@ pytestmark = [
 REQUEST = {"prompt": "a red circle moving right", "size": "32x32", "num_frames": 5, "steps": 2, "seed": 5}
 
 
-def write_adapter(path: Path, targets: LoraTargets, seed: int, layers: tuple[str, ...], nan: bool = False) -> None:
+def write_adapter(
+    path: Path, targets: LoraTargets, seed: int, layers: tuple[str, ...], nan: bool = False
+) -> None:
     """A native-format adapter large enough to change the tiny model's video visibly."""
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -49,7 +51,9 @@ def lora_dir(tiny_bundle: Path, tmp_path: Path) -> Path:
     targets = LoraTargets.of(load_dit(tiny_bundle / "dit"))
     folder = tmp_path / "loras"
     folder.mkdir()
-    write_adapter(folder / "wobble.safetensors", targets, 1, ("double_blocks.0.img_attn_qkv", "final_layer.linear"))
+    write_adapter(
+        folder / "wobble.safetensors", targets, 1, ("double_blocks.0.img_attn_qkv", "final_layer.linear")
+    )
     write_adapter(folder / "tint.safetensors", targets, 2, ("final_layer.linear",))
     write_adapter(folder / "broken.safetensors", targets, 3, ("final_layer.linear",), nan=True)
     (folder / "notes.txt").write_text("not an adapter: not listed")
@@ -77,7 +81,9 @@ def render(client: httpx.Client, tmp_path: Path, **extra: Any) -> np.ndarray:
     assert created.status_code == 201, created.text
     video = finished(client, created.json()["id"])
     assert video["status"] == "completed", video
-    assert video["loras"] == [{"name": n["name"], "scale": n.get("scale", 1.0)} for n in extra.get("loras", [])]
+    assert video["loras"] == [
+        {"name": n["name"], "scale": n.get("scale", 1.0)} for n in extra.get("loras", [])
+    ]
     path = tmp_path / f"{video['id']}.mp4"
     path.write_bytes(client.get(f"/v1/videos/{video['id']}/content").content)
     return read_mp4(path)
