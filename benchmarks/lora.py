@@ -53,11 +53,11 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
 def run(repeats: int) -> dict[str, Any]:
     from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
     from hyv.engine.lora import LoraLibrary, applied_loras
+    from hyv.engine.lora_formats import LoraTargets, read_lora_file
     from hyv.engine.pipeline import PipelineOptions, VideoPipeline
     from hyv.engine.request import GenerationRequest, LoraChoice
     from hyv.models.dit import HunyuanVideoDiT
     from hyv.models.dit_config import dit_preset
-    from hyv.models.lora_formats import LoraTargets, read_lora_file
 
     torch.set_num_threads(2)
     pipeline = VideoPipeline.from_dir(DEFAULT_BUNDLE_DIR, PipelineOptions(device="cpu", dtype=torch.float32))

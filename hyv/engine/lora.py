@@ -1,7 +1,7 @@
 """LoRA adapters per request, applied to a loaded DiT from outside and taken off after the job.
 
 `LoraLibrary` names the adapters of a folder (`<name>.safetensors`), reads and checks them against
-the DiT (hyv.models.lora_formats) and keeps the last ones used in an LRU cache. `applied_loras`
+the DiT (hyv.engine.lora_formats) and keeps the last ones used in an LRU cache. `applied_loras`
 merges a job's adapters into the weights they touch for the length of a `with` block:
 
     W' = W + sum_i scale_i * delta_i     (computed in float32, rounded once to W's dtype)
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from hyv.engine.lora_folder import LORA_SUFFIX, lora_names
+from hyv.engine.lora_formats import LoraAdapter, LoraError, LoraTargets, find_dit, read_lora_file
 from hyv.engine.request import LoraChoice
-from hyv.models.lora_formats import LoraAdapter, LoraError, LoraTargets, find_dit, read_lora_file
 
 logger = logging.getLogger(__name__)
 

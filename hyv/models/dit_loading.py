@@ -105,7 +105,7 @@ _TOP = {
 
 def diffusers_plan(key: str, config: DiTConfig) -> tuple[list[str], list[int] | None, bool]:
     """For one official key: (diffusers keys, dim-0 split sizes or None, swap halves?). LoRA
-    adapters in diffusers names map onto our weights through it too (hyv.models.lora_formats)."""
+    adapters in diffusers names map onto our weights through it too (hyv.engine.lora_formats)."""
     module, param = key.rsplit(".", 1)
     d = config.hidden_size
     if module == "final_layer.adaLN_modulation.1":

@@ -237,8 +237,8 @@ def test_train_dit_rejects_bad_options(tmp_path):
 def test_generate_applies_loras_by_name_and_path(bundle, tmp_path):
     from safetensors.torch import save_file
 
+    from hyv.engine.lora_formats import LoraTargets
     from hyv.models.dit_loading import load_dit
-    from hyv.models.lora_formats import LoraTargets
 
     targets = LoraTargets.of(load_dit(bundle / "dit"))
     rows, cols = targets.shapes["final_layer.linear"]

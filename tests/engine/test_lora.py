@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 
 from hyv.engine.lora import LoraLibrary, applied_loras, merged_weights
 from hyv.engine.lora_folder import parse_lora_option
+from hyv.engine.lora_formats import LoraError, LoraTargets
 from hyv.engine.pipeline import VideoPipeline
 from hyv.engine.request import GenerationRequest, LoraChoice
-from hyv.models.lora_formats import LoraError, LoraTargets
 
 PROMPT = "a red circle moving right on a black background"
 LAYERS = ("double_blocks.0.img_attn_qkv", "single_blocks.0.linear1", "final_layer.linear")

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hyv.engine.lora_formats import LoraTargets
 from hyv.engine.request import MAX_LORAS
 from hyv.engine.video_io import read_mp4
 from hyv.models.dit_loading import load_dit
-from hyv.models.lora_formats import LoraTargets
 from tests.service.conftest_api import KEY_A, auth
 
 openai = pytest.importorskip("openai", reason="the openai package is not installed (pip install openai)")
@@ -57,6 +57,14 @@ def lora_dir(tiny_bundle: Path, tmp_path: Path) -> Path:
     write_adapter(folder / "tint.safetensors", targets, 2, ("final_layer.linear",))
     write_adapter(folder / "broken.safetensors", targets, 3, ("final_layer.linear",), nan=True)
     (folder / "notes.txt").write_text("not an adapter: not listed")
+    write_adapter(folder / "cut.safetensors", targets, 4, ("final_layer.linear",))
+    data = (folder / "cut.safetensors").read_bytes()
+    (folder / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    rank_mismatch = {
+        "final_layer.linear.lora_A.weight": torch.ones(4, 8),
+        "final_layer.linear.lora_B.weight": torch.ones(8, 3),
+    }
+    save_file(rank_mismatch, str(folder / "skewed.safetensors"))
     return folder
 
 
@@ -92,7 +100,7 @@ def render(client: httpx.Client, tmp_path: Path, **extra: Any) -> np.ndarray:
 def test_loras_per_request_through_the_service(service: Any, tmp_path: Path) -> None:
     with httpx.Client(base_url=service.url, headers=auth(KEY_A), timeout=30) as client:
         models = client.get("/v1/models").json()["data"]
-        assert models[0]["loras"] == ["broken", "tint", "wobble"]
+        assert models[0]["loras"] == ["broken", "cut", "skewed", "tint", "wobble"]
 
         base = render(client, tmp_path)
         wobble = render(client, tmp_path, loras=[{"name": "wobble"}])
@@ -110,12 +118,16 @@ def test_loras_per_request_through_the_service(service: Any, tmp_path: Path) -> 
         assert unknown.status_code == 422
         error = unknown.json()["error"]
         assert error["param"] == "loras"
-        assert "nope" in error["message"] and "['broken', 'tint', 'wobble']" in error["message"]
+        assert (
+            "nope" in error["message"] and "['broken', 'cut', 'skewed', 'tint', 'wobble']" in error["message"]
+        )
         for bad, needle in (
             ([{"name": "wobble", "scale": "nan"}], "scale"),
             ([{"name": "../wobble"}], "name"),
             ([{"name": "wobble"}, {"name": "wobble"}], "more than once"),
             ([{"name": f"a{i}"} for i in range(MAX_LORAS + 1)], "loras"),
+            ([{"name": "cut"}], "past the end of the file"),  # the header check at create
+            ([{"name": "skewed"}], "rank mismatch, down [4, 8] has rank 4, up [8, 3] has 3"),
         ):
             response = client.post("/v1/videos", json={**REQUEST, "loras": bad})
             assert response.status_code == 422, (bad, response.text)

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from hyv.engine.bundle_spec import BUNDLE_FILE, read_bundle_spec
 from hyv.engine.image_cond import load_image
 from hyv.engine.limits import GenerationPlan, ModelLimits, resolve
-from hyv.engine.lora_folder import lora_names
+from hyv.engine.lora_folder import LORA_SUFFIX, check_lora_header, lora_names
 from hyv.engine.prompt_vocabulary import OffVocabularyError, PromptVocabulary, bundle_prompt_vocabulary
 from hyv.engine.release import find_release
 from hyv.engine.request import GenerationRequest, LoraChoice
@@ -128,7 +128,8 @@ class ServedModel:
         )
 
     def check_loras(self, loras: list[LoraChoice]) -> None:
-        """Every named adapter is in the LoRA folder (the worker reads and checks the files)."""
+        """Every named adapter is in the LoRA folder and its file's header is sound (hyv.engine.lora_folder);
+        the worker checks the layers and the values before the job runs."""
         available = lora_names(self.lora_folder)
         for lora in loras:
             if lora.name not in available:
@@ -136,6 +137,11 @@ class ServedModel:
                     f"loras: no LoRA named {lora.name!r}; available: {available if available else 'none'}",
                     "loras",
                 )
+            assert self.lora_folder is not None  # it lists the name
+            try:
+                check_lora_header(self.lora_folder / f"{lora.name}{LORA_SUFFIX}")
+            except ValueError as exc:
+                raise InvalidRequestError(f"loras: {exc}", "loras") from None
 
     def check_prompt(self, text: str, param: str = "prompt", allow_empty: bool = False) -> None:
         """422 naming the words outside the built-in text encoder's vocabulary (any text passes for

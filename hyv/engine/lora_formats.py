@@ -30,12 +30,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from hyv.engine.lora_folder import split_lora_key
 from hyv.models.checkpoint_io import read_state_dict
 from hyv.models.dit import HunyuanVideoDiT
 from hyv.models.dit_loading import diffusers_plan
@@ -45,15 +45,6 @@ OFFICIAL_I2V_PREFIX = "Hunyuan_video_I2V_lora_"
 DOTTED_PREFIXES = ("transformer.", "diffusion_model.")
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors header entry (r, lora_alpha)
 MAX_NAMED = 8  # how many offending keys an error message lists
-
-Factor = Literal["down", "up", "alpha"]
-_SUFFIXES: tuple[tuple[str, Factor], ...] = (
-    (".lora_A.weight", "down"),
-    (".lora_down.weight", "down"),
-    (".lora_B.weight", "up"),
-    (".lora_up.weight", "up"),
-    (".alpha", "alpha"),
-)
 
 
 class LoraError(ValueError):
@@ -156,13 +147,6 @@ class _Pair:
     keys: list[str] = field(default_factory=list)
 
 
-def _split_key(key: str) -> tuple[str, Factor] | None:
-    for suffix, factor in _SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)], factor
-    return None
-
-
 def _locate(source: str, targets: LoraTargets) -> tuple[LoraTarget | None, str, bool]:
     """(where a source module lands or None, its format, whether its alpha is ignored)."""
     for prefix, fmt, ignore_alpha in (
@@ -222,7 +206,7 @@ def parse_lora(
         if not isinstance(tensor, torch.Tensor):
             unsupported.append(f"{key} (not a tensor)")
             continue
-        split = _split_key(key)
+        split = split_lora_key(key)
         if split is None:
             if "dora_scale" in key or key.endswith(".bias"):
                 unsupported.append(key)

@@ -11,10 +11,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.loaders.lora_conversion_utils import _convert_hunyuan_video_lora_to_diffusers
 from safetensors.torch import save_file
 
-from hyv.models.dit import HunyuanVideoDiT
-from hyv.models.dit_config import DiTConfig, dit_preset
-from hyv.models.dit_loading import diffusers_config
-from hyv.models.lora_formats import (
+from hyv.engine.lora_formats import (
     DIFFUSERS_METADATA_KEY,
     KOHYA_PREFIX,
     OFFICIAL_I2V_PREFIX,
@@ -23,6 +20,9 @@ from hyv.models.lora_formats import (
     parse_lora,
     read_lora_file,
 )
+from hyv.models.dit import HunyuanVideoDiT
+from hyv.models.dit_config import DiTConfig, dit_preset
+from hyv.models.dit_loading import diffusers_config
 
 RANK = 3
 Delta = tuple[torch.Tensor, torch.Tensor | None]
