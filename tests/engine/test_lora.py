@@ -154,3 +154,27 @@ def test_lora_option_parsing() -> None:
     assert parse_lora_option("bouncing:0.5") == ("bouncing", 0.5)
     assert parse_lora_option("/a/b/c.safetensors:-1") == ("/a/b/c.safetensors", -1.0)
     assert parse_lora_option("C:/x.safetensors") == ("C:/x.safetensors", 1.0)
+
+
+@pytest.mark.slow
+def test_sequence_parallel_ranks_apply_the_same_adapters(tmp_path: Path) -> None:
+    """`hyv generate --sp 2` path: each rank's pipeline resolves the request's adapter from the
+    bundle's loras/ folder and merges it into its own DiT; the video matches one process's."""
+    from hyv.engine.bundle import init_random_bundle, save_bundle
+    from hyv.engine.parallel.generate import generate_sequence_parallel
+    from hyv.engine.pipeline import PipelineOptions
+    from hyv.engine.video_io import read_mp4
+
+    bundle = save_bundle(init_random_bundle("tiny", seed=0), tmp_path / "bundle")
+    (bundle / "loras").mkdir()
+    single = VideoPipeline.from_dir(bundle, PipelineOptions(device="cpu", dtype=torch.float32))
+    write_adapter(bundle / "loras" / "wobble.safetensors", LoraTargets.of(single.dit), seed=1, size=2.0)
+    request = GenerationRequest(prompt="a red kite", steps=2, seed=3, num_frames=9)
+    with_lora = request.model_copy(update={"loras": (LoraChoice(name="wobble"),)})
+    base = read_mp4(single.generate(request).mp4).astype(int)
+    adapted = read_mp4(single.generate(with_lora).mp4).astype(int)
+    assert abs(adapted - base).mean() > 2
+    options = PipelineOptions(device="cpu", dtype=torch.float32)
+    summary = generate_sequence_parallel(bundle, with_lora, options, tmp_path / "sp.mp4", 2)
+    assert summary["loras"] == [{"name": "wobble", "scale": 1.0}]
+    assert abs(read_mp4(tmp_path / "sp.mp4").astype(int) - adapted).max() <= 1  # ~1e-6 apart before uint8
