@@ -45,6 +45,7 @@ OFFICIAL_I2V_PREFIX = "Hunyuan_video_I2V_lora_"
 DOTTED_PREFIXES = ("transformer.", "diffusion_model.")
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers' safetensors header entry (r, lora_alpha)
 MAX_NAMED = 8  # how many offending keys an error message lists
+NOT_ADAPTABLE = "not-adaptable"
 
 
 class LoraError(ValueError):
@@ -156,7 +157,7 @@ def _locate(source: str, targets: LoraTargets) -> tuple[LoraTarget | None, str, 
         if source.startswith(prefix):
             name = targets.underscored.get(source[len(prefix) :])
             if name is None or name in targets.not_adaptable:
-                return None, fmt, ignore_alpha
+                return None, NOT_ADAPTABLE if name else fmt, ignore_alpha
             return LoraTarget(name, 0, targets.shapes[name][0]), fmt, ignore_alpha
     for prefix in DOTTED_PREFIXES:
         if source.startswith(prefix):
@@ -166,7 +167,7 @@ def _locate(source: str, targets: LoraTargets) -> tuple[LoraTarget | None, str, 
         return LoraTarget(source, 0, targets.shapes[source][0]), "native", False
     if source in targets.diffusers:
         return targets.diffusers[source], "diffusers", False
-    return None, "unknown", False
+    return None, NOT_ADAPTABLE if source in targets.not_adaptable else "unknown", False
 
 
 def _diffusers_alpha_scale(metadata: Mapping[str, str] | None) -> float | None:
@@ -200,6 +201,7 @@ def parse_lora(
         raise LoraError(f"LoRA {name!r} holds no tensors")
     pairs: dict[str, _Pair] = {}
     unknown: list[str] = []
+    fp8: list[str] = []  # on layers held in FP8 (hyv.models.fp8): no float weight to merge into
     unsupported: list[str] = []
     formats: set[str] = set()
     for key, tensor in state_dict.items():
@@ -216,7 +218,7 @@ def parse_lora(
         source, factor = split
         target, fmt, ignore_alpha = _locate(source, targets)
         if target is None:
-            unknown.append(key)
+            (fp8 if fmt == NOT_ADAPTABLE else unknown).append(key)
             continue
         formats.add(fmt)
         pair = pairs.setdefault(source, _Pair(source, target, ignore_alpha=ignore_alpha))
@@ -225,6 +227,11 @@ def parse_lora(
     problems: list[str] = []
     if unknown:
         problems.append(f"keys that name no adaptable layer of this DiT: {_named(sorted(unknown))}")
+    if fp8:
+        problems.append(
+            f"keys on layers this worker holds in FP8, which take no LoRA (serve without dit_dtype fp8): "
+            f"{_named(sorted(fp8))}"
+        )
     if unsupported:
         problems.append(f"unsupported entries (LoRA bias, DoRA): {_named(sorted(unsupported))}")
     metadata_scale = _diffusers_alpha_scale(metadata)

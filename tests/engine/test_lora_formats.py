@@ -255,3 +255,20 @@ def test_refusals_name_the_problem(tmp_path) -> None:
     truncated.write_bytes(truncated.read_bytes()[:100])
     with pytest.raises(LoraError, match="broken"):
         read_lora_file(truncated, targets)
+
+
+def test_fp8_layers_are_refused_by_name() -> None:
+    from hyv.models.fp8 import quantize_dit_
+
+    model = HunyuanVideoDiT(dit_preset("tiny"))
+    quantize_dit_(model)
+    targets = LoraTargets.of(model)
+    module = "double_blocks.0.img_attn_qkv"
+    assert module in targets.not_adaptable and "final_layer.linear" in targets.shapes
+    rows, cols = 3 * model.config.hidden_size, model.config.hidden_size
+    adapter = {
+        f"{module}.lora_A.weight": torch.randn(2, cols),
+        f"{module}.lora_B.weight": torch.randn(rows, 2),
+    }
+    with pytest.raises(LoraError, match=rf"layers this worker holds in FP8.*{module}\.lora_A\.weight"):
+        parse_lora(adapter, targets)
