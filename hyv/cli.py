@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from hyv.engine.limits import ModelLimits
-    from hyv.engine.request import GenerationRequest
+    from hyv.engine.request import GenerationRequest, LoraChoice
 
 TRAIN_HELP = "Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`."
 # The memory options of `hyv generate` and `hyv worker` (docs/operations.md, "Memory options").
@@ -55,6 +55,7 @@ GENERATE_OPTIONS = {
     "steps": "--steps",
     "guidance": "--guidance",
     "seed": "--seed",
+    "loras": "--lora",
 }
 
 
@@ -191,6 +192,31 @@ def _check_before_loading(
         _refuse(f"invalid request: {exc}")
 
 
+def _lora_files(options: list[str], sp: int) -> list[tuple[LoraChoice, Path | None]]:
+    """--lora values -> (the request's choice, the file when a path was given)."""
+    from pydantic import ValidationError
+
+    from hyv.engine.lora_folder import LORA_SUFFIX, parse_lora_option
+    from hyv.engine.request import LoraChoice
+    from hyv.option_errors import option_error
+
+    out: list[tuple[LoraChoice, Path | None]] = []
+    for value in options:
+        spec, scale = parse_lora_option(value)
+        path = Path(spec) if spec.endswith(LORA_SUFFIX) or "/" in spec else None
+        if path is not None:
+            if not path.is_file():
+                _refuse(f"error: --lora {value}: no such file {path}")
+            if sp > 1:
+                _refuse(f"error: --lora {value}: with --sp, name an adapter of the bundle's loras/ folder")
+        try:
+            choice = LoraChoice(name=path.name.removesuffix(LORA_SUFFIX) if path else spec, scale=scale)
+        except ValidationError as exc:
+            _refuse(f"error: --lora {value}: {option_error(exc, LoraChoice, {})}")
+        out.append((choice, path))
+    return out
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What the video shows.")],
@@ -228,6 +254,14 @@ def generate(
     vae_tile_size: Annotated[int | None, typer.Option(help=f"{VAE_TILE_SIZE_HELP}.")] = None,
     vae_tile_frames: Annotated[int | None, typer.Option(help=f"{VAE_TILE_FRAMES_HELP}.")] = None,
     vae_tile_overlap: Annotated[float | None, typer.Option(help=f"{VAE_TILE_OVERLAP_HELP}.")] = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="LoRA adapter: a NAME from the bundle's loras/ folder or a PATH to a .safetensors, with "
+            "an optional :SCALE (default 1.0); repeat it for several (their deltas add up).",
+        ),
+    ] = None,
 ) -> None:
     """Generate one video and write it as an MP4; prints one JSON line (path, stage seconds, memory)."""
     from pydantic import ValidationError
@@ -247,6 +281,7 @@ def generate(
         image_bytes = image.read_bytes() if image is not None else None
     except OSError as exc:
         _refuse(f"error: --image {image}: {exc.strerror or exc}")
+    lora_files = _lora_files(lora or [], sp)
     try:
         request = GenerationRequest(
             prompt=prompt,
@@ -259,6 +294,7 @@ def generate(
             steps=steps,
             guidance=guidance,
             seed=seed,
+            loras=tuple(choice for choice, _ in lora_files),
         )
     except ValidationError as exc:
         _refuse(f"error: {option_error(exc, GenerationRequest, GENERATE_OPTIONS)}")
@@ -293,6 +329,9 @@ def generate(
         return
     try:
         pipeline = VideoPipeline.from_dir(weights, options, text_encoder_path=text_encoder)
+        for choice, path in lora_files:
+            if path is not None:
+                pipeline.loras.add_file(path, choice.name)
         pipeline.plan(request)
     except (ValueError, FileNotFoundError) as exc:
         _refuse(f"invalid request: {exc}")

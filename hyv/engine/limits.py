@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hyv.engine.request import GenerationRequest, VideoMode
+from hyv.engine.request import GenerationRequest, LoraChoice, VideoMode
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,6 +93,7 @@ class GenerationPlan:
     video_mode: VideoMode | None = None
     strength: float = 1.0  # edit: the fraction of the schedule re-run
     source_frames: int = 0  # frames of the source video (set once the engine has decoded it)
+    loras: tuple[LoraChoice, ...] = ()  # LoRA adapters applied for this job (hyv.engine.lora)
     # The source's frames the engine uses, fitted to width x height, (T, H, W, 3) uint8: an edit's
     # first num_frames, or every frame of an extension's source (decoded once, at planning).
     source: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -159,4 +160,5 @@ def resolve(
         video=request.video,
         video_mode=request.video_mode,
         strength=request.strength if request.strength is not None else DEFAULT_EDIT_STRENGTH,
+        loras=request.loras,
     )

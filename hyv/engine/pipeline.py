@@ -32,6 +32,8 @@ from hyv.engine import memory
 from hyv.engine.bundle import BUNDLE_FILE, ModelBundle, load_bundle
 from hyv.engine.image_cond import fit_image, image_to_video_tensor, load_image
 from hyv.engine.limits import GenerationPlan, resolve
+from hyv.engine.lora import LoraLibrary, applied_loras
+from hyv.engine.lora_folder import default_lora_dir
 from hyv.engine.memory_options import TextEncoderPlacement, VAETileSizes, attention_backend_name
 from hyv.engine.placement import Mover, Placement, plan_placement
 from hyv.engine.request import GenerationRequest
@@ -97,6 +99,7 @@ class GenerationResult:
             "fps": self.plan.fps,
             "steps": self.plan.steps,
             "seed": self.plan.seed,
+            "loras": [lora.model_dump() for lora in self.plan.loras],
             "bytes": len(self.mp4),
             "seconds": {k: round(v, 4) for k, v in self.timings.items()},
             "peak_memory_mb": round(self.peak_memory_bytes / 2**20, 1),
@@ -241,6 +244,7 @@ class VideoPipeline:
             for block in [*self.dit.double_blocks, *self.dit.single_blocks]:
                 block.compile()
         self._lock = threading.Lock()  # one generation at a time per pipeline (one GPU)
+        self.loras = LoraLibrary()  # the adapters requests may name (from_dir: the bundle's loras/)
 
     def _place_components(self) -> Placement:
         """Convert the components to the dtype, then move each to its home (hyv.engine.placement)."""
@@ -304,7 +308,9 @@ class VideoPipeline:
         # A release folder (no bundle.json, hyv.engine.release) carries no distilled schedule.
         metadata = read_dit_metadata(weights / "dit") if (weights / BUNDLE_FILE).is_file() else {}
         schedule = json.loads(metadata[SCHEDULE_METADATA_KEY]) if SCHEDULE_METADATA_KEY in metadata else None
-        return cls(bundle, options, schedule)
+        pipeline = cls(bundle, options, schedule)
+        pipeline.loras = LoraLibrary(default_lora_dir(weights))
+        return pipeline
 
     # --- planning -------------------------------------------------------------------------------
 
@@ -318,6 +324,7 @@ class VideoPipeline:
             load_image(plan.image)  # fail fast on an unreadable image, before any model work
         if plan.video is not None:
             plan = self._plan_source(plan)
+        self.loras.resolve(plan.loras, self.dit)  # LoraError (a ValueError) before any model work
         return plan
 
     def _plan_source(self, plan: GenerationPlan) -> GenerationPlan:
@@ -490,7 +497,8 @@ class VideoPipeline:
 
         start = time.perf_counter()
         edited = source if plan.video_mode == "edit" else None
-        latents = self._denoise(plan, cond, uncond, image_cond, on_progress, check, edited)
+        with applied_loras(self.dit, self.loras.resolve(plan.loras, self.dit)):
+            latents = self._denoise(plan, cond, uncond, image_cond, on_progress, check, edited)
         timings["denoise"] = time.perf_counter() - start
 
         start = time.perf_counter()

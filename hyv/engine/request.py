@@ -12,7 +12,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_PROMPT_CHARS = 4000
+MAX_LORAS = 8  # adapters in one request
+LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a file stem in the LoRA folder, no path
 VideoMode = Literal["edit", "extend"]
+
+
+class LoraChoice(BaseModel):
+    """One LoRA adapter for a request: a name from the served LoRA folder and its scale."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=LORA_NAME_PATTERN, description="The adapter's file name without .safetensors.")
+    scale: float = Field(
+        default=1.0, ge=-100.0, le=100.0, allow_inf_nan=False, description="0 = not applied."
+    )
 
 
 class GenerationRequest(BaseModel):
@@ -48,6 +61,21 @@ class GenerationRequest(BaseModel):
         allow_inf_nan=False,
         description="edit: how much of the schedule is re-run (1 = from pure noise); None: the default.",
     )
+
+    loras: tuple[LoraChoice, ...] = Field(
+        default=(),
+        max_length=MAX_LORAS,
+        description="LoRA adapters applied for this request; their deltas add up.",
+    )
+
+    @field_validator("loras")
+    @classmethod
+    def _loras_distinct(cls, value: tuple[LoraChoice, ...]) -> tuple[LoraChoice, ...]:
+        names = [lora.name for lora in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"loras: {repeated} given more than once (one entry each; scales add up in one)")
+        return value
 
     @field_validator("prompt")
     @classmethod

@@ -103,8 +103,9 @@ _TOP = {
 }
 
 
-def _plan_entry(key: str, config: DiTConfig) -> tuple[list[str], list[int] | None, bool]:
-    """For one official key: (diffusers keys, dim-0 split sizes or None, swap halves?)."""
+def diffusers_plan(key: str, config: DiTConfig) -> tuple[list[str], list[int] | None, bool]:
+    """For one official key: (diffusers keys, dim-0 split sizes or None, swap halves?). LoRA
+    adapters in diffusers names map onto our weights through it too (hyv.engine.lora_formats)."""
     module, param = key.rsplit(".", 1)
     d = config.hidden_size
     if module == "final_layer.adaLN_modulation.1":
@@ -154,7 +155,7 @@ def diffusers_to_official_state_dict(
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for key in official_keys(config):
-        names, _, swap = _plan_entry(key, config)
+        names, _, swap = diffusers_plan(key, config)
         missing = [n for n in names if n not in state_dict]
         if missing:
             raise CheckpointError(
@@ -188,7 +189,7 @@ def official_to_diffusers_state_dict(
         )
     out: dict[str, torch.Tensor] = {}
     for key in expected:
-        names, sizes, swap = _plan_entry(key, config)
+        names, sizes, swap = diffusers_plan(key, config)
         tensor = _swap_halves(state_dict[key]) if swap else state_dict[key]
         if sizes is None:
             out[names[0]] = tensor

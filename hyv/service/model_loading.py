@@ -61,11 +61,13 @@ def load_pipeline(settings: Settings, rank: int = 0, warm_up: bool = True) -> An
     With compile_dit, a lone worker (sp_degree 1) also warms the pipeline up (`warm_up`), so that the
     compilation happens now and not in the first job. A worker group's ranks warm up after wrapping
     their DiT for the group (the warm-up runs its collectives), by calling `pipeline.warm_up()`."""
+    from hyv.engine.lora import LoraLibrary
     from hyv.engine.pipeline import VideoPipeline
 
     start = time.perf_counter()
     options = pipeline_options(settings, rank)
     pipeline = VideoPipeline.from_dir(settings.weights, options, settings.text_encoder)
+    pipeline.loras = LoraLibrary(settings.lora_folder, settings.lora_cache_size)
     # The weights a job brings onto the GPU (offloaded components) count as the model's, not the job's.
     limit_job_memory(settings, pipeline.device, pipeline.visiting_weight_bytes)
     load_s = time.perf_counter() - start

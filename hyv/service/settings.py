@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
+from hyv.engine.lora_folder import default_lora_dir
 from hyv.engine.memory_options import TextEncoderPlacement, attention_backend_name
 from hyv.service.webhook_targets import parse_allow_entry
 
@@ -87,6 +88,14 @@ class Settings(BaseSettings):
         "None = as stored.",
     )
     text_encoder: Path | None = Field(default=None, description="External text encoders (the 13B).")
+    lora_dir: Path | None = Field(
+        default=None,
+        description="The LoRA adapters requests may name (`<name>.safetensors`); None = the `loras/` "
+        "folder inside the weights folder.",
+    )
+    lora_cache_size: int = Field(
+        default=8, ge=0, description="LoRA adapters a worker keeps loaded (least recently used go first)."
+    )
     job_memory_limit_mb: int = Field(
         default=0,
         ge=0,
@@ -291,6 +300,10 @@ class Settings(BaseSettings):
     @property
     def queue_name(self) -> str:
         return queue_name(self.model_name)
+
+    @property
+    def lora_folder(self) -> Path:
+        return self.lora_dir or default_lora_dir(self.weights)
 
     @property
     def redis_dir(self) -> Path:

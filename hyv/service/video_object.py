@@ -70,6 +70,9 @@ class VideoPublic(BaseModel):
         "to (the nearest duration). null if the request sent none.",
         examples=["8"],
     )
+    loras: list[dict[str, Any]] = Field(
+        default_factory=list, description="The LoRA adapters the video is made with: name and scale."
+    )
 
 
 def status_of(job: Job) -> str:
@@ -110,6 +113,7 @@ def to_public(job: Job, queue_position: int | None = None) -> VideoPublic:
         content_bytes=job.content_bytes,
         requested_size=job.requested_size,
         requested_seconds=job.requested_seconds,
+        loras=list(request.get("loras") or []),
     )
 
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from hyv.cli import app
@@ -231,3 +232,38 @@ def test_train_dit_rejects_bad_options(tmp_path):
     result = runner.invoke(app, ["train", "dit", "--lr-schedule", "linear", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "lr_schedule" in result.output
+
+
+def test_generate_applies_loras_by_name_and_path(bundle, tmp_path):
+    from safetensors.torch import save_file
+
+    from hyv.engine.lora_formats import LoraTargets
+    from hyv.models.dit_loading import load_dit
+
+    targets = LoraTargets.of(load_dit(bundle / "dit"))
+    rows, cols = targets.shapes["final_layer.linear"]
+    generator = torch.Generator().manual_seed(0)
+    adapter = {
+        "final_layer.linear.lora_A.weight": torch.randn(2, cols, generator=generator),
+        "final_layer.linear.lora_B.weight": torch.randn(rows, 2, generator=generator),
+    }
+    (bundle / "loras").mkdir(exist_ok=True)
+    save_file(adapter, str(bundle / "loras" / "shade.safetensors"))
+    elsewhere = tmp_path / "mine.safetensors"
+    save_file(adapter, str(elsewhere))
+
+    base = tmp_path / "base.mp4"
+    assert generate(bundle, base, "--seed", "4").exit_code == 0
+    with_loras = tmp_path / "loras.mp4"
+    result = generate(bundle, with_loras, "--seed", "4", "--lora", "shade", "--lora", f"{elsewhere}:0.5")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["loras"] == [{"name": "shade", "scale": 1.0}, {"name": "mine", "scale": 0.5}]
+    assert np.abs(read_mp4(with_loras).astype(int) - read_mp4(base).astype(int)).mean() > 2
+
+    result = generate(bundle, tmp_path / "x.mp4", "--lora", "nope")
+    assert result.exit_code == 2 and "no LoRA named 'nope'; available: ['shade']" in result.output
+    result = generate(bundle, tmp_path / "x.mp4", "--lora", str(tmp_path / "absent.safetensors"))
+    assert result.exit_code == 2 and "no such file" in result.output
+    result = generate(bundle, tmp_path / "x.mp4", "--lora", "shade:inf")
+    assert result.exit_code == 2 and "--lora shade:inf:" in result.output and "finite" in result.output

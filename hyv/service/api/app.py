@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.setup_metrics(settings)  # `uvicorn --factory` starts here (`hyv serve` did it already)
     redis_client = redis.Redis.from_url(settings.redis_url)
     model = ServedModel.from_bundle(settings.model_name, settings.weights, settings.text_encoder)
+    model = dataclasses.replace(model, lora_folder=settings.lora_folder)
     store = JobStore.connect(redis_client, settings)
     context = AppContext(
         settings=settings,

@@ -103,6 +103,7 @@ async def _read_form(request: Request, files_hint: str) -> FormData:
 async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
     form = await _read_form(request, "upload images as the input_reference file")
     data: dict[str, Any] = {}
+    lora_fields: list[tuple[str, str]] = []
     image: bytes | None = None
     try:
         for name, value in form.multi_items():
@@ -116,10 +117,14 @@ async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
                 data["input_reference"] = {"image_url": value}
             elif name == "input_reference[file_id]":
                 data["input_reference"] = {"file_id": value}
+            elif name in LORA_FORM_FIELDS:
+                lora_fields.append((name, value))
             elif value != "":
                 data[name] = value
     finally:
         await form.close()
+    if lora_fields:
+        data["loras"] = _form_loras(lora_fields)
     video = _validate(data)
     if image is None and video.input_reference is not None:
         image = decode_data_url(video.input_reference, max_upload_bytes)
@@ -174,6 +179,33 @@ async def parse_source_body(request: Request, max_upload_bytes: int) -> SourceBo
     finally:
         await form.close()
     return SourceBody(fields, video)
+
+
+LORA_FORM_FIELDS = ("loras", "loras[][name]", "loras[][scale]")
+
+
+def _form_loras(fields: list[tuple[str, str]]) -> Any:
+    """`loras` from a form: one field holding the JSON list, or the OpenAI SDK's flattening of it,
+    `loras[][name]` / `loras[][scale]` per entry, which (sent grouped by field name) pairs the k-th
+    scale with the k-th name: so every entry gives a scale, or none does (each then 1.0)."""
+    names = [value for name, value in fields if name == "loras[][name]"]
+    scales = [value for name, value in fields if name == "loras[][scale]"]
+    whole = [value for name, value in fields if name == "loras"]
+    if whole:
+        if names or scales or len(whole) > 1:
+            raise InvalidRequestError(
+                "loras: send one `loras` JSON field or `loras[][...]` fields, not both", "loras"
+            )
+        try:
+            return json.loads(whole[0])
+        except ValueError as exc:
+            raise InvalidRequestError(f"loras: not a JSON list: {exc}", "loras") from None
+    if scales and len(scales) != len(names):
+        raise InvalidRequestError(
+            f"loras: {len(names)} names but {len(scales)} scales; in a form give every lora a scale, or none",
+            "loras",
+        )
+    return [{"name": n, **({"scale": scales[i]} if scales else {})} for i, n in enumerate(names)]
 
 
 def _validate(data: dict[str, Any]) -> VideoCreate:

@@ -274,6 +274,7 @@ async def remix_video(video_id: str, request: Request, caller: CallerDep, contex
         guidance=asked.get("guidance"),
         seed=asked.get("seed"),
         negative_prompt=asked.get("negative_prompt") or None,
+        loras=asked.get("loras") or None,  # a remix keeps its source's adapters
     )
     plan = _plan(context, create, image)
     extra = {"video_mode": "edit", "strength": remix.strength or DEFAULT_EDIT_STRENGTH}

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hyv.engine.prompt_vocabulary import CaptionGrammar
+from hyv.engine.request import MAX_LORAS, LoraChoice
 from hyv.service.video_object import VideoPublic, VideoStatus
 
 _CREATE_EXAMPLE: dict[str, Any] = {
@@ -69,6 +70,14 @@ class VideoCreate(BaseModel):
     seed: int | None = Field(default=None, description="Random seed; omitted = random, reported back.")
     webhook_url: str | None = Field(
         default=None, description="POSTed a signed video.completed / video.failed event when the job ends."
+    )
+    loras: list[LoraChoice] | None = Field(
+        default=None,
+        max_length=MAX_LORAS,
+        description="LoRA adapters for this video, by name (GET /v1/models lists them), each with a scale "
+        "(default 1.0); several add up. Multipart (the OpenAI SDK's extra_body): `loras[][name]` and "
+        "`loras[][scale]` fields in order, or one `loras` field holding the JSON list.",
+        examples=[[{"name": "bouncing", "scale": 1.0}]],
     )
 
 
@@ -134,6 +143,7 @@ class ModelPublic(BaseModel):
     grammar: CaptionGrammarPublic | None = Field(
         default=None, description="The caption grammar the model was trained on (built-in text encoder)."
     )
+    loras: list[str] = Field(default_factory=list, description="LoRA adapters requests may name (`loras`).")
 
 
 class ModelList(BaseModel):

@@ -32,9 +32,10 @@ from pydantic import ValidationError
 from hyv.engine.bundle_spec import BUNDLE_FILE, read_bundle_spec
 from hyv.engine.image_cond import load_image
 from hyv.engine.limits import GenerationPlan, ModelLimits, resolve
+from hyv.engine.lora_folder import LORA_SUFFIX, check_lora_header, lora_names
 from hyv.engine.prompt_vocabulary import OffVocabularyError, PromptVocabulary, bundle_prompt_vocabulary
 from hyv.engine.release import find_release
-from hyv.engine.request import GenerationRequest
+from hyv.engine.request import GenerationRequest, LoraChoice
 from hyv.service.api.errors import InvalidRequestError, TooLargeError, validation_message
 from hyv.service.api.schemas import CaptionGrammarPublic, ImageReference, ModelPublic, VideoCreate
 
@@ -58,6 +59,7 @@ class ServedModel:
     supports_image: bool = True
     created: int = 0
     vocabulary: PromptVocabulary | None = None  # the built-in text encoder's; None = any text
+    lora_folder: Path | None = None  # the LoRA adapters requests may name (HYV_LORA_DIR)
 
     @classmethod
     def from_bundle(cls, name: str, weights: Path, text_encoder: Path | None = None) -> ServedModel:
@@ -122,7 +124,24 @@ class ServedModel:
             grammar=CaptionGrammarPublic.of(self.vocabulary.grammar)
             if self.vocabulary and self.vocabulary.grammar
             else None,
+            loras=lora_names(self.lora_folder),
         )
+
+    def check_loras(self, loras: list[LoraChoice]) -> None:
+        """Every named adapter is in the LoRA folder and its file's header is sound (hyv.engine.lora_folder);
+        the worker checks the layers and the values before the job runs."""
+        available = lora_names(self.lora_folder)
+        for lora in loras:
+            if lora.name not in available:
+                raise InvalidRequestError(
+                    f"loras: no LoRA named {lora.name!r}; available: {available if available else 'none'}",
+                    "loras",
+                )
+            assert self.lora_folder is not None  # it lists the name
+            try:
+                check_lora_header(self.lora_folder / f"{lora.name}{LORA_SUFFIX}")
+            except ValueError as exc:
+                raise InvalidRequestError(f"loras: {exc}", "loras") from None
 
     def check_prompt(self, text: str, param: str = "prompt", allow_empty: bool = False) -> None:
         """422 naming the words outside the built-in text encoder's vocabulary (any text passes for
@@ -287,12 +306,14 @@ def build_plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> Ge
             steps=body.steps,
             guidance=body.guidance,
             seed=body.seed,
+            loras=tuple(body.loras or ()),
         )
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
         if param in ("width", "height"):
             param = "size"
         raise InvalidRequestError(message, param) from None
+    model.check_loras(list(request.loras))
     model.check_prompt(request.prompt, "prompt")
     if request.negative_prompt:
         model.check_prompt(request.negative_prompt, "negative_prompt", allow_empty=True)
@@ -330,6 +351,7 @@ def plan_to_request_dict(plan: GenerationPlan) -> dict[str, object]:
         "guidance": plan.guidance,
         "flow_shift": plan.flow_shift,
         "seed": plan.seed,
+        "loras": [lora.model_dump() for lora in plan.loras],
     }
 
 
