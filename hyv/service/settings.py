@@ -87,6 +87,21 @@ class Settings(BaseSettings):
         "None = as stored.",
     )
     text_encoder: Path | None = Field(default=None, description="External text encoders (the 13B).")
+    # --- several models (hyv.service.served_models; unset: the one model above) ---------------
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The served models, the default first: bundled names (hyv-small, "
+        "hyv-small-teacher), bundle paths or NAME=PATH; a JSON list or comma separated. Empty = "
+        "models_dir, else the one model of model_name and weights.",
+    )
+    models_dir: Path | None = Field(
+        default=None, description="A folder whose subfolders are the served models (one bundle each)."
+    )
+    worker_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The served models a worker loads and takes jobs for (`hyv worker --models`); "
+        "empty = all of them.",
+    )
     job_memory_limit_mb: int = Field(
         default=0,
         ge=0,
@@ -248,7 +263,9 @@ class Settings(BaseSettings):
     def _attention_backend(cls, value: str | None) -> str | None:
         return attention_backend_name(value)  # ValueError names the choices
 
-    @field_validator("api_keys", "cors_origins", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "cors_origins", "webhook_allowed_hosts", "models", "worker_models", mode="before"
+    )
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)
