@@ -123,7 +123,7 @@ def test_each_job_is_rendered_by_the_model_it_names(api: str, deployment: Settin
         (default, STUDENT, 2),
     ):
         record = client_record(api, video.id)
-        assert record["model"] == model and record["steps"] == steps
+        assert (record["model"], record["steps"], record["guidance"]) == (model, steps, 6.0)
         (end,) = [entry for entry in store.claims.runs(video.id) if entry["event"] == "end"]
         # What the worker rendered it with: the pipeline of that model, its step count.
         assert end["outcome"] == "completed"
@@ -145,7 +145,7 @@ def test_an_unknown_model_is_refused_naming_the_served_ones(api: str) -> None:
     )
     assert answer.status_code == 422
     error = answer.json()["error"]
-    assert error["param"] == "model" and error["code"] == "model_not_found"
+    assert error["param"] == "model" and error["code"] == "invalid_value"
     assert (
         error["message"]
         == "model 'sora-2' is not served here; the served models are ['hyv-tiny', 'hyv-tiny-teacher']"

@@ -60,6 +60,5 @@ class ModelCatalog:
             raise InvalidRequestError(
                 f"model {name!r} is not served here; the served models are {self.names}",
                 param,
-                "model_not_found",
             )
         return found
