@@ -411,10 +411,17 @@ def _named_after_the_model(settings: Any) -> Any:
 
     if several_models(settings):
         try:
-            worker_model_sources(settings)
+            sources = worker_model_sources(settings)
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+        if settings.sp_degree > 1 and len(sources) > 1:
+            typer.echo(
+                f"error: a worker group (--sp {settings.sp_degree}) serves one model, not "
+                f"{[s.name for s in sources]}: run one group per model (hyv worker --models NAME)",
+                err=True,
+            )
+            raise typer.Exit(2)
         return settings
     try:
         spec = read_bundle_spec(settings.weights)
