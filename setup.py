@@ -27,7 +27,8 @@ class BuildPyWithBundle(build_py):
         if not (BUNDLE_SOURCE / "bundle.json").is_file():
             raise SystemExit(f"{BUNDLE_SOURCE} has no bundle.json: the wheel must carry the bundled model")
         bundled = Path(self.build_lib) / "hyv" / "bundled"
-        sources = [BUNDLE_SOURCE] + [WEIGHTS / n for n in OPTIONAL_BUNDLES if (WEIGHTS / n / "bundle.json").is_file()]
+        present = [WEIGHTS / name for name in OPTIONAL_BUNDLES if (WEIGHTS / name / "bundle.json").is_file()]
+        sources = [BUNDLE_SOURCE, *present]
         for source in sources:
             target = bundled / source.name
             shutil.rmtree(target, ignore_errors=True)
