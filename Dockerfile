@@ -12,6 +12,7 @@
 # NVIDIA container toolkit (docs/operations.md).
 #
 # Weights: the small bundled model (weights/hyv-small, ~40 MB) is baked in at /app/weights/hyv-small
+# (and its teacher, weights/hyv-small-teacher, when the checkout has it: HYV_MODELS=hyv-small,hyv-small-teacher)
 # (made with random weights when the build context has none, as `make serve` does). Big weights
 # (HunyuanVideo 13B, converted with `hyv convert`) are never baked in: mount them at /weights.
 

@@ -444,7 +444,24 @@ def _settings(options: dict[str, str], **overrides: Any) -> Any:
 
 
 def _named_after_the_model(settings: Any) -> Any:
-    """The settings with model_name from the served bundle (unless set); exit 2 if none is there."""
+    """The settings with model_name from the served bundle (unless set); exit 2 if none is there.
+    Several models (HYV_MODELS, HYV_MODELS_DIR: hyv.service.served_models): exit 2 naming a bad entry."""
+    from hyv.service.served_models import several_models, worker_model_sources
+
+    if several_models(settings):
+        try:
+            sources = worker_model_sources(settings)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        if settings.sp_degree > 1 and len(sources) > 1:
+            typer.echo(
+                f"error: a worker group (--sp {settings.sp_degree}) serves one model, not "
+                f"{[s.name for s in sources]}: run one group per model (hyv worker --models NAME)",
+                err=True,
+            )
+            raise typer.Exit(2)
+        return settings
     try:
         spec = read_bundle_spec(settings.weights)
     except (FileNotFoundError, ValueError) as exc:  # ValueError: a release this project cannot serve
@@ -453,6 +470,20 @@ def _named_after_the_model(settings: Any) -> Any:
     if "model_name" in settings.model_fields_set:
         return settings
     return settings.model_copy(update={"model_name": spec.name})
+
+
+def _with_worker_models(settings: Any, option: str | None) -> Any:
+    """`hyv worker --models a,b`: a choice among the served models when the settings name them
+    (HYV_MODELS, HYV_MODELS_DIR), else the served models themselves."""
+    from hyv.service.served_models import several_models
+
+    if option is None:
+        return settings
+    names = [part.strip() for part in option.split(",") if part.strip()]
+    if not names:
+        raise typer.BadParameter(f"--models names no model: {option!r}")
+    field = "worker_models" if several_models(settings) else "models"
+    return settings.model_copy(update={field: names})
 
 
 # The option of `hyv serve` and `hyv worker` that sets each setting (for error messages).
@@ -464,6 +495,7 @@ SERVE_OPTIONS = {
     "redis_url": "--redis-url",
     "sp_degree": "--sp",
     "sp_mode": "--sp-mode",
+    "models": "--models",
 }
 WORKER_OPTIONS = {
     "redis_url": "--redis-url",
@@ -497,6 +529,14 @@ def serve(
     workers: Annotated[
         int, typer.Option(help="Worker processes to start (one per GPU; 0 = API only, with HYV_REDIS_URL).")
     ] = 1,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve several models, the default first: bundled names (hyv-small,hyv-small-teacher), "
+            "bundle paths or NAME=PATH, comma separated (HYV_MODELS; or HYV_MODELS_DIR). Every worker "
+            "holds all of them."
+        ),
+    ] = None,
     redis_url: Annotated[
         str | None, typer.Option(help="Use this Redis instead of starting one (HYV_REDIS_URL).")
     ] = None,
@@ -523,6 +563,7 @@ def serve(
         redis_url=redis_url,
         sp_degree=sp,
         sp_mode=sp_mode,
+        models=models,
     )
     settings = _named_after_the_model(settings)
     if workers < 0 or (workers == 0 and not settings.redis_url):
@@ -546,6 +587,14 @@ def worker(
     data_dir: Annotated[Path | None, typer.Option(help="Shared storage folder (HYV_DATA_DIR).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (HYV_DEVICE).")] = None,
     name: Annotated[str, typer.Option(help="Worker name (Celery hostname prefix).")] = "worker",
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="The models this worker loads and takes jobs for, comma separated: names among the "
+            "served ones (HYV_MODELS / HYV_MODELS_DIR, as the API has them; HYV_WORKER_MODELS), or, "
+            "when those are unset, the models themselves (bundled names, paths or NAME=PATH)."
+        ),
+    ] = None,
     sp: Annotated[
         int | None,
         typer.Option(
@@ -615,6 +664,7 @@ def worker(
         vae_tile_frames=vae_tile_frames,
         vae_tile_overlap=vae_tile_overlap,
     )
+    settings = _with_worker_models(settings, models)
     if not settings.redis_url:
         raise typer.BadParameter("hyv worker needs --redis-url or HYV_REDIS_URL")
     if settings.device is not None:

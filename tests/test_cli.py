@@ -156,3 +156,22 @@ def test_a_setting_out_of_range_names_its_option() -> None:
     _assert_one_line_error(
         _hyv("serve", "--port", "70000"), "error: --port must be >= 0 and <= 65535, got 70000"
     )
+
+
+def test_worker_models_errors_name_the_model_in_one_line(tiny_bundle_dir: Path) -> None:
+    """Refused before it connects anywhere: a model no served entry names, a worker group asked
+    to hold two models."""
+    from hyv.engine.bundle_spec import bundled_model_names
+
+    worker = ("worker", "--redis-url", "redis://127.0.0.1:1/0", "--device", "cpu")
+    bundled = ", ".join(bundled_model_names())  # hyv-small, and its teacher once exported
+    _assert_one_line_error(
+        _hyv(*worker, "--models", "no-such-model"),
+        f"error: models entry 'no-such-model' is not a bundled model ({bundled}); give a path "
+        "(./no-such-model) or NAME=PATH",
+    )
+    _assert_one_line_error(
+        _hyv(*worker, "--models", f"a={tiny_bundle_dir},b={tiny_bundle_dir}", "--sp", "2"),
+        "error: a worker group (--sp 2) serves one model, not ['a', 'b']: run one group per model "
+        "(hyv worker --models NAME)",
+    )

@@ -14,8 +14,29 @@ from pathlib import Path
 from hyv.engine.limits import BUCKETS_540P, BUCKETS_720P, ModelLimits
 
 BUNDLE_FILE = "bundle.json"
+# DiT header metadata "true_cfg": a DiT whose guidance embedding only ever saw the base value (an
+# exported teacher, hyv.training.teacher_export) is sampled with true CFG (hyv.engine.pipeline).
+GUIDANCE_MODE_METADATA_KEY = "guidance_mode"
 # Where the training recipe and `hyv init-weights` write the small bundle: a checkout's weights/.
 CHECKOUT_BUNDLE_DIR = Path("weights/hyv-small")
+# The models that ship with the package (setup.py copies each weights/<name> that exists into the
+# wheel as hyv/bundled/<name>): the student and its undistilled teacher (hyv.training.teacher_export).
+BUNDLED_MODELS = ("hyv-small", "hyv-small-teacher")
+
+
+def bundled_model_dir(name: str) -> Path | None:
+    """Where the bundled model `name` is: inside the installed package (a wheel), else the checkout's
+    weights/<name> (an editable install), else None."""
+    package_dir = Path(__file__).resolve().parents[1]
+    for candidate in (package_dir / "bundled" / name, package_dir.parent / "weights" / name):
+        if (candidate / BUNDLE_FILE).is_file():
+            return candidate
+    return None
+
+
+def bundled_model_names() -> list[str]:
+    """The bundled models this installation has."""
+    return [name for name in BUNDLED_MODELS if bundled_model_dir(name) is not None]
 
 
 def default_bundle_dir() -> Path:
@@ -24,11 +45,7 @@ def default_bundle_dir() -> Path:
     A wheel carries it inside the package (setup.py copies it to hyv/bundled/hyv-small); an
     editable install finds the checkout's weights/hyv-small; elsewhere it is ./weights/hyv-small.
     """
-    package_dir = Path(__file__).resolve().parents[1]
-    for candidate in (package_dir / "bundled" / "hyv-small", package_dir.parent / CHECKOUT_BUNDLE_DIR):
-        if (candidate / BUNDLE_FILE).is_file():
-            return candidate
-    return CHECKOUT_BUNDLE_DIR
+    return bundled_model_dir(CHECKOUT_BUNDLE_DIR.name) or CHECKOUT_BUNDLE_DIR
 
 
 DEFAULT_BUNDLE_DIR = default_bundle_dir()

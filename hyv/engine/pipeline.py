@@ -30,6 +30,7 @@ from PIL import Image
 
 from hyv.engine import memory
 from hyv.engine.bundle import BUNDLE_FILE, ModelBundle, load_bundle
+from hyv.engine.bundle_spec import GUIDANCE_MODE_METADATA_KEY
 from hyv.engine.image_cond import fit_image, image_to_video_tensor, load_image
 from hyv.engine.limits import GenerationPlan, resolve
 from hyv.engine.lora import LoraLibrary, applied_loras
@@ -308,6 +309,8 @@ class VideoPipeline:
         # A release folder (no bundle.json, hyv.engine.release) carries no distilled schedule.
         metadata = read_dit_metadata(weights / "dit") if (weights / BUNDLE_FILE).is_file() else {}
         schedule = json.loads(metadata[SCHEDULE_METADATA_KEY]) if SCHEDULE_METADATA_KEY in metadata else None
+        if options.true_cfg is None and metadata.get(GUIDANCE_MODE_METADATA_KEY) == "true_cfg":
+            options = dataclasses.replace(options, true_cfg=True)
         pipeline = cls(bundle, options, schedule)
         pipeline.loras = LoraLibrary(default_lora_dir(weights))
         return pipeline

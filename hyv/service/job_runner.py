@@ -112,8 +112,11 @@ class JobRunner:
             )
             running.lost.set()
 
-    def run(self, job_id: str, pipeline: ServedPipeline, task_id: str | None = None) -> str:
-        """Claim and run one job; returns what happened (for logs and tests). The claim's token
+    def run(
+        self, job_id: str, pipeline: ServedPipeline, task_id: str | None = None, model: str | None = None
+    ) -> str:
+        """Claim and run one job on `pipeline` (the worker's model `model`, which the run log's end
+        entry names); returns what happened (for logs and tests). The claim's token
         ends with the delivery's Celery task id, so the main process can fail this run (and only
         this run) if the pool process is killed at the hard time limit (fail_past_hard_limit)."""
         token = run_token(self.hostname, task_id or uuid.uuid4().hex)
@@ -149,6 +152,7 @@ class JobRunner:
         if job.attempts == 1:
             metrics.observe_queue_wait(now - job.created_at)
         running = self.running = RunningJob(job_id, token, hand_back=self.hand_back)
+        running.rendered["model"] = model or self.settings.model_name
         self.cancels.check_flag(running)  # cancelled between the claim and now: no message reached us
         self._on_busy_change()
         outcome = "error"
@@ -170,6 +174,7 @@ class JobRunner:
                 video=self.storage.load_input_video(job_id) if job.operation != "create" else None,
             )
             plan = pipeline.plan(request)
+            running.rendered.update(steps=plan.steps, guidance=plan.guidance)
         except StorageError as exc:
             return self._fail(job, running.token, Failure("storage_error", str(exc)), pipeline)
         except (ValueError, TypeError) as exc:

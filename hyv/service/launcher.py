@@ -32,6 +32,7 @@ from urllib.parse import quote
 
 import redis
 
+from hyv.service.served_models import worker_queues
 from hyv.service.settings import LOOPBACK_HOSTS, Settings
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ def start_worker(
     log_path: Path | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """A Celery worker process (prefork, one pool process holding the model) for settings' model.
+    """A Celery worker process (prefork, one pool process holding the models) for settings' models
+    (every served one, or settings.worker_models: hyv.service.served_models).
     It runs in its own process group: stop it with `stop_worker`."""
     command = [
         sys.executable,
@@ -216,7 +218,7 @@ def start_worker(
         "hyv.service.celery_app:celery_app",
         "worker",
         "--queues",
-        settings.queue_name,
+        worker_queues(settings),
         "--concurrency",
         "1",
         "--pool",
@@ -301,12 +303,12 @@ def _signal_groups(processes: list[subprocess.Popen[bytes]], sig: int) -> None:
 
 def wait_for_workers(redis_url: str, model: str, count: int = 1, timeout_s: float = 300.0) -> None:
     """Block until `count` workers of `model` beat as ready (model loaded)."""
-    from hyv.service.worker_registry import WorkerRegistry
+    from hyv.service.worker_registry import WorkerRegistry, ready_for
 
     registry = WorkerRegistry(redis.Redis.from_url(redis_url))
     deadline = time.monotonic() + timeout_s
     while True:
-        ready = [w for w in registry.live(model) if w.get("ready")]
+        ready = [w for w in registry.live(model) if ready_for(w, model)]
         if len(ready) >= count:
             return
         if time.monotonic() > deadline:
@@ -429,7 +431,8 @@ def _raise_system_exit(signum: int, frame: object) -> None:
 
 
 def run_worker(settings: Settings, name: str = "worker", concurrency: int = 1) -> None:
-    """`hyv worker`: one Celery worker on settings.redis_url for settings.model_name (production)."""
+    """`hyv worker`: one Celery worker on settings.redis_url for its models (settings.worker_models,
+    default every served one: hyv.service.served_models) (production)."""
     if not settings.redis_url:
         raise ValueError("hyv worker needs HYV_REDIS_URL (the Redis the API uses)")
     from hyv.service.celery_app import celery_for
@@ -443,7 +446,7 @@ def run_worker(settings: Settings, name: str = "worker", concurrency: int = 1) -
         [
             "worker",
             "--queues",
-            settings.queue_name,
+            worker_queues(settings),
             "--concurrency",
             str(concurrency),
             "--pool",

@@ -318,15 +318,19 @@ class _ReadableFilesCollector(multiprocess.MultiProcessCollector):
 
 
 def render_metrics(
-    jobs: JobRecords | None = None, workers: WorkerRegistry | None = None, settings: Settings | None = None
+    jobs: JobRecords | None = None,
+    workers: WorkerRegistry | None = None,
+    settings: Settings | None = None,
+    models: list[str] | None = None,
 ) -> tuple[bytes, str]:
     """(body, content type) for GET /metrics: every process's counters and histograms merged, this
     process's own process_* series (multiprocess mode leaves them out), plus the Redis-held gauges
-    when the job records and the worker registry are given."""
+    when the job records and the worker registry are given (the queue depth of each of `models`,
+    default the settings' model_name)."""
     registry = CollectorRegistry()
     _ReadableFilesCollector(registry, path=str(multiproc_dir()))
     ProcessCollector(registry=registry)
     if jobs is not None and workers is not None:
-        models = [(settings or get_settings()).model_name]
+        models = models or [(settings or get_settings()).model_name]
         registry.register(RedisStateCollector(JobStoreState(jobs, workers), models))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -71,6 +71,8 @@ class RunningJob:
     cancel_via: CancelVia | None = None  # how the cancel arrived
     cancel_step: int | None = None  # `step` when it arrived
     progress_writes: int = 0
+    # What the run renders with: the worker's model, the plan's steps and guidance (the run log shows it).
+    rendered: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stop_requested(self) -> bool:
@@ -101,6 +103,8 @@ class RunningJob:
             "step": self.step,
             "progress_writes": self.progress_writes,
         }
+        if self.rendered:
+            found["rendered"] = self.rendered
         if self.cancel_via is not None:
             found.update(cancel_via=self.cancel_via, cancel_step=self.cancel_step)
         return found

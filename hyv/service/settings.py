@@ -91,10 +91,25 @@ class Settings(BaseSettings):
     lora_dir: Path | None = Field(
         default=None,
         description="The LoRA adapters requests may name (`<name>.safetensors`); None = the `loras/` "
-        "folder inside the weights folder.",
+        "folder inside each served model's weights folder.",
     )
     lora_cache_size: int = Field(
         default=8, ge=0, description="LoRA adapters a worker keeps loaded (least recently used go first)."
+    )
+    # --- several models (hyv.service.served_models; unset: the one model above) ---------------
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The served models, the default first: bundled names (hyv-small, "
+        "hyv-small-teacher), bundle paths or NAME=PATH; a JSON list or comma separated. Empty = "
+        "models_dir, else the one model of model_name and weights.",
+    )
+    models_dir: Path | None = Field(
+        default=None, description="A folder whose subfolders are the served models (one bundle each)."
+    )
+    worker_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The served models a worker loads and takes jobs for (`hyv worker --models`); "
+        "empty = all of them.",
     )
     job_memory_limit_mb: int = Field(
         default=0,
@@ -257,7 +272,9 @@ class Settings(BaseSettings):
     def _attention_backend(cls, value: str | None) -> str | None:
         return attention_backend_name(value)  # ValueError names the choices
 
-    @field_validator("api_keys", "cors_origins", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "cors_origins", "webhook_allowed_hosts", "models", "worker_models", mode="before"
+    )
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_list(value)

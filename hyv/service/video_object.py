@@ -55,6 +55,7 @@ class VideoPublic(BaseModel):
     num_frames: int | None = None
     fps: int | None = None
     steps: int | None = None
+    guidance: float | None = Field(default=None, description="Guidance scale (the model's guidance_mode).")
     seed: int | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per finished stage.")
     content_bytes: int = Field(default=0, description="Size of the MP4 written so far.")
@@ -108,6 +109,7 @@ def to_public(job: Job, queue_position: int | None = None) -> VideoPublic:
         num_frames=job.num_frames,
         fps=job.fps,
         steps=request.get("steps"),
+        guidance=request.get("guidance"),
         seed=request.get("seed"),
         timings=dict(job.timings or {}),
         content_bytes=job.content_bytes,

@@ -100,7 +100,8 @@ def _on_task_failure(exception: Any = None, args: Any = None, task_id: Any = Non
 def generate(self: Task, job_id: str) -> str:
     with job_context(job_id):
         process = worker_process()
-        if not process.ready():
+        model = process.model_of(job_id)
+        if not process.ready(model):
             process.hand_back(job_id)
-            raise Reject(f"model not loaded: {process.load_error}", requeue=True)
-        return process.run(job_id, self.request.id)
+            raise Reject(process.not_ready_reason(model), requeue=True)
+        return process.run(job_id, self.request.id, model)

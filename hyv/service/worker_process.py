@@ -9,15 +9,22 @@ so the job runs first and never reads in_progress while nothing runs it) and,
 every CLEANUP_INTERVAL_S, removes expired files from storage. Asked to stop, it gives its running
 job a grace and then hands it back (hyv.service.worker_shutdown).
 
-Faults: a model that fails to load leaves the process up but not ready (/readyz shows the error):
-every delivered job is handed back to the queue (`hand_back`) and the load is retried at most every
-LOAD_RETRY_S. A Redis restart pauses a running job: the process's Redis client (`worker_redis`)
-retries a lost connection for up to REDIS_RIDE_OUT_S (a restart takes about a second), so the job
-waits at its next write instead of failing; past that the job is left to the claim reaper.
+Several models (hyv.service.served_models): the process loads each model the worker is configured
+for (HYV_WORKER_MODELS, default every served one) and takes jobs from each one's queue; a job runs
+on the pipeline of its record's `model`. The beat says which models are loaded (`models`).
+A worker group (sp_degree > 1) serves one model.
+
+Faults: a model that fails to load leaves the process up but not ready for it (/readyz shows the
+error): every delivered job of that model is handed back to the queue (`hand_back`) and the load is
+retried at most every LOAD_RETRY_S. A Redis restart pauses a running job: the process's Redis
+client (`worker_redis`) retries a lost connection for up to REDIS_RIDE_OUT_S (a restart takes about
+a second), so the job waits at its next write instead of failing; past that the job is left to the
+claim reaper.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -38,6 +45,7 @@ from hyv.service.job_store import JobStore
 from hyv.service.model_loading import LOAD_RETRY_S, load_pipeline
 from hyv.service.queue_reaper import QueueReaper
 from hyv.service.run_tokens import process_is_gone
+from hyv.service.served_models import ModelSource, settings_for, worker_model_sources
 from hyv.service.settings import Settings
 from hyv.service.storage import Storage, make_storage
 from hyv.service.worker_group import WorkerGroup
@@ -57,6 +65,12 @@ class WorkerProcess:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         assert settings.redis_url
+        self.sources: list[ModelSource] = worker_model_sources(settings)
+        if settings.sp_degree > 1 and len(self.sources) > 1:
+            raise ValueError(
+                f"a worker group (sp_degree {settings.sp_degree}) serves one model, not "
+                f"{[s.name for s in self.sources]}: start one group per model (hyv worker --models NAME)"
+            )
         store = JobStore.connect(worker_redis(settings.redis_url), settings)
         self.jobs = store.jobs
         self.claims = store.claims
@@ -69,32 +83,60 @@ class WorkerProcess:
             self.runner.hand_back, settings.shutdown_grace_seconds, lambda: self._busy
         )
         self._stop = threading.Event()
-        self.pipeline: ServedPipeline | None = None
+        self.pipelines: dict[str, ServedPipeline] = {}  # model name -> its loaded pipeline
         self.group: WorkerGroup | None = None  # sp_degree > 1: this process is the group's rank 0
-        self.load_error: str | None = None  # why the model is not loaded (shown by /readyz)
+        self.load_errors: dict[str, str] = {}  # model name -> why it is not loaded (shown by /readyz)
         self._load_tried = 0.0
         self.started = time.time()
         self._beat = threading.Thread(target=self._beat_loop, name="hyv-beat", daemon=True)
         self._cleaning = threading.Event()
-        self.queue_reaper = QueueReaper(
-            store.redis,
-            self.jobs,
-            self.claims,
-            settings.model_name,
-            settings.queue_name,
-            settings.queued_reap_after_seconds,
-            self._send,
-        )
+        self.queue_reapers = [
+            QueueReaper(
+                store.redis,
+                self.jobs,
+                self.claims,
+                source.name,
+                source.queue,
+                settings.queued_reap_after_seconds,
+                functools.partial(self._send, queue=source.queue),
+            )
+            for source in self.sources
+        ]
+
+    @property
+    def pipeline(self) -> ServedPipeline | None:
+        """The first model's pipeline (the only one of a single-model worker)."""
+        return self.pipelines.get(self.sources[0].name)
+
+    @pipeline.setter
+    def pipeline(self, pipeline: ServedPipeline | None) -> None:
+        if pipeline is None:
+            self.pipelines.pop(self.sources[0].name, None)
+        else:
+            self.pipelines[self.sources[0].name] = pipeline
+
+    @property
+    def load_error(self) -> str | None:
+        """Why some model is not loaded (the first such), None when all are."""
+        return next(iter(self.load_errors.values()), None)
 
     def load(self) -> bool:
-        """Load the model; on failure keep the error (the heartbeat shows it, not ready) and stay up:
-        the beat runs either way. True once loaded."""
+        """Load the models not loaded yet; on failure keep the error (the heartbeat shows it, not
+        ready for that model) and stay up: the beat runs either way. True once all are loaded."""
         self._load_tried = time.monotonic()
-        try:
-            self.pipeline, self.load_error = self._load_pipeline(), None
-        except Exception as exc:
-            self.load_error = f"cannot load {self.settings.weights}: {type(exc).__name__}: {exc}"
-            logger.exception("model not loaded: jobs stay queued", extra={"load_error": self.load_error})
+        for source in self.sources:
+            if source.name in self.pipelines:
+                continue
+            try:
+                self.pipelines[source.name] = self._load_pipeline(settings_for(self.settings, source))
+                self.load_errors.pop(source.name, None)
+            except Exception as exc:
+                error = f"cannot load {source.weights}: {type(exc).__name__}: {exc}"
+                self.load_errors[source.name] = error
+                logger.exception(
+                    "model not loaded: its jobs stay queued",
+                    extra={"model": source.name, "load_error": error},
+                )
         if not self._beat.is_alive():
             self.runner.cancels.start()
             self._beat.start()
@@ -102,29 +144,43 @@ class WorkerProcess:
             self._heartbeat()
         except Exception:  # Redis away: the beat thread publishes it as soon as it can
             logger.exception("heartbeat failed")
-        return self.pipeline is not None
+        return len(self.pipelines) == len(self.sources)
 
-    def _load_pipeline(self) -> ServedPipeline:
-        """One pipeline on this process's device, or a worker group's rank 0 (sp_degree > 1)."""
-        if self.settings.sp_degree > 1:
-            self.group = WorkerGroup(self.settings)
+    def _load_pipeline(self, settings: Settings) -> ServedPipeline:
+        """One model's pipeline on this process's device, or a worker group's rank 0 (sp_degree > 1)."""
+        if settings.sp_degree > 1:
+            self.group = WorkerGroup(settings)
             return self.group.start()
-        pipeline: ServedPipeline = load_pipeline(self.settings)
+        pipeline: ServedPipeline = load_pipeline(settings)
         return pipeline
 
-    def ready(self) -> bool:
-        """Whether jobs can run here; a failed load is retried at most every LOAD_RETRY_S."""
-        if self.pipeline is None and time.monotonic() - self._load_tried > LOAD_RETRY_S:
-            self.load()
-        return self.pipeline is not None
+    def model_of(self, job_id: str) -> str:
+        """The model a delivered job asks for (its record's); the first model's when the record is
+        gone (the run then drops the delivery)."""
+        job = self.jobs.get(job_id)
+        return job.model if job is not None else self.sources[0].name
 
-    def run(self, job_id: str, task_id: str | None = None) -> str:
-        """Run one delivered job (the model is loaded: see ready()); returns the run's outcome."""
-        assert self.pipeline is not None
+    def ready(self, model: str | None = None) -> bool:
+        """Whether jobs of `model` (default: the first) can run here; a failed load is retried at
+        most every LOAD_RETRY_S."""
+        model = model or self.sources[0].name
+        if model not in self.pipelines and time.monotonic() - self._load_tried > LOAD_RETRY_S:
+            self.load()
+        return model in self.pipelines
+
+    def not_ready_reason(self, model: str) -> str:
+        if all(source.name != model for source in self.sources):
+            return f"this worker does not serve model {model!r} (it serves {[s.name for s in self.sources]})"
+        return f"model {model!r} not loaded: {self.load_errors.get(model)}"
+
+    def run(self, job_id: str, task_id: str | None = None, model: str | None = None) -> str:
+        """Run one delivered job on `model`'s pipeline (loaded: see ready()); returns the outcome."""
+        model = model or self.sources[0].name
+        pipeline = self.pipelines[model]
         self.stop_signals.install()  # again: billiard set its SIGTERM handler after our first install
         self._busy = True
         try:
-            outcome = self.runner.run(job_id, self.pipeline, task_id)
+            outcome = self.runner.run(job_id, pipeline, task_id, model)
         except BaseException:  # the process is going away (a time limit, a stop signal)
             if self.group is not None:
                 self.group.stop(kill=True)
@@ -140,14 +196,16 @@ class WorkerProcess:
         """A fault broke the group during the job: a fresh one before the next job (not ready while
         it starts; a failed start is retried like a failed load)."""
         assert self.group is not None
-        self.pipeline = None
+        name = self.sources[0].name  # a group serves one model
+        self.pipelines.pop(name, None)
         self._heartbeat_quietly()
         self._load_tried = time.monotonic()
         try:
             self.group.restart()
-            self.pipeline, self.load_error = self.group, None
+            self.pipelines[name] = self.group
+            self.load_errors.pop(name, None)
         except Exception as exc:
-            self.load_error = f"cannot restart the worker group: {type(exc).__name__}: {exc}"
+            self.load_errors[name] = f"cannot restart the worker group: {type(exc).__name__}: {exc}"
             logger.exception("worker group not restarted: jobs stay queued")
         self._heartbeat_quietly()
 
@@ -172,13 +230,23 @@ class WorkerProcess:
         self.registry.gone(self.hostname)
 
     def info(self) -> dict[str, Any]:
+        """The heartbeat: `model`, `queue` and `ready` are the first model's (a single-model
+        worker's); `models` has every model's readiness and load error."""
         running = self.runner.running
+        first = self.sources[0]
         return {
             "hostname": self.hostname,
-            "model": self.settings.model_name,
-            "queue": self.settings.queue_name,
-            "ready": self.pipeline is not None,
-            "load_error": self.load_error,
+            "model": first.name,
+            "queue": first.queue,
+            "ready": first.name in self.pipelines,
+            "load_error": self.load_errors.get(first.name),
+            "models": {
+                source.name: {
+                    "ready": source.name in self.pipelines,
+                    "load_error": self.load_errors.get(source.name),
+                }
+                for source in self.sources
+            },
             "busy_job": running.job_id if running else None,
             "pid": os.getpid(),
             "device": str(self.pipeline.device) if self.pipeline else None,
@@ -198,7 +266,8 @@ class WorkerProcess:
                 self._heartbeat()
                 self.runner.renew_claim()
                 self.requeue_orphans()
-                self.queue_reaper.sweep()
+                for reaper in self.queue_reapers:
+                    reaper.sweep()
                 if time.monotonic() - last_cleanup > CLEANUP_INTERVAL_S and not self._cleaning.is_set():
                     last_cleanup = time.monotonic()
                     self._cleaning.set()  # own thread: a slow or unreachable S3 must not delay the beat
@@ -214,8 +283,8 @@ class WorkerProcess:
         finally:
             self._cleaning.clear()
 
-    def _send(self, job_id: str) -> None:
-        celery_for(self.settings).send_task(TASK_NAME, args=[job_id], queue=self.settings.queue_name)
+    def _send(self, job_id: str, queue: str) -> None:
+        celery_for(self.settings).send_task(TASK_NAME, args=[job_id], queue=queue)
 
     def requeue_orphans(self) -> list[str]:
         return requeue_orphans(self.jobs, self.claims, self.settings)

@@ -30,4 +30,19 @@ class WorkerRegistry:
         keys = list(self.redis.scan_iter(match=self.keys.workers_pattern, count=100))
         values = self.redis.mget(keys) if keys else []
         found = [json.loads(v) for v in values if v]  # type: ignore[union-attr]
-        return [w for w in found if model is None or w.get("model") == model]
+        return [w for w in found if model is None or model in serves(w)]
+
+
+def serves(worker: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A heartbeat's models: name -> {"ready", "load_error"} (one worker may hold several)."""
+    models = worker.get("models")
+    if isinstance(models, dict):
+        return models
+    return {
+        str(worker.get("model")): {"ready": bool(worker.get("ready")), "load_error": worker.get("load_error")}
+    }
+
+
+def ready_for(worker: dict[str, Any], model: str) -> bool:
+    """Whether the worker has `model` loaded."""
+    return bool(serves(worker).get(model, {}).get("ready"))

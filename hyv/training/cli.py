@@ -171,3 +171,46 @@ def train_dit_command(
         raise typer.BadParameter(str(exc)) from exc
     result = train_dit(config)
     console.print(f"Trained bundle written to {result}")
+
+
+@train_app.command("export-teacher")
+def export_teacher_command(
+    run: Annotated[
+        Path | None,
+        typer.Option(help="A recipe run directory: its stage-4 (dit_buckets) DiT is the teacher."),
+    ] = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="The teacher bundle itself (instead of --run).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where the teacher bundle goes (replaced).")] = Path(
+        "weights/hyv-small-teacher"
+    ),
+    student: Annotated[
+        Path, typer.Option(help="The student bundle whose limits (sizes, frames) the teacher takes.")
+    ] = Path("weights/hyv-small"),
+    name: Annotated[
+        str | None, typer.Option(help="Served name (default: the student's + '-teacher').")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Default sampling steps (true CFG).")] = 50,
+    dtype: Annotated[str, typer.Option(help="fp16, bf16 or fp32.")] = "fp16",
+    share: Annotated[
+        bool, typer.Option(help="Link the VAE and text encoder to the student's when byte-identical.")
+    ] = True,
+) -> None:
+    """The undistilled teacher (50 steps, true CFG) as a served bundle beside the student."""
+    from hyv.training.teacher_export import export_teacher, teacher_of_run
+
+    if (run is None) == (teacher is None):
+        raise typer.BadParameter("give exactly one of --run and --teacher")
+    try:
+        source = teacher if teacher is not None else teacher_of_run(run)  # type: ignore[arg-type]
+        result = export_teacher(
+            source, student, out, name=name, steps=steps, dtype=dtype, share_with=student if share else None
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(
+        f"Exported the teacher {source} -> {result.directory} as {result.name!r} "
+        f"(guidance embedding {'dropped' if result.dropped_guidance_embed else 'kept, true CFG'}; "
+        f"shared with the student: {', '.join(result.shared) or 'nothing'})"
+    )

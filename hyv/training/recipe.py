@@ -19,6 +19,9 @@
                     limits exactly the buckets, with `recipe.json` (commands, seeds, steps, wall time
                     per stage); then **eval** (`hyv.training.eval`, teacher = the stage-4 DiT with 50
                     steps of true CFG) writes `eval.json` and `MODEL_CARD.md` next to the weights.
+                    The export also writes that teacher as a served model of its own into
+                    `teacher_export_dir` (`<export_dir>-teacher`: hyv.training.teacher_export; 50
+                    steps of true CFG, the student's limits, its VAE and text encoder linked).
 
 `stage1_from` (`--stage1-from`) starts from an earlier bundle instead of stages 1 and 3: its VAE and
 DiT stand in for theirs (copied into the run directory first, since the export replaces
@@ -168,6 +171,8 @@ class RecipeConfig:
 
     out_dir: Path = Path("runs/bundle")
     export_dir: Path = CHECKOUT_BUNDLE_DIR
+    teacher_export_dir: Path | None = None  # the served teacher; None = `<export_dir>-teacher`
+    export_teacher: bool = True  # False: the export writes the student only
     seed: int = 0
     device: str | None = None
     size: int = 64
@@ -197,6 +202,9 @@ class RecipeConfig:
 
     def __post_init__(self) -> None:
         self.out_dir, self.export_dir = Path(self.out_dir), Path(self.export_dir)
+        self.teacher_export_dir = Path(
+            self.teacher_export_dir or self.export_dir.with_name(self.export_dir.name + "-teacher")
+        )
         if self.stage1_from is not None:
             self.stage1_from = Path(self.stage1_from)
         if self.export_dtype not in ("fp16", "bf16", "fp32"):
@@ -248,6 +256,7 @@ class RecipeConfig:
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in STAGE_CONFIGS
         }
         data["out_dir"], data["export_dir"] = str(self.out_dir), str(self.export_dir)
+        data["teacher_export_dir"] = str(self.teacher_export_dir)
         for name in STAGE_CONFIGS:
             data[name] = _plain(getattr(self, name))
         return data
@@ -373,7 +382,8 @@ class Recipe:
             }
         self._save_state()
 
-    def export(self, student: Path) -> Path:
+    def export(self, student: Path, teacher: Path | None = None) -> Path:
+        """The student into export_dir; with `teacher` (and export_teacher) the teacher too."""
         c = self.config
 
         def write() -> Path:
@@ -387,10 +397,21 @@ class Recipe:
             if c.export_dir.exists():
                 shutil.rmtree(c.export_dir)
             save_bundle(bundle, c.export_dir, dit_metadata=read_dit_metadata(student / "dit"))
+            if teacher is not None and c.export_teacher:
+                from hyv.training.teacher_export import export_teacher
+
+                assert c.teacher_export_dir is not None
+                export_teacher(
+                    teacher, c.export_dir, c.teacher_export_dir, dtype=c.export_dtype, share_with=c.export_dir
+                )
             self.write_recipe()
             return c.export_dir
 
-        return self._run("export", write, {"student": str(student), "dtype": c.export_dtype})
+        settings = {"student": str(student), "dtype": c.export_dtype}
+        if teacher is not None and c.export_teacher:
+            settings["teacher"] = str(teacher)
+            settings["teacher_export_dir"] = str(c.teacher_export_dir)
+        return self._run("export", write, settings)
 
     def evaluate(self, bundle_dir: Path, teacher: Path) -> Path:
         from hyv.training.eval.runner import evaluate_bundle
@@ -469,7 +490,7 @@ class Recipe:
         student = self.distill("steps", cfg_student)
         if last < 6:
             return student
-        exported = self.export(student)
+        exported = self.export(student, teacher)
         if last < 7:
             return exported
         self.evaluate(exported, teacher)

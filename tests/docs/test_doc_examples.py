@@ -110,6 +110,11 @@ SKIPS: tuple[Skip, ...] = (
     Skip(r"^make bundle\b", "trains the bundled model from nothing: about 2 hours on 2 cores"),
     Skip(r"^hyv train bundle\b", "the bundled model's whole recipe: about 2 hours on 2 cores"),
     Skip(
+        r"^hyv train export-teacher --run runs/bundle\b",
+        "needs a recipe run's stage-4 DiT (runs/bundle: the recipe's hours of training); "
+        "tests/training/test_teacher_export.py runs the command on a stand-in run",
+    ),
+    Skip(
         r"^hyv train vae \| dit \| distill \| eval --help",
         "names the stages vae, dit, distill and eval with `|`: not a shell pipeline",
     ),

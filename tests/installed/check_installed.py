@@ -62,6 +62,9 @@ def test_the_wheel_installs_one_top_level_name() -> None:
     tops = {f.parts[0] for f in files if not f.parts[0].endswith(".dist-info") and f.parts[0] != ".."}
     assert tops == {"hyv"}, sorted(tops)
     assert any(str(f).startswith("hyv/bundled/hyv-small/") for f in files), "the bundled model ships"
+    if (CHECKOUT / "weights" / "hyv-small-teacher" / "bundle.json").is_file():  # its teacher beside it
+        teacher = {str(f) for f in files if str(f).startswith("hyv/bundled/hyv-small-teacher/")}
+        assert {f"hyv/bundled/hyv-small-teacher/{c}/model.safetensors" for c in ("dit", "vae")} <= teacher
     scripts = [str(f) for f in files if f.parts[0] == ".."]
     assert any(s.endswith("bin/hyv") for s in scripts), scripts
 

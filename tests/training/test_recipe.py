@@ -167,6 +167,28 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     frames = read_mp4(pipeline.generate(request).mp4)
     assert frames.shape == (FRAMES, SIZE, SIZE, 3)
 
+    # The teacher (stage 4's DiT) exported beside the student as a served model: the student's
+    # sizes and lengths, 50 steps, true CFG (its idle guidance embedding dropped), fp16, the
+    # student's VAE and text encoder linked, and a card.
+    teacher_dir = config.teacher_export_dir
+    assert teacher_dir == tmp_path / "bundle-teacher"
+    teacher_spec = read_bundle_spec(teacher_dir)
+    assert teacher_spec.name == "hyv-tiny-teacher" and teacher_spec.limits.steps == 50
+    assert teacher_spec.limits.buckets == spec.limits.buckets
+    assert teacher_spec.limits.frame_counts == spec.limits.frame_counts
+    assert json.loads((teacher_dir / "dit" / "config.json").read_text())["guidance_embed"] is False
+    assert SCHEDULE_METADATA_KEY not in read_dit_metadata(teacher_dir / "dit")
+    assert (teacher_dir / "vae").is_symlink() and (teacher_dir / "vae").resolve() == (
+        exported / "vae"
+    ).resolve()
+    assert "# hyv-tiny-teacher" in (teacher_dir / "MODEL_CARD.md").read_text()
+    assert state["stages"]["export"]["settings"]["teacher_export_dir"] == str(teacher_dir)
+    teacher = VideoPipeline.from_dir(teacher_dir, PipelineOptions())
+    taught = teacher.generate(
+        GenerationRequest(prompt="a red circle moving left on a black background", seed=1, steps=3)
+    )
+    assert read_mp4(taught.mp4).shape == (FRAMES, SIZE, SIZE, 3) and taught.summary()["steps"] == 3
+
     # Recipe, eval and model card beside the weights.
     recipe = json.loads((exported / RECIPE_FILE).read_text())
     assert recipe["command"].startswith("hyv train bundle")

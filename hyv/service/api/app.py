@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -24,10 +23,10 @@ from hyv.service.api.auth import KeyRing
 from hyv.service.api.context import AppContext
 from hyv.service.api.errors import install_error_handlers
 from hyv.service.api.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from hyv.service.api.model_catalog import ModelCatalog
 from hyv.service.api.openapi_docs import DESCRIPTION
 from hyv.service.api.ratelimit import SubmissionLimiter
 from hyv.service.api.schemas import VideoCreate
-from hyv.service.api.validation import ServedModel
 from hyv.service.job_store import JobStore
 from hyv.service.settings import Settings, get_settings
 from hyv.service.storage import make_storage
@@ -47,8 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     metrics.setup_metrics(settings)  # `uvicorn --factory` starts here (`hyv serve` did it already)
     redis_client = redis.Redis.from_url(settings.redis_url)
-    model = ServedModel.from_bundle(settings.model_name, settings.weights, settings.text_encoder)
-    model = dataclasses.replace(model, lora_folder=settings.lora_folder)
+    models = ModelCatalog.from_settings(settings)  # ValueError naming a bad HYV_MODELS entry
     store = JobStore.connect(redis_client, settings)
     context = AppContext(
         settings=settings,
@@ -59,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         workers=store.workers,
         events=store.events,
         storage=make_storage(settings),
-        model=model,
+        models=models,
         keyring=KeyRing(settings.api_keys),
         limiter=SubmissionLimiter(
             redis_client, settings.rate_limit_per_minute, settings.max_queued_jobs_per_key

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from hyv.service.api.auth import Caller, KeyRing
 from hyv.service.api.errors import NotFoundError
+from hyv.service.api.model_catalog import ModelCatalog
 from hyv.service.api.ratelimit import SubmissionLimiter
 from hyv.service.api.validation import ServedModel
 from hyv.service.idempotency import IdempotencyKeys
@@ -69,13 +70,22 @@ class AppContext:
     workers: WorkerRegistry
     events: JobEvents
     storage: Storage
-    model: ServedModel
+    models: ModelCatalog  # the served models, the default first
     keyring: KeyRing
     limiter: SubmissionLimiter
     status_reads: BatchedStatusReads = field(init=False)
 
     def __post_init__(self) -> None:
         self.status_reads = BatchedStatusReads(self.jobs)
+
+    @property
+    def model(self) -> ServedModel:
+        """The default model (a request without `model`)."""
+        return self.models.default
+
+    @model.setter
+    def model(self, model: ServedModel) -> None:
+        self.models.default = model
 
     def owned_job(self, job_id: str, caller: Caller) -> Job:
         """The caller's job, or 404 (another key's job is indistinguishable from none)."""

@@ -35,7 +35,7 @@ from hyv.service.api.errors import (
 )
 from hyv.service.api.routes_videos import store_and_enqueue, video_response
 from hyv.service.api.schemas import VideoCreate, error_responses
-from hyv.service.api.validation import build_plan, duration_text, now, plan_to_request_dict
+from hyv.service.api.validation import ServedModel, build_plan, duration_text, now, plan_to_request_dict
 from hyv.service.job_model import Job, JobStatus, Operation, new_job_id
 from hyv.service.storage import StorageError
 from hyv.service.video_object import VideoPublic, status_of
@@ -178,8 +178,25 @@ def edit_frames(source_frames: int, limits: ModelLimits) -> int:
     return max(moving or fitting)
 
 
-def _plan(context: AppContext, body: VideoCreate, image: bytes | None) -> GenerationPlan:
-    return build_plan(body, image, context.model)
+def _model_for(context: AppContext, asked: str | None, source: Source) -> ServedModel:
+    """The model a derived job runs on: the one the request names, else the source video's (when
+    it is still served), else the default."""
+    if asked is not None:
+        return context.models.choose(asked)
+    if source.job is not None:
+        return context.models.find(source.job.model) or context.model
+    return context.model
+
+
+def _check_extends(model: ServedModel) -> None:
+    if not model.supports_image:
+        raise InvalidRequestError(
+            f"model {model.name!r} cannot extend a video: it takes no image condition", "video"
+        )
+
+
+def _plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> GenerationPlan:
+    return build_plan(body, image, model)
 
 
 async def _submit(
@@ -189,6 +206,7 @@ async def _submit(
     source: Source,
     operation: Operation,
     extra: dict[str, Any],
+    model: ServedModel,
     image: bytes | None = None,
 ) -> Response:
     """Create and queue the job for `plan` on `source` (its bytes stored as the job's source)."""
@@ -205,7 +223,7 @@ async def _submit(
     job = Job(
         id=new_job_id(),
         owner=caller.owner,
-        model=context.model.name,
+        model=model.name,
         status=JobStatus.QUEUED,
         progress=0,
         created_at=now(),
@@ -255,6 +273,7 @@ async def remix_video(video_id: str, request: Request, caller: CallerDep, contex
     remix = _validate(VideoRemix, body.fields)
     source = await _resolve_source(context, caller, VideoReference(id=video_id), None, "remix")
     assert source.job is not None
+    model = _model_for(context, None, source)
     asked: dict[str, Any] = source.job.request or {}
     try:
         image = await run_in_threadpool(context.storage.load_input_image, source.job.id)
@@ -263,7 +282,7 @@ async def remix_video(video_id: str, request: Request, caller: CallerDep, contex
     frames = (
         source.job.num_frames
         if source.job.operation != "extend"
-        else edit_frames(source.info.num_frames, context.model.limits)
+        else edit_frames(source.info.num_frames, model.limits)
     )
     create = VideoCreate(
         prompt=remix.prompt,
@@ -276,9 +295,9 @@ async def remix_video(video_id: str, request: Request, caller: CallerDep, contex
         negative_prompt=asked.get("negative_prompt") or None,
         loras=asked.get("loras") or None,  # a remix keeps its source's adapters
     )
-    plan = _plan(context, create, image)
+    plan = _plan(create, image, model)
     extra = {"video_mode": "edit", "strength": remix.strength or DEFAULT_EDIT_STRENGTH}
-    return await _submit(context, caller, plan, source, "remix", extra, image)
+    return await _submit(context, caller, plan, source, "remix", extra, model, image)
 
 
 @router.post(
@@ -296,17 +315,18 @@ async def edit_video(request: Request, caller: CallerDep, context: ContextDep) -
     body = await parse_source_body(request, context.settings.max_upload_bytes)
     edit = _validate(VideoEdit, body.fields)
     source = await _resolve_source(context, caller, edit.video, body.video, "edit")
+    model = _model_for(context, edit.model, source)
     create = VideoCreate(
         prompt=edit.prompt,
-        model=edit.model,
+        model=model.name,
         size=source.size,
-        num_frames=edit_frames(source.info.num_frames, context.model.limits),
+        num_frames=edit_frames(source.info.num_frames, model.limits),
         fps=source.fps,
         seed=edit.seed,
     )
-    plan = _plan(context, create, None)
+    plan = _plan(create, None, model)
     extra = {"video_mode": "edit", "strength": edit.strength or DEFAULT_EDIT_STRENGTH}
-    return await _submit(context, caller, plan, source, "edit", extra)
+    return await _submit(context, caller, plan, source, "edit", extra, model)
 
 
 @router.post(
@@ -323,21 +343,21 @@ async def extend_video(request: Request, caller: CallerDep, context: ContextDep)
     context.limiter.check_rate(caller.owner)
     body = await parse_source_body(request, context.settings.max_upload_bytes)
     extend = _validate(VideoExtend, body.fields)
-    if not context.model.supports_image:
-        raise InvalidRequestError(
-            f"model {context.model.name!r} cannot extend a video: it takes no image condition", "video"
-        )
+    if extend.model is not None or len(context.models) == 1:  # known before the source is read
+        _check_extends(context.models.choose(extend.model))
     source = await _resolve_source(context, caller, extend.video, body.video, "extend")
+    model = _model_for(context, extend.model, source)
+    _check_extends(model)
     create = VideoCreate(
         prompt=extend.prompt,
-        model=extend.model,
+        model=model.name,
         size=source.size,
         seconds=extend.seconds,
         num_frames=extend.num_frames,
         fps=source.fps,
         seed=extend.seed,
     )
-    plan = _plan(context, create, None)
+    plan = _plan(create, None, model)
     if plan.num_frames == 1:
         raise InvalidRequestError("an extension needs more than one frame", "num_frames")
-    return await _submit(context, caller, plan, source, "extend", {"video_mode": "extend"})
+    return await _submit(context, caller, plan, source, "extend", {"video_mode": "extend"}, model)

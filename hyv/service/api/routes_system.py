@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from hyv.service import metrics
 from hyv.service.api.auth import CallerDep, KeyRing
-from hyv.service.api.context import ContextDep
+from hyv.service.api.context import AppContext, ContextDep
 from hyv.service.api.errors import APIError, NotFoundError
 from hyv.service.api.schemas import ModelList, ModelPublic, error_responses
+from hyv.service.worker_registry import ready_for, serves
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +25,12 @@ router = APIRouter()
     "/v1/models",
     response_model=ModelList,
     tags=["models"],
-    summary="The served model: defaults, limits, sizes and lengths, vocabulary and grammar",
+    summary="The served models (the default first): defaults, limits, sizes and lengths, guidance, "
+    "vocabulary and grammar",
     responses=error_responses(401),
 )
 async def list_models(caller: CallerDep, context: ContextDep) -> ModelList:
-    return ModelList(data=[context.model.public()])
+    return ModelList(data=[model.public() for model in context.models])
 
 
 @router.get(
@@ -39,11 +41,12 @@ async def list_models(caller: CallerDep, context: ContextDep) -> ModelList:
     responses=error_responses(401, 404),
 )
 async def get_model(model_id: str, caller: CallerDep, context: ContextDep) -> ModelPublic:
-    if model_id != context.model.name:
+    model = context.models.find(model_id)
+    if model is None:
         raise NotFoundError(
-            f"no model {model_id!r}; this server serves {context.model.name!r}", "model_not_found"
+            f"no model {model_id!r}; the served models are {context.models.names}", "model_not_found"
         )
-    return context.model.public()
+    return model.public()
 
 
 LOAD_ERROR_CHARS = 500
@@ -61,11 +64,14 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     tags=["health"],
-    summary="Readiness: Redis answers and a worker has the model loaded",
+    summary="Readiness: Redis answers and a worker has the model loaded (each model, when several)",
     description=(
         "Without an API key: the status and counts only. With a valid key (or on a server without"
         " keys, which listens on loopback only): also the model, which worker failed to load it and"
-        " why, with file paths cut to their last part."
+        " why, with file paths cut to their last part. Serving several models: `ready` (200) when"
+        " every model has a worker with it loaded, `degraded` (200) when some have, `unavailable`"
+        " (503) when none has; with details, `models` has each model's own readiness and"
+        " `models_not_ready` names the others."
     ),
     responses={503: {"description": "Not ready: the body says why"}},
     openapi_extra=PUBLIC,
@@ -78,35 +84,65 @@ async def readyz(request: Request, context: ContextDep) -> JSONResponse:
         logger.warning("readyz: redis unreachable: %s", exc)
         reason = f"redis unreachable: {redact_paths(str(exc))}" if detailed else "redis unreachable"
         return JSONResponse({"status": "unavailable", "reason": reason}, 503)
-    workers = context.workers.live(context.model.name)
-    ready = [w for w in workers if w.get("ready")]
+    workers = context.workers.live()
+    if len(context.models) == 1:
+        single = _model_readiness(context, context.model.name, workers, detailed)
+        return JSONResponse(single, 200 if single["status"] == "ready" else 503)
+    per_model = {model.name: _model_readiness(context, model.name, workers, True) for model in context.models}
+    not_ready = [name for name, entry in per_model.items() if entry["status"] != "ready"]
+    status = "ready" if not not_ready else "degraded" if len(not_ready) < len(per_model) else "unavailable"
+    serving = [w for w in workers if any(name in serves(w) for name in per_model)]
+    body: dict[str, Any] = {
+        "status": status,
+        "workers": len(serving),
+        "workers_ready": sum(1 for w in serving if any(ready_for(w, name) for name in per_model)),
+        "queue_depth": sum(entry["queue_depth"] for entry in per_model.values()),
+        "models_ready": len(per_model) - len(not_ready),
+        "models_total": len(per_model),
+    }
+    if detailed:
+        body["models"] = per_model
+        if not_ready:
+            body["models_not_ready"] = not_ready
+            body["reason"] = "; ".join(f"{name}: {per_model[name]['reason']}" for name in not_ready)
+    elif not_ready:
+        body["reason"] = f"{len(not_ready)} of {len(per_model)} models have no worker with them loaded"
+    return JSONResponse(body, 503 if status == "unavailable" else 200)
+
+
+def _model_readiness(
+    context: AppContext, name: str, workers: list[dict[str, Any]], detailed: bool
+) -> dict[str, Any]:
+    """One model's readiness: ready when a live worker has it loaded; the load errors of the
+    workers that failed to load it (details only)."""
+    serving = [w for w in workers if name in serves(w)]
+    ready = [w for w in serving if ready_for(w, name)]
     # Workers up whose model failed to load (their jobs stay queued): the error each one hit.
     failed = [
-        {"worker": str(w.get("hostname")), "error": redact_paths(str(w["load_error"]))[:LOAD_ERROR_CHARS]}
-        for w in workers
-        if w.get("load_error") and not w.get("ready")
+        {"worker": str(w.get("hostname")), "error": redact_paths(str(error))[:LOAD_ERROR_CHARS]}
+        for w in serving
+        if (error := serves(w)[name].get("load_error")) and not ready_for(w, name)
     ]
     body: dict[str, Any] = {
         "status": "ready" if ready else "unavailable",
-        "workers": len(workers),
+        "workers": len(serving),
         "workers_ready": len(ready),
         "workers_failed": len(failed),
-        "queue_depth": context.jobs.queue_depth(context.model.name),
+        "queue_depth": context.jobs.queue_depth(name),
     }
     if detailed:
-        body["model"] = context.model.name
+        body["model"] = name
         if failed:
             body["load_errors"] = failed
     if not ready:
-        model = repr(context.model.name) if detailed else "the model"
+        model = repr(name) if detailed else "the model"
         if failed:
             body["reason"] = f"{len(failed)} worker(s) could not load {model}"
             if detailed:
                 body["reason"] += f": {failed[0]['error']}"
         else:
-            body["reason"] = f"no worker has loaded {model} yet" if workers else "no worker running"
-        return JSONResponse(body, 503)
-    return JSONResponse(body)
+            body["reason"] = f"no worker has loaded {model} yet" if serving else "no worker running"
+    return body
 
 
 def _sees_details(keyring: KeyRing, authorization: str | None) -> bool:
@@ -141,5 +177,7 @@ def redact_paths(text: str) -> str:
     openapi_extra=PUBLIC,
 )
 async def prometheus_metrics(context: ContextDep) -> Response:
-    data, content_type = metrics.render_metrics(context.jobs, context.workers, context.settings)
+    data, content_type = metrics.render_metrics(
+        context.jobs, context.workers, context.settings, context.models.names
+    )
     return Response(data, media_type=content_type)

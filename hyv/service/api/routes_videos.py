@@ -87,7 +87,8 @@ async def create_video(
         if replay is not None:
             return video_response(replay, context, 200, **{"Idempotent-Replayed": "true"})
 
-    plan = build_plan(body.video, body.image, context.model)
+    model = context.models.choose(body.video.model)
+    plan = build_plan(body.video, body.image, model)
     if body.video.webhook_url is not None:
         await _check_webhook(body.video.webhook_url, settings)
     # A cheap early answer; the cap itself is enforced where the job is created (one script).
@@ -105,7 +106,7 @@ async def create_video(
     job = Job(
         id=job_id,
         owner=caller.owner,
-        model=context.model.name,
+        model=model.name,
         status=JobStatus.QUEUED,
         progress=0,
         created_at=now(),

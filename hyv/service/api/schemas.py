@@ -42,7 +42,10 @@ class VideoCreate(BaseModel):
         "its vocabulary (GET /v1/models).",
         examples=[_CREATE_EXAMPLE["prompt"]],
     )
-    model: str | None = Field(default=None, description="The served model's id; omitted = the served one.")
+    model: str | None = Field(
+        default=None,
+        description="One of the served models' ids (GET /v1/models); omitted = the first (default).",
+    )
     seconds: str | None = Field(
         default=None,
         description="Clip length in seconds (a number as text, like OpenAI's '4', '8', '12'), mapped to the "
@@ -118,7 +121,13 @@ class CaptionGrammarPublic(BaseModel):
         )
 
 
+GuidanceMode = Literal["embedded", "true_cfg"]
+
+
 class ModelPublic(BaseModel):
+    """One served model (GET /v1/models lists every one, the default first): OpenAI's model object
+    plus what a request may ask of it."""
+
     id: str = Field(examples=["hyv-small"])
     object: Literal["model"] = "model"
     created: int
@@ -131,6 +140,11 @@ class ModelPublic(BaseModel):
     max_frames: int
     max_steps: int
     fixed_steps: int | None = Field(default=None, description="A step-distilled model's only step count.")
+    guidance_mode: GuidanceMode | None = Field(
+        default=None,
+        description="embedded = guidance distilled into the DiT (one forward per step); true_cfg = "
+        "classifier-free guidance with the negative prompt (two forwards per step).",
+    )
     sizes: list[str] | None = Field(default=None, description="Allowed sizes; null = any multiple of 16.")
     frame_counts: list[int] | None = Field(
         default=None, description="Allowed frame counts (num_frames); null = any 4n+1 up to max_frames."

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from hyv.engine.bundle_spec import BUNDLE_FILE, read_bundle_spec
+from hyv.engine.bundle_spec import BUNDLE_FILE, GUIDANCE_MODE_METADATA_KEY, read_bundle_spec
 from hyv.engine.image_cond import load_image
 from hyv.engine.limits import GenerationPlan, ModelLimits, resolve
 from hyv.engine.lora_folder import LORA_SUFFIX, check_lora_header, lora_names
@@ -37,7 +37,13 @@ from hyv.engine.prompt_vocabulary import OffVocabularyError, PromptVocabulary, b
 from hyv.engine.release import find_release
 from hyv.engine.request import GenerationRequest, LoraChoice
 from hyv.service.api.errors import InvalidRequestError, TooLargeError, validation_message
-from hyv.service.api.schemas import CaptionGrammarPublic, ImageReference, ModelPublic, VideoCreate
+from hyv.service.api.schemas import (
+    CaptionGrammarPublic,
+    GuidanceMode,
+    ImageReference,
+    ModelPublic,
+    VideoCreate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,8 @@ class ServedModel:
     created: int = 0
     vocabulary: PromptVocabulary | None = None  # the built-in text encoder's; None = any text
     lora_folder: Path | None = None  # the LoRA adapters requests may name (HYV_LORA_DIR)
+    # "embedded" (one forward per step, guidance-distilled) or "true_cfg" (two); None = not known
+    guidance_mode: GuidanceMode | None = None
 
     @classmethod
     def from_bundle(cls, name: str, weights: Path, text_encoder: Path | None = None) -> ServedModel:
@@ -76,16 +84,20 @@ class ServedModel:
             created = max((int(p.stat().st_mtime) for p in layout.weight_files), default=0)
             return cls(name, spec.limits, None, layout.supports_image or spec.limits.requires_image, created)
         supports_image, fixed_steps = True, None
+        guidance_mode: GuidanceMode | None = None
         config_path = weights / "dit" / "config.json"
         try:
             config = json.loads(config_path.read_text())
             supports_image = config.get("image_condition") is not None
+            guidance_mode = "embedded" if config.get("guidance_embed") else "true_cfg"
         except (OSError, ValueError):
             logger.warning("cannot read %s; assuming the model accepts an input image", config_path)
         try:
             metadata = read_weights_metadata(weights / "dit" / "model.safetensors")
             if SCHEDULE_METADATA_KEY in metadata:
                 fixed_steps = len(json.loads(metadata[SCHEDULE_METADATA_KEY])) - 1
+            if metadata.get(GUIDANCE_MODE_METADATA_KEY) == "true_cfg":  # as the pipeline samples it
+                guidance_mode = "true_cfg"
         except Exception as exc:  # a missing or foreign checkpoint: the worker will say more
             logger.warning("cannot read the DiT metadata in %s: %s", weights / "dit", exc)
         created = int((weights / BUNDLE_FILE).stat().st_mtime)
@@ -95,7 +107,9 @@ class ServedModel:
         except ValueError as exc:  # a built-in encoder without a readable tokenizer: the worker fails
             logger.warning("cannot read the text encoder's vocabulary: %s; accepting any prompt", exc)
         supports_image = supports_image or spec.limits.requires_image
-        return cls(name, spec.limits, fixed_steps, supports_image, created, vocabulary)
+        return cls(
+            name, spec.limits, fixed_steps, supports_image, created, vocabulary, guidance_mode=guidance_mode
+        )
 
     def public(self) -> ModelPublic:
         limits = self.limits
@@ -118,6 +132,7 @@ class ServedModel:
             max_frames=limits.max_frames,
             max_steps=limits.max_steps,
             fixed_steps=self.fixed_steps,
+            guidance_mode=self.guidance_mode,
             sizes=[f"{w}x{h}" for w, h in limits.buckets] if limits.buckets else None,
             frame_counts=list(limits.frame_counts) if limits.frame_counts else None,
             vocabulary=self.vocabulary.sorted_words() if self.vocabulary else None,
