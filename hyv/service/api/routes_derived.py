@@ -195,8 +195,24 @@ def _check_extends(model: ServedModel) -> None:
         )
 
 
-def _plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> GenerationPlan:
-    return build_plan(body, image, model)
+SourceBodyT = TypeVar("SourceBodyT", VideoEdit, VideoExtend)
+
+
+async def _source_request(
+    request: Request, caller: Caller, context: AppContext, cls: type[SourceBodyT], verb: str
+) -> tuple[SourceBodyT, Source, ServedModel]:
+    """An edit's or extension's body, its source video and the model it runs on (an extension's
+    model checked for an image condition, before the source is read when the model is known)."""
+    context.limiter.check_rate(caller.owner)
+    body = await parse_source_body(request, context.settings.max_upload_bytes)
+    fields = _validate(cls, body.fields)
+    if verb == "extend" and (fields.model is not None or len(context.models) == 1):
+        _check_extends(context.models.choose(fields.model))
+    source = await _resolve_source(context, caller, fields.video, body.video, verb)
+    model = _model_for(context, fields.model, source)
+    if verb == "extend":
+        _check_extends(model)
+    return fields, source, model
 
 
 async def _submit(
@@ -295,7 +311,7 @@ async def remix_video(video_id: str, request: Request, caller: CallerDep, contex
         negative_prompt=asked.get("negative_prompt") or None,
         loras=asked.get("loras") or None,  # a remix keeps its source's adapters
     )
-    plan = _plan(create, image, model)
+    plan = build_plan(create, image, model)
     extra = {"video_mode": "edit", "strength": remix.strength or DEFAULT_EDIT_STRENGTH}
     return await _submit(context, caller, plan, source, "remix", extra, model, image)
 
@@ -311,11 +327,7 @@ async def remix_video(video_id: str, request: Request, caller: CallerDep, contex
     responses=_RESPONSES,
 )
 async def edit_video(request: Request, caller: CallerDep, context: ContextDep) -> Response:
-    context.limiter.check_rate(caller.owner)
-    body = await parse_source_body(request, context.settings.max_upload_bytes)
-    edit = _validate(VideoEdit, body.fields)
-    source = await _resolve_source(context, caller, edit.video, body.video, "edit")
-    model = _model_for(context, edit.model, source)
+    edit, source, model = await _source_request(request, caller, context, VideoEdit, "edit")
     create = VideoCreate(
         prompt=edit.prompt,
         model=model.name,
@@ -324,7 +336,7 @@ async def edit_video(request: Request, caller: CallerDep, context: ContextDep) -
         fps=source.fps,
         seed=edit.seed,
     )
-    plan = _plan(create, None, model)
+    plan = build_plan(create, None, model)
     extra = {"video_mode": "edit", "strength": edit.strength or DEFAULT_EDIT_STRENGTH}
     return await _submit(context, caller, plan, source, "edit", extra, model)
 
@@ -340,14 +352,7 @@ async def edit_video(request: Request, caller: CallerDep, context: ContextDep) -
     responses=_RESPONSES,
 )
 async def extend_video(request: Request, caller: CallerDep, context: ContextDep) -> Response:
-    context.limiter.check_rate(caller.owner)
-    body = await parse_source_body(request, context.settings.max_upload_bytes)
-    extend = _validate(VideoExtend, body.fields)
-    if extend.model is not None or len(context.models) == 1:  # known before the source is read
-        _check_extends(context.models.choose(extend.model))
-    source = await _resolve_source(context, caller, extend.video, body.video, "extend")
-    model = _model_for(context, extend.model, source)
-    _check_extends(model)
+    extend, source, model = await _source_request(request, caller, context, VideoExtend, "extend")
     create = VideoCreate(
         prompt=extend.prompt,
         model=model.name,
@@ -357,7 +362,7 @@ async def extend_video(request: Request, caller: CallerDep, context: ContextDep)
         fps=source.fps,
         seed=extend.seed,
     )
-    plan = _plan(create, None, model)
+    plan = build_plan(create, None, model)
     if plan.num_frames == 1:
         raise InvalidRequestError("an extension needs more than one frame", "num_frames")
     return await _submit(context, caller, plan, source, "extend", {"video_mode": "extend"}, model)
