@@ -1,0 +1,74 @@
+"""The LoRA trainer's clips: bouncing clips of the "bouncing_train" split, encoded once by the
+bundle's frozen VAE (as the DiT trainer's latent cache, hyv/training/dit/latents.py, does for the
+base data). The posterior is still sampled at every step; what is cached is its moments.
+
+The cache file (`out_dir/bouncing_latents.pt`) carries a key (VAE digest, clip shape, seed, count);
+another key rebuilds it, so a resumed run trains on exactly the same clips.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hyv.models import CausalVAE3D
+from hyv.training.data.dataset import SyntheticVideoDataset
+from hyv.training.dit.latents import encode_clips, vae_digest
+from hyv.training.lora.config import LoRATrainConfig
+
+logger = logging.getLogger(__name__)
+
+CACHE_FILE = "bouncing_latents.pt"
+_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class ClipLatents:
+    moments: torch.Tensor  # (N, 2C, t, h, w) fp16: posterior mean and log-variance, unscaled
+    captions: list[str]
+
+
+def bouncing_dataset(config: LoRATrainConfig) -> SyntheticVideoDataset:
+    return SyntheticVideoDataset(
+        "bouncing_train",
+        num_frames=config.num_frames,
+        size=config.size,
+        image_fraction=0.0,
+        seed=config.seed,
+        length=config.dataset_length,
+    )
+
+
+def build_bouncing_cache(
+    vae: CausalVAE3D, config: LoRATrainConfig, out_dir: Path, device: torch.device
+) -> ClipLatents:
+    """Encode (or load) the first `config.cache_videos` clips of the bouncing train split."""
+    dataset = bouncing_dataset(config)
+    count = min(config.cache_videos, len(dataset))
+    key = {
+        "vae": vae_digest(vae),
+        "size": config.size,
+        "frames": config.num_frames,
+        "seed": config.seed,
+        "count": count,
+        "dataset_length": config.dataset_length,
+    }
+    path = out_dir / CACHE_FILE
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if saved.get("key") == key:
+            return ClipLatents(saved["moments"], saved["captions"])
+        logger.info("bouncing latent cache %s was built for another VAE or data; rebuilding", path)
+    vae.eval()
+    chunks = [
+        encode_clips(vae, dataset, range(start, min(start + _CHUNK, count)), device)
+        for start in range(0, count, _CHUNK)
+    ]
+    latents = ClipLatents(torch.cat(chunks), [dataset.caption_of(i) for i in range(count)])
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "moments": latents.moments, "captions": latents.captions}, tmp)
+    tmp.replace(path)
+    return latents
