@@ -110,6 +110,12 @@ SKIPS: tuple[Skip, ...] = (
     Skip(r"^make bundle\b", "trains the bundled model from nothing: about 2 hours on 2 cores"),
     Skip(r"^hyv train bundle\b", "the bundled model's whole recipe: about 2 hours on 2 cores"),
     Skip(
+        r"^hyv train lora(-eval)? ",
+        "trains (about 7 minutes on 2 cores) or evaluates (about 3) the demonstration LoRA adapter, "
+        "over the committed one; tests/training/test_lora.py runs the trainer on a tiny bundle and "
+        "tests/engine/test_bundle_lora.py the committed adapter",
+    ),
+    Skip(
         r"^hyv train vae \| dit \| distill \| eval --help",
         "names the stages vae, dit, distill and eval with `|`: not a shell pipeline",
     ),

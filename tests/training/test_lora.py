@@ -51,6 +51,7 @@ def _config(base: Path, out_dir: Path, **changes: object) -> LoRATrainConfig:
         size=SIZE,
         dataset_length=64,
         cache_videos=8,
+        prior_videos=4,
         checkpoint_every=3,
         progress=False,
     )
@@ -140,7 +141,10 @@ def test_read_adapter_refuses_bad_files(base_dir: Path, tmp_path: Path) -> None:
         "nan": ({names["a"]: a * float("nan"), names["b"]: b, names["alpha"]: alpha}, "NaN"),
         "no_b": ({names["a"]: a, names["alpha"]: alpha}, "lacks its lora_B"),
         "ranks": ({names["a"]: a, names["b"]: b[:, :2], names["alpha"]: alpha}, "expected A"),
-        "extra": ({names["a"]: a, names["b"]: b, names["alpha"]: alpha, "x.weight": a.clone()}, "unexpected tensor"),
+        "extra": (
+            {names["a"]: a, names["b"]: b, names["alpha"]: alpha, "x.weight": a.clone()},
+            "unexpected tensor",
+        ),
     }
     for name, (tensors, problem) in cases.items():
         path = tmp_path / f"{name}.safetensors"
@@ -183,7 +187,7 @@ def test_training_writes_the_native_file(base_dir: Path, tmp_path: Path) -> None
     assert path.stat().st_size < 200_000
 
 
-class _Interrupt(Exception):
+class _InterruptedError(Exception):
     pass
 
 
@@ -195,10 +199,10 @@ def test_resume_continues_exactly(base_dir: Path, tmp_path: Path) -> None:
 
     def interrupt(step: int, loss: float) -> None:
         if step == 4:  # after step 4 ran, before its checkpoint (every 3): step 3's is the newest
-            raise _Interrupt
+            raise _InterruptedError
 
     config = _config(base_dir, tmp_path / "b")
-    with pytest.raises(_Interrupt):
+    with pytest.raises(_InterruptedError):
         LoRATrainer(config).train(interrupt)
     assert [s for s, _ in list_checkpoints(config.out_dir)] == [3]
     resumed = LoRATrainer(config.replace(resume=True))
@@ -229,6 +233,7 @@ def test_lora_command(base_dir: Path, tmp_path: Path) -> None:
     app.command("other")(lambda: None)  # two commands: typer keeps the subcommand name
     args = ["lora", "--base", str(base_dir), "--out", str(tmp_path), "--steps", "2", "--batch-size", "2"]
     args += ["--rank", "2", "--targets", "single_blocks.*.linear1", "--threads", "1", "--cache-videos", "4"]
+    args += ["--prior-fraction", "0"]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     line = json.loads(result.stdout.strip().splitlines()[-1])
@@ -238,3 +243,15 @@ def test_lora_command(base_dir: Path, tmp_path: Path) -> None:
     assert adapter.rank == 2
     bad = CliRunner().invoke(app, [*args, "--targets", "nope.*"])
     assert bad.exit_code != 0 and "matches no Linear" in bad.output
+
+
+def test_prior_preservation_rows_come_from_the_base_data(base_dir: Path, tmp_path: Path) -> None:
+    config = _config(base_dir, tmp_path / "p", batch_size=4, prior_fraction=0.5, prior_videos=6, steps=2)
+    trainer = LoRATrainer(config)
+    assert trainer.prior is not None and trainer.prior_rows == 2
+    assert len(trainer.prior.captions) == 6 and all("bouncing" not in c for c in trainer.prior.captions)
+    assert all("bouncing" in c for c in trainer.clips.captions)
+    path = trainer.train()
+    assert read_adapter(path).metadata["prior_fraction"] == "0.5"
+    with pytest.raises(ValueError, match="prior_fraction"):
+        _config(base_dir, tmp_path, batch_size=1, prior_fraction=0.3)

@@ -66,6 +66,10 @@ def lora_command(
     cache_videos: Annotated[
         int, typer.Option(help="Bouncing clips encoded once and trained on.")
     ] = _LORA.cache_videos,
+    prior_fraction: Annotated[
+        float,
+        typer.Option(help="Share of each batch from the base data, kept at the base model's prediction."),
+    ] = _LORA.prior_fraction,
     checkpoint_every: Annotated[
         int, typer.Option(help="Steps between checkpoints.")
     ] = _LORA.checkpoint_every,
@@ -92,6 +96,7 @@ def lora_command(
             timestep_sampling=timestep_sampling,
             min_sigma=min_sigma,
             cache_videos=cache_videos,
+            prior_fraction=prior_fraction,
             checkpoint_every=checkpoint_every,
             seed=seed,
             device=device,

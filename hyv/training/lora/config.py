@@ -1,8 +1,9 @@
 """`LoRATrainConfig`: every knob of `hyv train lora`, validated up front.
 
 The defaults train the demonstration adapter (`bouncing`) on the bundled 4-step student in about
-ten minutes on 2 CPU cores: rank 8 on the blocks' attention and MLP projections, 256 cached
-bouncing clips, batch 8, timesteps at the student's own schedule sigmas (docs/training.md, "LoRA").
+seven minutes on 2 CPU cores: rank 8 on the blocks' attention and MLP projections, 256 cached
+bouncing clips, batch 8 (half of it base-data clips kept at the base model's prediction), 800
+steps at the student's three noisiest schedule sigmas (docs/training.md, "LoRA adapters").
 Fields shared with the other trainers' configs (hyv.training.config_io.TrainConfig) mean the same
 thing there.
 """
@@ -51,6 +52,11 @@ class LoRATrainConfig(TrainConfig):
     guidance: float | None = None  # embedded guidance fed during training; None: the bundle's default
     # --- data: bouncing clips of the "bouncing_train" split, encoded once by the bundle's VAE ---
     cache_videos: int = 256
+    # Prior preservation: this share of each batch are clips of the base model's own train split
+    # (its captions, its motions) whose target is the frozen base model's prediction, so the
+    # adapter changes what "bouncing" draws and leaves every other caption as it was.
+    prior_fraction: float = 0.5
+    prior_videos: int = 256  # base train clips cached for it
 
     def __post_init__(self) -> None:
         self.targets = tuple(str(t) for t in self.targets)
@@ -62,6 +68,10 @@ class LoRATrainConfig(TrainConfig):
         self.check("alpha", self.alpha > 0, "must be > 0")
         self.check("targets", len(self.targets) > 0, "must name at least one Linear module pattern")
         self.check_int("cache_videos", minimum=1)
+        self.check_int("prior_videos", minimum=1)
+        self.check("prior_fraction", 0.0 <= self.prior_fraction < 1.0, "must be in [0, 1)")
+        if self.prior_fraction > 0 and round(self.batch_size * self.prior_fraction) == 0:
+            self.fail("prior_fraction", f"gives no prior clip in a batch of {self.batch_size}")
         self.check_choice("timestep_sampling", TIMESTEP_SAMPLINGS)
         self.check("logit_std", self.logit_std > 0, "must be > 0")
         self.check("min_sigma", 0.0 <= self.min_sigma < 1.0, "must be in [0, 1)")

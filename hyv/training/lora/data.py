@@ -22,6 +22,7 @@ from hyv.training.lora.config import LoRATrainConfig
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "bouncing_latents.pt"
+PRIOR_CACHE_FILE = "prior_latents.pt"
 _CHUNK = 32
 
 
@@ -31,9 +32,9 @@ class ClipLatents:
     captions: list[str]
 
 
-def bouncing_dataset(config: LoRATrainConfig) -> SyntheticVideoDataset:
+def bouncing_dataset(config: LoRATrainConfig, split: str = "bouncing_train") -> SyntheticVideoDataset:
     return SyntheticVideoDataset(
-        "bouncing_train",
+        split,  # type: ignore[arg-type]
         num_frames=config.num_frames,
         size=config.size,
         image_fraction=0.0,
@@ -43,12 +44,14 @@ def bouncing_dataset(config: LoRATrainConfig) -> SyntheticVideoDataset:
 
 
 def build_bouncing_cache(
-    vae: CausalVAE3D, config: LoRATrainConfig, out_dir: Path, device: torch.device
+    vae: CausalVAE3D, config: LoRATrainConfig, out_dir: Path, device: torch.device, prior: bool = False
 ) -> ClipLatents:
-    """Encode (or load) the first `config.cache_videos` clips of the bouncing train split."""
-    dataset = bouncing_dataset(config)
-    count = min(config.cache_videos, len(dataset))
+    """Encode (or load) the first `config.cache_videos` clips of the bouncing train split, or with
+    `prior` the first `config.prior_videos` videos of the base model's train split."""
+    dataset = bouncing_dataset(config, "train" if prior else "bouncing_train")
+    count = min(config.prior_videos if prior else config.cache_videos, len(dataset))
     key = {
+        "split": dataset.split,
         "vae": vae_digest(vae),
         "size": config.size,
         "frames": config.num_frames,
@@ -56,7 +59,7 @@ def build_bouncing_cache(
         "count": count,
         "dataset_length": config.dataset_length,
     }
-    path = out_dir / CACHE_FILE
+    path = out_dir / (PRIOR_CACHE_FILE if prior else CACHE_FILE)
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:

@@ -7,7 +7,12 @@ One step:
     sigma: uniform over the bundle's sampling sigmas (timestep_sampling="schedule": a 4-step
         student's four noise levels) or base training's shifted logit-normal draw
     x_t = (1 - sigma) x0 + sigma noise;  target = noise - x0
-    loss = MSE(DiT with the adapter's hooks (x_t, 1000 sigma, caption, guidance 1000 g), target)
+    loss = MSE(DiT with the adapter (x_t, 1000 sigma, caption, guidance 1000 g), target)
+
+With `prior_fraction` > 0, that share of every batch are clips of the base model's own train split
+(its captions: moving left, growing, ...) whose target is the frozen base DiT's prediction at the
+same input (prior preservation): the adapter learns to draw a bounce for "bouncing" and to change
+nothing for the captions the base model already follows.
 
 The DiT, VAE and text encoder are frozen (the DiT is never written to: each forward runs it with
 the adapted weights, hyv.training.lora.adapter.adapted_forward); only the adapter's A and B are
@@ -89,6 +94,10 @@ class LoRATrainer(Trainer[LoRATrainConfig, float]):
         )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.clips: ClipLatents = build_bouncing_cache(self.vae, config, self.out_dir, self.device)
+        self.prior_rows = round(config.batch_size * config.prior_fraction)
+        self.prior: ClipLatents | None = None
+        if self.prior_rows:
+            self.prior = build_bouncing_cache(self.vae, config, self.out_dir, self.device, prior=True)
         logger.info(
             "LoRA rank %d, alpha %g on %d Linear modules (%d parameters); %d cached clips",
             config.rank,
@@ -116,9 +125,17 @@ class LoRATrainer(Trainer[LoRATrainConfig, float]):
     def loss(self, step: int) -> torch.Tensor:
         c = self.config
         generator = torch.Generator(device=self.device).manual_seed(step_seed(c.seed, step, 0))
-        indices = step_rng(c.seed, step, 0, stream=1).integers(0, len(self.clips.captions), c.batch_size)
-        moments = self.clips.moments[torch.from_numpy(indices)].to(self.device, torch.float32)
-        x0 = to_dit_latents(DiagonalGaussian(moments).sample(generator).float(), self.vae.config)
+        rng = step_rng(c.seed, step, 0, stream=1)
+        own = c.batch_size - self.prior_rows
+        indices = rng.integers(0, len(self.clips.captions), own)
+        moments = self.clips.moments[torch.from_numpy(indices)]
+        captions = [self.clips.captions[int(i)] for i in indices]
+        if self.prior is not None:
+            prior_indices = rng.integers(0, len(self.prior.captions), self.prior_rows)
+            moments = torch.cat([moments, self.prior.moments[torch.from_numpy(prior_indices)]])
+            captions += [self.prior.captions[int(i)] for i in prior_indices]
+        posterior = DiagonalGaussian(moments.to(self.device, torch.float32))
+        x0 = to_dit_latents(posterior.sample(generator).float(), self.vae.config)
         b, channels = x0.shape[:2]
         sigma = self.sample_sigmas(b, generator)
         noise = torch.randn(x0.shape, generator=generator, device=self.device)
@@ -127,15 +144,18 @@ class LoRATrainer(Trainer[LoRATrainConfig, float]):
         if self.dit.config.image_condition == "latent_concat":
             x = torch.cat([x, torch.zeros(b, channels + 1, *x0.shape[2:], device=self.device)], dim=1)
         with torch.no_grad():
-            text = self.text_encoder.encode([self.clips.captions[int(i)] for i in indices])
-            text = text.to(self.device, torch.float32)
+            text = self.text_encoder.encode(captions).to(self.device, torch.float32)
         guidance = None
         if self.dit.config.guidance_embed:
             guidance = torch.full((b,), self.guidance * 1000.0, device=self.device)
-        prediction = adapted_forward(
-            self.dit, self.adapter, x, sigma * 1000.0, text.states, text.mask, text.pooled, guidance
-        )
-        return F.mse_loss(prediction.float(), noise - x0)
+        inputs = (x, sigma * 1000.0, text.states, text.mask, text.pooled, guidance)
+        prediction = adapted_forward(self.dit, self.adapter, *inputs).float()
+        target = noise - x0
+        if self.prior is not None:  # the prior rows keep the base model's own velocity
+            with torch.no_grad():
+                base = self.dit(*(v[own:] if v is not None else None for v in inputs)).float()
+            target = torch.cat([target[:own], base])
+        return F.mse_loss(prediction, target)
 
     def run_step(self, step: int) -> float:
         c = self.config
@@ -160,6 +180,7 @@ class LoRATrainer(Trainer[LoRATrainConfig, float]):
             "lr": repr(c.lr),
             "timestep_sampling": c.timestep_sampling,
             "min_sigma": repr(c.min_sigma),
+            "prior_fraction": repr(c.prior_fraction),
             "guidance": repr(self.guidance),
             "seed": str(c.seed),
             "final_loss": f"{self.history[-1]:.6g}" if self.history else "",
