@@ -2,8 +2,8 @@
 
 The defaults train the demonstration adapter (`bouncing`) on the bundled 4-step student in about
 seven minutes on 2 CPU cores: rank 8 on the blocks' attention and MLP projections, 256 cached
-bouncing clips, batch 8 (half of it base-data clips kept at the base model's prediction), 800
-steps at the student's three noisiest schedule sigmas (docs/training.md, "LoRA adapters").
+bouncing clips, batch 8, 800 steps at the student's three noisiest schedule sigmas, no prior
+preservation (docs/training.md, "LoRA adapters", measures it).
 Fields shared with the other trainers' configs (hyv.training.config_io.TrainConfig) mean the same
 thing there.
 """
@@ -55,7 +55,7 @@ class LoRATrainConfig(TrainConfig):
     # Prior preservation: this share of each batch are clips of the base model's own train split
     # (its captions, its motions) whose target is the frozen base model's prediction, so the
     # adapter changes what "bouncing" draws and leaves every other caption as it was.
-    prior_fraction: float = 0.5
+    prior_fraction: float = 0.0
     prior_videos: int = 256  # base train clips cached for it
 
     def __post_init__(self) -> None:
