@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from hyv.engine.limits import ModelLimits
     from hyv.engine.request import GenerationRequest, LoraChoice
 
-TRAIN_HELP = "Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`."
+TRAIN_HELP = (
+    "Train the bundled model: vae, dit, distill, eval - or all of them in order with `bundle`; "
+    "LoRA adapters with `lora`."
+)
 # The memory options of `hyv generate` and `hyv worker` (docs/operations.md, "Memory options").
 TEXT_ENCODER_PLACEMENT_HELP = (
     f"Text encoder: {', '.join(TEXT_ENCODER_PLACEMENTS)} = on the GPU; on the CPU, moved to the GPU for "

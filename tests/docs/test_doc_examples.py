@@ -115,6 +115,12 @@ SKIPS: tuple[Skip, ...] = (
         "tests/training/test_teacher_export.py runs the command on a stand-in run",
     ),
     Skip(
+        r"^hyv train lora(-eval)? ",
+        "trains (about 7 minutes on 2 cores) or evaluates (about 3) the demonstration LoRA adapter, "
+        "over the committed one; tests/training/test_lora.py runs the trainer on a tiny bundle and "
+        "tests/engine/test_bundle_lora.py the committed adapter",
+    ),
+    Skip(
         r"^hyv train vae \| dit \| distill \| eval --help",
         "names the stages vae, dit, distill and eval with `|`: not a shell pipeline",
     ),

@@ -266,3 +266,96 @@ def test_collate_and_equal_frames_batches() -> None:
         collate([ds[image], ds[video]])
     loader = torch.utils.data.DataLoader(ds, batch_sampler=ds.batch_sampler(4), collate_fn=collate)
     assert next(iter(loader))["video"].shape[0] == 4
+
+
+# --- the LoRA motion (bouncing) ------------------------------------------------------------------
+
+# Digests of the base model's data as they were before the bouncing motion existed: adding a
+# LoRA-only motion must leave every base caption, split and clip byte-for-byte the same.
+BASE_DATA_SHA256 = {
+    "all": "a5d4b45e2a9512a2ebeb81f97ed5a17f6d9fb6b167dce0bb6efadeb99141959a",
+    "heldout": "bc0e09b1dbb5c6eced6bac81f32f49dc465d8756dc0fff702b29ff007e496036",
+    "train": "d1ed545824b173beac50e84a8f6703cd49a4405d3e6b9fbe1bda93d4343b12d7",
+    "train specs": "82918a3ddb3fb9f05890cada6dc75decb65f46717ba3465b05dcc55770bd3c64",
+    "heldout specs": "e16cc2af1fd0b15efd1983eea35fe6a3c7bb795d33aa8f23f6ded5cf2fa55842",
+    "all specs": "5485413f3c2238032d773c4e9880e13aef3105df27353876b41b27364f5b38c1",
+    "train pixels": "88a59e43bd59c02d99bddb8078ddb16817b02c0e249f822f1a4c7c9b1c1ae4cf",
+}
+
+
+def _sha(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_base_data_is_unchanged_by_the_lora_motion() -> None:
+    from hyv.training.data.grammar import BOUNCING
+
+    assert BOUNCING not in MOTIONS and all(a.motion != BOUNCING for a in all_combinations())
+    found = {
+        "all": _sha([caption(a) for a in all_combinations()]),
+        "heldout": _sha([caption(a) for a in heldout_combinations()]),
+        "train": _sha([caption(a) for a in train_combinations()]),
+    }
+    for split in ("train", "heldout", "all"):
+        ds = SyntheticVideoDataset(split, length=300)  # type: ignore[arg-type]
+        found[f"{split} specs"] = _sha([repr(ds.spec(i)) + str(ds.is_image(i)) for i in range(300)])
+    ds = SyntheticVideoDataset("train", length=50)
+    pixels = hashlib.sha256()
+    for i in range(0, 50, 5):
+        pixels.update(ds[i]["video"].numpy().tobytes())
+    found["train pixels"] = pixels.hexdigest()
+    assert found == BASE_DATA_SHA256
+
+
+def test_bouncing_split_holds_out_colour_shape_pairs() -> None:
+    from hyv.training.data.grammar import (
+        BOUNCING_HELDOUT_PAIR_LIST,
+        bouncing_combinations,
+        bouncing_heldout_combinations,
+        bouncing_train_combinations,
+    )
+
+    combos, held, train = (
+        bouncing_combinations(),
+        bouncing_heldout_combinations(),
+        bouncing_train_combinations(),
+    )
+    assert (len(combos), len(held), len(train)) == (42, 10, 32)
+    assert set(held).isdisjoint(train) and set(held) | set(train) == set(combos)
+    assert BOUNCING_HELDOUT_PAIR_LIST == (
+        ("red", "triangle"),
+        ("blue", "square"),
+        ("yellow", "square"),
+        ("cyan", "circle"),
+        ("magenta", "triangle"),
+    )
+    assert {(a.color, a.shape) for a in held} == set(BOUNCING_HELDOUT_PAIR_LIST)
+    assert {a.color for a in train} == set(COLORS) and {a.shape for a in train} == set(SHAPES)
+    for a in combos:
+        assert parse_caption(caption(a)) == a
+        assert caption(a) == f"a {a.color} {a.shape} bouncing on a {a.background} background"
+    # The LoRA splits draw only their own combinations, and only bouncing clips.
+    ds_train = SyntheticVideoDataset("bouncing_train", length=200, image_fraction=0.0)
+    assert {ds_train.spec(i).attributes for i in range(200)} == set(train)
+    ds_held = SyntheticVideoDataset("bouncing_heldout", image_fraction=0.0)
+    assert len(ds_held) == 10 and [ds_held.spec(i).attributes for i in range(10)] == held
+
+
+def test_bouncing_path_falls_to_the_floor_and_rises_back() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        spec = sample_spec(Attributes("white", "circle", "bouncing", "black"), rng)
+        assert in_frame(spec, render.MARGIN - 1e-6), spec
+        assert render.TRAVEL[0] - 1e-9 <= spec.travel <= render.TRAVEL[1]
+        ts = np.linspace(0.0, 1.0, 17)
+        xs, ys = zip(*[spec.state(t)[:2] for t in ts], strict=True)
+        assert max(xs) == min(xs)  # straight down and up
+        assert ys[0] == pytest.approx(ys[-1]) and ys[8] == pytest.approx(spec.y + spec.travel)
+        assert np.all(np.diff(ys[:9]) > 0) and np.all(np.diff(ys[8:]) < 0)  # falls, then rises
+        # Free fall: the distance fallen grows as the square of the time since release.
+        assert ys[4] - ys[0] == pytest.approx(0.75 * spec.travel)
+        # The floor is the lowest in-frame position (image y grows downward).
+        assert spec.y + spec.travel + spec.size == pytest.approx(1.0 - render.MARGIN)
+    frames = render_clip(sample_spec(Attributes("red", "square", "bouncing", "gray"), rng), 17, 64)
+    rows = [np.flatnonzero(_object_mask(f[None], "gray")[0].any(axis=1)).mean() for f in frames]
+    assert rows[8] == max(rows) and rows[8] - rows[0] > 0.3 * 64 * 0.9 and rows[0] == rows[-1]

@@ -364,3 +364,43 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return (
         len(pairs) == len({x for x, _ in pairs}) == len({y for _, y in pairs}) and ((a > 0) == (b > 0)).all()
     )
+
+
+# --- bouncing (the LoRA adapter's motion) --------------------------------------------------------
+
+
+def test_bounce_depth_of_height_tracks() -> None:
+    from hyv.training.eval.judge import BOUNCE_THRESHOLD, bounce_depth
+
+    t = np.linspace(0.0, 1.0, 17)
+    parabola = 0.3 + 0.4 * (1 - (1 - 2 * t) ** 2)  # falls 0.4 and rises back
+    # The 3-frame mean at the floor: (0.4 + 2 * 0.4 * (1 - 1/64)) / 3 above the start.
+    assert bounce_depth(t, parabola) == pytest.approx(0.4 * (1 + 2 * (1 - 1 / 64)) / 3)
+    assert bounce_depth(t, 0.2 + 0.5 * t) == 0.0  # moving down: the lowest point is the last frame
+    assert bounce_depth(t, 0.7 - 0.5 * t) == 0.0  # moving up: the first
+    assert bounce_depth(t, np.full(17, 0.5)) == 0.0
+    half = 0.3 + np.where(t < 0.5, 0.6 * t, 0.3 - 0.1 * (t - 0.5))  # falls 0.3, rises 0.05 at most
+    assert bounce_depth(t, half) < BOUNCE_THRESHOLD
+    shallow = 0.5 + 0.08 * (1 - (1 - 2 * t) ** 2)  # a bounce of 0.08 < the threshold 0.10
+    assert bounce_depth(t, shallow) < BOUNCE_THRESHOLD
+    early = 0.3 + np.interp(t, [0.0, 0.1, 1.0], [0.0, 0.3, 0.0])  # floor at t = 0.1: not a bounce
+    assert bounce_depth(t, early) == 0.0
+    assert bounce_depth(t[:4], parabola[:4]) == 0.0  # too few frames
+
+
+@pytest.mark.parametrize(("blur", "noise"), [(0.0, 0.0), (1.0, 6.0)])
+def test_judge_reads_bouncing_and_only_bouncing(blur: float, noise: float) -> None:
+    from hyv.training.data.grammar import bouncing_combinations
+
+    rng = np.random.default_rng(11)
+    for a in bouncing_combinations():
+        spec = sample_spec(a, rng)
+        clip = render_clip(spec, 17, 64)
+        j = judge_clip(_degrade(clip, rng, blur, noise) if blur else clip)
+        assert (j.motion, j.color, j.shape) == ("bouncing", a.color, a.shape), (spec, j)
+        assert j.bounce > 0.25  # drops are 0.30-0.45 of the frame
+    base = all_combinations() if not blur else all_combinations()[::7]
+    for a in base:  # no base motion reads as a bounce
+        clip = render_clip(sample_spec(a, rng), 17, 64)
+        j = judge_clip(_degrade(clip, rng, blur, noise) if blur else clip)
+        assert j.motion == a.motion and j.bounce < 0.02, (a, j)

@@ -11,13 +11,16 @@ use `EqualFramesBatchSampler` (or ``dataset.batch_sampler(...)``) with `collate`
 Items are ``{"video": float32 (3, T, H, W) in [-1, 1], "caption": str, "spec": ClipSpec}``.
 The "train" split draws combinations uniformly from `train_combinations()`; "heldout" cycles
 through `heldout_combinations()` (item i has combination i mod 44, so the default length covers
-each once); "all" cycles through all 294.
+each once); "all" cycles through all 294. The LoRA splits "bouncing_train" (uniform over
+`bouncing_train_combinations()`) and "bouncing_heldout" (cycling through
+`bouncing_heldout_combinations()`) hold bouncing clips only, the demonstration adapter's data; the
+base model's splits never draw them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -28,13 +31,25 @@ from hyv.training.data.grammar import (
     Attributes,
     ClipSpec,
     all_combinations,
+    bouncing_heldout_combinations,
+    bouncing_train_combinations,
     caption,
     heldout_combinations,
     train_combinations,
 )
 from hyv.training.data.render import render_clip, sample_spec
 
-Split = Literal["train", "heldout", "all"]
+Split = Literal["train", "heldout", "all", "bouncing_train", "bouncing_heldout"]
+# Each split's combinations and its code in the per-item RNG seed (the base splits' codes are fixed:
+# changing one would change the base model's data).
+_SPLITS: dict[str, tuple[Callable[[], list[Attributes]], int]] = {
+    "train": (train_combinations, 0),
+    "heldout": (heldout_combinations, 1),
+    "all": (all_combinations, 2),
+    "bouncing_train": (bouncing_train_combinations, 3),
+    "bouncing_heldout": (bouncing_heldout_combinations, 4),
+}
+_UNIFORM_SPLITS = ("train", "bouncing_train")  # combinations drawn at random; the others cycle
 DEFAULT_TRAIN_LENGTH = 100_000
 
 
@@ -69,14 +84,9 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
         length: int | None = None,
         height: int | None = None,
     ) -> None:
-        if split == "train":
-            combos = train_combinations()
-        elif split == "heldout":
-            combos = heldout_combinations()
-        elif split == "all":
-            combos = all_combinations()
-        else:
-            raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {', '.join(map(repr, _SPLITS))}, got {split!r}")
+        combos = _SPLITS[split][0]()
         height = height or size
         if num_frames < 1 or min(size, height) < 8:
             raise ValueError(
@@ -92,7 +102,9 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
         self.image_fraction = image_fraction
         self.seed = seed
         self.length = (
-            length if length is not None else (DEFAULT_TRAIN_LENGTH if split == "train" else len(combos))
+            length
+            if length is not None
+            else (DEFAULT_TRAIN_LENGTH if split in _UNIFORM_SPLITS else len(combos))
         )
         if self.length < 1:
             raise ValueError(f"length must be >= 1, got {self.length}")
@@ -113,9 +125,8 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
         """The clip spec of item ``index`` (deterministic)."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for length {self.length}")
-        split_code = {"train": 0, "heldout": 1, "all": 2}[self.split]
-        rng = np.random.default_rng([self.seed, split_code, index])
-        if self.split == "train":
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split][1], index])
+        if self.split in _UNIFORM_SPLITS:
             attrs = self.combinations[int(rng.integers(len(self.combinations)))]
         else:
             attrs = self.combinations[index % len(self.combinations)]

@@ -10,6 +10,12 @@ combination is a new composition of parts the model has seen together.
 
 `ClipSpec` adds the variety that does not show in the caption (start position, size, travel
 distance, growth factor); `hyv.training.data.render` turns one into pixels.
+
+One more motion, ``bouncing`` (`LORA_MOTIONS`), exists only for the demonstration LoRA adapter
+(hyv/training/lora): the object falls from rest, bounces off the floor at mid-clip and rises back
+to where it started. It is outside `MOTIONS`, so the base model's combinations, split and data
+never contain it; its own 42 colour x shape x background combinations have their own split
+(`bouncing_heldout_combinations`: 5 colour/shape pairs, on both backgrounds, never trained on).
 """
 
 from __future__ import annotations
@@ -52,6 +58,12 @@ MOTION_DIRECTION: dict[str, tuple[int, int]] = {
 }
 STILL_MOTIONS: tuple[str, ...] = ("standing still",)
 SCALE_MOTIONS: tuple[str, ...] = ("growing", "shrinking")
+BOUNCING = "bouncing"
+# Motions of LoRA training data only: never in `all_combinations` (the base model's grammar).
+LORA_MOTIONS: tuple[str, ...] = (BOUNCING,)
+CAPTION_MOTION_VALUES: tuple[str, ...] = (*MOTIONS, *LORA_MOTIONS)  # what a caption may name
+BOUNCING_HELDOUT_PAIRS = 5  # colour/shape pairs of the bouncing split held out (on both backgrounds)
+BOUNCING_SPLIT_SEED = "hyv-bouncing-split-v1"
 
 HELDOUT_FRACTION = 0.15
 SPLIT_SEED = "hyv-synthetic-split-v1"
@@ -68,7 +80,7 @@ class Attributes(NamedTuple):
 
 def _check_attributes(attrs: Attributes) -> None:
     for name, value, allowed in zip(
-        Attributes._fields, attrs, (COLORS, SHAPES, MOTIONS, BACKGROUNDS), strict=True
+        Attributes._fields, attrs, (COLORS, SHAPES, CAPTION_MOTION_VALUES, BACKGROUNDS), strict=True
     ):
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r} (expected one of {', '.join(allowed)})")
@@ -81,8 +93,9 @@ class ClipSpec:
     Geometry is in fractions of the frame side (resolution independent), image coordinates with
     y down. ``x, y`` is the object's bounding-box center at the first frame and ``size`` its
     half-extent there (circle radius, half the square side, half the triangle's base and height).
-    ``travel`` is how far a moving object goes over the whole clip (0 otherwise) and ``scale``
-    the last frame's size over the first's (> 1 growing, < 1 shrinking, 1 otherwise).
+    ``travel`` is how far a moving object goes over the whole clip (0 otherwise; for bouncing
+    the drop from the start to the floor) and ``scale`` the last frame's size over the first's
+    (> 1 growing, < 1 shrinking, 1 otherwise).
     """
 
     color: str
@@ -105,9 +118,15 @@ class ClipSpec:
         return Attributes(self.color, self.shape, self.motion, self.background)
 
     def state(self, t: float) -> tuple[float, float, float]:
-        """Center x, center y and half-extent at clip time ``t`` in [0, 1] (linear motion)."""
-        dx, dy = MOTION_DIRECTION.get(self.motion, (0, 0))
+        """Center x, center y and half-extent at clip time ``t`` in [0, 1].
+
+        Linear motion, except bouncing: free fall from rest at (x, y) under constant gravity, an
+        elastic bounce at t = 0.5 at depth y + travel (image y grows downward), the mirror-image
+        rise back to y at t = 1: y(t) = y + travel * (1 - (1 - 2t)^2)."""
         half = self.size * (1.0 + (self.scale - 1.0) * t)
+        if self.motion == BOUNCING:
+            return self.x, self.y + self.travel * (1.0 - (1.0 - 2.0 * t) ** 2), half
+        dx, dy = MOTION_DIRECTION.get(self.motion, (0, 0))
         return self.x + dx * self.travel * t, self.y + dy * self.travel * t, half
 
 
@@ -148,7 +167,7 @@ def parse_caption(text: str) -> Attributes:
     pos = _expect(words, 0, "a", text)
     color, pos = _take(words, pos, COLORS, "color", text)
     shape, pos = _take(words, pos, SHAPES, "shape", text)
-    motion, pos = _take(words, pos, MOTIONS, "motion", text)
+    motion, pos = _take(words, pos, CAPTION_MOTION_VALUES, "motion", text)
     pos = _expect(words, pos, "on", text)
     pos = _expect(words, pos, "a", text)
     background, pos = _take(words, pos, BACKGROUNDS, "background", text)
@@ -214,3 +233,39 @@ def train_combinations() -> list[Attributes]:
 def is_heldout(attrs: Attributes | ClipSpec) -> bool:
     a = attrs.attributes if isinstance(attrs, ClipSpec) else attrs
     return a in _HELDOUT_SET
+
+
+def bouncing_combinations() -> list[Attributes]:
+    """The 42 bouncing combinations (colour x shape x background), in list order."""
+    return [Attributes(c, s, BOUNCING, b) for c, s, b in itertools.product(COLORS, SHAPES, BACKGROUNDS)]
+
+
+def _compute_bouncing_heldout_pairs() -> tuple[tuple[str, str], ...]:
+    """`BOUNCING_HELDOUT_PAIRS` colour/shape pairs, ranked by a SHA-256 of (seed, pair) and taken in
+    that order, skipping a pair whose colour is already held out or whose shape is held out twice:
+    every colour keeps 2 of its 3 shapes in training, every shape at least 5 of its 7 colours."""
+    pairs = list(itertools.product(COLORS, SHAPES))
+    ranked = sorted(
+        pairs, key=lambda p: hashlib.sha256(f"{BOUNCING_SPLIT_SEED}:{p[0]} {p[1]}".encode()).hexdigest()
+    )
+    held: list[tuple[str, str]] = []
+    for color, shape in ranked:
+        if len(held) == BOUNCING_HELDOUT_PAIRS:
+            break
+        if any(c == color for c, _ in held) or sum(s == shape for _, s in held) >= 2:
+            continue
+        held.append((color, shape))
+    return tuple(sorted(held, key=pairs.index))
+
+
+BOUNCING_HELDOUT_PAIR_LIST: tuple[tuple[str, str], ...] = _compute_bouncing_heldout_pairs()
+
+
+def bouncing_heldout_combinations() -> list[Attributes]:
+    """The held-out bouncing combinations: `BOUNCING_HELDOUT_PAIR_LIST` on both backgrounds (10)."""
+    return [a for a in bouncing_combinations() if (a.color, a.shape) in BOUNCING_HELDOUT_PAIR_LIST]
+
+
+def bouncing_train_combinations() -> list[Attributes]:
+    """The bouncing combinations the LoRA adapter trains on (32 of 42)."""
+    return [a for a in bouncing_combinations() if (a.color, a.shape) not in BOUNCING_HELDOUT_PAIR_LIST]

@@ -8,7 +8,8 @@ still read as their shape. Colors are pure RGB (`grammar.COLOR_RGB`), background
 `sample_spec` draws the uncaptioned variety (position, size, travel, growth) so that the object
 always stays inside the frame with a margin, moving clips travel 30-45% of the frame side,
 growing/shrinking clips change the linear size by 1.8-2.3x (the area by 3.2-5.3x), and still
-clips do not move at all.
+clips do not move at all. Bouncing clips (LoRA data only, `grammar.LORA_MOTIONS`) drop 30-45% of the
+frame height onto the floor (the lowest in-frame position) and rise back (`ClipSpec.state`).
 
 Frames may be non-square (the training buckets' landscape and portrait sizes): positions are
 fractions of each axis, sizes fractions of the short side, so a circle stays round at any aspect.
@@ -22,6 +23,7 @@ import numpy as np
 
 from hyv.training.data.grammar import (
     BACKGROUND_RGB,
+    BOUNCING,
     COLOR_RGB,
     MOTION_DIRECTION,
     Attributes,
@@ -59,6 +61,8 @@ def sample_spec(attrs: Attributes, rng: np.random.Generator, aspect: float = 1.0
     `aspect`; the object stays in frame. On a square frame the draws are those of every earlier
     version (the bundled model's data)."""
     color, shape, motion, background = attrs
+    if motion == BOUNCING:
+        return _bouncing_spec(attrs, rng, aspect)
     if motion in MOTION_DIRECTION:
         size, travel, scale = _uniform(rng, MOVE_SIZE), _uniform(rng, TRAVEL), 1.0
     elif motion == "growing":
@@ -77,10 +81,22 @@ def sample_spec(attrs: Attributes, rng: np.random.Generator, aspect: float = 1.0
     return ClipSpec(color, shape, motion, background, start[0], start[1], size, travel, scale)
 
 
+def _bouncing_spec(attrs: Attributes, rng: np.random.Generator, aspect: float) -> ClipSpec:
+    """A bouncing clip: the floor (the center's lowest point) is the bottom of the frame less the
+    margin; the drop is drawn from TRAVEL (capped by the room above the floor)."""
+    size, drop = _uniform(rng, MOVE_SIZE), _uniform(rng, TRAVEL)
+    sx, sy = axis_scales(aspect)
+    x = float(rng.uniform(size * sx + MARGIN, 1.0 - size * sx - MARGIN))
+    top, floor = size * sy + MARGIN, 1.0 - size * sy - MARGIN
+    drop = min(drop, floor - top)
+    return ClipSpec(*attrs, x=x, y=floor - drop, size=size, travel=drop, scale=1.0)
+
+
 def in_frame(spec: ClipSpec, margin: float = 0.0, aspect: float = 1.0) -> bool:
     """Whether the object's bounding box stays within the frame (less ``margin``) all clip long."""
     sx, sy = axis_scales(aspect)
-    for t in (0.0, 1.0):  # motion and scaling are linear, so the ends bound the path
+    # Motion and scaling are linear, so the ends bound the path; a bounce's lowest point is t = 0.5.
+    for t in (0.0, 0.5, 1.0):
         x, y, half = spec.state(t)
         for center, extent in ((x, half * sx), (y, half * sy)):
             if center - extent < margin - 1e-9 or center + extent > 1.0 - margin + 1e-9:

@@ -73,7 +73,8 @@ def bucket_dataset(config: TrainConfig, bucket: Bucket) -> SyntheticVideoDataset
     )
 
 
-def _encode(vae: CausalVAE3D, dataset: object, indices: range, device: torch.device) -> torch.Tensor:
+def encode_clips(vae: CausalVAE3D, dataset: object, indices: range, device: torch.device) -> torch.Tensor:
+    """Posterior moments (fp16 on the CPU, (B, 2C, t, h, w)) of items `indices` of `dataset`."""
     items = [dataset[i] for i in indices]  # type: ignore[index]
     video = torch.stack([item["video"].float() for item in items]).to(device)  # (B, 3, T, H, W)
     with torch.no_grad():
@@ -114,7 +115,7 @@ def build_latent_cache(
         for bucket in buckets:
             while done[bucket] < wanted[bucket]:
                 indices = range(done[bucket], min(done[bucket] + _CHUNK, wanted[bucket]))
-                chunks[str(bucket)].append(_encode(vae, datasets[bucket], indices, device))
+                chunks[str(bucket)].append(encode_clips(vae, datasets[bucket], indices, device))
                 done[bucket] += len(indices)
                 tmp = path.with_suffix(".tmp")
                 torch.save(state, tmp)
@@ -141,7 +142,7 @@ def encoded_channel_stats(
     dataset = bucket_dataset(config, config.train_buckets()[0])
     count = min(config.latent_stats_clips, len(dataset))
     spans = [range(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
-    chunks = [_encode(vae, dataset, span, device) for span in spans]
+    chunks = [encode_clips(vae, dataset, span, device) for span in spans]
     channels = vae.config.latent_channels
     return channel_stats(torch.cat(chunks)[:, :channels].float())
 

@@ -19,10 +19,16 @@
    fill < 0.64, else a square when fill >= 0.81, else a circle. Fill ratios drift with blur and
    noise (a blurred square reads ~0.85-0.93); the thresholds hold for blur sigma <= 1.5 px and
    pixel noise sigma <= 10 at 64x64 (see tests/training/test_judge.py).
-5. Motion: linear fits over clip time of the centroid (displacement, fraction of the frame) and
-   of log area. Displacement >= 0.10 or an area factor >= 1.6 count as motion; the clearer of
-   the two (each relative to its threshold) decides moving-<direction> vs growing/shrinking;
-   otherwise standing still. 1-frame clips get no motion.
+5. Motion: first bouncing (the LoRA adapter's motion, hyv/training/lora): the centroid's height
+   y (fraction of the frame, growing downward), smoothed by a 3-frame running mean, has its
+   largest value ("the floor") at a clip time in [0.2, 0.8], and both the fall to it from the
+   first frame and the rise from it to the last frame are >= 0.10 of the frame height
+   (`Judgement.bounce` = the smaller of the two). Otherwise linear fits over clip time of the
+   centroid (displacement, fraction of the frame) and of log area. Displacement >= 0.10 or an
+   area factor >= 1.6 count as motion; the clearer of the two (each relative to its threshold)
+   decides moving-<direction> vs growing/shrinking; otherwise standing still. A straight motion
+   has its extreme height at an end of the clip, so it never reads as a bounce. 1-frame clips
+   get no motion.
 6. Objects and cleanliness, per frame: the pixels farther from the background than
    ``FOREGROUND_LEVEL`` of the object's contrast (at least `MIN_CONTRAST`), whatever their color,
    split into 8-connected components. The largest is the object (when it covers at least
@@ -54,6 +60,8 @@ MIN_CONTRAST = 40.0  # object vs background distance (RGB units) below which not
 CORE_LEVEL = 0.6
 MOVE_THRESHOLD = 0.10  # centroid displacement over the clip, fraction of the frame side
 SCALE_THRESHOLD = math.log(1.6)  # |log(area_end / area_start)|
+BOUNCE_THRESHOLD = 0.10  # the fall and the rise of a bounce, each, fraction of the frame height
+BOUNCE_FLOOR_TIMES = (0.2, 0.8)  # clip times where a bounce's lowest point may lie
 TRIANGLE_SKEW = 0.0075  # |third central moment| / area^1.5 (triangle 0.021, circle/square 0)
 TRIANGLE_FILL = 0.64  # area / (peak column mass * peak row mass): triangle 0.5, circle 0.785,
 SQUARE_FILL = 0.81  # square 1.0
@@ -79,6 +87,7 @@ class Judgement:
     dx: float = 0.0  # centroid displacement over the clip (fraction of the width, + right)
     dy: float = 0.0  # (fraction of the height, + down)
     area_ratio: float = 1.0  # fitted last-frame area / first-frame area
+    bounce: float = 0.0  # min(fall, rise) of the centroid around its lowest point, fraction of the height
     valid_frames: int = 0
     iou: float = math.nan  # shape IoU with the best-fitting ideal shape, mean over frames (0 if absent)
     frame_iou: tuple[float, ...] = ()  # per frame
@@ -195,22 +204,39 @@ def _slope(t: np.ndarray, v: np.ndarray) -> float:
     return float((tc @ (v - v.mean())) / max(float(tc @ tc), 1e-12))
 
 
-def _motion(t: np.ndarray, frames: list[_Frame]) -> tuple[str, float, float, float, float]:
-    """(motion, confidence, dx, dy, area ratio) over clip times ``t`` in [0, 1]."""
+def bounce_depth(t: np.ndarray, y: np.ndarray) -> float:
+    """min(fall, rise) of a height track ``y`` (image y, down) over clip times ``t``: from the first
+    frame down to the lowest point of the 3-frame running mean and back up to the last frame; 0
+    when that point lies outside `BOUNCE_FLOOR_TIMES` (a straight motion) or with < 5 frames."""
+    if len(y) < 5:
+        return 0.0
+    padded = np.concatenate([y[:1], y, y[-1:]])
+    smooth = (padded[:-2] + padded[1:-1] + padded[2:]) / 3.0
+    k = int(np.argmax(smooth))
+    if not BOUNCE_FLOOR_TIMES[0] <= t[k] <= BOUNCE_FLOOR_TIMES[1]:
+        return 0.0
+    return float(max(0.0, min(smooth[k] - y[0], smooth[k] - y[-1])))
+
+
+def _motion(t: np.ndarray, frames: list[_Frame]) -> tuple[str, float, float, float, float, float]:
+    """(motion, confidence, dx, dy, area ratio, bounce) over clip times ``t`` in [0, 1]."""
     dx = _slope(t, np.array([f.cx for f in frames]))
     dy = _slope(t, np.array([f.cy for f in frames]))
     log_area = _slope(t, np.log(np.maximum(np.array([f.area for f in frames]), 1e-9)))
+    bounce = bounce_depth(t, np.array([f.cy for f in frames]))
+    ratio = math.exp(log_area)
+    if bounce >= BOUNCE_THRESHOLD:
+        return "bouncing", min(1.0, bounce / BOUNCE_THRESHOLD - 1.0), dx, dy, ratio, bounce
     move = max(abs(dx), abs(dy)) / MOVE_THRESHOLD
     scale = abs(log_area) / SCALE_THRESHOLD
-    ratio = math.exp(log_area)
     if max(move, scale) < 1.0:
-        return "standing still", 1.0 - max(move, scale), dx, dy, ratio
+        return "standing still", 1.0 - max(move, scale), dx, dy, ratio, bounce
     conf = 1.0 - min(move, scale) / max(move, scale)
     if scale >= move:
-        return ("growing" if log_area > 0 else "shrinking"), conf, dx, dy, ratio
+        return ("growing" if log_area > 0 else "shrinking"), conf, dx, dy, ratio, bounce
     if abs(dx) >= abs(dy):
-        return ("moving right" if dx > 0 else "moving left"), conf, dx, dy, ratio
-    return ("moving down" if dy > 0 else "moving up"), conf, dx, dy, ratio
+        return ("moving right" if dx > 0 else "moving left"), conf, dx, dy, ratio, bounce
+    return ("moving down" if dy > 0 else "moving up"), conf, dx, dy, ratio, bounce
 
 
 def _box_min3(x: np.ndarray, fill: int) -> np.ndarray:
@@ -378,10 +404,10 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
     skew = float(np.median([m.skew for m in big]))
     shape, shape_conf = _shape(fill, skew)
     motion: str | None = None
-    motion_conf, dx, dy, ratio = 0.0, 0.0, 0.0, 1.0
+    motion_conf, dx, dy, ratio, bounce = 0.0, 0.0, 0.0, 1.0, 0.0
     if T > 1 and len(valid) >= 2:
         t = np.array([k / (T - 1) for k, _ in valid])
-        motion, motion_conf, dx, dy, ratio = _motion(t, [m for _, m in valid])
+        motion, motion_conf, dx, dy, ratio, bounce = _motion(t, [m for _, m in valid])
     ious = []
     for k in range(T):
         label = objs.object_label[k]
@@ -405,6 +431,7 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
         dx=dx,
         dy=dy,
         area_ratio=ratio,
+        bounce=bounce,
         valid_frames=len(valid),
         iou=float(np.mean(ious)),
         frame_iou=tuple(ious),
