@@ -10,6 +10,7 @@ import secrets
 from dataclasses import dataclass
 
 from hyv.engine.request import GenerationRequest, VideoMode
+from hyv.engine.step_cache.config import StepCacheConfig
 
 SIZE_MULTIPLE = 16
 TIME_STRIDE = 4
@@ -89,6 +90,7 @@ class GenerationPlan:
     video_mode: VideoMode | None = None
     strength: float = 1.0  # edit: the fraction of the schedule re-run
     source_frames: int = 0  # frames of the source video (set once the engine has decoded it)
+    cache: StepCacheConfig | None = None  # None: the pipeline's default (hyv.engine.step_cache)
 
     @property
     def latent_frames(self) -> int:
@@ -152,4 +154,5 @@ def resolve(
         video=request.video,
         video_mode=request.video_mode,
         strength=request.strength if request.strength is not None else DEFAULT_EDIT_STRENGTH,
+        cache=request.cache,
     )
