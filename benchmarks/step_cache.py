@@ -68,7 +68,11 @@ def label(config: StepCacheConfig) -> str:
 
 
 def run(
-    weights: Path, settings: list[StepCacheConfig], combinations: int | None, steps: int, true_cfg: bool | None
+    weights: Path,
+    settings: list[StepCacheConfig],
+    combinations: int | None,
+    steps: int,
+    true_cfg: bool | None,
 ) -> dict[str, Any]:
     pipeline = open_pipeline(weights, PipelineOptions(true_cfg=true_cfg), steps)
     limits = pipeline.bundle.spec.limits
@@ -148,24 +152,31 @@ def markdown(report: dict[str, Any]) -> str:
         acc = [f"{r['accuracy'][a]:.1f} ({-r['points_lost'][a]:+.1f})" for a in ATTRIBUTES]
         lines.append(
             f"| {r['setting']} | {r['speedup']:.2f}x | {r['skipped']}/{r['computed'] + r['skipped']} | "
-            f"{r['psnr_mean_db']} ({r['psnr_min_db']}) | {' | '.join(acc)} | {'yes' if r['meets_target'] else 'no'} |"
+            f"{r['psnr_mean_db']} ({r['psnr_min_db']}) | {' | '.join(acc)} | "
+            f"{'yes' if r['meets_target'] else 'no'} |"
         )
+    pflop = {k: flops[k] / 1e15 for k in ("step_flops", "saved_teacache", "saved_first_block")}
     lines += [
         "",
-        f"On the 13B at {flops['width']}x{flops['height']}, {flops['frames']} frames ({flops['video_tokens']} "
-        f"video + {flops['text_tokens']} text tokens, meta device): one forward is "
-        f"{flops['step_flops'] / 1e15:.2f} PFLOP; a teacache skip saves {flops['saved_teacache'] / 1e15:.2f} PFLOP "
-        f"({100 * flops['saved_teacache_share']:.2f}%), a first-block skip {flops['saved_first_block'] / 1e15:.2f} "
-        f"PFLOP ({100 * flops['saved_first_block_share']:.2f}%) per forward (twice that per step with true CFG).",
+        f"On the 13B at {flops['width']}x{flops['height']}, {flops['frames']} frames "
+        f"({flops['video_tokens']} video + {flops['text_tokens']} text tokens, meta device): one forward "
+        f"is {pflop['step_flops']:.2f} PFLOP; a teacache skip saves {pflop['saved_teacache']:.2f} PFLOP "
+        f"({100 * flops['saved_teacache_share']:.2f}%), a first-block skip "
+        f"{pflop['saved_first_block']:.2f} PFLOP ({100 * flops['saved_first_block_share']:.2f}%) per "
+        "forward (twice that per step with true CFG).",
     ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--weights", type=Path, default=DEFAULT_BUNDLE_DIR)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--combinations", type=int, default=None, help="held-out combinations (default: all 44)")
+    parser.add_argument(
+        "--combinations", type=int, default=None, help="held-out combinations (default: all 44)"
+    )
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), help="mode:threshold ...")
     parser.add_argument("--true-cfg", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--quick", action="store_true", help="2 combinations, 10 steps, 2 settings; no doc")

@@ -47,7 +47,9 @@ class BundleSpec:
 
     def __post_init__(self) -> None:
         if self.step_cache_coefficients is not None:  # JSON gives a list
-            object.__setattr__(self, "step_cache_coefficients", tuple(float(c) for c in self.step_cache_coefficients))
+            object.__setattr__(
+                self, "step_cache_coefficients", tuple(float(c) for c in self.step_cache_coefficients)
+            )
 
 
 def read_bundle_spec(directory: str | Path) -> BundleSpec:

@@ -421,7 +421,9 @@ class VideoPipeline:
             yield tail
             _report(on_progress, "encode", encoder.frames, encoder.frames)
         if result is not None:
-            summary = GenerationResult(b"", plan, timings, peak.bytes, peak.kind, self.last_step_cache).summary()
+            summary = GenerationResult(
+                b"", plan, timings, peak.bytes, peak.kind, self.last_step_cache
+            ).summary()
             summary.pop("bytes")
             result.update(
                 summary,

@@ -5,6 +5,12 @@ numbers), runner (`StepCache`: installed on a DiT from outside, it measures and 
 calibrate (`hyv calibrate-cache`: the TeaCache polynomial of a model). docs/step_cache.md.
 """
 
-from hyv.engine.step_cache.config import CACHE_MODES, DEFAULT_THRESHOLDS, CacheMode, StepCacheConfig, parse_cache
+from hyv.engine.step_cache.config import (
+    CACHE_MODES,
+    DEFAULT_THRESHOLDS,
+    CacheMode,
+    StepCacheConfig,
+    parse_cache,
+)
 
 __all__ = ["CACHE_MODES", "DEFAULT_THRESHOLDS", "CacheMode", "StepCacheConfig", "parse_cache"]

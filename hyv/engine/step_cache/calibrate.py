@@ -22,6 +22,7 @@ from hyv.engine.bundle import load_bundle
 from hyv.engine.bundle_spec import BUNDLE_FILE
 from hyv.engine.pipeline import SCHEDULE_METADATA_KEY, PipelineOptions, VideoPipeline
 from hyv.engine.request import GenerationRequest
+from hyv.engine.step_cache.config import StepCacheConfig
 from hyv.models import read_dit_metadata
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,7 @@ def calibration_prompts(count: int) -> list[str]:
     return [caption(combos[j * len(combos) // count]) for j in range(count)]
 
 
-def open_pipeline(
-    weights: str | Path, options: PipelineOptions, steps: int | None = None
-) -> VideoPipeline:
+def open_pipeline(weights: str | Path, options: PipelineOptions, steps: int | None = None) -> VideoPipeline:
     """The bundle's pipeline; with `steps` other than a distilled schedule's, sampled on the flow
     schedule instead (a student run as a many-step model, for development)."""
     weights = Path(weights)
@@ -50,7 +49,12 @@ def open_pipeline(
     metadata = read_dit_metadata(weights / "dit")
     schedule = json.loads(metadata[SCHEDULE_METADATA_KEY]) if SCHEDULE_METADATA_KEY in metadata else None
     if schedule is not None and steps is not None and steps != len(schedule) - 1:
-        logger.warning("%s has a %d-step distilled schedule: sampling %d flow steps instead", weights, len(schedule) - 1, steps)
+        logger.warning(
+            "%s has a %d-step distilled schedule: sampling %d flow steps instead",
+            weights,
+            len(schedule) - 1,
+            steps,
+        )
         schedule = None
     return VideoPipeline(bundle, options, schedule)
 
@@ -66,7 +70,9 @@ def record_pairs(
     prompt's uncached generation at the model's default size."""
     pairs: list[tuple[float, float]] = []
     for index, prompt in enumerate(prompts):
-        request = GenerationRequest(prompt=prompt, steps=steps, guidance=guidance, seed=seed + index, cache="off")
+        request = GenerationRequest(
+            prompt=prompt, steps=steps, guidance=guidance, seed=seed + index, cache=StepCacheConfig()
+        )
         with pipeline.step_cache.recording() as records:
             pipeline.generate(request)
         pairs += records
@@ -78,7 +84,9 @@ def fit_coefficients(pairs: np.ndarray, degree: int = DEGREE) -> list[float]:
     """numpy.polyfit of the output change on the input change (highest power first)."""
     finite = pairs[np.isfinite(pairs).all(axis=1)]
     if len(finite) <= degree:
-        raise ValueError(f"need more than {degree} finite (input, output) pairs to fit degree {degree}, got {len(finite)}")
+        raise ValueError(
+            f"need more than {degree} finite (input, output) pairs to fit degree {degree}, got {len(finite)}"
+        )
     return [float(c) for c in np.polyfit(finite[:, 0], finite[:, 1], degree)]
 
 

@@ -5,6 +5,7 @@ No torch here: the API process validates the option without loading a model.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,8 +31,8 @@ class StepCacheConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _bare_mode(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"mode": value}
+        if isinstance(value, str):  # a form field carries the object as JSON text
+            return json.loads(value) if value.lstrip().startswith("{") else {"mode": value}
         return value
 
     @model_validator(mode="after")
@@ -65,5 +66,6 @@ def parse_cache(value: Any, threshold: float | None = None) -> StepCacheConfig:
     except ValidationError as exc:
         detail = "; ".join(str(error["msg"]) for error in exc.errors())
         raise ValueError(
-            f"cache {value!r} (threshold {threshold!r}) is not valid: {detail}; modes: {', '.join(CACHE_MODES)}"
+            f"cache {value!r} (threshold {threshold!r}) is not valid: {detail}; "
+            f"modes: {', '.join(CACHE_MODES)}"
         ) from None

@@ -46,7 +46,11 @@ class SkipFlops:
 
 
 def skip_flops(
-    height: int = 720, width: int = 1280, frames: int = 129, preset: str = PRESET, text_tokens: int = TEXT_TOKENS
+    height: int = 720,
+    width: int = 1280,
+    frames: int = 129,
+    preset: str = PRESET,
+    text_tokens: int = TEXT_TOKENS,
 ) -> SkipFlops:
     """FLOPs of one forward of `preset` at this video size, and what each kind of skip saves."""
     model = build_meta_dit(preset)

@@ -14,8 +14,10 @@ IDENTITY: tuple[float, ...] = (1.0, 0.0)  # polyval coefficients (highest power 
 
 
 def rescale(coefficients: Sequence[float], rel_l1: float) -> float:
-    """TeaCache's rescaling: the polynomial fitted from the input change to the output change."""
-    return float(np.polyval(np.asarray(coefficients, dtype=np.float64), rel_l1))
+    """TeaCache's rescaling: the polynomial fitted from the input change to the output change, at
+    least 0 (a degree-4 fit can dip below zero outside the changes it was fitted on; a negative
+    estimate would pay the accumulated change back and skip forever)."""
+    return max(0.0, float(np.polyval(np.asarray(coefficients, dtype=np.float64), rel_l1)))
 
 
 class TeaCachePolicy:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ from hyv.engine.step_cache.config import StepCacheConfig
 from hyv.engine.step_cache.policy import IDENTITY, FirstBlockPolicy, TeaCachePolicy
 from hyv.models import ops
 from hyv.models.dit import HunyuanVideoDiT
+from hyv.models.dit_blocks import DoubleStreamBlock
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,12 @@ class StepCacheStats:
     records: list[tuple[float, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, object]:
-        return {"mode": self.mode, "threshold": self.threshold, "computed": self.computed, "skipped": self.skipped}
+        return {
+            "mode": self.mode,
+            "threshold": self.threshold,
+            "computed": self.computed,
+            "skipped": self.skipped,
+        }
 
 
 @dataclass
@@ -148,7 +154,9 @@ class StepCache:
         if record and config.enabled:
             raise ValueError("recording measures the uncached trajectory: use mode 'off' with record")
         if config.enabled and len(self.model.double_blocks) == 0:
-            raise ValueError(f"cache {config.mode!r} needs a DiT with double-stream blocks (this one has none)")
+            raise ValueError(
+                f"cache {config.mode!r} needs a DiT with double-stream blocks (this one has none)"
+            )
         policy: TeaCachePolicy | FirstBlockPolicy | None = None
         if config.mode == "teacache":
             assert config.threshold is not None  # filled by StepCacheConfig
@@ -169,6 +177,12 @@ class StepCache:
                 logger.debug("step cache: %s", stats.summary())
 
     # --- the shadow of run_blocks -----------------------------------------------------------------
+
+    @property
+    def _plain_run_blocks(self) -> Callable[..., torch.Tensor]:
+        if self._plain is None:
+            raise RuntimeError("the step cache is not installed")
+        return self._plain
 
     def _run_blocks(
         self,
@@ -199,19 +213,27 @@ class StepCache:
         if t.record:
             output = x[:, : img.shape[1]]
             if t.previous_output is not None:
-                t.stats.records[-1] = (t.stats.records[-1][0], relative_l1(output, t.previous_output, valid, self.group))
+                t.stats.records[-1] = (
+                    t.stats.records[-1][0],
+                    relative_l1(output, t.previous_output, valid, self.group),
+                )
             t.previous_output = output
         return x
 
-    def _record_input(self, t: _Trajectory, img: torch.Tensor, vec: torch.Tensor, valid: torch.Tensor) -> None:
+    def _record_input(
+        self, t: _Trajectory, img: torch.Tensor, vec: torch.Tensor, valid: torch.Tensor
+    ) -> None:
         modulated = self._modulated_input(img, vec)
         if t.previous_modulated is not None:
-            t.stats.records.append((relative_l1(modulated, t.previous_modulated, valid, self.group), float("nan")))
+            t.stats.records.append(
+                (relative_l1(modulated, t.previous_modulated, valid, self.group), float("nan"))
+            )
         t.previous_modulated = modulated
 
     def _modulated_input(self, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         """The first double block's modulated video input (B, Li, D), as that block computes it."""
-        modulation = self.model.double_blocks[0].img_mod
+        first = cast(DoubleStreamBlock, self.model.double_blocks[0])
+        modulation = first.img_mod
         weight = modulation.linear.weight  # on the CPU between visits under block offload
         shift, scale = modulation(vec.to(weight.device, weight.dtype))[:2]
         return ops.layernorm_modulate(img, shift.to(img.device), scale.to(img.device), LAYERNORM_EPS)
@@ -225,7 +247,9 @@ class StepCache:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         return bool(flag.item())
 
-    def _decide(self, t: _Trajectory, step: int, rel_l1: float | None, cached: torch.Tensor | None, like: torch.Tensor) -> bool:
+    def _decide(
+        self, t: _Trajectory, step: int, rel_l1: float | None, cached: torch.Tensor | None, like: torch.Tensor
+    ) -> bool:
         assert t.policy is not None
         wanted = t.policy.compute(step, rel_l1)
         if cached is None or cached.shape != like.shape:
@@ -258,7 +282,7 @@ class StepCache:
             assert t.residual is not None
             t.stats.skipped += 1
             return joint + t.residual
-        x = self._plain(img, txt, vec, cos, sin, key_mask)
+        x = self._plain_run_blocks(img, txt, vec, cos, sin, key_mask)
         t.residual = x - joint
         t.stats.computed += 1
         return x
@@ -275,7 +299,7 @@ class StepCache:
         key_mask: torch.Tensor,
         valid: torch.Tensor,
     ) -> torch.Tensor:
-        first: Any = self.model.double_blocks[0]
+        first = cast(DoubleStreamBlock, self.model.double_blocks[0])
         img1, txt1 = first(img, txt, vec, cos, sin, key_mask)
         first_residual = img1 - img  # (B, Li, D)
         previous = t.previous_first_residual
@@ -288,7 +312,7 @@ class StepCache:
             t.stats.skipped += 1
             return joint + t.residual
         t.previous_first_residual = first_residual
-        x = self._plain(img1, txt1, vec, cos, sin, key_mask, 1)
+        x = self._plain_run_blocks(img1, txt1, vec, cos, sin, key_mask, 1)
         t.residual = x - joint
         t.stats.computed += 1
         return x

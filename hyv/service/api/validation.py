@@ -287,6 +287,7 @@ def build_plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> Ge
             steps=body.steps,
             guidance=body.guidance,
             seed=body.seed,
+            cache=body.cache,
         )
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
@@ -330,6 +331,7 @@ def plan_to_request_dict(plan: GenerationPlan) -> dict[str, object]:
         "guidance": plan.guidance,
         "flow_shift": plan.flow_shift,
         "seed": plan.seed,
+        "cache": None if plan.cache is None else plan.cache.describe(),
     }
 
 
