@@ -149,8 +149,11 @@ class StepCache:
         """One denoising run of `total_steps` DiT calls: the cache state lives for this block only.
         `record` (calibration, mode off only) measures the rel-L1s of every step."""
         config = config or StepCacheConfig()
-        if not self.installed:
-            raise RuntimeError("install the step cache before starting a trajectory")
+        if not self.installed:  # the plain DiT: nothing to cache, nothing counted
+            if config.enabled or record:
+                raise RuntimeError(f"cache {config.mode!r}: the step cache is not installed on this DiT")
+            yield StepCacheStats(config.mode, config.threshold)
+            return
         if record and config.enabled:
             raise ValueError("recording measures the uncached trajectory: use mode 'off' with record")
         if config.enabled and len(self.model.double_blocks) == 0:
