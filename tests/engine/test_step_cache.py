@@ -98,7 +98,7 @@ def test_cache_option_forms_and_errors() -> None:
     assert StepCacheConfig.model_validate('{"mode": "teacache", "threshold": 0.3}').threshold == 0.3
     assert GenerationRequest(prompt=PROMPT, cache="off").cache == StepCacheConfig()
     assert parse_cache("TeaCache", 0.05) == StepCacheConfig(mode="teacache", threshold=0.05)
-    with pytest.raises(ValueError, match="'fast'.*modes: off, teacache, first_block"):
+    with pytest.raises(ValueError, match=r"'fast'.*modes: off, teacache, first_block"):
         parse_cache("fast")
     with pytest.raises(ValueError, match="greater than 0"):
         parse_cache("teacache", -1.0)

@@ -77,19 +77,23 @@ class _Trajectory:
     previous_output: torch.Tensor | None = None  # record: last step's stack output (video tokens)
 
 
+AllReduce = Callable[[torch.Tensor], None]
+
+
 def relative_l1(
-    current: torch.Tensor, previous: torch.Tensor, valid: torch.Tensor, group: dist.ProcessGroup | None = None
+    current: torch.Tensor, previous: torch.Tensor, valid: torch.Tensor, all_reduce: AllReduce | None = None
 ) -> float:
     """max over the batch of sum|current - previous| / sum|previous| over the valid video tokens.
 
     current, previous (B, L, D); valid (B, L) bool (a sequence-parallel shard's padding is False).
-    With `group`, the sums are all-reduced first: every rank gets the metric of the whole video."""
+    `all_reduce` (a sum over the sequence-parallel group, in place) runs on the sums first: every
+    rank gets the metric of the whole video."""
     weight = valid.to(torch.float64).unsqueeze(-1)  # (B, L, 1)
     num = ((current.double() - previous.double()).abs() * weight).sum(dim=(1, 2))  # (B,)
     den = (previous.double().abs() * weight).sum(dim=(1, 2))
     sums = torch.cat([num, den])
-    if group is not None and dist.get_world_size(group) > 1:
-        dist.all_reduce(sums, group=group)
+    if all_reduce is not None:
+        all_reduce(sums)
     num, den = sums.chunk(2)
     ratios = torch.where(den > 0, num / den.clamp_min(1e-300), torch.where(num > 0, torch.inf, 0.0))
     return float(ratios.max())
@@ -97,21 +101,25 @@ def relative_l1(
 
 class StepCache:
     """Step caching for one DiT (see the module docstring). `coefficients`: the model's TeaCache
-    polynomial (bundle.json, `hyv calibrate-cache`); None = identity. `group`: the
-    sequence-parallel group whose ranks must agree (set by hyv.engine.parallel.serving.parallelize)."""
+    polynomial (bundle.json, `hyv calibrate-cache`); None = identity. A sequence-parallel rank joins
+    its group with `join_group` (hyv.engine.parallel.serving.parallelize does)."""
 
-    def __init__(
-        self,
-        model: HunyuanVideoDiT,
-        coefficients: Sequence[float] | None = None,
-        group: dist.ProcessGroup | None = None,
-    ) -> None:
+    def __init__(self, model: HunyuanVideoDiT, coefficients: Sequence[float] | None = None) -> None:
         self.model = model
         self.coefficients = tuple(coefficients) if coefficients else IDENTITY
-        self.group = group
+        self._all_reduce: AllReduce | None = None  # None: a single process
+        self._group: dist.ProcessGroup | None = None
         self._plain: Callable[..., torch.Tensor] | None = None
         self._active: _Trajectory | None = None
         self._recording: list[tuple[float, float]] | None = None
+
+    def join_group(self, group: dist.ProcessGroup | None) -> None:
+        """Make the decisions over a sequence-parallel group (None: the default group): the metric's
+        sums are all-reduced and the decision agreed, so all ranks compute or skip together."""
+        if dist.get_world_size(group) == 1:
+            return
+        self._group = group
+        self._all_reduce = lambda sums: dist.all_reduce(sums, group=group)
 
     @property
     def installed(self) -> bool:
@@ -218,7 +226,7 @@ class StepCache:
             if t.previous_output is not None:
                 t.stats.records[-1] = (
                     t.stats.records[-1][0],
-                    relative_l1(output, t.previous_output, valid, self.group),
+                    relative_l1(output, t.previous_output, valid, self._all_reduce),
                 )
             t.previous_output = output
         return x
@@ -229,7 +237,7 @@ class StepCache:
         modulated = self._modulated_input(img, vec)
         if t.previous_modulated is not None:
             t.stats.records.append(
-                (relative_l1(modulated, t.previous_modulated, valid, self.group), float("nan"))
+                (relative_l1(modulated, t.previous_modulated, valid, self._all_reduce), float("nan"))
             )
         t.previous_modulated = modulated
 
@@ -243,11 +251,11 @@ class StepCache:
 
     def _agree(self, compute: bool) -> bool:
         """The group's decision: compute when any rank would."""
-        if self.group is None or dist.get_world_size(self.group) == 1:
+        if self._all_reduce is None:
             return compute
-        device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+        device = "cuda" if dist.get_backend(self._group) == "nccl" else "cpu"
         flag = torch.tensor([1 if compute else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())
 
     def _decide(
@@ -278,7 +286,7 @@ class StepCache:
         previous = t.previous_modulated
         rel_l1 = None
         if previous is not None and previous.shape == modulated.shape:
-            rel_l1 = relative_l1(modulated, previous, valid, self.group)
+            rel_l1 = relative_l1(modulated, previous, valid, self._all_reduce)
         t.previous_modulated = modulated
         joint = torch.cat([img, txt], dim=1)  # (B, Li+Lt, D): the stack's input, video first
         if not self._decide(t, step, rel_l1, t.residual, joint):
@@ -308,7 +316,7 @@ class StepCache:
         previous = t.previous_first_residual
         rel_l1 = None
         if previous is not None and previous.shape == first_residual.shape:
-            rel_l1 = relative_l1(first_residual, previous, valid, self.group)
+            rel_l1 = relative_l1(first_residual, previous, valid, self._all_reduce)
         joint = torch.cat([img1, txt1], dim=1)  # the remaining blocks' input
         if not self._decide(t, step, rel_l1, t.residual, joint):
             assert t.residual is not None
