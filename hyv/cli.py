@@ -418,6 +418,7 @@ def calibrate_cache(
     (coefficients, the fit's error) and stores it in the bundle (docs/step_cache.md)."""
     from hyv.engine.pipeline import default_device_and_dtype
     from hyv.engine.step_cache.calibrate import calibrate
+    from hyv.training.data.grammar import training_captions
 
     if device is not None:
         _check_device(device, "--device")
@@ -425,7 +426,7 @@ def calibrate_cache(
     try:
         report = calibrate(
             weights,
-            prompts=prompts,
+            prompts=training_captions(prompts),
             steps=steps,
             guidance=guidance,
             true_cfg=true_cfg,

@@ -21,7 +21,6 @@ from hyv.engine.pipeline import PipelineOptions, VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.step_cache import StepCacheConfig, parse_cache
 from hyv.engine.step_cache.calibrate import (
-    calibration_prompts,
     fit_coefficients,
     open_pipeline,
     record_pairs,
@@ -31,7 +30,7 @@ from hyv.engine.step_cache.flops import skip_flops
 from hyv.engine.step_cache.policy import FirstBlockPolicy, TeaCachePolicy, rescale
 from hyv.engine.step_cache.runner import StepCache, relative_l1
 from hyv.models import HunyuanVideoDiT, dit_preset
-from hyv.training.data.grammar import heldout_combinations, parse_caption
+from hyv.training.data.grammar import heldout_combinations, parse_caption, training_captions
 
 PROMPT = "a red circle moving left on a black background"
 
@@ -249,11 +248,11 @@ def test_i2v_with_the_cache_keeps_the_image_latent_in_frame_zero(mode: str) -> N
 
 
 def test_calibration_prompts_are_training_captions() -> None:
-    prompts = calibration_prompts(10)
+    prompts = training_captions(10)
     held = set(heldout_combinations())
     assert len(set(prompts)) == 10 and not any(parse_caption(p) in held for p in prompts)
     with pytest.raises(ValueError, match="prompts must be in"):
-        calibration_prompts(0)
+        training_captions(0)
 
 
 def test_fit_recovers_a_known_polynomial_and_needs_enough_pairs() -> None:
@@ -271,7 +270,7 @@ def test_calibrate_writes_coefficients_that_load_back(tmp_path: Path) -> None:
     assert read_bundle_spec(bundle_dir).step_cache_coefficients is None  # an old bundle: identity
     assert VideoPipeline.from_dir(bundle_dir, PipelineOptions()).step_cache.coefficients == (1.0, 0.0)
     pipeline = open_pipeline(bundle_dir, PipelineOptions(true_cfg=True), steps=6)
-    pairs = record_pairs(pipeline, calibration_prompts(2), steps=6)
+    pairs = record_pairs(pipeline, training_captions(2), steps=6)
     assert pairs.shape == (10, 2) and np.isfinite(pairs).all() and (pairs > 0).all()
     coefficients = fit_coefficients(pairs)
     write_coefficients(bundle_dir, coefficients)

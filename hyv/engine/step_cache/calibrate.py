@@ -1,10 +1,11 @@
 """`hyv calibrate-cache`: fit a model's TeaCache polynomial from its own uncached trajectories.
 
-For each prompt (the built-in grammar's training captions, never the held-out combinations the
-benchmark judges), one uncached generation records per step after the first the pair (relative L1
-change of the first block's modulated input, relative L1 change of the block stack's output);
-`numpy.polyfit` of the output change on the input change (degree 4, as TeaCache) gives the
-coefficients, stored in bundle.json as `step_cache_coefficients`.
+For each prompt (the CLI passes the built-in grammar's training captions, never the held-out
+combinations the benchmark judges: hyv.training.data.grammar.training_captions), one uncached
+generation records per step after the first the pair (relative L1 change of the first block's
+modulated input, relative L1 change of the block stack's output); `numpy.polyfit` of the output
+change on the input change (degree 4, as TeaCache) gives the coefficients, stored in bundle.json as
+`step_cache_coefficients`.
 """
 
 from __future__ import annotations
@@ -29,16 +30,6 @@ logger = logging.getLogger(__name__)
 
 DEGREE = 4
 COEFFICIENTS_KEY = "step_cache_coefficients"
-
-
-def calibration_prompts(count: int) -> list[str]:
-    """`count` training captions of the built-in grammar, spread evenly over the combinations."""
-    from hyv.training.data.grammar import caption, train_combinations
-
-    combos = train_combinations()
-    if not 1 <= count <= len(combos):
-        raise ValueError(f"prompts must be in [1, {len(combos)}], got {count}")
-    return [caption(combos[j * len(combos) // count]) for j in range(count)]
 
 
 def open_pipeline(weights: str | Path, options: PipelineOptions, steps: int | None = None) -> VideoPipeline:
@@ -103,7 +94,7 @@ def write_coefficients(bundle_dir: str | Path, coefficients: Sequence[float]) ->
 
 def calibrate(
     weights: str | Path,
-    prompts: int = 8,
+    prompts: Sequence[str],
     steps: int | None = None,
     guidance: float | None = None,
     true_cfg: bool | None = None,
@@ -114,12 +105,12 @@ def calibrate(
 ) -> dict[str, Any]:
     """Fit the bundle's polynomial (and store it unless `write` is False); returns a report."""
     pipeline = open_pipeline(weights, PipelineOptions(device=device, dtype=dtype, true_cfg=true_cfg), steps)
-    pairs = record_pairs(pipeline, calibration_prompts(prompts), steps, guidance, seed)
+    pairs = record_pairs(pipeline, prompts, steps, guidance, seed)
     coefficients = fit_coefficients(pairs)
     fitted = np.polyval(coefficients, pairs[:, 0])
     report: dict[str, Any] = {
         "weights": str(weights),
-        "prompts": prompts,
+        "prompts": len(prompts),
         "steps": steps or pipeline.bundle.spec.limits.steps,
         "pairs": len(pairs),
         "coefficients": coefficients,
