@@ -246,7 +246,7 @@ class VideoPipeline:
         if options.compile_blocks:
             for block in [*self.dit.double_blocks, *self.dit.single_blocks]:
                 block.compile()
-        self.step_cache = StepCache(self.dit, bundle.spec.step_cache_coefficients).install()
+        self.step_cache = StepCache.attach(self.dit, bundle.spec.step_cache_coefficients)
         self.last_step_cache: dict[str, object] | None = None  # the latest job's, read under the lock
         self._lock = threading.Lock()  # one generation at a time per pipeline (one GPU)
 

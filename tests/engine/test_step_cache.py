@@ -293,3 +293,12 @@ def test_a_skip_saves_the_block_stack_flops_of_the_13b_at_720p() -> None:
     assert report.saved_teacache == report.stack_flops - report.teacache_check_flops
     assert report.saved_first_block == report.stack_flops - report.first_block_flops
     assert 1e16 < report.saved_teacache < 2e16  # 12 PFLOP per forward at 720p x 129 frames
+
+
+def test_two_pipelines_of_one_bundle_share_the_dits_cache() -> None:
+    bundle = init_random_bundle("tiny", seed=0)
+    first = VideoPipeline(bundle, PipelineOptions())
+    second = VideoPipeline(bundle, PipelineOptions(true_cfg=True))
+    assert second.step_cache is first.step_cache and first.step_cache.installed
+    with pytest.raises(RuntimeError, match="already installed"):
+        first.step_cache.install()

@@ -113,6 +113,17 @@ class StepCache:
         self._active: _Trajectory | None = None
         self._recording: list[tuple[float, float]] | None = None
 
+    @classmethod
+    def attach(cls, model: HunyuanVideoDiT, coefficients: Sequence[float] | None = None) -> StepCache:
+        """The step cache installed on `model`: the one already there (a DiT shared by two pipelines
+        of one bundle; its coefficients updated) or a new one."""
+        installed = vars(model).get("run_blocks")
+        cache = getattr(installed, "__self__", None)
+        if isinstance(cache, cls):
+            cache.coefficients = tuple(coefficients) if coefficients else IDENTITY
+            return cache
+        return cls(model, coefficients).install()
+
     def join_group(self, group: dist.ProcessGroup | None) -> None:
         """Make the decisions over a sequence-parallel group (None: the default group): the metric's
         sums are all-reduced and the decision agreed, so all ranks compute or skip together."""
