@@ -73,7 +73,10 @@ def run(
     combinations: int | None,
     steps: int,
     true_cfg: bool | None,
+    partial_out: Path | None = None,
 ) -> dict[str, Any]:
+    """The whole comparison; with `partial_out`, the report so far is written there every few clips
+    (a long run interrupted still leaves its measurements)."""
     pipeline = open_pipeline(weights, PipelineOptions(true_cfg=true_cfg), steps)
     limits = pipeline.bundle.spec.limits
     items = heldout_items(combinations, size=limits.width, height=limits.height)
@@ -81,6 +84,17 @@ def run(
     clips: dict[str, list[np.ndarray]] = {label(c): [] for c in configs}
     seconds = {label(c): 0.0 for c in configs}
     counts = {label(c): [0, 0] for c in configs}
+    header = {
+        "machine": machine_description(),
+        "torch": torch.__version__,
+        "weights": str(weights),
+        "steps": steps,
+        "size": f"{limits.width}x{limits.height}",
+        "num_frames": limits.num_frames,
+        "clips": len(items),
+        "true_cfg": pipeline._true_cfg(),
+        "coefficients": list(pipeline.step_cache.coefficients),
+    }
     for index, item in enumerate(items):
         for config in configs:
             request = GenerationRequest(prompt=item.caption, steps=steps, seed=item.noise_seed, cache=config)
@@ -92,6 +106,25 @@ def run(
             counts[label(config)][1] += int(stats.get("skipped", 0))  # type: ignore[call-overload]
             clips[label(config)].append(np.concatenate(frames))
         logger.info("clip %d/%d: %s", index + 1, len(items), item.caption)
+        if partial_out is not None and (index + 1) % 4 == 0 and index + 1 < len(items):
+            done = items[: index + 1]
+            partial = {
+                **header,
+                "clips": len(done),
+                "partial": True,
+                "rows": _rows(configs, done, clips, seconds, counts),
+            }
+            partial_out.write_text(json.dumps(partial, indent=2) + "\n")
+    return {**header, "rows": _rows(configs, items, clips, seconds, counts)}
+
+
+def _rows(
+    configs: list[StepCacheConfig],
+    items: list[Any],
+    clips: dict[str, list[np.ndarray]],
+    seconds: dict[str, float],
+    counts: dict[str, list[int]],
+) -> list[dict[str, Any]]:
     baseline = label(configs[0])
     judged = {name: judge_clips(videos, items)["accuracy"] for name, videos in clips.items()}
     rows = []
@@ -102,13 +135,14 @@ def run(
         accuracy = {a: round(100 * judged[name][a], 1) for a in ATTRIBUTES}
         lost = {a: round(100 * (judged[baseline][a] - judged[name][a]), 1) for a in ATTRIBUTES}
         computed, skipped = counts[name]
+        speedup = seconds[baseline] / seconds[name]
         rows.append(
             {
                 "setting": name,
                 "mode": config.mode,
                 "threshold": config.threshold,
                 "seconds": round(seconds[name], 2),
-                "speedup": round(seconds[baseline] / seconds[name], 3),
+                "speedup": round(speedup, 3),
                 "computed": computed,
                 "skipped": skipped,
                 "skipped_share": round(skipped / max(1, computed + skipped), 3),
@@ -116,22 +150,11 @@ def run(
                 "psnr_min_db": round(min(psnrs), 2),
                 "accuracy": accuracy,
                 "points_lost": lost,
-                "meets_target": seconds[baseline] / seconds[name] >= TARGET_SPEEDUP
+                "meets_target": speedup >= TARGET_SPEEDUP
                 and all(v <= MAX_POINTS_LOST for v in lost.values()),
             }
         )
-    return {
-        "machine": machine_description(),
-        "torch": torch.__version__,
-        "weights": str(weights),
-        "steps": steps,
-        "size": f"{limits.width}x{limits.height}",
-        "num_frames": limits.num_frames,
-        "clips": len(items),
-        "true_cfg": pipeline._true_cfg(),
-        "coefficients": list(pipeline.step_cache.coefficients),
-        "rows": rows,
-    }
+    return rows
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -183,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     settings = [parse_setting(s) for s in args.settings]
     if args.quick:
         args.combinations, args.steps, settings = 2, 10, settings[:1] + settings[3:4]
-    report = run(args.weights, settings, args.combinations, args.steps, args.true_cfg)
+    report = run(args.weights, settings, args.combinations, args.steps, args.true_cfg, args.out)
     report["flops_13b_720p"] = skip_flops().to_dict()
     report["quick"] = args.quick
     args.out.parent.mkdir(parents=True, exist_ok=True)
