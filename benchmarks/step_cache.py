@@ -15,6 +15,7 @@ device (hyv.engine.step_cache.flops).
 
     python -m benchmarks.step_cache --weights weights/hyv-small-teacher          # the result
     python -m benchmarks.step_cache --quick                                         # a smoke run
+    python -m benchmarks.step_cache --doc-from benchmarks/results/step_cache.json   # the doc only
 
 Writes benchmarks/results/step_cache.json and the "Step caching" section of docs/benchmarks.md
 (not with --quick).
@@ -46,6 +47,7 @@ from hyv.training.eval.runner import heldout_items, judge_clips
 
 logger = logging.getLogger(__name__)
 RESULTS = Path("benchmarks/results/step_cache.json")
+SECTION = "Step caching (benchmarks/step_cache.py)"
 SETTINGS = (
     "teacache:0.05",
     "teacache:0.1",
@@ -159,7 +161,8 @@ def _rows(
 
 def markdown(report: dict[str, Any]) -> str:
     flops = report["flops_13b_720p"]
-    lines = [
+    lines = [f"{report['note']}\n"] if report.get("note") else []
+    lines += [
         f"Machine: {report['machine']}; torch {report['torch']}. `python -m benchmarks.step_cache` on "
         f"`{report['weights']}`: {report['clips']} held-out combinations, {report['size']} x "
         f"{report['num_frames']} frames, {report['steps']} steps, true CFG {report['true_cfg']}, TeaCache "
@@ -205,7 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 combinations, 10 steps, 2 settings; no doc")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--note", default=None, help="a sentence put above the table (what the run is)")
+    parser.add_argument(
+        "--doc-from", type=Path, default=None, help="rewrite the doc section from this JSON report, no run"
+    )
     args = parser.parse_args(argv)
+    if args.doc_from is not None:
+        report = json.loads(args.doc_from.read_text())
+        if args.note is not None:
+            report["note"] = args.note
+        update_benchmarks_doc(SECTION, markdown(report))
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     settings = [parse_setting(s) for s in args.settings]
@@ -214,12 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.weights, settings, args.combinations, args.steps, args.true_cfg, args.out)
     report["flops_13b_720p"] = skip_flops().to_dict()
     report["quick"] = args.quick
+    report["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     print(text)
     if not args.quick and not args.no_doc:
-        update_benchmarks_doc("Step caching", text)
+        update_benchmarks_doc(SECTION, text)
     return 0
 
 
