@@ -59,6 +59,7 @@ GENERATE_OPTIONS = {
     "guidance": "--guidance",
     "seed": "--seed",
     "loras": "--lora",
+    "cache": "--cache",
 }
 
 
@@ -265,6 +266,10 @@ def generate(
             "an optional :SCALE (default 1.0); repeat it for several (their deltas add up).",
         ),
     ] = None,
+    cache: Annotated[str, typer.Option(help="Step caching: off, teacache or first_block.")] = "off",
+    cache_threshold: Annotated[
+        float | None, typer.Option(help="The cache's threshold (default: the mode's; docs/step_cache.md).")
+    ] = None,
 ) -> None:
     """Generate one video and write it as an MP4; prints one JSON line (path, stage seconds, memory)."""
     from pydantic import ValidationError
@@ -273,6 +278,7 @@ def generate(
     from hyv.engine.pipeline import PipelineOptions, VideoPipeline, default_device_and_dtype
     from hyv.engine.pipeline import Progress as StepProgress
     from hyv.engine.request import GenerationRequest
+    from hyv.engine.step_cache import parse_cache
     from hyv.option_errors import option_error
 
     try:
@@ -298,9 +304,12 @@ def generate(
             guidance=guidance,
             seed=seed,
             loras=tuple(choice for choice, _ in lora_files),
+            cache=parse_cache(cache, cache_threshold),
         )
-    except ValidationError as exc:
-        _refuse(f"error: {option_error(exc, GenerationRequest, GENERATE_OPTIONS)}")
+    except ValueError as exc:  # pydantic's ValidationError included; parse_cache names the option's value
+        if isinstance(exc, ValidationError):
+            _refuse(f"error: {option_error(exc, GenerationRequest, GENERATE_OPTIONS)}")
+        _refuse(f"error: --cache/--cache-threshold: {exc}")
     if device is not None:
         _check_device(device, "--device")
     _check_before_loading(request, spec.limits, weights, text_encoder)
@@ -428,6 +437,49 @@ def convert(
     else:
         raise typer.BadParameter(f"--kind must be 'bundle', 'dit' or 'vae', got {kind!r}")
     console.print(f"Converted {kind} {source} -> {output}")
+
+
+@app.command("calibrate-cache")
+def calibrate_cache(
+    weights: Annotated[
+        Path, typer.Option(help="Model bundle to calibrate (its bundle.json gets the fit).")
+    ] = (DEFAULT_BUNDLE_DIR),
+    prompts: Annotated[int, typer.Option(help="Training captions of the built-in grammar to run.")] = 8,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the bundle's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale (default: the bundle's).")] = None,
+    true_cfg: Annotated[
+        bool | None,
+        typer.Option(help="Two branches per step (default: when the DiT has no guidance embedding)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt (then +1 each).")] = 0,
+    write: Annotated[bool, typer.Option(help="Store the coefficients in the bundle's bundle.json.")] = True,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: bf16 on GPU).")] = None,
+) -> None:
+    """Fit the TeaCache polynomial of a model from its own uncached trajectories; prints one JSON line
+    (coefficients, the fit's error) and stores it in the bundle (docs/step_cache.md)."""
+    from hyv.engine.pipeline import default_device_and_dtype
+    from hyv.engine.step_cache.calibrate import calibrate
+    from hyv.training.data.grammar import training_captions
+
+    if device is not None:
+        _check_device(device, "--device")
+    default_device, default_dtype = default_device_and_dtype()
+    try:
+        report = calibrate(
+            weights,
+            prompts=training_captions(prompts),
+            steps=steps,
+            guidance=guidance,
+            true_cfg=true_cfg,
+            seed=seed,
+            write=write,
+            device=device or default_device,
+            dtype=_dtype(dtype) or default_dtype,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        _refuse(f"error: {exc}")
+    print(json.dumps(report))
 
 
 def _settings(options: dict[str, str], **overrides: Any) -> Any:

@@ -59,6 +59,14 @@ class BundleSpec:
     text_encoder_preset: str | None  # a BuiltinTextEncoder preset; None = external encoders by path
     limits: ModelLimits = field(default_factory=ModelLimits)
     trained: bool = False
+    # The TeaCache polynomial (numpy.polyval order) from `hyv calibrate-cache`; None: identity.
+    step_cache_coefficients: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.step_cache_coefficients is not None:  # JSON gives a list
+            object.__setattr__(
+                self, "step_cache_coefficients", tuple(float(c) for c in self.step_cache_coefficients)
+            )
 
 
 def read_bundle_spec(directory: str | Path) -> BundleSpec:

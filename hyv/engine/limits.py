@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hyv.engine.request import GenerationRequest, LoraChoice, VideoMode
+from hyv.engine.step_cache.config import StepCacheConfig
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,6 +98,7 @@ class GenerationPlan:
     # The source's frames the engine uses, fitted to width x height, (T, H, W, 3) uint8: an edit's
     # first num_frames, or every frame of an extension's source (decoded once, at planning).
     source: np.ndarray | None = field(default=None, repr=False, compare=False)
+    cache: StepCacheConfig | None = None  # None: the pipeline's default (hyv.engine.step_cache)
 
     @property
     def latent_frames(self) -> int:
@@ -161,4 +163,5 @@ def resolve(
         video_mode=request.video_mode,
         strength=request.strength if request.strength is not None else DEFAULT_EDIT_STRENGTH,
         loras=request.loras,
+        cache=request.cache,
     )

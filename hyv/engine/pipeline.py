@@ -40,6 +40,8 @@ from hyv.engine.placement import Mover, Placement, plan_placement
 from hyv.engine.request import GenerationRequest
 from hyv.engine.sampling import cfg_combine, edit_schedule, euler_denoise, flow_schedule, noise_to
 from hyv.engine.source_video import decode_frames, fit_frames, frame_png, frames_to_video_tensor
+from hyv.engine.step_cache import StepCacheConfig
+from hyv.engine.step_cache.runner import StepCache
 from hyv.engine.video_io import FragmentedMP4Encoder, encode_mp4, video_to_uint8
 from hyv.models import TextEmbeddings, VAETiling, from_dit_latents, read_dit_metadata, to_dit_latents
 from hyv.models.checkpoint_io import parse_dtype
@@ -90,6 +92,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
     memory_kind: str = ""
+    step_cache: dict[str, object] | None = None  # StepCacheStats.summary(): block stacks computed/skipped
 
     def summary(self) -> dict[str, object]:
         """One JSON-able line: what the CLI prints and the service stores."""
@@ -105,6 +108,7 @@ class GenerationResult:
             "seconds": {k: round(v, 4) for k, v in self.timings.items()},
             "peak_memory_mb": round(self.peak_memory_bytes / 2**20, 1),
             "peak_memory_kind": self.memory_kind,
+            "cache": self.step_cache,
         }
 
 
@@ -129,6 +133,8 @@ class PipelineOptions:
     # None: the DiT as stored. "fp8": its block linears quantized to float8 e4m3 at load
     # (hyv.models.fp8); "bf16"/"fp16"/"fp32" (= dtype): an FP8 checkpoint's layers dequantized at load.
     dit_dtype: str | None = None
+    # The step cache of requests that name none (hyv.engine.step_cache); None: off.
+    default_cache: StepCacheConfig | None = None
 
     def __post_init__(self) -> None:
         plan_placement(self.text_encoder, self.model_offload)  # ValueError on an unknown placement
@@ -244,6 +250,8 @@ class VideoPipeline:
         if options.compile_blocks:
             for block in [*self.dit.double_blocks, *self.dit.single_blocks]:
                 block.compile()
+        self.step_cache = StepCache.attach(self.dit, bundle.spec.step_cache_coefficients)
+        self.last_step_cache: dict[str, object] | None = None  # the latest job's, read under the lock
         self._lock = threading.Lock()  # one generation at a time per pipeline (one GPU)
         self.loras = LoraLibrary()  # the adapters requests may name (from_dir: the bundle's loras/)
 
@@ -364,7 +372,7 @@ class VideoPipeline:
             timings["encode"] = time.perf_counter() - start
             count = sum(len(chunk) for chunk in frames)
             _report(on_progress, "encode", count, count)
-        return GenerationResult(mp4, plan, timings, peak.bytes, peak.kind)
+        return GenerationResult(mp4, plan, timings, peak.bytes, peak.kind, self.last_step_cache)
 
     def frames(
         self, request: GenerationRequest, on_progress: ProgressFn | None = None, cancel: CancelSignal = None
@@ -425,7 +433,9 @@ class VideoPipeline:
             yield tail
             _report(on_progress, "encode", encoder.frames, encoder.frames)
         if result is not None:
-            summary = GenerationResult(b"", plan, timings, peak.bytes, peak.kind).summary()
+            summary = GenerationResult(
+                b"", plan, timings, peak.bytes, peak.kind, self.last_step_cache
+            ).summary()
             summary.pop("bytes")
             result.update(
                 summary,
@@ -486,6 +496,7 @@ class VideoPipeline:
     ) -> Iterator[torch.Tensor]:
         """Decoded video chunks (1, 3, n, H, W) in [-1, 1], in order."""
         check = _cancel_check(cancel)
+        self.last_step_cache = None
         source = plan.source
         if plan.video_mode == "extend" and source is not None and len(source) > 1:
             # The source up to its last frame, which the extension's first frame redraws (the
@@ -597,8 +608,10 @@ class VideoPipeline:
             _report(on_progress, "denoise", step, total)
             check()
 
-        with self.placement.running("dit"):
+        cache = plan.cache or self.options.default_cache
+        with self.placement.running("dit"), self.step_cache.trajectory(cache, len(sigmas) - 1) as cache_stats:
             latents = euler_denoise(velocity, noise, sigmas, on_step)
+        self.last_step_cache = cache_stats.summary()
         return pin_first_frame(latents, image_cond) if plan.image is not None else latents
 
     def _encode_video(self, frames: np.ndarray) -> torch.Tensor:

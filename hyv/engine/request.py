@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hyv.engine.step_cache.config import StepCacheConfig
+
 MAX_PROMPT_CHARS = 4000
 MAX_LORAS = 8  # adapters in one request
 LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a file stem in the LoRA folder, no path
@@ -60,6 +62,11 @@ class GenerationRequest(BaseModel):
         le=1.0,
         allow_inf_nan=False,
         description="edit: how much of the schedule is re-run (1 = from pure noise); None: the default.",
+    )
+    cache: StepCacheConfig | None = Field(
+        default=None,
+        description="Step caching: 'off', 'teacache' or 'first_block', or {'mode': ..., 'threshold': ...}; "
+        "None: the server's default (hyv.engine.step_cache).",
     )
 
     loras: tuple[LoraChoice, ...] = Field(

@@ -231,13 +231,16 @@ class HunyuanVideoDiT(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor,
+        skip_double: int = 0,
     ) -> torch.Tensor:
         """The double- then single-stream blocks: img (B, Li, D), txt (B, Lt, D), tables (Li, Dh),
         key_mask (B, Li+Lt) -> joint tokens (B, Li+Lt, D), video first.
 
         Li may be a shard of the video (sequence parallelism) as long as cos/sin, key_mask and the
-        attention implementation (`hyv.models.ops.use_attention`) agree with it."""
-        for block in self.double_blocks:
+        attention implementation (`hyv.models.ops.use_attention`) agree with it. `skip_double`: the
+        first double-stream blocks the caller already ran (hyv.engine.step_cache runs the first one
+        alone to decide whether the rest is needed)."""
+        for block in self.double_blocks[skip_double:]:
             img, txt = self._run(block, img, txt, vec, cos, sin, key_mask)
 
         x = torch.cat([img, txt], dim=1)  # (B, Li+Lt, D), video first: rope covers the prefix

@@ -76,6 +76,8 @@ class Job(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)  # stage -> seconds
+    # hyv.engine.step_cache: mode, threshold, block-stack evaluations computed and skipped
+    step_cache: dict[str, Any] | None = None
     attempts: int = 0
     worker: str | None = None
     content_bytes: int = 0

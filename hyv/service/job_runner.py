@@ -247,6 +247,7 @@ class JobRunner:
             completed_at=now,
             expires_at=now + self.settings.job_ttl_seconds,
             timings=timings,
+            step_cache=result.get("cache"),
             content_bytes=writer.bytes_written,
             num_frames=plan.output_frames,
             fps=plan.fps,

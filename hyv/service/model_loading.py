@@ -36,6 +36,7 @@ def pipeline_options(settings: Settings, rank: int = 0) -> Any:
         device=device,
         dtype=parse_dtype(settings.dtype) or dtype,
         dit_dtype=settings.dit_dtype,
+        default_cache=settings.default_cache,
         **memory_options(settings),
     )
 

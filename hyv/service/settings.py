@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from hyv.engine.bundle_spec import DEFAULT_BUNDLE_DIR
 from hyv.engine.lora_folder import default_lora_dir
 from hyv.engine.memory_options import TextEncoderPlacement, attention_backend_name
+from hyv.engine.step_cache import CacheMode, StepCacheConfig, parse_cache
 from hyv.service.webhook_targets import parse_allow_entry
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,14 @@ class Settings(BaseSettings):
         description="Memory one job may use on top of the loaded model, in MiB (0 = no limit): a GPU "
         "worker caps PyTorch's allocator, a CPU worker its private memory (RLIMIT_DATA). A job over it "
         "fails with `out_of_memory` and the worker takes the next job.",
+    )
+    cache: CacheMode = Field(
+        default="off",
+        description="Step caching of jobs whose request names none: off, teacache or first_block "
+        "(docs/step_cache.md); a request's `cache` wins.",
+    )
+    cache_threshold: float | None = Field(
+        default=None, description="The default cache's threshold; None = the mode's default."
     )
 
     # --- memory options (docs/operations.md, "Memory options") ------------------------------------
@@ -259,6 +268,15 @@ class Settings(BaseSettings):
     s3_secret_access_key: str | None = Field(
         default=None, description="Secret key (with s3_access_key_id); never logged.", repr=False
     )
+
+    @model_validator(mode="after")
+    def _cache_valid(self) -> Settings:
+        parse_cache(self.cache, self.cache_threshold)  # ValueError names the bad value
+        return self
+
+    @property
+    def default_cache(self) -> StepCacheConfig:
+        return parse_cache(self.cache, self.cache_threshold)
 
     @field_validator("dit_dtype")
     @classmethod

@@ -59,6 +59,12 @@ class VideoPublic(BaseModel):
     seed: int | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per finished stage.")
     content_bytes: int = Field(default=0, description="Size of the MP4 written so far.")
+    step_cache: dict[str, Any] | None = Field(
+        default=None,
+        description="Step caching once finished: mode, threshold, and the block-stack evaluations "
+        "computed and skipped (docs/step_cache.md).",
+        examples=[{"mode": "teacache", "threshold": 0.1, "computed": 20, "skipped": 30}],
+    )
     requested_size: str | None = Field(
         default=None,
         description="The size the request asked for ('WxH'); `size` is the model's size it was mapped "
@@ -113,6 +119,7 @@ def to_public(job: Job, queue_position: int | None = None) -> VideoPublic:
         seed=request.get("seed"),
         timings=dict(job.timings or {}),
         content_bytes=job.content_bytes,
+        step_cache=job.step_cache,
         requested_size=job.requested_size,
         requested_seconds=job.requested_seconds,
         loras=list(request.get("loras") or []),

@@ -31,6 +31,7 @@ def parallelize(pipeline: VideoPipeline, config: SPConfig, timeout: timedelta | 
     groups = init_sequence_parallel(config, pipeline.dit.config.num_heads, timeout)
     pipeline.dit = SequenceParallelDiT(pipeline.dit, groups)  # type: ignore[assignment]
     pipeline.vae = SequenceParallelVAE(pipeline.vae)  # type: ignore[assignment]
+    pipeline.step_cache.join_group(groups.world_group)  # every rank computes or skips the same steps
     return groups
 
 

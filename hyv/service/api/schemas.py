@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hyv.engine.prompt_vocabulary import CaptionGrammar
 from hyv.engine.request import MAX_LORAS, LoraChoice
+from hyv.engine.step_cache import StepCacheConfig
 from hyv.service.video_object import VideoPublic, VideoStatus
 
 _CREATE_EXAMPLE: dict[str, Any] = {
@@ -71,6 +72,13 @@ class VideoCreate(BaseModel):
     steps: int | None = Field(default=None, description="Denoising steps.")
     guidance: float | None = Field(default=None, description="Guidance scale.")
     seed: int | None = Field(default=None, description="Random seed; omitted = random, reported back.")
+    cache: StepCacheConfig | None = Field(
+        default=None,
+        description="Step caching (an extension): 'off', 'teacache' or 'first_block', or "
+        "{'mode': ..., 'threshold': ...}; omitted = the server's default. The finished video reports "
+        "the block-stack evaluations computed and skipped (`step_cache`).",
+        examples=["teacache", {"mode": "first_block", "threshold": 0.1}],
+    )
     webhook_url: str | None = Field(
         default=None, description="POSTed a signed video.completed / video.failed event when the job ends."
     )

@@ -322,6 +322,7 @@ def build_plan(body: VideoCreate, image: bytes | None, model: ServedModel) -> Ge
             guidance=body.guidance,
             seed=body.seed,
             loras=tuple(body.loras or ()),
+            cache=body.cache,
         )
     except ValidationError as exc:
         message, param = validation_message(exc.errors())
@@ -367,6 +368,7 @@ def plan_to_request_dict(plan: GenerationPlan) -> dict[str, object]:
         "flow_shift": plan.flow_shift,
         "seed": plan.seed,
         "loras": [lora.model_dump() for lora in plan.loras],
+        "cache": None if plan.cache is None else plan.cache.describe(),
     }
 
 

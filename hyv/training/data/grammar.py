@@ -230,6 +230,15 @@ def train_combinations() -> list[Attributes]:
     return [a for a in all_combinations() if a not in _HELDOUT_SET]
 
 
+def training_captions(count: int) -> list[str]:
+    """`count` captions of training combinations, spread evenly over them (never a held-out one):
+    prompts that measure a model without touching its evaluation set (`hyv calibrate-cache`)."""
+    combos = train_combinations()
+    if not 1 <= count <= len(combos):
+        raise ValueError(f"prompts must be in [1, {len(combos)}], got {count}")
+    return [caption(combos[j * len(combos) // count]) for j in range(count)]
+
+
 def is_heldout(attrs: Attributes | ClipSpec) -> bool:
     a = attrs.attributes if isinstance(attrs, ClipSpec) else attrs
     return a in _HELDOUT_SET
