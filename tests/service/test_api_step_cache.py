@@ -49,11 +49,15 @@ def test_the_worker_runs_the_cache_and_reports_skips(live: httpx.Client) -> None
     cached = live.post("/v1/videos", json={**body, "cache": {"mode": "teacache", "threshold": 10}})
     form = live.post("/v1/videos", data={**body, "cache": "first_block"}, files={"_": (None, "")})
     plain = live.post("/v1/videos", json=body)
-    for response in (cached, form, plain):
+    # The OpenAI SDK's multipart flattening of the object (`extra_body={"cache": {...}}`).
+    flattened = {**body, "cache[mode]": "teacache", "cache[threshold]": "10"}
+    sdk_form = live.post("/v1/videos", data=flattened, files={"_": (None, "")})
+    for response in (cached, form, plain, sdk_form):
         assert response.status_code == 201, response.text
-    video = wait_for(live, cached.json()["id"], finished)
-    assert video["status"] == "completed", video
-    assert video["step_cache"] == {"mode": "teacache", "threshold": 10.0, "computed": 2, "skipped": 6}
+    for job in (cached, sdk_form):
+        video = wait_for(live, job.json()["id"], finished)
+        assert video["status"] == "completed", video
+        assert video["step_cache"] == {"mode": "teacache", "threshold": 10.0, "computed": 2, "skipped": 6}
     video = wait_for(live, form.json()["id"], finished)
     assert video["status"] == "completed", video
     stats = video["step_cache"]

@@ -119,6 +119,11 @@ async def _parse_form(request: Request, max_upload_bytes: int) -> CreateBody:
                 data["input_reference"] = {"file_id": value}
             elif name in LORA_FORM_FIELDS:
                 lora_fields.append((name, value))
+            elif name in ("cache[mode]", "cache[threshold]"):  # the OpenAI SDK's flattened object
+                cache = data.setdefault("cache", {})
+                if not isinstance(cache, dict):
+                    raise InvalidRequestError("cache: send `cache` or `cache[...]` fields, not both", "cache")
+                cache[name[len("cache[") : -1]] = value
             elif value != "":
                 data[name] = value
     finally:
