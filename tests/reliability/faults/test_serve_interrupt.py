@@ -40,8 +40,9 @@ from tests.service.serve_process import start_hyv_serve
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 READY_TIMEOUT_S = 180.0
-# Long enough to be caught mid-denoise and to outlast a half-second grace; a few seconds to finish.
-RUNNING = {**MEDIUM, "steps": 300}
+# Long enough to be caught mid-denoise and to outlast a half-second grace even on an idle machine
+# (300 steps of 9 frames took 0.7 s there, finishing inside the grace); about 5 s to finish.
+RUNNING = {**MEDIUM, "num_frames": 17, "steps": 1000}
 
 
 def start_serve(
@@ -142,7 +143,9 @@ def test_ctrl_c_on_hyv_serve_finishes_or_requeues_the_running_job(
 ) -> None:
     data = tmp_path / "data"
     grace_s = 0.5 if variant == "requeued" else None  # None: the default grace
-    lease_s = 600.0 if variant == "killed" else 1.5
+    # A lease a busy machine's beat cannot miss (the hand-back requeues the job itself, so nothing
+    # here waits for a lease to lapse), except after SIGKILL, where only the restart takes it back.
+    lease_s = 600.0 if variant == "killed" else 5.0
     serve, base = start_serve(data, fault_bundle, tmp_path / "serve.log", grace_s, lease_s)
     restarted: subprocess.Popen[bytes] | None = None
     try:
