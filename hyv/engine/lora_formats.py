@@ -120,6 +120,7 @@ class LoraAdapter:
     name: str
     format: str
     parts: dict[str, list[LoraPart]] = field(default_factory=dict)  # our module -> its parts
+    metadata: dict[str, str] = field(default_factory=dict)  # the safetensors header's string entries
 
     @property
     def modules(self) -> list[str]:
@@ -235,7 +236,7 @@ def parse_lora(
     if unsupported:
         problems.append(f"unsupported entries (LoRA bias, DoRA): {_named(sorted(unsupported))}")
     metadata_scale = _diffusers_alpha_scale(metadata)
-    adapter = LoraAdapter(name, "+".join(sorted(formats)) or "unknown")
+    adapter = LoraAdapter(name, "+".join(sorted(formats)) or "unknown", metadata=dict(metadata or {}))
     covered: dict[str, list[tuple[int, int, str]]] = {}
     for pair in pairs.values():
         part, problem = _checked_part(pair, targets, metadata_scale)

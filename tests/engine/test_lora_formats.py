@@ -257,6 +257,22 @@ def test_refusals_name_the_problem(tmp_path) -> None:
         read_lora_file(truncated, targets)
 
 
+def test_the_header_metadata_is_kept(tmp_path) -> None:
+    targets = meta_targets(dit_preset("small"))
+    module = "double_blocks.0.img_attn_proj"
+    rows, cols = targets.shapes[module]
+    tensors = {
+        f"{module}.lora_A.weight": torch.randn(2, cols),
+        f"{module}.lora_B.weight": torch.randn(rows, 2),
+    }
+    metadata = {"format": "hyv-lora", "trigger": "a {color} {shape} bouncing", "prior_fraction": "0.5"}
+    save_file(tensors, str(tmp_path / "described.safetensors"), metadata=metadata)
+    assert read_lora_file(tmp_path / "described.safetensors", targets).metadata == metadata
+    save_file(tensors, str(tmp_path / "plain.safetensors"))
+    assert read_lora_file(tmp_path / "plain.safetensors", targets).metadata == {}
+    assert parse_lora(tensors, targets).metadata == {}
+
+
 def test_fp8_layers_are_refused_by_name() -> None:
     from hyv.models.fp8 import quantize_dit_
 

@@ -1,5 +1,5 @@
-"""LoRA on the DiT's Linear layers, applied from outside the model: training hooks, the native
-adapter file, and merging into a copy of the DiT.
+"""LoRA on the DiT's Linear layers while it trains, applied from outside the model, and the native
+adapter file it is saved as.
 
 A LoRA adapter adds ``scale * (alpha / rank) * B @ A`` to the weight W (out, in) of each target
 Linear, with A (rank, in) and B (out, rank). Targets are the DiT's own module paths
@@ -9,27 +9,23 @@ Linear, with A (rank, in) and B (out, rank). Targets are the DiT's own module pa
   runs it (`torch.func.functional_call`) with W + (alpha / rank) * B @ A in place of each target
   weight, so only A and B receive gradients. B starts at zero, so an untrained adapter is exactly
   the base model.
-* The native file (`save_adapter` / `read_adapter`): safetensors with, per target,
-  ``<path>.lora_A.weight`` (rank, in), ``<path>.lora_B.weight`` (out, rank) and ``<path>.alpha``
-  (a scalar tensor), plus string metadata (`ADAPTER_FORMAT`, base model, rank, alpha, targets,
-  the trigger caption template, steps).
-* Sampling with an adapter (`merged_copy`): W + scale * (alpha / rank) * B @ A written into a deep
-  copy of the DiT; the DiT passed in is never modified. Serving-time application lives elsewhere.
+* The native file (`save_adapter`): safetensors with, per target, ``<path>.lora_A.weight``
+  (rank, in), ``<path>.lora_B.weight`` (out, rank) and ``<path>.alpha`` (a scalar tensor), plus
+  string metadata (`ADAPTER_FORMAT`, base model, rank, alpha, targets, the trigger caption
+  template, steps). It is read, checked and merged at a scale by the engine, as served adapters
+  are: hyv.engine.lora_formats.read_lora_file and hyv.engine.lora.applied_loras.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -153,18 +149,6 @@ def adapted_forward(model: nn.Module, adapter: LoRAAdapter, *args: Any) -> Any:
     return torch.func.functional_call(model, adapted_weights(model, adapter), args)
 
 
-@dataclass(frozen=True)
-class AdapterFile:
-    """A native adapter file read back: per target (A (rank, in), B (out, rank), alpha), and metadata."""
-
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
-    metadata: dict[str, str]
-
-    @property
-    def rank(self) -> int:
-        return int(next(iter(self.layers.values()))[0].shape[0])
-
-
 def save_adapter(adapter: LoRAAdapter, path: Path, metadata: dict[str, Any]) -> Path:
     """Write the native file; `metadata` values become strings (JSON for lists and dicts)."""
     header = {"format": ADAPTER_FORMAT, "rank": str(adapter.rank), "alpha": repr(adapter.alpha)}
@@ -175,70 +159,3 @@ def save_adapter(adapter: LoRAAdapter, path: Path, metadata: dict[str, Any]) -> 
     save_file(adapter.tensors(), str(tmp), metadata=header)
     tmp.replace(path)
     return path
-
-
-def read_adapter(path: Path) -> AdapterFile:
-    """Read a native adapter file; ValueError naming the file and the first problem (a missing
-    factor, mismatched ranks, a non-finite value, another format)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"cannot read LoRA adapter {path}: {exc}") from exc
-    if metadata.get("format") != ADAPTER_FORMAT:
-        raise ValueError(
-            f"{path} is not a {ADAPTER_FORMAT} adapter (metadata format={metadata.get('format')!r})"
-        )
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
-    for key in sorted(tensors):
-        if not key.endswith(_A):
-            if not key.endswith((_B, _ALPHA)):
-                raise ValueError(f"{path}: unexpected tensor {key!r}")
-            continue
-        module = key[: -len(_A)]
-        a, b, alpha = tensors[key], tensors.get(module + _B), tensors.get(module + _ALPHA)
-        if b is None or alpha is None:
-            raise ValueError(f"{path}: {module!r} lacks its lora_B.weight or alpha")
-        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0] or alpha.numel() != 1:
-            raise ValueError(
-                f"{path}: {module!r} has A {tuple(a.shape)}, B {tuple(b.shape)}, alpha {tuple(alpha.shape)}; "
-                "expected A (rank, in), B (out, rank) and a scalar alpha"
-            )
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all() and torch.isfinite(alpha).all()):
-            raise ValueError(f"{path}: {module!r} holds NaN or infinite values")
-        layers[module] = (a.float(), b.float(), float(alpha))
-    if not layers:
-        raise ValueError(f"{path} holds no LoRA layers")
-    orphans = sorted(k for k in tensors if k.endswith(_B) and k[: -len(_B)] not in layers)
-    if orphans:
-        raise ValueError(f"{path}: {orphans[0]!r} has no lora_A.weight")
-    ranks = {a.shape[0] for a, _, _ in layers.values()}
-    if len(ranks) != 1:
-        raise ValueError(f"{path}: layers of different ranks {sorted(ranks)}")
-    return AdapterFile(layers, metadata)
-
-
-def merged_copy(model: nn.Module, adapter: AdapterFile, scale: float = 1.0) -> nn.Module:
-    """A deep copy of `model` with W + scale * (alpha / rank) * B @ A in every adapted Linear
-    (computed in fp32, stored in the weight's dtype); `model` itself is not touched. ValueError for
-    a layer the model lacks or whose shape differs."""
-    if not math.isfinite(scale):
-        raise ValueError(f"LoRA scale must be finite, got {scale!r}")
-    merged = copy.deepcopy(model)
-    modules = dict(merged.named_modules())
-    with torch.no_grad():
-        for path, (a, b, alpha) in adapter.layers.items():
-            module = modules.get(path)
-            if not isinstance(module, nn.Linear):
-                raise ValueError(f"LoRA layer {path!r} is not a Linear module of this DiT")
-            expected = (b.shape[0], a.shape[1])
-            if tuple(module.weight.shape) != expected:
-                raise ValueError(
-                    f"LoRA layer {path!r} is {expected[0]}x{expected[1]} (out x in) but the DiT's is "
-                    f"{tuple(module.weight.shape)}"
-                )
-            weight = module.weight
-            delta = (scale * alpha / a.shape[0]) * (b @ a)
-            weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
-    return merged

@@ -4,11 +4,12 @@ On the held-out bouncing combinations (`bouncing_heldout_combinations`: 5 colour
 both backgrounds, never trained on), `samples_per_combination` clips each, at the bundle's default
 size (64x64x17) and sampling (hyv.training.eval.sampling, as `hyv generate` runs it):
 
-* the base model (no adapter), and the adapter merged into a copy of the DiT at each scale
-  (hyv.training.lora.adapter.merged_copy): the fraction of clips the judge reads as bouncing, and
-  its colour / shape / background accuracy;
+* the base model (no adapter), and the adapter read and merged into the DiT at each scale the way
+  a served request's adapter is (hyv.engine.lora_formats.read_lora_file,
+  hyv.engine.lora.applied_loras): the fraction of clips the judge reads as bouncing, and its
+  colour / shape / background accuracy;
 * at scale 0 the videos must be bit-identical to the base model's (`scale0_identical`), and the
-  base model's DiT is left untouched by every merge (`base_untouched`: its videos, generated again
+  base model's weights are back after every merge (`base_untouched`: its videos, generated again
   after the merges, equal the first ones);
 * optionally (`other_motions`) the base model's 44 held-out grammar captions with and without the
   adapter at scale 1.0: the judged accuracy of each attribute, i.e. whether the adapter disturbs the
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -31,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hyv.engine.bundle import ModelBundle
+from hyv.engine.lora import applied_loras
+from hyv.engine.lora_formats import LoraTargets, read_lora_file
 from hyv.engine.pipeline import PipelineOptions, VideoPipeline
-from hyv.models import HunyuanVideoDiT
 from hyv.training.data.grammar import (
     BOUNCING,
     Attributes,
@@ -44,7 +46,6 @@ from hyv.training.data.grammar import (
 from hyv.training.eval.judge import judge_clip
 from hyv.training.eval.runner import noise_seed
 from hyv.training.eval.sampling import generate_clips, served_sampler
-from hyv.training.lora.adapter import AdapterFile, merged_copy, read_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,9 @@ class LoRAEvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.scales:
             raise ValueError("scales must name at least one adapter scale")
-
-
-def with_adapter(pipeline: VideoPipeline, adapter: AdapterFile, scale: float) -> VideoPipeline:
-    """A pipeline sharing `pipeline`'s VAE and text encoder whose DiT is a merged copy."""
-    dit: HunyuanVideoDiT = merged_copy(pipeline.dit, adapter, scale)  # type: ignore[assignment]
-    bundle = ModelBundle(pipeline.bundle.spec, dit, pipeline.vae, pipeline.text_encoder)
-    return VideoPipeline(bundle, pipeline.options, pipeline.schedule)
+        for scale in self.scales:
+            if not math.isfinite(scale):
+                raise ValueError(f"adapter scales must be finite, got {scale!r}")
 
 
 def generate(pipeline: VideoPipeline, prompts: Sequence[str], seed: int, batch_size: int) -> list[np.ndarray]:
@@ -105,7 +102,7 @@ def evaluate_adapter(config: LoRAEvalConfig) -> dict[str, Any]:
     """The report described in the module docstring (also written to `config.out`)."""
     started = time.monotonic()
     pipeline = VideoPipeline.from_dir(config.base, PipelineOptions(device=config.device, dtype=torch.float32))
-    adapter = read_adapter(config.adapter)
+    adapter = read_lora_file(config.adapter, LoraTargets.of(pipeline.dit))
     combos = bouncing_heldout_combinations()
     expected = [a for _ in range(config.samples_per_combination) for a in combos]
     prompts = [caption(a) for a in expected]
@@ -121,7 +118,8 @@ def evaluate_adapter(config: LoRAEvalConfig) -> dict[str, Any]:
         "scales": {},
     }
     for scale in config.scales:
-        clips = generate(with_adapter(pipeline, adapter, scale), prompts, config.seed, config.batch_size)
+        with applied_loras(pipeline.dit, [(adapter, scale)]):
+            clips = generate(pipeline, prompts, config.seed, config.batch_size)
         entry = judge_all(clips, expected)
         entry["identical_to_base"] = all(np.array_equal(a, b) for a, b in zip(clips, base_clips, strict=True))
         report["scales"][repr(scale)] = entry
@@ -133,14 +131,12 @@ def evaluate_adapter(config: LoRAEvalConfig) -> dict[str, Any]:
     if config.other_motions:
         grammar = heldout_combinations()
         grammar_prompts = [caption(a) for a in grammar]
-        merged = with_adapter(pipeline, adapter, 1.0)
+        without = generate(pipeline, grammar_prompts, config.seed, config.batch_size)
+        with applied_loras(pipeline.dit, [(adapter, 1.0)]):
+            adapted = generate(pipeline, grammar_prompts, config.seed, config.batch_size)
         report["other_motions"] = {
-            "without_adapter": judge_all(
-                generate(pipeline, grammar_prompts, config.seed, config.batch_size), grammar
-            ),
-            "with_adapter": judge_all(
-                generate(merged, grammar_prompts, config.seed, config.batch_size), grammar
-            ),
+            "without_adapter": judge_all(without, grammar),
+            "with_adapter": judge_all(adapted, grammar),
         }
     top = report["scales"].get(repr(1.0))
     report["passed"] = top is not None and top["bouncing"] >= MIN_BOUNCING
