@@ -70,11 +70,8 @@ SIZES = ((64, 64), (96, 64), (64, 96), (128, 128))
 FRAME_COUNTS = (17, 33, 1)
 DEFAULT_BUCKETS = tuple(f"{w}x{h}x{f}" for f in FRAME_COUNTS for w, h in SIZES)
 STAGE1_DIR = "stage1"  # where a stage1_from bundle is copied in the run directory
-# The sizes the exported bundle serves. 128x128 is trained (it teaches the positions beyond 64 px)
-# but withheld: after the 6000-step progressive stage its student kept 74-81% of the frames clean
-# and drew the asked shape in 64-80% of the clips (docs/training.md, 2026-12-06), where the other
-# sizes reach 99-100% and 86-95%.
-SERVED_SIZES = ((64, 64), (96, 64), (64, 96))
+# The sizes the exported bundle serves (and its eval measures): every trained size.
+SERVED_SIZES = SIZES
 # Share of 1-frame batches in the progressive and distillation stages: at the trainers' 0.2 the
 # student drew the asked shape in 84-91% of the still images against 95-98% of the clips.
 IMAGE_FRACTION = 0.3

@@ -297,8 +297,14 @@ def test_latent_cache_matches_the_encoder_and_resumes(tmp_path: Path) -> None:
     torch.testing.assert_close(bigger.moments[video][:5], cache.moments[video])
     losses = [trainer.train_step(step) for step in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
+    # A decoder fine-tune leaves the latents as they are: the cache is reused, not re-encoded.
+    written = (tmp_path / CACHE_FILE).stat().st_mtime_ns
     with torch.no_grad():
-        next(trainer.vae.parameters()).add_(1.0)
+        next(trainer.vae.decoder.parameters()).add_(1.0)
+    build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
+    assert (tmp_path / CACHE_FILE).stat().st_mtime_ns == written
+    with torch.no_grad():
+        next(trainer.vae.encoder.parameters()).add_(1.0)
     rebuilt = build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
     assert not torch.equal(rebuilt.moments[video], cache.moments[video])
 

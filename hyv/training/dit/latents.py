@@ -37,9 +37,12 @@ _CHUNK = 64
 
 
 def vae_digest(vae: CausalVAE3D) -> str:
-    """A short digest of the VAE's weights: a cache is only valid for the VAE that built it."""
+    """A short digest of the weights that make latents (encoder and quant_conv): a cache is only
+    valid for the encoder that built it, and stays valid through a decoder-only fine-tune."""
     h = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
+        if not name.startswith(("encoder.", "quant_conv.")):
+            continue
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
