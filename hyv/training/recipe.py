@@ -4,8 +4,8 @@
 
 1. **vae**          `hyv.training.vae`: the causal 3D VAE on synthetic 64x64 clips (curriculum, GAN,
                     tiling phase)
-2. **vae_buckets**  a short fine-tune on crops of 128x128 renders: the larger buckets' objects and
-                    faster pixel motion
+2. **vae_buckets**  a decoder fine-tune on 128x128 crops mixed with 64x64 clips: the largest
+                    bucket's objects and pixel motion (the encoder, so every latent, unchanged)
 3. **dit**          `hyv.training.dit`: flow matching of the small DiT + built-in text encoder on its
                     latents, low resolution and short first (64x64, 17 frames and images)
 4. **dit_buckets**  the paper's progressive step: the same DiT on every bucket (`buckets`: 64x64,
@@ -94,24 +94,28 @@ def _recipe_dit() -> DiTTrainConfig:
 
 
 def _recipe_vae_buckets() -> VAETrainConfig:
-    """A short fine-tune of the whole VAE on 32 px crops of 128x128 x 17 renders: the larger
-    buckets' object sizes and faster pixel motion at the cost of 32 px clips (even these took
-    ~5.2 s per step of 2 clips here, with the other of 2 cores busy), pixel losses only, a low
-    learning rate. The latents move a little; the DiT's progressive stage trains on the new ones."""
+    """A decoder fine-tune for the largest bucket: 64 px crops of 128x128 x 17 renders (objects
+    twice as large, twice the pixel motion: the VAE's weakest bucket) mixed half and half with whole
+    64x64 x 17 clips, so the smaller buckets are not forgotten; pixel losses only, a low learning
+    rate. The encoder is frozen, so the latents, the latent cache and any DiT trained on them stay
+    valid (docs/training.md, "Fourth run")."""
     return VAETrainConfig(
-        steps=300,
+        steps=2500,
         lr=1e-4,
         warmup_steps=20,
         size=128,
+        train_encoder=False,
         image_phase_fraction=0.0,
         low_res_batch_size=2,
-        crop_size=32,
+        crop_size=64,
         crop_fraction=1.0,
+        crop_render_sizes=(64, 128),
         tiling_fraction=0.0,
         foreground_weight=1.0,
         perceptual_weight=0.0,
         gan_weight=0.0,
-        checkpoint_every=50,
+        checkpoint_every=100,
+        eval_clips=8,
     )
 
 

@@ -103,6 +103,16 @@ def test_crops_are_windows_of_full_size_clips(tmp_path: Path) -> None:
     assert any(torch.equal(crop, window) for window in windows)  # full-size pixel scale, cropped
 
 
+def test_crops_from_several_render_sizes(tmp_path: Path) -> None:
+    phases = dict(low_res_fraction=0.0, crop_fraction=1.0, tiling_fraction=0.0)
+    config = _config(tmp_path, steps=40, crop_render_sizes=(8, 16), **phases)
+    batches = [VAEBatches(config).batch(step) for step in range(40)]
+    assert {b.phase.rendered for b in batches} == {8, 16}
+    assert {b.video.shape[-1] for b in batches} == {8}  # every batch is crop_size wide
+    with pytest.raises(ValueError, match="crop_render_sizes"):
+        _config(tmp_path, crop_render_sizes=(4,))
+
+
 def test_frame_interval_sets_the_speed(tmp_path: Path) -> None:
     """Every k-th native frame: the largest interval spans the whole motion (the dataset's clip)."""
     batches = VAEBatches(_config(tmp_path, max_frame_interval=4))
@@ -212,6 +222,21 @@ class _StopError(Exception):
     pass
 
 
+def test_decoder_fine_tune_keeps_the_encoder_and_its_scaling_factor(tmp_path: Path) -> None:
+    base = load_vae(train_vae(_config(tmp_path / "base")))
+    tuned = load_vae(
+        train_vae(
+            _config(tmp_path / "tuned", size=32, init_from=tmp_path / "base" / "vae", train_encoder=False)
+        )
+    )
+    before, after = base.state_dict(), tuned.state_dict()
+    encoder = [n for n in before if n.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(before[n], after[n]) for n in encoder)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("decoder."))
+    # the same latents, though its clips (32 px) would measure another factor
+    assert tuned.config.scaling_factor == base.config.scaling_factor
+
+
 def test_resume_replays_an_interrupted_run_exactly(tmp_path: Path) -> None:
     steps = 6  # gan_start 4 and the tiling phase both fall after the interruption
     reference = VAETrainer(_config(tmp_path / "a", steps=steps, checkpoint_every=3))
@@ -252,7 +277,7 @@ def test_config_validation_names_the_field(tmp_path: Path, field: str, value: ob
 
 
 def test_config_round_trips_through_dict(tmp_path: Path) -> None:
-    config = _config(tmp_path, seed=3)
+    config = _config(tmp_path, seed=3, crop_render_sizes=(8, 16))
     assert VAETrainConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="bogus"):
         VAETrainConfig.from_dict({**config.to_dict(), "bogus": 1})

@@ -68,6 +68,9 @@ class VAETrainConfig(TrainConfig):
     low_res_fraction: float = 0.0
     crop_size: int = 32
     crop_fraction: float = 0.4
+    # Crop-phase clips are rendered at a size drawn per step from these (default: `size` only), so a
+    # fine-tune can learn one bucket's scale without forgetting another's.
+    crop_render_sizes: tuple[int, ...] = ()
     tiling_fraction: float = 0.1
     tiling_probability: float = 0.5
     tile_size: int = 48  # px; with tile_overlap 1/3: stride 32, so 64 px splits into 2 tiles
@@ -114,6 +117,13 @@ class VAETrainConfig(TrainConfig):
             )
         self.check("low_res_size", self.low_res_size <= self.size, "must be <= size")
         self.check("crop_size", self.crop_size <= self.size, "must be <= size")
+        self.crop_render_sizes = tuple(self.crop_render_sizes)  # a list after a JSON round trip
+        for size in self.crop_render_sizes:
+            self.check(
+                "crop_render_sizes",
+                isinstance(size, int) and size % 8 == 0 and self.crop_size <= size,
+                f"must hold multiples of 8 no smaller than crop_size {self.crop_size}, got {size!r}",
+            )
         self.check("low_res_frames", self.low_res_frames <= self.num_frames, "must be <= num_frames")
         self.check("tile_frames", self.tile_frames > 0 and self.tile_frames % 4 == 0, "must be 4n")
         self.check("disc_lr", self.disc_lr > 0, "must be > 0")

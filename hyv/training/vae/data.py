@@ -28,6 +28,7 @@ class Phase:
     frames: int
     batch_size: int
     tiled: bool  # encode/decode this batch with the config's small tiles
+    rendered: int  # the size its clips were rendered at (`size` is the crop's)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class VAEBatches:
         name = phase_name(c, step)
         low = name == "low_res"
         size = c.low_res_size if low else c.size  # rendered size
+        if name == "crop" and c.crop_render_sizes:
+            size = int(c.crop_render_sizes[int(rng.integers(len(c.crop_render_sizes)))])
         crop = c.crop_size if name in ("crop", "images") else size
         frames = c.low_res_frames if low else c.num_frames
         small = c.low_res_batch_size  # low_res and crop batches; full and tiling take batch_size
@@ -108,5 +111,5 @@ class VAEBatches:
             top, left = (int(v) for v in rng.integers(0, size - crop + 1, size=2))
             frames_hw = render_times(spec, times, size)[:, top : top + crop, left : left + crop]
             clips.append(to_tensor(frames_hw))  # (3, T, crop, crop)
-        phase = Phase(name, crop, 1 if is_image else frames, batch_size, tiled)
+        phase = Phase(name, crop, 1 if is_image else frames, batch_size, tiled, size)
         return VAEBatch(torch.stack(clips), phase, interval)  # (B, 3, T, H, W)

@@ -306,12 +306,15 @@ class VAETrainer(Trainer[VAETrainConfig, dict[str, float]]):
     # --- export -----------------------------------------------------------------------------------
 
     def final_vae(self) -> CausalVAE3D:
-        """The EMA weights with the measured scaling factor in their config (eval mode)."""
+        """The EMA weights with the measured scaling factor in their config (eval mode); a decoder
+        fine-tune keeps its starting VAE's factor, since its latents are those of the same encoder."""
         c = self.config
         ema = self.ema_vae
-        videos = [self.batches.video(i, c.num_frames, c.size) for i in range(c.scale_clips)]
-        factor = scaling_factor(ema, [torch.stack(videos[i : i + 4]) for i in range(0, len(videos), 4)])
-        config = dataclasses.replace(ema.config, scaling_factor=factor)
+        config = ema.config
+        if c.train_encoder:
+            videos = [self.batches.video(i, c.num_frames, c.size) for i in range(c.scale_clips)]
+            factor = scaling_factor(ema, [torch.stack(videos[i : i + 4]) for i in range(0, len(videos), 4)])
+            config = dataclasses.replace(config, scaling_factor=factor)
         vae = CausalVAE3D(config).to(self.device)
         vae.load_state_dict(ema.state_dict())
         return vae.eval()
