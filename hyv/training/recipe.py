@@ -52,6 +52,7 @@ import torch
 
 from hyv.engine.bundle import BUNDLE_PRESETS, CHECKOUT_BUNDLE_DIR, load_bundle, save_bundle
 from hyv.engine.limits import ModelLimits
+from hyv.engine.lora_folder import LORA_DIR_NAME
 from hyv.models import read_dit_metadata
 from hyv.training.config_io import TrainConfig
 from hyv.training.data.buckets import parse_buckets
@@ -395,8 +396,7 @@ class Recipe:
             bundle.vae.to(dtype)
             if isinstance(bundle.text_encoder, torch.nn.Module):
                 bundle.text_encoder.to(dtype)
-            if c.export_dir.exists():
-                shutil.rmtree(c.export_dir)
+            _clear_export_dir(c.export_dir)
             save_bundle(bundle, c.export_dir, dit_metadata=read_dit_metadata(student / "dit"))
             if teacher is not None and c.export_teacher:
                 from hyv.training.teacher_export import export_teacher
@@ -496,6 +496,27 @@ class Recipe:
             return exported
         self.evaluate(exported, teacher)
         return exported
+
+
+def _clear_export_dir(export_dir: Path) -> None:
+    """Empty the export directory for a new bundle, except its LoRA folder: adapters are trained
+    separately (`hyv train lora`), so they are kept, with a warning that they were trained on the
+    weights being replaced."""
+    if not export_dir.exists():
+        return
+    for entry in export_dir.iterdir():
+        if entry.name == LORA_DIR_NAME and entry.is_dir():
+            if any(entry.iterdir()):
+                logger.warning(
+                    "kept the LoRA adapters in %s: they were trained on the previous weights; retrain "
+                    "them on the new bundle (hyv train lora, docs/training.md)",
+                    entry,
+                )
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def bucket_limits(limits: ModelLimits, config: RecipeConfig) -> ModelLimits:

@@ -127,8 +127,14 @@ def _one_thread() -> None:
 
 def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     config = _config(tmp_path)
+    # An earlier bundle in export_dir: the export replaces it but keeps its LoRA folder.
+    (config.export_dir / "loras").mkdir(parents=True)
+    (config.export_dir / "loras" / "kept.safetensors").write_bytes(b"adapter")
+    (config.export_dir / "stale.json").write_text("{}")
     exported = train_bundle(config)
     assert exported == config.export_dir
+    assert (exported / "loras" / "kept.safetensors").read_bytes() == b"adapter"
+    assert not (exported / "stale.json").exists()
 
     state = json.loads((config.out_dir / STATE_FILE).read_text())
     assert list(state["stages"]) == [
