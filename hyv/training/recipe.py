@@ -432,6 +432,11 @@ class Recipe:
 
             results = json.loads((bundle_dir / "eval.json").read_text())
             write_model_card(bundle_dir, results, json.loads(recipe.read_text()))
+        teacher_export = c.teacher_export_dir
+        if c.export_teacher and teacher_export is not None and (teacher_export / "MODEL_CARD.md").exists():
+            from hyv.training.teacher_export import write_teacher_card
+
+            write_teacher_card(teacher_export, teacher, bundle_dir, c.export_dtype)  # now with its accuracy
         return output
 
     def write_recipe(self) -> Path:

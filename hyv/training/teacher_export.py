@@ -110,7 +110,7 @@ def export_teacher(
     metadata = {} if dropped else {GUIDANCE_MODE_KEY: "true_cfg"}
     save_bundle(bundle, out_dir, dit_metadata=metadata)
     shared = _link_identical(out_dir, share_with) if share_with is not None else ()
-    _write_card(out_dir, name, teacher_dir, student_dir, student.name, steps, dtype, dropped, shared)
+    write_teacher_card(out_dir, teacher_dir, student_dir, dtype)
     logger.info(
         "exported the teacher %s -> %s (%s, %d steps, guidance embedding %s, shared: %s)",
         teacher_dir,
@@ -161,19 +161,16 @@ def _link_identical(out_dir: Path, share_with: Path) -> tuple[str, ...]:
     return tuple(shared)
 
 
-def _write_card(
-    out_dir: Path,
-    name: str,
-    teacher_dir: Path,
-    student_dir: Path,
-    student_name: str,
-    steps: int,
-    dtype: str,
-    dropped: bool,
-    shared: tuple[str, ...],
-) -> None:
+def write_teacher_card(out_dir: Path, teacher_dir: Path, student_dir: Path, dtype: str) -> None:
+    """The teacher bundle's MODEL_CARD.md, from what `out_dir` holds (its limits, whether its DiT
+    kept the guidance embedding, which components link to the student's) and the teacher's accuracy
+    in the student's eval.json; the recipe writes it again once its eval has run."""
+    out_dir, student_dir = Path(out_dir), Path(student_dir)
     spec = read_bundle_spec(out_dir)
-    limits = spec.limits
+    name, limits, steps = spec.name, spec.limits, spec.limits.steps
+    student_name = read_bundle_spec(student_dir).name
+    dropped = not json.loads((out_dir / "dit" / "config.json").read_text()).get("guidance_embed", False)
+    shared = tuple(c for c in SHARED_COMPONENTS if (out_dir / c).is_symlink())
     sizes = ", ".join(f"{w}x{h}" for w, h in limits.buckets) if limits.buckets else "any multiple of 16"
     frames = (
         ", ".join(str(n) for n in limits.frame_counts)

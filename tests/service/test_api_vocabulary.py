@@ -290,7 +290,7 @@ def test_the_bundled_model_as_shipped(
             ("1792x1024", "8", "96x64"),
             ("720x1280", "12", "64x96"),
             ("1024x1792", "4", "64x96"),
-            ("512x512", "2", "64x64"),  # what the bundle advertised before it listed its buckets
+            ("512x512", "2", "128x128"),  # square: the largest square bucket, the nearest area
         ):
             video = multipart(client, {"prompt": GOOD, "size": size, "seconds": seconds}).json()
             frames = 17 if seconds == "2" else 33
