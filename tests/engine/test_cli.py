@@ -133,7 +133,7 @@ def test_generate_refuses_prompts_outside_the_vocabulary(bundle, tmp_path, promp
             "is not one of this model's lengths",
         ),
         (
-            ["a red circle moving left on a black background", "--width", "128", "--height", "128"],
+            ["a red circle moving left on a black background", "--width", "256", "--height", "256"],
             "this model's sizes: ",
         ),
     ],
