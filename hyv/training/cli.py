@@ -72,6 +72,13 @@ def train_bundle_command(
     tune_vae: Annotated[
         bool, typer.Option(help="Fine-tune the VAE at the buckets' pixel scale (stage vae_buckets).")
     ] = _BUNDLE["tune_vae"],
+    teacher_results: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier eval.json of the same teacher: the eval reuses its teacher results "
+            "(checked by regenerating the cheapest bucket)."
+        ),
+    ] = None,
     until: Annotated[
         str,
         typer.Option(help="Last stage: vae, vae_buckets, dit, dit_buckets, cfg, steps, export or eval."),
@@ -98,6 +105,7 @@ def train_bundle_command(
             bucket_steps=bucket_steps,
             stage1_from=stage1_from,
             tune_vae=tune_vae,
+            teacher_results=teacher_results,
         )
         result = train_bundle(config, until=until)
     except ValueError as exc:

@@ -184,6 +184,9 @@ class RecipeConfig:
     progress: bool = True
     stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
     tune_vae: bool = True  # False: stage vae_buckets passes the stage-1 VAE on unchanged
+    # an earlier eval.json of the same teacher: the eval stage reuses its teacher results, checked
+    # by regenerating one bucket (hyv.training.eval.reuse)
+    teacher_results: Path | None = None
     # (width, height) of the trained buckets the export offers (and the eval measures); () = all
     serve_sizes: tuple[tuple[int, int], ...] = SERVED_SIZES
     # --- the stages' configs ---
@@ -418,7 +421,9 @@ class Recipe:
         from hyv.training.eval.runner import evaluate_bundle
 
         c = self.config
-        config = dataclasses.replace(c.eval, student=bundle_dir, teacher=teacher)
+        config = dataclasses.replace(
+            c.eval, student=bundle_dir, teacher=teacher, teacher_results=c.teacher_results
+        )
 
         def run() -> Path:
             evaluate_bundle(config)
@@ -604,6 +609,7 @@ BUNDLE_OPTIONS: dict[str, str] = {
     "bucket_steps": "dit_buckets.steps",
     "stage1_from": "stage1_from",
     "tune_vae": "tune_vae",
+    "teacher_results": "teacher_results",
 }
 # RecipeConfig field -> its option on the command line
 _CLI_OPTIONS = {path: "--" + name.replace("_", "-") for name, path in BUNDLE_OPTIONS.items()}

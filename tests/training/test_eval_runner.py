@@ -527,3 +527,49 @@ def test_a_teacher_is_sampled_at_buckets_its_limits_do_not_list(
     assert len(results["student"]["clips"][0]["objects"]) == 13
     with pytest.raises(ValueError, match=r"the student cannot generate bucket 48x32x13: size 48x32"):
         evaluate_bundle(dataclasses.replace(config, buckets=("48x32x13",)))
+
+
+def test_teacher_results_are_reused_once_the_teacher_reproduces_them(
+    bucket_run: tuple[EvalConfig, dict], bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """--teacher-results: the teacher is regenerated at the cheapest bucket only, checked clip by
+    clip, and its other buckets are the earlier file's; the student's results do not change."""
+    config, results = bucket_run
+    earlier = config.out_dir / EVAL_FILE
+    again = evaluate_bundle(dataclasses.replace(config, out_dir=tmp_path / "again", teacher_results=earlier))
+    sections = {b["bucket"]: b for b in again["buckets"]}
+    before = {b["bucket"]: b for b in results["buckets"]}
+    check = sections["32x32x1"]["teacher"]  # the fewest DiT tokens
+    assert check["reproduces"]["file"] == str(earlier)
+    assert check["reproduces"]["largest_difference"]["iou"] <= 0.005
+    assert "reused_from" not in check
+    for name in ("32x32x5", "48x32x5"):
+        assert sections[name]["teacher"]["reused_from"] == str(earlier)
+        assert sections[name]["teacher"]["accuracy"] == before[name]["teacher"]["accuracy"]
+        assert sections[name]["teacher"]["clips"] == before[name]["teacher"]["clips"]
+        assert sections[name]["gap_points"] == pytest.approx(before[name]["gap_points"])
+    assert again["teacher"]["accuracy"] == pytest.approx(results["teacher"]["accuracy"], nan_ok=True)
+    assert "--teacher-results" in again["command"]
+    card = render_model_card(bundles["student"], again)
+    assert f"come from `{earlier}`" in card and "reproduced every clip's judgement" in card
+
+
+def test_teacher_results_that_do_not_match_are_refused(
+    bucket_run: tuple[EvalConfig, dict], tmp_path: Path
+) -> None:
+    config, _ = bucket_run
+    saved = json.loads((config.out_dir / EVAL_FILE).read_text())
+    image = next(b for b in saved["buckets"] if b["bucket"] == "32x32x1")
+    clip = image["teacher"]["clips"][0]
+    clip["judged"]["shape"] = "triangle" if clip["judged"]["shape"] != "triangle" else "circle"
+    tampered = tmp_path / "tampered.json"
+    tampered.write_text(json.dumps(saved))
+    reuse = dataclasses.replace(config, out_dir=tmp_path / "out", teacher_results=tampered)
+    with pytest.raises(ValueError, match=r"does not reproduce .*tampered.json at bucket 32x32x1: clip 0"):
+        evaluate_bundle(reuse)
+    with pytest.raises(ValueError, match=r"seed was 0 there, 1 here"):
+        evaluate_bundle(dataclasses.replace(reuse, seed=1))
+    with pytest.raises(ValueError, match=r"no such file"):
+        evaluate_bundle(dataclasses.replace(reuse, teacher_results=tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match=r"teacher_results needs the teacher bundle"):
+        dataclasses.replace(reuse, teacher=None)

@@ -434,6 +434,27 @@ def _bucket_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _reused_teacher_note(sections: list[dict[str, Any]]) -> list[str]:
+    """Where the teacher's results were carried over from an earlier evaluation, and the check."""
+    reused = [s for s in sections if (s.get("teacher") or {}).get("reused_from")]
+    checks = [s for s in sections if (s.get("teacher") or {}).get("reproduces")]
+    if not reused:
+        return []
+    source = reused[0]["teacher"]["reused_from"]
+    note = (
+        f"The teacher's results at {', '.join(str(s['bucket']) for s in reused)} come from `{source}`, "
+        "an earlier evaluation of the same teacher on the same clips (`--teacher-results`)"
+    )
+    if checks:
+        check = checks[0]
+        worst = check["teacher"]["reproduces"]["largest_difference"]
+        note += (
+            f"; the teacher was regenerated at {check['bucket']} and reproduced every clip's judgement "
+            f"(IoU within {worst['iou']:.1e}, clean frames within {worst['clean']:.1e})"
+        )
+    return ["", note + "."]
+
+
 def _eval_section(results: dict[str, Any]) -> list[str]:
     settings = results.get("settings", {})
     sections = bucket_sections(results)
@@ -459,6 +480,7 @@ def _eval_section(results: dict[str, Any]) -> list[str]:
         "",
         f"Student: {_sampler_text(student)}"
         + (f"; teacher: {_sampler_text(teacher)}. Cells read student / teacher." if has_teacher else "."),
+        *_reused_teacher_note(sections),
         "",
         *_bucket_table(results),
         "",

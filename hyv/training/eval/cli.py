@@ -77,6 +77,13 @@ def eval_command(
     negative_prompt: Annotated[
         str, typer.Option(help="Negative prompt of the teacher's CFG.")
     ] = _EVAL.negative_prompt,
+    teacher_results: Annotated[
+        Path | None,
+        typer.Option(
+            help="An earlier eval.json of the same teacher and eval set: its teacher results are reused, "
+            "after the teacher is regenerated at the cheapest bucket and must reproduce them clip for clip."
+        ),
+    ] = None,
     vae: Annotated[bool, typer.Option(help="Measure VAE PSNR/SSIM (untiled and tiled).")] = _EVAL.vae,
     vae_clips: Annotated[
         int, typer.Option(help="Clips per bucket for the VAE metrics, spread evenly (0: all).")
@@ -111,6 +118,7 @@ def eval_command(
             teacher_steps=teacher_steps,
             teacher_guidance=teacher_guidance,
             negative_prompt=negative_prompt,
+            teacher_results=teacher_results,
             vae=vae,
             vae_clips=vae_clips or None,
             i2v=i2v,

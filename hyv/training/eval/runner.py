@@ -14,7 +14,10 @@ under `torch.inference_mode`):
    generated from noise seed ``noise_seed(seed, j)``, the same for the teacher and the student and
    at every bucket.
 2. Teacher (optional): ``teacher_steps`` (50) steps with true CFG at ``teacher_guidance``
-   against ``negative_prompt`` ("" = the unconditional prompt of text dropout).
+   against ``negative_prompt`` ("" = the unconditional prompt of text dropout). With
+   ``teacher_results`` (an earlier eval.json of the same teacher) the teacher runs at the cheapest
+   bucket only, must reproduce that file there clip for clip, and the file gives the other buckets
+   (`hyv.training.eval.reuse`).
 3. Student: exactly as `VideoPipeline` serves it by default (distilled schedule, embedded
    guidance). Both in batches with the pipeline's own settings and noise: `hyv.training.eval.sampling`.
    ``batch_size`` is the batch at ``size`` x ``size`` x ``num_frames``; larger buckets get
@@ -69,6 +72,7 @@ from hyv.training.data.dataset import to_tensor
 from hyv.training.eval.card import check_thresholds, describe_bundle, write_model_card
 from hyv.training.eval.judge import judge_clip, score
 from hyv.training.eval.metrics import i2v_consistency, psnr, ssim
+from hyv.training.eval.reuse import check_reproduced, load_teacher_results
 from hyv.training.eval.sampling import (
     SamplerSettings,
     batches,
@@ -110,6 +114,8 @@ class EvalConfig:
     teacher_steps: int = 50
     teacher_guidance: float | None = None  # None: the teacher bundle's default guidance
     negative_prompt: str = ""
+    # an earlier eval.json of the same teacher: its teacher results reused (hyv.training.eval.reuse)
+    teacher_results: Path | None = None
     vae: bool = True
     vae_clips: int | None = None  # VAE PSNR/SSIM on this many clips per bucket, spread evenly (None: all)
     i2v: bool = True
@@ -124,6 +130,12 @@ class EvalConfig:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.teacher is not None:
             object.__setattr__(self, "teacher", Path(self.teacher))
+        if self.teacher_results is not None:
+            if self.teacher is None:
+                raise ValueError(
+                    "teacher_results needs the teacher bundle too (it is regenerated at one bucket to check)"
+                )
+            object.__setattr__(self, "teacher_results", Path(self.teacher_results))
         if self.size < SIZE_MULTIPLE or self.size % SIZE_MULTIPLE:
             raise ValueError(
                 f"size must be a multiple of {SIZE_MULTIPLE} (>= {SIZE_MULTIPLE}), got {self.size}"
@@ -436,6 +448,8 @@ def command_line(config: EvalConfig, buckets: Sequence[Bucket] | None = None) ->
             parts.append(f"--teacher-guidance {config.teacher_guidance:g}")
         if config.negative_prompt:
             parts.append(f"--negative-prompt {json.dumps(config.negative_prompt)}")
+        if config.teacher_results is not None:
+            parts.append(f"--teacher-results {config.teacher_results}")
     buckets = (
         list(buckets)
         if buckets is not None
@@ -580,6 +594,22 @@ def _gaps(teacher: dict[str, float], student: dict[str, float]) -> dict[str, flo
     return {k: 100.0 * (teacher[k] - student[k]) for k in GAP_KEYS}
 
 
+def _reusable_teacher_results(
+    config: EvalConfig, settings: dict[str, Any], entries: Sequence[_BucketRun]
+) -> dict[str, dict[str, Any]]:
+    if config.teacher_results is None:
+        return {}
+    records = [
+        {
+            "bucket": e.name,
+            "batch_size": e.batch,
+            "items": [(it.caption, it.noise_seed) for it in e.items],
+        }
+        for e in entries
+    ]
+    return load_teacher_results(config.teacher_results, settings, records)
+
+
 def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
     """Run the evaluation (module docstring); write eval.json, the contact sheets and the card.
 
@@ -616,14 +646,30 @@ def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
             teacher = open_bundle(config.teacher, "teacher", config.device, config.dtype)
             teacher_samplers = _samplers(teacher, buckets, "teacher", config)
             results["models"]["teacher"] = describe_bundle(config.teacher)
-            for entry in entries:
+            reused = _reusable_teacher_results(config, results["settings"], entries)
+            check = min((e for e in entries if e.name in reused), key=lambda e: e.bucket.tokens, default=None)
+            for entry in sorted(entries, key=lambda e: e is not check):  # the check first
+                if entry.name in reused and entry is not check:
+                    source = str(config.teacher_results)
+                    entry.result["teacher"] = {**reused[entry.name], "reused_from": source}
+                    bar.update(overall, advance=1)
+                    continue
                 run, clips = _model_run(
                     teacher, teacher_samplers[entry.bucket], entry, config.teacher, bar, "teacher"
                 )
+                if entry is check:
+                    assert config.teacher_results is not None
+                    run["reproduces"] = {
+                        "file": str(config.teacher_results),
+                        "largest_difference": check_reproduced(
+                            reused[entry.name], run, entry.name, config.teacher_results
+                        ),
+                    }
+                    logger.info("the teacher reproduces %s at %s", config.teacher_results, entry.name)
                 entry.result["teacher"] = run
                 _sheet_clips(entry, "teacher", clips, run["clips"], config.sheet_clips)
                 bar.update(overall, advance=1)
-            del teacher, clips
+            del teacher
             _release_memory()
         for entry in entries:
             bucket_start = time.perf_counter()
@@ -646,9 +692,8 @@ def evaluate_bundle(config: EvalConfig) -> dict[str, Any]:
                 )
             elif config.i2v:
                 r["i2v"] = {"skipped": "the student is text-to-video only (no image condition)"}
-            r["wall_s"] = (
-                time.perf_counter() - bucket_start + sum((r["teacher"] or {}).get("wall_s", {}).values())
-            )
+            teacher_now = r["teacher"] if r["teacher"] and "reused_from" not in r["teacher"] else {}
+            r["wall_s"] = time.perf_counter() - bucket_start + sum(teacher_now.get("wall_s", {}).values())
             bar.update(overall, advance=1)
     del student
     _release_memory()
