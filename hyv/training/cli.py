@@ -62,6 +62,9 @@ def train_bundle_command(
     student_steps: Annotated[
         int, typer.Option(help="Sampling steps of the distilled student (<= 6).")
     ] = _BUNDLE["student_steps"],
+    distill_samples: Annotated[
+        int, typer.Option(help="Teacher trajectories the step distillation regresses on.")
+    ] = _BUNDLE["distill_samples"],
     bucket_steps: Annotated[
         int, typer.Option(help="Steps of the progressive DiT stage on every bucket.")
     ] = _BUNDLE["bucket_steps"],
@@ -102,6 +105,7 @@ def train_bundle_command(
             cfg_steps=cfg_steps,
             distill_steps=distill_steps,
             student_steps=student_steps,
+            distill_samples=distill_samples,
             bucket_steps=bucket_steps,
             stage1_from=stage1_from,
             tune_vae=tune_vae,

@@ -606,6 +606,7 @@ BUNDLE_OPTIONS: dict[str, str] = {
     "cfg_steps": "cfg.steps",
     "distill_steps": "steps.steps",
     "student_steps": "steps.student_steps",
+    "distill_samples": "steps.teacher_samples",
     "bucket_steps": "dit_buckets.steps",
     "stage1_from": "stage1_from",
     "tune_vae": "tune_vae",
