@@ -75,6 +75,13 @@ def train_bundle_command(
     tune_vae: Annotated[
         bool, typer.Option(help="Fine-tune the VAE at the buckets' pixel scale (stage vae_buckets).")
     ] = _BUNDLE["tune_vae"],
+    distill_cfg: Annotated[
+        bool,
+        typer.Option(
+            help="Distill CFG into the guidance embedding first (stage cfg); --no-distill-cfg: the "
+            "step distillation learns the teacher's true CFG directly."
+        ),
+    ] = _BUNDLE["distill_cfg"],
     teacher_results: Annotated[
         Path | None,
         typer.Option(
@@ -109,6 +116,7 @@ def train_bundle_command(
             bucket_steps=bucket_steps,
             stage1_from=stage1_from,
             tune_vae=tune_vae,
+            distill_cfg=distill_cfg,
             teacher_results=teacher_results,
         )
         result = train_bundle(config, until=until)

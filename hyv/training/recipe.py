@@ -184,6 +184,9 @@ class RecipeConfig:
     progress: bool = True
     stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
     tune_vae: bool = True  # False: stage vae_buckets passes the stage-1 VAE on unchanged
+    # False: stage cfg passes the stage-4 DiT on unchanged and the step distillation learns from
+    # its true CFG directly (guidance and steps distilled together)
+    distill_cfg: bool = True
     # an earlier eval.json of the same teacher: the eval stage reuses its teacher results, checked
     # by regenerating one bucket (hyv.training.eval.reuse)
     teacher_results: Path | None = None
@@ -359,6 +362,9 @@ class Recipe:
         from hyv.training.distill import train_distill
         from hyv.training.dit.latents import CACHE_FILE
 
+        if stage == "cfg" and not self.config.distill_cfg:
+            skipped = {"skipped": "distill_cfg=False: stage steps learns the true CFG", "steps": 0}
+            return self._run("cfg", lambda: teacher, skipped)
         config = (self.config.cfg if stage == "cfg" else self.config.steps).replace(
             teacher=teacher, latent_cache=self.config.dit_buckets.out_dir / CACHE_FILE
         )
@@ -610,6 +616,7 @@ BUNDLE_OPTIONS: dict[str, str] = {
     "bucket_steps": "dit_buckets.steps",
     "stage1_from": "stage1_from",
     "tune_vae": "tune_vae",
+    "distill_cfg": "distill_cfg",
     "teacher_results": "teacher_results",
 }
 # RecipeConfig field -> its option on the command line

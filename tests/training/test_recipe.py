@@ -20,6 +20,7 @@ from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
 from hyv.models import read_dit_metadata
 from hyv.training.distill import DistillConfig
+from hyv.training.distill.common import CFG_DISTILLED_KEY
 from hyv.training.dit import DiTTrainConfig
 from hyv.training.eval.runner import EvalConfig
 from hyv.training.recipe import (
@@ -28,6 +29,7 @@ from hyv.training.recipe import (
     STATE_FILE,
     Recipe,
     RecipeConfig,
+    _cli_args,
     bucket_limits,
     train_bundle,
 )
@@ -332,3 +334,17 @@ def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
     assert config.eval.vae_clips == 22 and config.dit_buckets.buckets == DEFAULT_BUCKETS
     assert isinstance(config.dit, DiTTrainConfig)
     assert json.loads(json.dumps(config.to_dict()))["dit"]["steps"] == 20_000
+
+
+def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tmp_path: Path) -> None:
+    config = _config(tmp_path, distill_cfg=False)
+    student = train_bundle(config, until="steps")
+    state = json.loads((config.out_dir / STATE_FILE).read_text())["stages"]
+    teacher = state["dit_buckets"]["output"]
+    assert state["cfg"]["output"] == teacher and state["cfg"]["settings"]["steps"] == 0
+    assert "distill_cfg=False" in state["cfg"]["settings"]["skipped"]
+    assert not config.cfg_run.exists()  # nothing trained there
+    assert state["steps"]["settings"]["teacher"] == teacher and state["steps"]["finished"]
+    metadata = read_dit_metadata(student / "dit")
+    assert metadata[CFG_DISTILLED_KEY] == "1" and len(json.loads(metadata[SCHEDULE_METADATA_KEY])) == 3
+    assert "--no-distill-cfg" in _cli_args(config).split()
