@@ -78,8 +78,8 @@ def train_bundle_command(
     distill_cfg: Annotated[
         bool,
         typer.Option(
-            help="Distill CFG into the guidance embedding first (stage cfg); --no-distill-cfg: the "
-            "step distillation learns the teacher's true CFG directly."
+            help="Distill CFG into the guidance embedding first (stage cfg); --no-distill-cfg (the "
+            "default): the step distillation learns the teacher's true CFG directly."
         ),
     ] = _BUNDLE["distill_cfg"],
     teacher_results: Annotated[

@@ -13,8 +13,12 @@
                     token budget; the latent cache keyed by bucket), so 3D RoPE sees every position
                     range it will be asked to draw
 5. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
+                    (only with `distill_cfg=True`, `--distill-cfg`; by default it passes the stage-4
+                    DiT on)
 6. **steps**        `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
-                    (both distillation stages on every bucket, reusing stage 4's latent cache)
+                    from the stage-4 DiT's true CFG (or from the stage-5 model), so the student
+                    learns guidance and few steps at once (both distillation stages on every
+                    bucket, reusing stage 4's latent cache)
 7. **export**       the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, its
                     limits exactly the buckets, with `recipe.json` (commands, seeds, steps, wall time
                     per stage); then **eval** (`hyv.training.eval`, teacher = the stage-4 DiT with 50
@@ -184,9 +188,10 @@ class RecipeConfig:
     progress: bool = True
     stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
     tune_vae: bool = True  # False: stage vae_buckets passes the stage-1 VAE on unchanged
-    # False: stage cfg passes the stage-4 DiT on unchanged and the step distillation learns from
-    # its true CFG directly (guidance and steps distilled together)
-    distill_cfg: bool = True
+    # False (the bundle's): stage cfg passes the stage-4 DiT on unchanged and the step distillation
+    # learns its true CFG directly, guidance and steps together; True: CFG is first distilled into
+    # the guidance embedding, which this small DiT does poorly (docs/training.md, "Fifth run")
+    distill_cfg: bool = False
     # an earlier eval.json of the same teacher: the eval stage reuses its teacher results, checked
     # by regenerating one bucket (hyv.training.eval.reuse)
     teacher_results: Path | None = None

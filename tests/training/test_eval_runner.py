@@ -28,6 +28,7 @@ from hyv.training.data.buckets import Bucket
 from hyv.training.eval import evaluate
 from hyv.training.eval.card import CARD_FILE, RECIPE_FILE, THRESHOLDS, check_thresholds, render_model_card
 from hyv.training.eval.cli import eval_command
+from hyv.training.eval.reuse import load_teacher_results
 from hyv.training.eval.runner import (
     EVAL_FILE,
     SHEET_FILE,
@@ -552,6 +553,22 @@ def test_teacher_results_are_reused_once_the_teacher_reproduces_them(
     assert "--teacher-results" in again["command"]
     card = render_model_card(bundles["student"], again)
     assert f"come from `{earlier}`" in card and "reproduced every clip's judgement" in card
+
+    # An image bucket's motion is NaN, null in eval.json: reused, it is NaN again (the gaps subtract it).
+    saved = json.loads(earlier.read_text())
+    records = [
+        {
+            "bucket": b["bucket"],
+            "batch_size": b["batch_size"],
+            "items": [(c["caption"], c["seed"]) for c in b["teacher"]["clips"]],
+        }
+        for b in saved["buckets"]
+    ]
+    image = next(b for b in saved["buckets"] if b["bucket"] == "32x32x1")
+    assert image["teacher"]["accuracy"]["motion"] is None
+    assert math.isnan(
+        load_teacher_results(earlier, saved["settings"], records)["32x32x1"]["accuracy"]["motion"]
+    )
 
 
 def test_teacher_results_that_do_not_match_are_refused(

@@ -128,7 +128,7 @@ def _one_thread() -> None:
 
 
 def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+    config = _config(tmp_path, distill_cfg=True)  # every stage (the default passes stage cfg over)
     # An earlier bundle in export_dir: the export replaces it but keeps its LoRA folder.
     (config.export_dir / "loras").mkdir(parents=True)
     (config.export_dir / "loras" / "kept.safetensors").write_bytes(b"adapter")
@@ -337,7 +337,8 @@ def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
 
 
 def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tmp_path: Path) -> None:
-    config = _config(tmp_path, distill_cfg=False)
+    config = _config(tmp_path)  # the default: distill_cfg=False
+    assert not config.distill_cfg
     student = train_bundle(config, until="steps")
     state = json.loads((config.out_dir / STATE_FILE).read_text())["stages"]
     teacher = state["dit_buckets"]["output"]
@@ -347,4 +348,5 @@ def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tm
     assert state["steps"]["settings"]["teacher"] == teacher and state["steps"]["finished"]
     metadata = read_dit_metadata(student / "dit")
     assert metadata[CFG_DISTILLED_KEY] == "1" and len(json.loads(metadata[SCHEDULE_METADATA_KEY])) == 3
-    assert "--no-distill-cfg" in _cli_args(config).split()
+    assert "distill-cfg" not in _cli_args(config)  # the default
+    assert "--distill-cfg" in _cli_args(_config(tmp_path, distill_cfg=True)).split()

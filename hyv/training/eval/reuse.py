@@ -19,6 +19,7 @@ Buckets the earlier file lacks are generated as usual.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ def load_teacher_results(
         pairs = [(c["caption"], c["seed"]) for c in clips]
         if pairs != [tuple(item) for item in bucket["items"]]:
             raise ValueError(f"teacher results {path}: bucket {name} holds other clips (captions or seeds)")
-        reused[name] = old["teacher"]
+        accuracy = {k: math.nan if v is None else v for k, v in old["teacher"]["accuracy"].items()}
+        reused[name] = {**old["teacher"], "accuracy": accuracy}  # NaN (no motion in images) was null
     if not reused:
         raise ValueError(f"teacher results {path}: no teacher results at any of the buckets evaluated")
     return reused
