@@ -349,4 +349,13 @@ def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tm
     metadata = read_dit_metadata(student / "dit")
     assert metadata[CFG_DISTILLED_KEY] == "1" and len(json.loads(metadata[SCHEDULE_METADATA_KEY])) == 3
     assert "distill-cfg" not in _cli_args(config)  # the default
+
+    # A student whose stages started from a served teacher carries that bundle's name and step-cache
+    # coefficients: the export names it after the preset and drops the coefficients.
+    spec_file = student / "bundle.json"
+    spec = json.loads(spec_file.read_text())
+    spec.update(name="hyv-tiny-teacher", step_cache_coefficients=[1.0, 0.0])
+    spec_file.write_text(json.dumps(spec))
+    exported = read_bundle_spec(train_bundle(config, until="export"))
+    assert exported.name == "hyv-tiny" and exported.step_cache_coefficients is None
     assert "--distill-cfg" in _cli_args(_config(tmp_path, distill_cfg=True)).split()
