@@ -188,9 +188,10 @@ class RecipeConfig:
     progress: bool = True
     stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
     tune_vae: bool = True  # False: stage vae_buckets passes the stage-1 VAE on unchanged
-    # False (the bundle's): stage cfg passes the stage-4 DiT on unchanged and the step distillation
-    # learns its true CFG directly, guidance and steps together; True: CFG is first distilled into
-    # the guidance embedding, which this small DiT does poorly (docs/training.md, "Fifth run")
+    # False: stage cfg passes the stage-4 DiT on unchanged and the step distillation learns its true
+    # CFG directly, guidance and steps together; True (how the shipped bundle was made): CFG is first
+    # distilled into the guidance embedding, which this small DiT does poorly (docs/training.md,
+    # "Fifth run")
     distill_cfg: bool = False
     # an earlier eval.json of the same teacher: the eval stage reuses its teacher results, checked
     # by regenerating one bucket (hyv.training.eval.reuse)
