@@ -281,7 +281,7 @@ class JobRunner:
             return "redis_unavailable"
         if failure.code == "worker_group_failed" and job.attempts < GROUP_FAULT_ATTEMPTS:
             self.claims.release(job.id, token)
-            if requeue_job(self.jobs, self.settings, job.id):
+            if requeue_own_job(self.jobs, self.settings, job.id):
                 logger.warning("worker group failed: job requeued", extra={"error": failure.message})
                 return "requeued"
             return self._lost(job.id, "while requeueing it")
@@ -309,9 +309,8 @@ class JobRunner:
         """The worker is stopping and the job ran past its grace: the claim given up, the job queued
         again at the front of its queue (no stale in_progress left behind), for the next worker."""
         self.claims.release(job_id, token)
-        requeued = requeue_job(self.jobs, self.settings, job_id)
-        if requeued or ((job := self.jobs.get(job_id)) is not None and job.status == JobStatus.QUEUED):
-            logger.warning(  # (a beat that saw it unclaimed may have requeued it first: as good)
+        if requeue_own_job(self.jobs, self.settings, job_id):
+            logger.warning(
                 "worker stopping: job handed back to the front of its queue", extra={"job_id": job_id}
             )
             return "requeued"
@@ -395,6 +394,29 @@ def requeue_job(jobs: JobRecords, settings: Settings, job_id: str) -> bool:
         return written
     finally:
         jobs.redis.delete(lock)
+
+
+REQUEUE_WAIT_S = 5.0  # a beat's requeue takes milliseconds; this bounds a stuck one
+
+
+def requeue_own_job(
+    jobs: JobRecords, settings: Settings, job_id: str, wait_s: float = REQUEUE_WAIT_S
+) -> bool:
+    """requeue_job for the run giving its own job back (it has just released the claim). A beat
+    that saw the job unclaimed in between may hold the requeue lock: then this waits for that
+    requeue to finish instead of calling the job lost while its record still says in progress.
+    True once the job is queued, whoever queued it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if requeue_job(jobs, settings, job_id):
+            return True
+        locked = jobs.redis.exists(jobs.keys.requeue(job_id))  # read before the status, not after
+        job = jobs.get(job_id)
+        if job is not None and job.status == JobStatus.QUEUED:
+            return True
+        if not locked or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def fail_past_hard_limit(settings: Settings, job_id: str, task_id: str) -> None:

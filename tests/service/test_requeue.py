@@ -5,6 +5,8 @@ queue reaper would not see it missing while the dead run's delivery sits in the 
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import redis
 from kombu.exceptions import OperationalError
 
 from hyv.service.job_model import Job, JobStatus
-from hyv.service.job_runner import REQUEUE_LOCK_MS, requeue_job
+from hyv.service.job_runner import REQUEUE_LOCK_MS, requeue_job, requeue_own_job
 from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer
 from hyv.service.queue_reaper import job_id_of
@@ -79,6 +81,60 @@ def test_one_process_at_a_time_requeues_a_job(store: JobStore, tmp_path: Path) -
     store.redis.delete(store.keys.requeue(job.id))
     assert requeue_job(store.jobs, settings, job.id)
     assert store.redis.llen(queue_name(MODEL)) == 1 and not store.redis.exists(store.keys.requeue(job.id))
+
+
+def test_a_run_giving_its_job_back_waits_for_a_beats_requeue_in_flight(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The run released its claim and a beat took the requeue lock first: the run waits for the
+    beat's requeue to land and counts the job requeued (not lost) without sending a second message."""
+    settings = settings_for(broker_url(store), tmp_path)
+    job = in_progress(store)
+    lock = store.keys.requeue(job.id)
+    store.redis.set(lock, "1", px=REQUEUE_LOCK_MS)  # the beat's, mid-requeue
+
+    def beat_finishes() -> None:
+        time.sleep(0.4)
+        written, _ = store.jobs.transition(job.id, [JobStatus.IN_PROGRESS], status=JobStatus.QUEUED)
+        assert written
+        store.redis.delete(lock)
+
+    beat = threading.Thread(target=beat_finishes)
+    started = time.monotonic()
+    beat.start()
+    try:
+        assert requeue_own_job(store.jobs, settings, job.id)
+    finally:
+        beat.join()
+    assert 0.3 < time.monotonic() - started < 3
+    assert store.redis.llen(queue_name(MODEL)) == 0  # the beat's message is the one; none from the run
+
+
+def test_a_run_giving_its_job_back_takes_over_when_the_beats_requeue_failed(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The beat let go of the lock without requeueing (its broker call failed): the run requeues."""
+    settings = settings_for(broker_url(store), tmp_path)
+    job = in_progress(store)
+    lock = store.keys.requeue(job.id)
+    store.redis.set(lock, "1", px=300)  # expires: the holder gave up
+    assert requeue_own_job(store.jobs, settings, job.id)
+    after = store.jobs.get(job.id)
+    assert after is not None and after.status == JobStatus.QUEUED
+    assert store.redis.llen(queue_name(MODEL)) == 1
+
+
+def test_a_run_giving_its_job_back_gives_up_on_a_job_someone_else_holds(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """Claimed by another run (not locked, not queued): not requeued, at once."""
+    settings = settings_for(broker_url(store), tmp_path)
+    job = in_progress(store)
+    store.claims.claim(job.id, "w:1:t", 60)
+    started = time.monotonic()
+    assert not requeue_own_job(store.jobs, settings, job.id)
+    assert time.monotonic() - started < 1
+    assert store.redis.llen(queue_name(MODEL)) == 0
 
 
 def test_a_requeue_that_cannot_send_leaves_the_job_in_progress(store: JobStore, tmp_path: Path) -> None:
