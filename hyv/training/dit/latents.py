@@ -36,7 +36,7 @@ CACHE_FILE = "latent_cache.pt"
 _CHUNK = 64
 
 
-def vae_digest(vae: CausalVAE3D) -> str:
+def encoder_digest(vae: CausalVAE3D) -> str:
     """A short digest of the weights that make latents (encoder and quant_conv): a cache is only
     valid for the encoder that built it, and stays valid through a decoder-only fine-tune."""
     h = hashlib.sha256()
@@ -93,7 +93,7 @@ def build_latent_cache(
 
     buckets = config.train_buckets()
     key = {
-        "vae": vae_digest(vae),
+        "vae": encoder_digest(vae),
         "buckets": [str(b) for b in buckets],
         "seed": config.seed,
         "dataset_length": config.dataset_length,

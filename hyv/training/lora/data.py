@@ -16,7 +16,7 @@ import torch
 
 from hyv.models import CausalVAE3D
 from hyv.training.data.dataset import SyntheticVideoDataset
-from hyv.training.dit.latents import encode_clips, vae_digest
+from hyv.training.dit.latents import encode_clips, encoder_digest
 from hyv.training.lora.config import LoRATrainConfig
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def build_bouncing_cache(
     count = min(config.prior_videos if prior else config.cache_videos, len(dataset))
     key = {
         "split": dataset.split,
-        "vae": vae_digest(vae),
+        "vae": encoder_digest(vae),
         "size": config.size,
         "frames": config.num_frames,
         "seed": config.seed,
