@@ -13,10 +13,12 @@ import torch
 from torch import nn
 
 from hyv.engine.bundle import init_random_bundle, load_bundle, save_bundle
+from hyv.engine.bundle_spec import GUIDANCE_MODE_METADATA_KEY
 from hyv.engine.pipeline import SCHEDULE_METADATA_KEY, Progress, VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.sampling import flow_schedule
 from hyv.models import HunyuanVideoDiT, load_dit, read_dit_metadata
+from hyv.service.api.validation import ServedModel
 from hyv.training.distill import METRICS_FILE, CFGDistiller, DistillConfig, StepDistiller
 from hyv.training.distill.cli import stage_configs
 from hyv.training.distill.common import CFG_DISTILLED_KEY, image_condition, select
@@ -281,3 +283,18 @@ def test_distill_command_runs_both_stages(teacher_dir: Path, tmp_path: Path) -> 
     )
     bad = CliRunner().invoke(app, [*args[:6], "--stage", "dmd"])
     assert bad.exit_code != 0 and "dmd" in bad.output
+
+
+def test_a_student_of_a_served_teacher_samples_with_one_branch(teacher_dir: Path, tmp_path: Path) -> None:
+    """A served teacher (hyv train export-teacher) says `guidance_mode: true_cfg` in its DiT header;
+    its student learns the guidance in its embedding, so the header it exports must not say so,
+    or the pipeline and the API would sample the student with true CFG (two branches, g fed 1.0)."""
+    served = load_bundle(teacher_dir)
+    teacher = save_bundle(served, tmp_path / "served", dit_metadata={GUIDANCE_MODE_METADATA_KEY: "true_cfg"})
+    trainer = StepDistiller(_config("steps", teacher, tmp_path / "steps", steps=2, teacher_samples=8))
+    assert trainer.teacher_metadata[GUIDANCE_MODE_METADATA_KEY] == "true_cfg"
+    student = trainer.train()
+    metadata = read_dit_metadata(student / "dit")
+    assert GUIDANCE_MODE_METADATA_KEY not in metadata and metadata[CFG_DISTILLED_KEY] == "1"
+    assert ServedModel.from_bundle("student", student).guidance_mode == "embedded"
+    assert ServedModel.from_bundle("teacher", teacher).guidance_mode == "true_cfg"

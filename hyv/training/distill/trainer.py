@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hyv.engine.bundle import ModelBundle, load_bundle, save_bundle
+from hyv.engine.bundle_spec import GUIDANCE_MODE_METADATA_KEY
 from hyv.engine.pipeline import SCHEDULE_METADATA_KEY
 from hyv.models import HunyuanVideoDiT, read_dit_metadata, save_dit
 from hyv.training.core import (
@@ -140,8 +141,11 @@ class DistillTrainer(Trainer[DistillConfig, float]):
         """The stage's error against the teacher on held-out samples (lower is better)."""
 
     def export_metadata(self) -> dict[str, str]:
-        """DiT metadata of the exported student (the stage adds its keys)."""
-        return {k: v for k, v in self.teacher_metadata.items() if k != SCHEDULE_METADATA_KEY}
+        """DiT metadata of the exported student (the stage adds its keys). Not the teacher's
+        schedule, nor its `guidance_mode: true_cfg` (a served teacher's): the student's guidance
+        embedding is trained to carry the guidance, so it samples with one branch."""
+        inherited = {SCHEDULE_METADATA_KEY, GUIDANCE_MODE_METADATA_KEY}
+        return {k: v for k, v in self.teacher_metadata.items() if k not in inherited}
 
     def export_limits_steps(self) -> int:
         return self.spec.limits.steps
