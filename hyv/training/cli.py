@@ -57,8 +57,8 @@ def train_bundle_command(
     vae_steps: Annotated[int | None, typer.Option(help="VAE steps (default: the VAE trainer's).")] = None,
     dit_steps: Annotated[int, typer.Option(help="DiT flow-matching steps.")] = _BUNDLE["dit_steps"],
     dit_batch_size: Annotated[int, typer.Option(help="DiT clips per step.")] = _BUNDLE["dit_batch_size"],
-    cfg_steps: Annotated[int | None, typer.Option(help="CFG-distillation steps.")] = None,
-    distill_steps: Annotated[int | None, typer.Option(help="Step-distillation steps.")] = None,
+    cfg_steps: Annotated[int, typer.Option(help="CFG-distillation steps.")] = _BUNDLE["cfg_steps"],
+    distill_steps: Annotated[int, typer.Option(help="Step-distillation steps.")] = _BUNDLE["distill_steps"],
     student_steps: Annotated[
         int, typer.Option(help="Sampling steps of the distilled student (<= 6).")
     ] = _BUNDLE["student_steps"],
