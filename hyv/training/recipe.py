@@ -148,7 +148,7 @@ def _recipe_distill(stage: str) -> DistillConfig:
     """A distillation stage on every bucket: ~640 tokens per batch (8 clips at 64x64x17). The step
     distillation's trajectories and steps are the sixth run's (docs/training.md): with 1536 and
     5000, 128x128x33's shape IoU stayed under 0.85."""
-    samples, steps = {"cfg": (2048, 1500), "steps": (2304, 7500)}[stage]
+    samples, steps = {"cfg": (2048, None), "steps": (2304, 7500)}[stage]  # None: the stage's default
     return DistillConfig.for_stage(
         stage,
         steps=steps,
