@@ -23,6 +23,7 @@ from hyv.training.dit import (
     DiTTrainer,
     FixedBatch,
     SyntheticBatches,
+    latents,
     list_checkpoints,
     train_dit,
 )
@@ -272,7 +273,9 @@ def test_joint_text_encoder_training_updates_and_exports_the_encoder(tmp_path: P
 # --- the latent cache -------------------------------------------------------------------------------
 
 
-def test_latent_cache_matches_the_encoder_and_resumes(tmp_path: Path) -> None:
+def test_latent_cache_matches_the_encoder_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hyv.training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
 
     config = _config(tmp_path, cache_videos=5, cache_images=3, image_fraction=0.5)
@@ -307,6 +310,11 @@ def test_latent_cache_matches_the_encoder_and_resumes(tmp_path: Path) -> None:
         next(trainer.vae.encoder.parameters()).add_(1.0)
     rebuilt = build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
     assert not torch.equal(rebuilt.moments[video], cache.moments[video])
+    # Clips drawn by another version of the data sampler are not the ones the cache holds.
+    written = (tmp_path / CACHE_FILE).stat().st_mtime_ns
+    monkeypatch.setattr(latents, "DATA_VERSION", latents.DATA_VERSION + 1)
+    build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
+    assert (tmp_path / CACHE_FILE).stat().st_mtime_ns != written
 
 
 def test_buckets_each_batch_one_shape_sized_by_the_token_budget(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ fp16, unscaled); `CachedLatentBatches` then draws batches from them. The posteri
 loop; what is lost is only the clip variety beyond the cached set.
 
 The cache is built in chunks and saved after each, so an interrupted build resumes; its key (VAE
-weights digest, buckets, seed) must match or it is rebuilt.
+encoder digest, buckets, seed, dataset length, the data's `DATA_VERSION`) must match or it is
+rebuilt.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from hyv.models import CausalVAE3D
 from hyv.training.config_io import TrainConfig
 from hyv.training.data.buckets import Bucket, clips_per_batch, pick_bucket
 from hyv.training.data.dataset import SyntheticVideoDataset
+from hyv.training.data.render import DATA_VERSION
 from hyv.training.dit.config import DiTTrainConfig
 from hyv.training.dit.data import TrainBatch, step_rng
 
@@ -97,6 +99,7 @@ def build_latent_cache(
         "buckets": [str(b) for b in buckets],
         "seed": config.seed,
         "dataset_length": config.dataset_length,
+        "data_version": DATA_VERSION,
     }
     state: dict[str, Any] = {"key": key, "chunks": {str(b): [] for b in buckets}}
     if path.exists():
