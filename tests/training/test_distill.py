@@ -5,6 +5,7 @@ both bundles load and serve, the pipeline picks up the distilled schedule, resum
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from hyv.engine.bundle import init_random_bundle, load_bundle, save_bundle
+from hyv.engine.bundle import init_random_bundle, load_bundle, read_bundle_spec, save_bundle
 from hyv.engine.bundle_spec import GUIDANCE_MODE_METADATA_KEY
 from hyv.engine.pipeline import SCHEDULE_METADATA_KEY, Progress, VideoPipeline
 from hyv.engine.request import GenerationRequest
@@ -290,6 +291,7 @@ def test_a_student_of_a_served_teacher_samples_with_one_branch(teacher_dir: Path
     its student learns the guidance in its embedding, so the header it exports must not say so,
     or the pipeline and the API would sample the student with true CFG (two branches, g fed 1.0)."""
     served = load_bundle(teacher_dir)
+    served.spec = dataclasses.replace(served.spec, step_cache_coefficients=(1.0, -2.0, 3.0))
     teacher = save_bundle(served, tmp_path / "served", dit_metadata={GUIDANCE_MODE_METADATA_KEY: "true_cfg"})
     trainer = StepDistiller(_config("steps", teacher, tmp_path / "steps", steps=2, teacher_samples=8))
     assert trainer.teacher_metadata[GUIDANCE_MODE_METADATA_KEY] == "true_cfg"
@@ -298,3 +300,4 @@ def test_a_student_of_a_served_teacher_samples_with_one_branch(teacher_dir: Path
     assert GUIDANCE_MODE_METADATA_KEY not in metadata and metadata[CFG_DISTILLED_KEY] == "1"
     assert ServedModel.from_bundle("student", student).guidance_mode == "embedded"
     assert ServedModel.from_bundle("teacher", teacher).guidance_mode == "true_cfg"
+    assert read_bundle_spec(student).step_cache_coefficients is None  # fitted on the teacher's DiT

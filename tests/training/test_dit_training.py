@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -248,7 +249,11 @@ def test_bf16_autocast_step_runs_with_fp32_master_weights(tmp_path: Path) -> Non
 def test_fine_tune_from_a_bundle_with_a_frozen_text_encoder(
     trained: tuple[DiTTrainer, Path], tmp_path: Path
 ) -> None:
-    _, bundle_dir = trained
+    _, trained_dir = trained
+    bundle_dir = shutil.copytree(trained_dir, tmp_path / "start")
+    spec = json.loads((bundle_dir / "bundle.json").read_text())
+    spec["step_cache_coefficients"] = [1.0, -2.0, 3.0]  # fitted on the starting DiT
+    (bundle_dir / "bundle.json").write_text(json.dumps(spec))
     config = _config(tmp_path, init_from=bundle_dir, train_text_encoder=False, steps=2)
     trainer = DiTTrainer(config, batches=_fixed_batch())
     assert trainer.model.text_encoder is None and trainer.frozen_text_encoder is not None
@@ -257,6 +262,7 @@ def test_fine_tune_from_a_bundle_with_a_frozen_text_encoder(
     after = trainer.frozen_text_encoder.state_dict()  # type: ignore[attr-defined]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert (out / "text_encoder" / "model.safetensors").is_file()
+    assert json.loads((out / "bundle.json").read_text())["step_cache_coefficients"] is None
 
 
 def test_joint_text_encoder_training_updates_and_exports_the_encoder(tmp_path: Path) -> None:

@@ -301,8 +301,10 @@ class DiTTrainer(Trainer[DiTTrainConfig, float]):
         if self.rank == 0:
             ema = self.ema_model
             text_encoder = ema.text_encoder if ema.text_encoder is not None else self.frozen_text_encoder
+            # step-cache coefficients are fitted per DiT: a trained one needs `hyv calibrate-cache`
+            spec = dataclasses.replace(self.spec, trained=True, step_cache_coefficients=None)
             bundle = ModelBundle(
-                dataclasses.replace(self.spec, trained=True),
+                spec,
                 ema.dit,
                 self.vae,
                 text_encoder,
