@@ -163,7 +163,7 @@ def test_render_motion_is_clear() -> None:
         for got, want in ((dx, expected[0]), (dy, expected[1])):
             assert (got >= 0.29) if want > 0 else (got <= -0.29) if want < 0 else abs(got) < 0.005, motion
         if expected[2] == 2:
-            assert ratio > 0.97 * render.GROW_FACTOR[0] ** 2, motion
+            assert ratio > 3.0, motion
         elif expected[2] == 0.5:
             assert ratio < 1 / 3.0, motion
         else:
@@ -180,30 +180,13 @@ def test_sampled_sizes_stay_in_frame_and_keep_corners(motion: str) -> None:
         spec = sample_spec(Attributes("white", "square", motion, "black"), rng)
         assert in_frame(spec, render.MARGIN - 1e-6), spec
     smallest = {
-        "growing": render.GROW_START_SIZE[0] * render.GROW_FACTOR[0],
+        "growing": render.GROW_START_SIZE[0] * render.SCALE_FACTOR[0],
         "shrinking": render.SHRINK_START_SIZE[0],
         "standing still": render.STILL_SIZE[0],
     }.get(motion, render.MOVE_SIZE[0])
     # square minus circle of that half-extent, px; smaller objects gave 35 px
     corners = (4 - np.pi) * (smallest * 64) ** 2
     assert corners >= 75, f"{motion}: circle and square differ by only {corners:.0f} px"
-
-
-@pytest.mark.parametrize("aspect", [1.0, 1.5, 2 / 3])
-def test_growing_objects_start_at_any_size_and_always_grow(aspect: float) -> None:
-    """An extension asks a large object to keep growing: growing clips start anywhere from small to
-    large (mostly small, so a clip leaves room for its extension), each grows by at least
-    GROW_FACTOR[0] (a clear growth to the judge), never past GROW_MAX_SIZE, and stays in frame."""
-    rng = np.random.default_rng(3)
-    specs = [sample_spec(Attributes("red", "circle", "growing", "gray"), rng, aspect) for _ in range(400)]
-    starts = np.array([spec.size for spec in specs])
-    assert starts.min() < 0.12 and starts.max() > 0.29
-    assert 0.25 < np.mean(starts > 0.2) < 0.45  # large starts are common, small ones more
-    assert np.median(starts) < 0.18
-    for spec in specs:
-        assert render.GROW_FACTOR[0] - 1e-9 <= spec.scale <= render.GROW_FACTOR[1], spec
-        assert spec.size * spec.scale <= render.GROW_MAX_SIZE + 1e-9, spec
-        assert in_frame(spec, render.MARGIN - 1e-6, aspect), spec
 
 
 def test_render_is_antialiased_and_small_shapes_read() -> None:
@@ -287,18 +270,18 @@ def test_collate_and_equal_frames_batches() -> None:
 
 # --- the LoRA motion (bouncing) ------------------------------------------------------------------
 
-# Digests of the base model's data at `render.DATA_VERSION` 3 (growing objects start at any size
-# with room to grow, mostly small). Adding a LoRA-only motion must leave every base caption, split and clip
-# byte-for-byte the same; changing the base data must bump DATA_VERSION (latent caches rebuild).
-BASE_DATA_VERSION = 3
+# Digests of the base model's data (`render.DATA_VERSION` 1) as they were before the bouncing motion
+# existed: adding a LoRA-only motion must leave every base caption, split and clip byte-for-byte
+# the same, and changing the base data must bump DATA_VERSION (latent caches are rebuilt).
+BASE_DATA_VERSION = 1
 BASE_DATA_SHA256 = {
     "all": "a5d4b45e2a9512a2ebeb81f97ed5a17f6d9fb6b167dce0bb6efadeb99141959a",
     "heldout": "bc0e09b1dbb5c6eced6bac81f32f49dc465d8756dc0fff702b29ff007e496036",
     "train": "d1ed545824b173beac50e84a8f6703cd49a4405d3e6b9fbe1bda93d4343b12d7",
-    "train specs": "7c20f8789cd2650f0f407810fb88daea291d2d70a8d71d91c03d2e84f469d9bd",
-    "heldout specs": "1408f198b009752a25917e904f3df95a18507b75846dc88e2088de3090bcf053",
-    "all specs": "f704a4b56de2755af67a4b74b15f7ec31f9828a50494964f6dd3f046f43cdb28",
-    "train pixels": "775f940fc96dccf4214024ee068634555f76a9b3d97e41c72dbc563b6bcff479",
+    "train specs": "82918a3ddb3fb9f05890cada6dc75decb65f46717ba3465b05dcc55770bd3c64",
+    "heldout specs": "e16cc2af1fd0b15efd1983eea35fe6a3c7bb795d33aa8f23f6ded5cf2fa55842",
+    "all specs": "5485413f3c2238032d773c4e9880e13aef3105df27353876b41b27364f5b38c1",
+    "train pixels": "88a59e43bd59c02d99bddb8078ddb16817b02c0e249f822f1a4c7c9b1c1ae4cf",
 }
 
 

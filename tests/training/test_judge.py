@@ -184,9 +184,7 @@ BUCKET_SIZES = ((64, 64), (96, 64), (64, 96), (128, 128))
 def test_ground_truth_at_every_bucket_size_is_exact_clean_and_fits_its_shape() -> None:
     """Every size and length the bundle is trained at (landscape and portrait included): the judge
     reads every attribute, every frame holds one object and no stray, and each clip's shape IoU
-    with the best-fitting ideal shape is >= 0.93 (>= 0.99 on average): the smallest objects, a
-    growing clip's first frame of half-extent 0.11, are 7 px triangles whose fit reads 0.93-1.0
-    on the pixel grid."""
+    with the best-fitting ideal shape is >= 0.95."""
     rng = np.random.default_rng(23)
     for bucket in grid(BUCKET_SIZES, (1, 17, 33)):
         judged = []
@@ -202,7 +200,7 @@ def test_ground_truth_at_every_bucket_size_is_exact_clean_and_fits_its_shape() -
         for key in ("color", "shape", "background", "all", "clean", "one_object"):
             assert acc[key] == 1.0, (str(bucket), key)
         assert bucket.is_image or acc["motion"] == 1.0, str(bucket)
-        assert min(ious) >= 0.93 and acc["iou"] >= 0.99, (str(bucket), min(ious))
+        assert min(ious) >= 0.95 and acc["iou"] >= 0.99, (str(bucket), min(ious))
 
 
 def _paint(dist: np.ndarray, color: str, background: str) -> np.ndarray:

@@ -7,9 +7,8 @@ still read as their shape. Colors are pure RGB (`grammar.COLOR_RGB`), background
 
 `sample_spec` draws the uncaptioned variety (position, size, travel, growth) so that the object
 always stays inside the frame with a margin, moving clips travel 30-45% of the frame side,
-shrinking clips change the linear size by 1.8-2.3x (the area by 3.2-5.3x), growing clips by
-1.4-1.9x from any start size that leaves room (mostly small ones), and still clips do not move at
-all. Bouncing clips (LoRA data only, `grammar.LORA_MOTIONS`) drop 30-45% of the
+growing/shrinking clips change the linear size by 1.8-2.3x (the area by 3.2-5.3x), and still
+clips do not move at all. Bouncing clips (LoRA data only, `grammar.LORA_MOTIONS`) drop 30-45% of the
 frame height onto the floor (the lowest in-frame position) and rise back (`ClipSpec.state`).
 
 Frames may be non-square (the training buckets' landscape and portrait sizes): positions are
@@ -40,28 +39,15 @@ MARGIN = 0.05  # minimum gap between the object's bounding box and the frame edg
 MOVE_SIZE = (0.15, 0.22)  # half-extent range of moving objects (0.22 + travel 0.45 + margins fit)
 STILL_SIZE = (0.15, 0.26)
 TRAVEL = (0.30, 0.45)  # distance a moving object covers over the clip
-# Growing objects start at any size that leaves room to grow by GROW_FACTOR[0] within GROW_MAX_SIZE,
-# mostly small (`_grow_start`): an extension (image-to-video from a generated clip's last frame)
-# asks an object already grown to keep growing, so the data shows large objects growing too, and
-# a clip that grows from small by 1.4-1.9x leaves the room for its extension to grow as much again.
-GROW_MAX_SIZE = 0.42
-GROW_FACTOR = (1.4, 1.9)  # linear; the judge calls an area change >= 1.6x growth (1.4x linear: 1.96x)
-GROW_START_SIZE = (0.11, GROW_MAX_SIZE / GROW_FACTOR[0])  # (0.11, 0.30)
+GROW_START_SIZE = (0.11, 0.16)
 SHRINK_START_SIZE = (0.26, 0.36)
-SHRINK_FACTOR = (1.8, 2.3)  # linear size change of shrinking objects
+SCALE_FACTOR = (1.8, 2.3)  # linear size change of growing / shrinking objects
 # Bumped whenever `sample_spec` draws different clips: latent caches of other versions are rebuilt.
-DATA_VERSION = 3
+DATA_VERSION = 1
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
-
-
-def _grow_start(rng: np.random.Generator) -> float:
-    """A growing object's start size in GROW_START_SIZE, skewed small (lo + (hi - lo) * u^2: median
-    0.16, a third above 0.2)."""
-    lo, hi = GROW_START_SIZE
-    return lo + (hi - lo) * float(rng.uniform()) ** 2
 
 
 def axis_scales(aspect: float) -> tuple[float, float]:
@@ -74,17 +60,17 @@ def axis_scales(aspect: float) -> tuple[float, float]:
 
 def sample_spec(attrs: Attributes, rng: np.random.Generator, aspect: float = 1.0) -> ClipSpec:
     """A random `ClipSpec` with the given captioned attributes for a frame of width / height =
-    `aspect`; the object stays in frame."""
+    `aspect`; the object stays in frame. On a square frame the draws are those of every earlier
+    version (the bundled model's data)."""
     color, shape, motion, background = attrs
     if motion == BOUNCING:
         return _bouncing_spec(attrs, rng, aspect)
     if motion in MOTION_DIRECTION:
         size, travel, scale = _uniform(rng, MOVE_SIZE), _uniform(rng, TRAVEL), 1.0
     elif motion == "growing":
-        size, travel = _grow_start(rng), 0.0
-        scale = min(_uniform(rng, GROW_FACTOR), GROW_MAX_SIZE / size)
+        size, travel, scale = _uniform(rng, GROW_START_SIZE), 0.0, _uniform(rng, SCALE_FACTOR)
     elif motion == "shrinking":
-        size, travel, scale = _uniform(rng, SHRINK_START_SIZE), 0.0, 1.0 / _uniform(rng, SHRINK_FACTOR)
+        size, travel, scale = _uniform(rng, SHRINK_START_SIZE), 0.0, 1.0 / _uniform(rng, SCALE_FACTOR)
     else:
         size, travel, scale = _uniform(rng, STILL_SIZE), 0.0, 1.0
     largest = size * max(scale, 1.0)
