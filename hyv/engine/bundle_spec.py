@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hyv.engine.limits import BUCKETS_540P, BUCKETS_720P, ModelLimits
 
@@ -67,6 +68,11 @@ class BundleSpec:
             object.__setattr__(
                 self, "step_cache_coefficients", tuple(float(c) for c in self.step_cache_coefficients)
             )
+
+    def with_trained_dit(self, **changes: Any) -> BundleSpec:
+        """This spec for newly trained DiT weights (and `changes`): trained, and without step-cache
+        coefficients, which are fitted per DiT (`hyv calibrate-cache` fits the new one's)."""
+        return dataclasses.replace(self, trained=True, step_cache_coefficients=None, **changes)
 
 
 def read_bundle_spec(directory: str | Path) -> BundleSpec:

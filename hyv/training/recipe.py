@@ -409,12 +409,9 @@ class Recipe:
         def write() -> Path:
             bundle = load_bundle(student, dtype=torch.float32)
             # The preset's name whatever bundle the stages started from (one carried over from a
-            # served teacher is named after it); step-cache coefficients are fitted per DiT.
-            bundle.spec = dataclasses.replace(
-                bundle.spec,
-                name=BUNDLE_PRESETS[c.bundle_preset].name,
-                limits=bucket_limits(bundle.spec.limits, c),
-                step_cache_coefficients=None,
+            # served teacher is named after it).
+            bundle.spec = bundle.spec.with_trained_dit(
+                name=BUNDLE_PRESETS[c.bundle_preset].name, limits=bucket_limits(bundle.spec.limits, c)
             )
             dtype = _dtype(c.export_dtype)
             bundle.dit.to(dtype)

@@ -275,8 +275,7 @@ class DistillTrainer(Trainer[DistillConfig, float]):
         if self.rank == 0:
             student: HunyuanVideoDiT = self.ema.model  # type: ignore[assignment]
             limits = dataclasses.replace(self.spec.limits, steps=self.export_limits_steps())
-            # step-cache coefficients are fitted per DiT: the teacher's do not describe the student
-            spec = dataclasses.replace(self.spec, trained=True, limits=limits, step_cache_coefficients=None)
+            spec = self.spec.with_trained_dit(limits=limits)
             save_bundle(ModelBundle(spec, student, self.vae, self.text_encoder), directory)
             save_dit(student, directory / "dit", metadata=self.export_metadata())  # with the metadata
             after = self.evaluate(student)

@@ -23,7 +23,6 @@ serves, with `trained=True` in its spec.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -301,10 +300,8 @@ class DiTTrainer(Trainer[DiTTrainConfig, float]):
         if self.rank == 0:
             ema = self.ema_model
             text_encoder = ema.text_encoder if ema.text_encoder is not None else self.frozen_text_encoder
-            # step-cache coefficients are fitted per DiT: a trained one needs `hyv calibrate-cache`
-            spec = dataclasses.replace(self.spec, trained=True, step_cache_coefficients=None)
             bundle = ModelBundle(
-                spec,
+                self.spec.with_trained_dit(),
                 ema.dit,
                 self.vae,
                 text_encoder,
