@@ -1,5 +1,5 @@
-"""`hyv train`: the training layer's commands (vae, dit, distill, eval, retention, bundle, lora,
-lora-eval).
+"""`hyv train`: the training layer's commands (vae, dit, distill, eval, retention, extensions, bundle,
+lora, lora-eval).
 
 hyv.cli loads this group only when `hyv train ...` runs: training imports torch and the models,
 which `hyv --help` and the API's `hyv serve --workers 0` never need.
@@ -16,7 +16,7 @@ from rich.console import Console
 
 from hyv.training.distill.cli import distill_command
 from hyv.training.dit.config import DiTTrainConfig
-from hyv.training.eval.cli import eval_command, retention_command
+from hyv.training.eval.cli import eval_command, extensions_command, retention_command
 from hyv.training.lora.cli import lora_command, lora_eval_command
 from hyv.training.recipe import from_options, option_defaults
 from hyv.training.vae.cli import vae_command
@@ -40,6 +40,7 @@ train_app.command("vae")(vae_command)
 train_app.command("distill")(distill_command)
 train_app.command("eval")(eval_command)
 train_app.command("retention")(retention_command)
+train_app.command("extensions")(extensions_command)
 train_app.command("lora")(lora_command)
 train_app.command("lora-eval")(lora_eval_command)
 

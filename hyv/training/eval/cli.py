@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from hyv.engine.bundle import DEFAULT_BUNDLE_DIR
+from hyv.training.eval.extensions import ExtensionConfig
 from hyv.training.eval.retention import RetentionConfig
 from hyv.training.eval.runner import EvalConfig
 
@@ -21,6 +22,7 @@ console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line
 # The options' defaults are the configs' (one place for each).
 _EVAL = EvalConfig(student=DEFAULT_BUNDLE_DIR)
 _RETENTION = RetentionConfig(bundle=DEFAULT_BUNDLE_DIR)
+_EXTENSIONS = ExtensionConfig(bundle=DEFAULT_BUNDLE_DIR)
 _RETENTION_SIGMAS = ",".join(f"{sigma:g}" for sigma in _RETENTION.sigmas)
 
 Combinations = Annotated[int, typer.Option(help="Held-out combinations to use, spread evenly (0: all 44).")]
@@ -205,3 +207,45 @@ def retention_command(
             f"shape {100 * acc['shape']:.1f}%  motion {100 * acc['motion']:.1f}%  all {100 * acc['all']:.1f}%"
         )
     print(json.dumps({"retention": str(out / RETENTION_FILE), "plot": str(out / RETENTION_PLOT)}))
+
+
+def extensions_command(
+    bundle: Annotated[Path, typer.Option(help="Bundle to extend with (served as hyv serve runs it).")] = (
+        DEFAULT_BUNDLE_DIR
+    ),
+    out: Annotated[
+        Path, typer.Option(help="Directory for extensions.json and extensions.png.")
+    ] = _EXTENSIONS.out_dir,
+    motion: Annotated[
+        str | None, typer.Option(help="Only the held-out combinations with this motion (default: all 44).")
+    ] = None,
+    frames: Annotated[
+        int, typer.Option(help="Frames of the source and of the extension (4n+1).")
+    ] = _EXTENSIONS.num_frames,
+    device: Device = None,
+) -> None:
+    """Extensions judged: each held-out clip extended as POST /v1/videos/extensions runs it; does the
+    motion carry on, and how do the seam and the object's size hold."""
+    from hyv.training.eval.extensions import EXTENSIONS_FILE, EXTENSIONS_SHEET, run_extensions
+    from hyv.training.eval.runner import InvalidBundleError
+
+    try:
+        config = ExtensionConfig(bundle=bundle, out_dir=out, motion=motion, num_frames=frames, device=device)
+        results = run_extensions(config)
+    except InvalidBundleError as exc:
+        raise exit_on_invalid_bundle(exc) from exc
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    summary = results["summary"]
+    for name, group in summary["by_motion"].items():
+        console.print(f"{name}: motion kept in {group['same_motion']} of {group['n']}")
+    console.print(
+        f"motion kept in {summary['same_motion']} of {summary['n']} ({100 * summary['rate']:.1f}%); "
+        f"seam PSNR mean {summary['seam_psnr_mean']:.1f} dB, min {summary['seam_psnr_min']:.1f} dB; "
+        f"size dip mean {summary['size_dip_mean']:.2f}"
+    )
+    print(json.dumps({
+        "rate": round(summary["rate"], 4),
+        "extensions": str(out / EXTENSIONS_FILE),
+        "sheet": str(out / EXTENSIONS_SHEET),
+    }))  # fmt: skip

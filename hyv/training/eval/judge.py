@@ -94,6 +94,7 @@ class Judgement:
     clean: float = math.nan  # fraction of frames without a stray component (> 1% of the frame)
     objects: tuple[int, ...] = ()  # per frame: the object (if any) + the strays
     one_object: float = math.nan  # fraction of frames with exactly one object and no stray
+    frame_area: tuple[float, ...] = ()  # per frame: the object's area (fraction of the frame), nan if none
 
 
 def _background(x: np.ndarray, hint: str | None) -> tuple[np.ndarray, str]:
@@ -438,6 +439,7 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
         clean=clean,
         objects=objects,
         one_object=one_object,
+        frame_area=tuple(m.area if m is not None else math.nan for _, m in measured),
     )
 
 
