@@ -25,6 +25,7 @@ from hyv.training.eval.extensions import (
     size_dip,
     summarize,
 )
+from hyv.training.eval.judge import judge_clip
 
 
 def _case(motion: str, same: bool, seam: float = 35.0, dip: float = 1.0) -> ExtensionCase:
@@ -42,13 +43,13 @@ def _case(motion: str, same: bool, seam: float = 35.0, dip: float = 1.0) -> Exte
 
 def test_size_dip_reads_a_kept_and_a_shrunk_object() -> None:
     still = ClipSpec("red", "square", "standing still", "black", 0.5, 0.5, 0.25, 0.0, 1.0)
-    assert size_dip(render_clip(still, 17, 64)) == pytest.approx(1.0, abs=0.01)
+    assert size_dip(judge_clip(render_clip(still, 17, 64))) == pytest.approx(1.0, abs=0.01)
     # Shrinking to half the side over 16 frames: the smallest of frames 1-4 is frame 4, whose side
     # is 1 - 0.5 * 4/16 = 0.875 of frame 0's, so its area is 0.766 of it.
     shrinking = dataclasses.replace(still, motion="shrinking", scale=0.5)
-    assert size_dip(render_clip(shrinking, 17, 64)) == pytest.approx(0.875**2, abs=0.03)
+    assert size_dip(judge_clip(render_clip(shrinking, 17, 64))) == pytest.approx(0.875**2, abs=0.03)
     empty = np.zeros((17, 64, 64, 3), dtype=np.uint8)
-    assert math.isnan(size_dip(empty))
+    assert math.isnan(size_dip(judge_clip(empty)))
 
 
 def test_summary_counts_per_motion_and_over_all() -> None:

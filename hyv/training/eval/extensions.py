@@ -39,7 +39,7 @@ from hyv.engine.pipeline import VideoPipeline
 from hyv.engine.request import GenerationRequest
 from hyv.engine.video_io import read_mp4
 from hyv.training.data.grammar import MOTIONS, Attributes, caption, heldout_combinations
-from hyv.training.eval.judge import judge_clip
+from hyv.training.eval.judge import Judgement, judge_clip
 from hyv.training.eval.metrics import psnr
 from hyv.training.eval.sheet import SheetRow, save_contact_sheet
 
@@ -84,11 +84,11 @@ class ExtensionCase:
         return self.source_motion == self.extension_motion
 
 
-def size_dip(extension: np.ndarray) -> float:
-    """The smallest object area over the `TIME_STRIDE` frames after the first of ``extension``
-    (T, H, W, 3), relative to the first's; nan when the judge finds no object in the first."""
-    areas = judge_clip(extension[: 1 + TIME_STRIDE]).frame_area
-    if not areas or not areas[0] > 0.0:
+def size_dip(extension: Judgement) -> float:
+    """The smallest object area over the `TIME_STRIDE` frames after the first of a judged extension
+    segment, relative to the first's; nan when the judge found no object in the first."""
+    areas = extension.frame_area[: 1 + TIME_STRIDE]
+    if len(areas) < 2 or not areas[0] > 0.0:
         return math.nan
     return float(np.nanmin(np.asarray(areas[1:], dtype=np.float64)) / areas[0])
 
@@ -116,7 +116,7 @@ def extend_case(
         source_area_ratio=first.area_ratio,
         extension_area_ratio=second.area_ratio,
         seam_psnr=psnr(read_mp4(source)[-1], stitched[seam]),
-        size_dip=size_dip(stitched[seam:]),
+        size_dip=size_dip(second),
     )
     return case, stitched
 
@@ -150,10 +150,11 @@ def summarize(cases: Sequence[ExtensionCase]) -> dict[str, Any]:
         by_motion[motion] = {"n": len(group), "same_motion": same, "rate": same / len(group)}
     seams = np.array([c.seam_psnr for c in cases])
     dips = np.array([c.size_dip for c in cases], dtype=np.float64)
+    same = sum(c.same_motion for c in cases)
     return {
         "n": len(cases),
-        "same_motion": sum(c.same_motion for c in cases),
-        "rate": sum(c.same_motion for c in cases) / len(cases),
+        "same_motion": same,
+        "rate": same / len(cases),
         "by_motion": by_motion,
         "seam_psnr_mean": float(seams.mean()),
         "seam_psnr_min": float(seams.min()),
@@ -162,12 +163,16 @@ def summarize(cases: Sequence[ExtensionCase]) -> dict[str, Any]:
     }
 
 
-def case_line(case: ExtensionCase) -> str:
+def case_reading(case: ExtensionCase) -> str:
+    """What the judge read off a case: both segments' motions, the seam and the size dip."""
     return (
-        f"{case.prompt}: {case.source_motion} (area x{case.source_area_ratio:.2f}) -> "
-        f"{case.extension_motion} (x{case.extension_area_ratio:.2f}), seam {case.seam_psnr:.1f} dB, "
-        f"size dip {case.size_dip:.2f}"
+        f"{case.source_motion} (area x{case.source_area_ratio:.2f}) -> {case.extension_motion} "
+        f"(x{case.extension_area_ratio:.2f}), seam {case.seam_psnr:.1f} dB, size dip {case.size_dip:.2f}"
     )
+
+
+def case_line(case: ExtensionCase) -> str:
+    return f"{case.prompt}: {case_reading(case)}"
 
 
 def run_extensions(config: ExtensionConfig) -> dict[str, Any]:
@@ -182,7 +187,7 @@ def run_extensions(config: ExtensionConfig) -> dict[str, Any]:
     ):
         cases.append(case)
         verdict = "kept" if case.same_motion else "WRONG"
-        rows.append(SheetRow([f"{case.prompt}", f"{verdict}: {case_line(case).split(': ', 1)[1]}"], stitched))
+        rows.append(SheetRow([case.prompt, f"{verdict}: {case_reading(case)}"], stitched))
         logger.info("%s", case_line(case))
     results = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()},
