@@ -69,6 +69,17 @@ def train_bundle_command(
     bucket_steps: Annotated[
         int, typer.Option(help="Steps of the progressive DiT stage on every bucket.")
     ] = _BUNDLE["bucket_steps"],
+    continuation_steps: Annotated[
+        int,
+        typer.Option(help="Steps of the teacher's extension fine-tune on continuation clips."),
+    ] = _BUNDLE["continuation_steps"],
+    tune_continuations: Annotated[
+        bool,
+        typer.Option(
+            help="Fine-tune the teacher on continuation clips (stage continuations), so that it and "
+            "the student extend videos; --no-tune-continuations passes the progressive DiT on."
+        ),
+    ] = _BUNDLE["tune_continuations"],
     stage1_from: Annotated[
         Path | None,
         typer.Option(help="An earlier bundle whose VAE and DiT stand in for stages vae and dit."),
@@ -92,7 +103,9 @@ def train_bundle_command(
     ] = None,
     until: Annotated[
         str,
-        typer.Option(help="Last stage: vae, vae_buckets, dit, dit_buckets, cfg, steps, export or eval."),
+        typer.Option(
+            help="Last stage: vae, vae_buckets, dit, dit_buckets, continuations, cfg, steps, export or eval."
+        ),
     ] = "eval",
 ) -> None:
     """The whole recipe of the bundled model (VAE -> DiT, low resolution then every bucket -> CFG and
@@ -115,6 +128,8 @@ def train_bundle_command(
             student_steps=student_steps,
             distill_samples=distill_samples,
             bucket_steps=bucket_steps,
+            continuation_steps=continuation_steps,
+            tune_continuations=tune_continuations,
             stage1_from=stage1_from,
             tune_vae=tune_vae,
             distill_cfg=distill_cfg,

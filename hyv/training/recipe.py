@@ -12,16 +12,25 @@
                     96x64, 64x96, 128x128 at 1, 17 and 33 frames; batches of one bucket, sized by a
                     token budget; the latent cache keyed by bucket), so 3D RoPE sees every position
                     range it will be asked to draw
-5. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
+5. **continuations** the stage-4 DiT fine-tuned on every bucket with continuation clips among its
+                    video batches (`continuation_fraction`; hyv/training/data/dataset.py): clips
+                    that start mid-motion or where a clip ends and run on, objects leaving or
+                    outgrowing the frame, trained image-to-video from their first frame. Extending
+                    a video (POST /v1/videos/extensions) is exactly that; without it the model
+                    restarts the motion from its usual first frame (docs/training.md, "Ninth
+                    attempt"). `--no-tune-continuations` passes the stage-4 DiT on. This is the
+                    teacher from here on.
+6. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
                     (only with `distill_cfg=True`, `--distill-cfg`; by default it passes the stage-4
                     DiT on)
-6. **steps**        `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
-                    from the stage-4 DiT's true CFG (or from the stage-5 model), so the student
-                    learns guidance and few steps at once (both distillation stages on every
-                    bucket, reusing stage 4's latent cache)
-7. **export**       the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, its
+7. **steps**        `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
+                    from the teacher's true CFG (or from the stage-6 model), so the student learns
+                    guidance and few steps at once (both distillation stages on every bucket,
+                    reusing the teacher stage's latent cache); `continuation_fraction` of its
+                    video trajectories continue continuation clips
+8. **export**       the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, its
                     limits exactly the buckets, with `recipe.json` (commands, seeds, steps, wall time
-                    per stage); then **eval** (`hyv.training.eval`, teacher = the stage-4 DiT with 50
+                    per stage); then **eval** (`hyv.training.eval`, teacher = the stage-5 DiT with 50
                     steps of true CFG) writes `eval.json` and `MODEL_CARD.md` next to the weights.
                     The export also writes that teacher as a served model of its own into
                     `teacher_export_dir` (`<export_dir>-teacher`: hyv.training.teacher_export; 50
@@ -69,7 +78,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "recipe_state.json"
 RECIPE_FILE = "recipe.json"
-STAGES = ("vae", "vae_buckets", "dit", "dit_buckets", "cfg", "steps", "export", "eval")
+STAGES = ("vae", "vae_buckets", "dit", "dit_buckets", "continuations", "cfg", "steps", "export", "eval")
 # The bundled model's buckets (hyv.training.data.buckets): what it trains, is evaluated and serves at.
 SIZES = ((64, 64), (96, 64), (64, 96), (128, 128))
 FRAME_COUNTS = (17, 33, 1)
@@ -144,6 +153,14 @@ def _recipe_dit_buckets() -> DiTTrainConfig:
     )
 
 
+def _recipe_continuations() -> DiTTrainConfig:
+    """The extension fine-tune of the teacher: every bucket as in stage 4, 40% of the video steps
+    on continuation clips (image-to-video), at a third of stage 4's learning rate."""
+    return _recipe_dit_buckets().replace(
+        steps=2000, lr=1e-4, warmup_steps=50, cache_continuations=200, continuation_fraction=0.4
+    )
+
+
 def _recipe_distill(stage: str) -> DistillConfig:
     """A distillation stage on every bucket: ~640 tokens per batch (8 clips at 64x64x17). The step
     distillation's trajectories and steps are the sixth run's (docs/training.md): with 1536 and
@@ -157,11 +174,12 @@ def _recipe_distill(stage: str) -> DistillConfig:
         teacher_samples=samples,
         cache_images=300,
         image_fraction=IMAGE_FRACTION,
+        **({"continuation_fraction": 0.3, "cache_continuations": 200} if stage == "steps" else {}),
     )
 
 
 # The stage configs RecipeConfig nests, each a stage's own config class.
-STAGE_CONFIGS = ("vae", "vae_buckets", "dit", "dit_buckets", "cfg", "steps", "eval")
+STAGE_CONFIGS = ("vae", "vae_buckets", "dit", "dit_buckets", "continuations", "cfg", "steps", "eval")
 # Their fields that the recipe sets (RecipeConfig.__post_init__ and the stages' runs).
 _SET_BY_RECIPE = frozenset(
     {"out_dir", "seed", "device", "size", "num_frames", "resume", "progress", "preset", "bundle"}
@@ -191,6 +209,9 @@ class RecipeConfig:
     progress: bool = True
     stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
     tune_vae: bool = True  # False: stage vae_buckets passes the stage-1 VAE on unchanged
+    # False: stage continuations passes the stage-4 DiT on unchanged (the teacher of the shipped
+    # bundle, which extends videos worse: docs/training.md, "Ninth attempt")
+    tune_continuations: bool = True
     # False: stage cfg passes the stage-4 DiT on unchanged and the step distillation learns its true
     # CFG directly, guidance and steps together; True (how the shipped bundle was made): CFG is first
     # distilled into the guidance embedding, which this small DiT does poorly (docs/training.md,
@@ -206,6 +227,7 @@ class RecipeConfig:
     vae_buckets: VAETrainConfig = dataclasses.field(default_factory=_recipe_vae_buckets)
     dit: DiTTrainConfig = dataclasses.field(default_factory=_recipe_dit)
     dit_buckets: DiTTrainConfig = dataclasses.field(default_factory=_recipe_dit_buckets)
+    continuations: DiTTrainConfig = dataclasses.field(default_factory=_recipe_continuations)
     cfg: DistillConfig = dataclasses.field(default_factory=lambda: _recipe_distill("cfg"))
     steps: DistillConfig = dataclasses.field(default_factory=lambda: _recipe_distill("steps"))
     # At every bucket of the student's bundle.json: the 44 held-out combinations twice each (one
@@ -245,6 +267,9 @@ class RecipeConfig:
         self.dit = self.dit.replace(out_dir=self.dit_run, bundle=self.bundle_preset, **shared)
         self.dit_buckets = self.dit_buckets.replace(
             out_dir=self.out_dir / "dit_buckets", bundle=self.bundle_preset, **shared
+        )
+        self.continuations = self.continuations.replace(
+            out_dir=self.out_dir / "continuations", bundle=self.bundle_preset, **shared
         )
         self.cfg = self.cfg.replace(out_dir=self.cfg_run, **shared)
         self.steps = self.steps.replace(out_dir=self.steps_run, **shared)
@@ -367,15 +392,42 @@ class Recipe:
         config = self.config.dit_buckets.replace(init_from=stage1, vae_path=vae_dir)
         return self._run("dit_buckets", lambda: train_dit(config), config.to_dict())
 
+    def continuations(self, teacher: Path, vae_dir: Path) -> Path:
+        """The teacher fine-tuned on continuations; the stage-4 DiT itself with 0 steps."""
+        from hyv.training.dit import train_dit
+        from hyv.training.dit.latents import CACHE_FILE
+
+        config = self.config.continuations.replace(init_from=teacher, vae_path=vae_dir)
+        if not self.config.tune_continuations:
+            skipped = {"skipped": "tune_continuations=False", "steps": 0}
+            return self._run("continuations", lambda: teacher, skipped)
+
+        def run() -> Path:
+            # Stage 4's cached clips are valid here (same VAE, data and buckets): only the
+            # continuation clips are encoded.
+            cache, earlier = config.out_dir / CACHE_FILE, self.config.dit_buckets.out_dir / CACHE_FILE
+            if earlier.exists() and not cache.exists():
+                config.out_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(earlier, cache)
+            return train_dit(config)
+
+        return self._run("continuations", run, config.to_dict())
+
+    def latent_cache(self) -> Path:
+        """The teacher stage's latent cache, which the distillation stages reuse."""
+        from hyv.training.dit.latents import CACHE_FILE
+
+        stage = self.config.continuations if self.config.tune_continuations else self.config.dit_buckets
+        return stage.out_dir / CACHE_FILE
+
     def distill(self, stage: str, teacher: Path) -> Path:
         from hyv.training.distill import train_distill
-        from hyv.training.dit.latents import CACHE_FILE
 
         if stage == "cfg" and not self.config.distill_cfg:
             skipped = {"skipped": "distill_cfg=False: stage steps learns the true CFG", "steps": 0}
             return self._run("cfg", lambda: teacher, skipped)
         config = (self.config.cfg if stage == "cfg" else self.config.steps).replace(
-            teacher=teacher, latent_cache=self.config.dit_buckets.out_dir / CACHE_FILE
+            teacher=teacher, latent_cache=self.latent_cache()
         )
         return self._run(stage, lambda: train_distill(config), config.to_dict())
 
@@ -511,17 +563,20 @@ class Recipe:
         stage1 = self.dit(vae_dir)
         if last < 3:
             return stage1
-        teacher = self.dit_buckets(stage1, tuned_vae)
+        progressive = self.dit_buckets(stage1, tuned_vae)
         if last < 4:
+            return progressive
+        teacher = self.continuations(progressive, tuned_vae)
+        if last < 5:
             return teacher
         cfg_student = self.distill("cfg", teacher)
-        if last < 5:
+        if last < 6:
             return cfg_student
         student = self.distill("steps", cfg_student)
-        if last < 6:
+        if last < 7:
             return student
         exported = self.export(student, teacher)
-        if last < 7:
+        if last < 8:
             return exported
         self.evaluate(exported, teacher)
         return exported
@@ -627,8 +682,10 @@ BUNDLE_OPTIONS: dict[str, str] = {
     "student_steps": "steps.student_steps",
     "distill_samples": "steps.teacher_samples",
     "bucket_steps": "dit_buckets.steps",
+    "continuation_steps": "continuations.steps",
     "stage1_from": "stage1_from",
     "tune_vae": "tune_vae",
+    "tune_continuations": "tune_continuations",
     "distill_cfg": "distill_cfg",
     "teacher_results": "teacher_results",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 
@@ -362,3 +363,46 @@ def test_bouncing_path_falls_to_the_floor_and_rises_back() -> None:
     frames = render_clip(sample_spec(Attributes("red", "square", "bouncing", "gray"), rng), 17, 64)
     rows = [np.flatnonzero(_object_mask(f[None], "gray")[0].any(axis=1)).mean() for f in frames]
     assert rows[8] == max(rows) and rows[8] - rows[0] > 0.3 * 64 * 0.9 and rows[0] == rows[-1]
+
+
+def test_continuation_items_run_on_from_a_later_state() -> None:
+    """Continuation items start at a clip time in `continuation_starts` and run on at the clip's own
+    speed past its end: moving objects leave the frame, growing ones outgrow it, shrinking ones
+    vanish; their specs are not the plain items' and every item is deterministic."""
+    plain = SyntheticVideoDataset("train", num_frames=9, size=32, seed=1, length=400, image_fraction=0.0)
+    kwargs = dict(
+        num_frames=9, size=32, seed=1, length=400, image_fraction=0.0, continuation_starts=(0.5, 1.0)
+    )
+    ds = SyntheticVideoDataset("train", **kwargs)  # type: ignore[arg-type]
+    starts = [ds.start_of(i) for i in range(400)]
+    assert 0.5 <= min(starts) < 0.55 and 0.95 < max(starts) <= 1.0 and plain.start_of(3) == 0.0
+    assert [ds.spec(i) for i in range(20)] != [plain.spec(i) for i in range(20)]
+    for i in (0, 11):
+        item = ds[i]
+        assert item["start"] == starts[i] and item["caption"] == caption(item["spec"])
+        expected = render_clip(item["spec"], 9, 32, start=starts[i])
+        assert np.array_equal(to_uint8(item["video"]), expected)
+        assert torch.equal(item["video"], SyntheticVideoDataset("train", **kwargs)[i]["video"])  # type: ignore[arg-type]
+    # Frame k of a continuation is the plain clip at time start + k / (frames - 1).
+    spec = sample_spec(Attributes("red", "square", "moving left", "black"), np.random.default_rng(0))
+    assert np.array_equal(render_clip(spec, 9, 32, start=0.5)[0], render_clip(spec, 3, 32)[1])
+    assert in_frame(spec) and not in_frame(dataclasses.replace(spec, x=spec.x - 0.5 * spec.travel))
+    leaving = ClipSpec(
+        "red", "square", "moving left", "black", x=0.75, y=0.5, size=0.15, travel=0.45, scale=1.0
+    )
+    assert in_frame(leaving, margin=0.05)
+    left = render_clip(leaving, 9, 32, start=1.0)
+
+    def area(frame: np.ndarray) -> int:
+        return int((frame != BACKGROUND_RGB["black"]).any(axis=-1).sum())
+
+    assert area(left[4]) < 0.8 * area(left[0]) and area(left[-1]) == 0  # out through the left edge
+    grow = sample_spec(Attributes("red", "circle", "growing", "black"), np.random.default_rng(0))
+    grown = render_clip(grow, 5, 32, start=1.0)[-1]
+    assert area(grown) > 1.5 * area(render_clip(grow, 5, 32)[-1])  # past the plain clip's largest
+    shrink = ClipSpec(
+        "red", "triangle", "shrinking", "black", x=0.5, y=0.5, size=0.3, travel=0.0, scale=1 / 2.3
+    )
+    assert (render_clip(shrink, 5, 32, start=1.0)[-1] == BACKGROUND_RGB["black"]).all()  # gone, not inverted
+    with pytest.raises(ValueError, match="continuation_starts"):
+        SyntheticVideoDataset("train", continuation_starts=(0.8, 0.2))

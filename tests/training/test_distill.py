@@ -22,7 +22,7 @@ from hyv.models import HunyuanVideoDiT, load_dit, read_dit_metadata
 from hyv.service.api.validation import ServedModel
 from hyv.training.distill import METRICS_FILE, CFGDistiller, DistillConfig, StepDistiller
 from hyv.training.distill.cli import stage_configs
-from hyv.training.distill.common import CFG_DISTILLED_KEY, image_condition, select
+from hyv.training.distill.common import CFG_DISTILLED_KEY, image_condition, select, with_continuations
 from hyv.training.dit import list_checkpoints
 
 SIZE, FRAMES = 32, 5
@@ -301,3 +301,36 @@ def test_a_student_of_a_served_teacher_samples_with_one_branch(teacher_dir: Path
     assert ServedModel.from_bundle("student", student).guidance_mode == "embedded"
     assert ServedModel.from_bundle("teacher", teacher).guidance_mode == "true_cfg"
     assert read_bundle_spec(student).step_cache_coefficients is None  # fitted on the teacher's DiT
+
+
+def test_steps_trajectories_continue_continuation_clips(teacher_dir: Path, tmp_path: Path) -> None:
+    """With `continuation_fraction` the teacher's video trajectories include continuations of the
+    cache's continuation clips, image-conditioned on their first frames (never for images); a
+    fraction of 0 draws nothing more, so the other trajectories stay as they were."""
+    config = _config(
+        "steps", teacher_dir, tmp_path / "run", steps=2, i2v_fraction=0.0, continuation_fraction=0.5,
+        cache_continuations=4,
+    )  # fmt: skip
+    trainer = StepDistiller(config)
+    clips = trainer.clips
+    assert clips.continuation_count(VIDEO) == 4 and clips.continuation_count(IMAGE) == 0
+    _, firsts, captions = clips.take(
+        VIDEO, list(range(4)), torch.Generator().manual_seed(0), continuations=True
+    )
+    pool = trainer.pools[VIDEO]
+    conditioned = pool["i2v"].bool()
+    assert 0.2 < conditioned.float().mean() < 0.8  # i2v_fraction is 0: these are the continuations
+    for row in conditioned.nonzero().flatten().tolist():
+        match = [k for k in range(4) if torch.equal(pool["first"][row].float(), firsts[k].float())]
+        assert match and pool["captions"][row] == captions[match[0]]
+    assert not trainer.pools[IMAGE]["i2v"].bool().any()
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(trainer.losses)))
+
+    rows = (firsts, list(captions), torch.zeros(4, dtype=torch.bool))
+    generator = torch.Generator().manual_seed(1)
+    state = generator.get_state()
+    assert with_continuations(clips, VIDEO, 0.0, rows, generator) == rows
+    assert torch.equal(generator.get_state(), state)  # nothing drawn
+    with pytest.raises(ValueError, match="continuation_fraction"):
+        _config("cfg", teacher_dir, tmp_path, continuation_fraction=0.5, cache_continuations=4)

@@ -4,6 +4,7 @@ I2V, a fixed batch is overfitted, resume replays an interrupted run exactly, and
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -432,3 +433,58 @@ def test_mixture_and_latent_norm_fields_are_validated(tmp_path: Path) -> None:
         _config(tmp_path, latent_norm="per_pixel")
     with pytest.raises(ValueError, match="latent_stats_clips"):
         _config(tmp_path, latent_stats_clips=0)
+
+
+def test_continuation_steps_train_image_to_video_on_cached_continuation_clips(tmp_path: Path) -> None:
+    """`continuation_fraction` of the video steps draw the cache's continuation clips and condition
+    every row on its first frame; image steps never do; without continuations the stream of plain
+    batches is what it was; changing their start times re-encodes those clips only."""
+    from hyv.training.dit.latents import CACHE_FILE, CachedLatentBatches, build_latent_cache
+
+    config = _config(
+        tmp_path,
+        cache_videos=3,
+        cache_images=2,
+        image_fraction=0.25,
+        i2v_fraction=0.0,
+        cache_continuations=4,
+        continuation_fraction=0.5,
+    )
+    trainer = DiTTrainer(config)
+    assert isinstance(trainer.batches, CachedLatentBatches)
+    cache, video = trainer.batches.cache, Bucket(SIZE, SIZE, FRAMES)
+    assert cache.continuation_moments[video].shape == (4, 32, 2, SIZE // 8, SIZE // 8)
+    assert set(cache.continuation_moments) == {video}  # video buckets only
+    clips = SyntheticVideoDataset(
+        "train", num_frames=FRAMES, size=SIZE, image_fraction=0.0, length=64, continuation_starts=(0.4, 1.0)
+    )
+    expected = trainer.vae.encode(clips[2]["video"][None], tiled=False).moments
+    torch.testing.assert_close(cache.continuation_moments[video][2:3].float(), expected, atol=2e-3, rtol=2e-3)
+    assert cache.continuation_captions[video][2] == clips[2]["caption"]
+    batches = [trainer.batches.batch(step) for step in range(40)]
+    continuing = [b for b in batches if b.image_conditioned]
+    assert 8 <= len(continuing) <= 25 and all(b.moments.shape[2] == 2 for b in continuing)  # type: ignore[union-attr]
+    for b in continuing:  # each row is one of the continuation clips
+        assert any(torch.equal(b.moments[0], m.float()) for m in cache.continuation_moments[video])  # type: ignore[index]
+    inputs = trainer.prepare(continuing[0], torch.Generator().manual_seed(0))
+    assert torch.all(inputs["x"][:, 32, 0] == 1) and torch.all(inputs["x"][:, 32, 1:] == 0)  # all I2V
+    plain = next(b for b in batches if not b.image_conditioned and b.moments.shape[2] == 2)  # type: ignore[union-attr]
+    assert torch.all(trainer.prepare(plain, torch.Generator().manual_seed(0))["x"][:, 16:] == 0)  # T2V
+    assert all(torch.isfinite(torch.tensor([trainer.train_step(step) for step in range(3)])))
+    without = CachedLatentBatches(config.replace(continuation_fraction=0.0), cache)
+    for step in range(40):  # the plain batches draw the same clips as before continuations existed
+        if not batches[step].image_conditioned:
+            torch.testing.assert_close(without.batch(step).moments, batches[step].moments)
+    moved = build_latent_cache(
+        trainer.vae,
+        config.replace(continuation_starts=(1.0, 1.0)),
+        tmp_path / CACHE_FILE,
+        trainer.device,
+        False,
+    )
+    torch.testing.assert_close(moved.moments[video], cache.moments[video])
+    assert not torch.equal(moved.continuation_moments[video], cache.continuation_moments[video])
+    with pytest.raises(ValueError, match="cache_continuations"):
+        config.replace(cache_continuations=0)
+    with pytest.raises(ValueError, match="no continuation clips"):
+        CachedLatentBatches(config, dataclasses.replace(cache, continuation_moments={}))

@@ -22,6 +22,7 @@ from hyv.models import read_dit_metadata
 from hyv.training.distill import DistillConfig
 from hyv.training.distill.common import CFG_DISTILLED_KEY
 from hyv.training.dit import DiTTrainConfig
+from hyv.training.dit.latents import CACHE_FILE
 from hyv.training.eval.runner import EvalConfig
 from hyv.training.recipe import (
     DEFAULT_BUCKETS,
@@ -105,9 +106,27 @@ def _config(tmp_path: Path, **changes: Any) -> RecipeConfig:
         dit_buckets=defaults.dit_buckets.replace(
             steps=4, batch_size=2, token_budget=16, buckets=BUCKETS, cache_videos=4, cache_images=2, **_DIT
         ),
+        continuations=defaults.continuations.replace(
+            steps=4,
+            batch_size=2,
+            token_budget=16,
+            buckets=BUCKETS,
+            cache_videos=4,
+            cache_images=2,
+            cache_continuations=2,
+            continuation_fraction=0.5,
+            **_DIT,
+        ),
         cfg=DistillConfig.for_stage("cfg", **_DISTILL, buckets=BUCKETS, token_budget=16),
         steps=DistillConfig.for_stage(
-            "steps", **_DISTILL, buckets=BUCKETS, token_budget=16, student_steps=2, teacher_steps=4
+            "steps",
+            **_DISTILL,
+            buckets=BUCKETS,
+            token_budget=16,
+            student_steps=2,
+            teacher_steps=4,
+            continuation_fraction=0.5,
+            cache_continuations=2,
         ),
         eval=EvalConfig(
             student=tmp_path / "bundle",
@@ -144,15 +163,26 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
         "vae_buckets",
         "dit",
         "dit_buckets",
+        "continuations",
         "cfg",
         "steps",
         "export",
         "eval",
     ]
     assert all(stage["finished"] and stage["wall_s"] > 0 for stage in state["stages"].values())
+    # The teacher is the continuation fine-tune of the progressive stage's DiT, which reused that
+    # stage's latent cache (adding its continuation clips), as did the distillation.
+    tuned = state["stages"]["continuations"]
+    assert tuned["settings"]["init_from"] == state["stages"]["dit_buckets"]["output"]
+    assert state["stages"]["cfg"]["settings"]["teacher"] == tuned["output"]
+    cache = config.continuations.out_dir / CACHE_FILE
+    assert state["stages"]["steps"]["settings"]["latent_cache"] == str(cache)
+    cached = torch.load(cache, weights_only=False)["chunks"]
+    assert sorted(cached) == sorted([*BUCKETS, *(f"{b}+continuations" for b in BUCKETS[:2])])
 
     # Every trainer left a loss curve; each went down from its first steps.
-    runs = (config.vae_buckets.out_dir, config.dit_buckets.out_dir, config.cfg_run, config.steps_run)
+    runs = (config.vae_buckets.out_dir, config.dit_buckets.out_dir, config.continuations.out_dir)
+    runs = (*runs, config.cfg_run, config.steps_run)
     for run in (config.vae_run, config.dit_run, *runs):
         assert (run / "loss.png").is_file() and (run / "losses.csv").is_file(), run
 
@@ -204,7 +234,17 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     recipe = json.loads((exported / RECIPE_FILE).read_text())
     assert recipe["command"].startswith("hyv train bundle")
     names = [stage["name"] for stage in recipe["stages"]]
-    assert names == ["vae", "vae_buckets", "dit", "dit_buckets", "cfg", "steps", "export", "eval"]
+    assert names == [
+        "vae",
+        "vae_buckets",
+        "dit",
+        "dit_buckets",
+        "continuations",
+        "cfg",
+        "steps",
+        "export",
+        "eval",
+    ]
     # every training stage and the eval took time (the export of a tiny bundle rounds to 0.0 s)
     assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"] if stage["name"] != "export")
     stage_sum = sum(stage["wall_time_s"] for stage in recipe["stages"])
@@ -337,11 +377,14 @@ def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
 
 
 def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tmp_path: Path) -> None:
-    config = _config(tmp_path)  # the default: distill_cfg=False
+    """Also: without the continuation fine-tune the progressive stage's DiT is the teacher."""
+    config = _config(tmp_path, tune_continuations=False)  # and the default distill_cfg=False
     assert not config.distill_cfg
     student = train_bundle(config, until="steps")
     state = json.loads((config.out_dir / STATE_FILE).read_text())["stages"]
     teacher = state["dit_buckets"]["output"]
+    assert state["continuations"]["output"] == teacher and state["continuations"]["settings"]["steps"] == 0
+    assert not config.continuations.out_dir.exists()
     assert state["cfg"]["output"] == teacher and state["cfg"]["settings"]["steps"] == 0
     assert "distill_cfg=False" in state["cfg"]["settings"]["skipped"]
     assert not config.cfg_run.exists()  # nothing trained there
@@ -359,3 +402,4 @@ def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tm
     exported = read_bundle_spec(train_bundle(config, until="export"))
     assert exported.name == "hyv-tiny" and exported.step_cache_coefficients is None
     assert "--distill-cfg" in _cli_args(_config(tmp_path, distill_cfg=True)).split()
+    assert "--no-tune-continuations" in _cli_args(config).split()

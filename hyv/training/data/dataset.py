@@ -8,7 +8,13 @@ use `EqualFramesBatchSampler` (or ``dataset.batch_sampler(...)``) with `collate`
     ds = SyntheticVideoDataset("train", num_frames=17, size=64)  # size=96, height=64: landscape
     loader = DataLoader(ds, batch_sampler=ds.batch_sampler(8, seed=0), collate_fn=collate)
 
-Items are ``{"video": float32 (3, T, H, W) in [-1, 1], "caption": str, "spec": ClipSpec}``.
+Items are ``{"video": float32 (3, T, H, W) in [-1, 1], "caption": str, "spec": ClipSpec, "start": float}``.
+
+With ``continuation_starts=(lo, hi)`` every item is a *continuation*: its clip starts at a clip time
+drawn uniformly in [lo, hi] (deterministic per item) and runs on at the same speed past t = 1,
+where objects leave or outgrow the frame (`render_clip`'s ``start``). Conditioned on their first
+frame, such clips teach what extending a video needs: to go on from a state the plain clips only
+end in. Their specs are drawn from their own stream, so they are not the plain items re-rendered.
 The "train" split draws combinations uniformly from `train_combinations()`; "heldout" cycles
 through `heldout_combinations()` (item i has combination i mod 44, so the default length covers
 each once); "all" cycles through all 294. The LoRA splits "bouncing_train" (uniform over
@@ -83,6 +89,7 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
         seed: int = 0,
         length: int | None = None,
         height: int | None = None,
+        continuation_starts: tuple[float, float] | None = None,
     ) -> None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {', '.join(map(repr, _SPLITS))}, got {split!r}")
@@ -94,6 +101,11 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
             )
         if not 0.0 <= image_fraction <= 1.0:
             raise ValueError(f"image_fraction must be in [0, 1], got {image_fraction}")
+        if continuation_starts is not None:
+            lo, hi = continuation_starts
+            if not 0.0 <= lo <= hi:
+                raise ValueError(f"continuation_starts must be 0 <= lo <= hi, got {continuation_starts}")
+        self.continuation_starts = continuation_starts
         self.split: Split = split
         self.combinations: list[Attributes] = combos
         self.num_frames = num_frames
@@ -125,12 +137,20 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
         """The clip spec of item ``index`` (deterministic)."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for length {self.length}")
-        rng = np.random.default_rng([self.seed, _SPLITS[self.split][1], index])
+        stream = [self.seed, _SPLITS[self.split][1], index]
+        rng = np.random.default_rng(stream if self.continuation_starts is None else [*stream, 1])
         if self.split in _UNIFORM_SPLITS:
             attrs = self.combinations[int(rng.integers(len(self.combinations)))]
         else:
             attrs = self.combinations[index % len(self.combinations)]
         return sample_spec(attrs, rng, aspect=self.size / self.height)
+
+    def start_of(self, index: int) -> float:
+        """The clip time item ``index`` starts at: 0 unless this is a continuation dataset."""
+        if self.continuation_starts is None:
+            return 0.0
+        lo, hi = self.continuation_starts
+        return lo + (hi - lo) * _unit_hash("start", self.split, self.seed, index)
 
     def caption_of(self, index: int) -> str:
         """Item ``index``'s caption, without rendering it."""
@@ -143,9 +163,9 @@ class SyntheticVideoDataset(Dataset[dict[str, Any]]):
         return EqualFramesBatchSampler(self, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        spec = self.spec(index)
-        frames = render_clip(spec, self.frames_of(index), self.size, self.height)
-        return {"video": to_tensor(frames), "caption": caption(spec), "spec": spec}
+        spec, start = self.spec(index), self.start_of(index)
+        frames = render_clip(spec, self.frames_of(index), self.size, self.height, start=start)
+        return {"video": to_tensor(frames), "caption": caption(spec), "spec": spec, "start": start}
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -131,17 +131,24 @@ def coverage(spec: ClipSpec, t: float, size: int, height: int | None = None) -> 
     frame `size` pixels wide and `height` (default: `size`) high."""
     width, height = size, height or size
     x, y, half = spec.state(t)
+    if half <= 0.0:  # a shrinking continuation past the point where the object vanished
+        return np.zeros((height, width), dtype=np.float32)
     px = np.arange(width, dtype=np.float32)[None, :] + 0.5
     py = np.arange(height, dtype=np.float32)[:, None] + 0.5
     dist = shape_distance(spec.shape, px, py, x * width, y * height, half * min(width, height))
     return np.clip(0.5 - dist, 0.0, 1.0).astype(np.float32)
 
 
-def render_clip(spec: ClipSpec, frames: int, size: int, height: int | None = None) -> np.ndarray:
+def render_clip(
+    spec: ClipSpec, frames: int, size: int, height: int | None = None, start: float = 0.0
+) -> np.ndarray:
     """Render ``frames`` frames `size` pixels wide and `height` (default: `size`) high:
     uint8 (T, H, W, 3).
 
-    Frame k shows the clip at time k / (frames - 1); a 1-frame clip (an image) is the first frame.
+    Frame k shows the clip at time start + k / (frames - 1); a 1-frame clip (an image) is the first
+    frame. ``start`` > 0 renders a continuation: the same motion at the same speed from a later
+    state, past t = 1 where it runs on (objects may leave the frame or outgrow it; a shrinking
+    object may vanish).
     """
     height = height or size
     if frames < 1 or min(size, height) < 8:
@@ -152,7 +159,7 @@ def render_clip(spec: ClipSpec, frames: int, size: int, height: int | None = Non
     fg = np.asarray(COLOR_RGB[spec.color], dtype=np.float32)
     out = np.empty((frames, height, size, 3), dtype=np.uint8)
     for k in range(frames):
-        t = k / (frames - 1) if frames > 1 else 0.0
+        t = start + (k / (frames - 1) if frames > 1 else 0.0)
         alpha = coverage(spec, t, size, height)[..., None]
         out[k] = np.rint(bg + alpha * (fg - bg)).astype(np.uint8)
     return out

@@ -125,18 +125,49 @@ class ClipSource:
         """The bucket's offset among the RNG streams (its place in the cache: videos first)."""
         return list(self.buckets).index(bucket)
 
+    def continuation_count(self, bucket: str) -> int:
+        cached = self.cache.continuation_moments.get(self.buckets[bucket])
+        return 0 if cached is None else int(cached.shape[0])
+
     def take(
-        self, bucket: str, indices: list[int], generator: torch.Generator
+        self, bucket: str, indices: list[int], generator: torch.Generator, continuations: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(x0 (B, C, t, h, w) posterior samples, first latent frame (B, C, 1, h, w) posterior means,
-        captions), both scaled as the DiT sees them."""
+        captions), both scaled as the DiT sees them; of the continuation clips with `continuations`."""
         key = self.buckets[bucket]
-        moments = self.cache.moments[key]
-        captions = self.cache.captions[key]
+        moments = (self.cache.continuation_moments if continuations else self.cache.moments)[key]
+        captions = (self.cache.continuation_captions if continuations else self.cache.captions)[key]
         posterior = DiagonalGaussian(moments[torch.tensor(indices)].to(self.device, torch.float32))
         x0 = to_dit_latents(posterior.sample(generator).float(), self.vae_config)
         first = to_dit_latents(posterior.mode().float()[:, :, :1], self.vae_config)
         return x0, first, [captions[i] for i in indices]
+
+
+def with_continuations(
+    clips: ClipSource,
+    bucket: str,
+    fraction: float,
+    rows: tuple[torch.Tensor, list[str], torch.Tensor],
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(first, captions, i2v) of a chunk with a `fraction` share of its rows (drawn from
+    `generator`) replaced by continuation clips, which are always image-conditioned. Nothing is
+    drawn with `fraction` 0, so chunks without continuations keep their random stream."""
+    first, captions, i2v = rows
+    available = clips.continuation_count(bucket)
+    if fraction <= 0 or available == 0 or first.shape[0] == 0:
+        return first, captions, i2v
+    continuing = torch.rand(len(captions), generator=generator, device=first.device) < fraction
+    chosen = continuing.nonzero().flatten().tolist()
+    if not chosen:
+        return first, captions, i2v
+    picks = torch.randint(0, available, (len(chosen),), generator=generator, device=first.device).tolist()
+    _, their_first, their_captions = clips.take(bucket, picks, generator, continuations=True)
+    first, captions = first.clone(), list(captions)
+    first[chosen] = their_first
+    for row, text in zip(chosen, their_captions, strict=True):
+        captions[row] = text
+    return first, captions, i2v | continuing
 
 
 def image_condition(first: torch.Tensor, i2v: torch.Tensor, frames: int) -> torch.Tensor:

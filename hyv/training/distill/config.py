@@ -11,7 +11,9 @@ fills the stage's defaults, tuned for the bundled model (a "small" DiT of 2.7M-1
   embedded-guidance teacher, twice that with true CFG), then 2000 steps of batch 8.
 
 Fields shared with `DiTTrainConfig` mean the same thing there (seed, sizes, image/I2V fractions,
-timestep sampling, checkpointing, resume).
+continuations, timestep sampling, checkpointing, resume). With `continuation_fraction` > 0 the steps
+stage's teacher also continues that share of the video trajectories' continuation clips
+(image-to-video from their first frame), so the student learns extending from the teacher.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hyv.training.config_io import TrainConfig
+from hyv.training.dit.config import check_continuations
 
 STAGES = ("cfg", "steps")
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform")
@@ -51,6 +54,10 @@ class DistillConfig(TrainConfig):
     cache_videos: int = 256  # clips in the latent cache (captions, x0, I2V first frames)
     cache_images: int = 64
     i2v_fraction: float = 0.3  # video samples conditioned on their first latent frame
+    # steps stage: that share of the video trajectories continues a continuation clip's first frame
+    continuation_fraction: float = 0.0
+    cache_continuations: int = 0  # continuation clips per video bucket in the latent cache
+    continuation_starts: tuple[float, float] = (0.4, 1.0)  # clip times they start at
     # --- teacher cache ---
     teacher_samples: int = 2048  # cfg: noisy latents with teacher velocities; steps: trajectories
     eval_samples: int = 32  # held-out teacher samples for the before/after metric
@@ -88,10 +95,19 @@ class DistillConfig(TrainConfig):
             raise ValueError(f"DistillConfig.guidance_max={high} is below guidance_min={low}")
         return low, high
 
+    def __post_init__(self) -> None:
+        self.continuation_starts = (float(self.continuation_starts[0]), float(self.continuation_starts[1]))
+        super().__post_init__()
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
         self.check_choice("stage", STAGES)
         super().validate()
+        check_continuations(self)
+        if self.continuation_fraction > 0 and self.stage != "steps":
+            self.fail(
+                "continuation_fraction", "must be 0 in the cfg stage (the steps stage distills continuations)"
+            )
         for name in (
             "cache_videos",
             "teacher_samples",

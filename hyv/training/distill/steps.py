@@ -55,6 +55,7 @@ from hyv.training.distill.common import (
     select,
     split_text,
     with_condition,
+    with_continuations,
 )
 from hyv.training.distill.trainer import DistillTrainer
 from hyv.training.dit.data import step_rng
@@ -126,6 +127,10 @@ class StepDistiller(DistillTrainer):
         noise = torch.randn(x0.shape, generator=generator, device=self.device)  # (B, C, t, h, w)
         i2v = torch.rand(count, generator=generator, device=self.device) < self.config.i2v_fraction
         guidance = self.sample_guidance(count, generator)
+        if x0.shape[2] > 1:  # video buckets: continuations (the extension's image-to-video)
+            first, captions, i2v = with_continuations(
+                self.clips, kind, self.config.continuation_fraction, (first, captions, i2v), generator
+            )
         cond = image_condition(first, i2v, x0.shape[2])
         text, uncond = split_text(encode_text(self.text_encoder, captions + [""] * count, self.device), count)
         states = self._trajectory(noise, cond, text, uncond, guidance)
@@ -143,6 +148,9 @@ class StepDistiller(DistillTrainer):
                 "teacher_samples",
                 "image_fraction",
                 "i2v_fraction",
+                "continuation_fraction",
+                "cache_continuations",
+                "continuation_starts",
                 "eval_samples",
                 "teacher_batch",
                 "student_steps",

@@ -164,6 +164,8 @@ class DistillTrainer(Trainer[DistillConfig, float]):
             dataset_length=c.dataset_length,
             cache_videos=c.cache_videos,
             cache_images=c.cache_images,
+            cache_continuations=c.cache_continuations if c.continuation_fraction > 0 else 0,
+            continuation_starts=c.continuation_starts,
         )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name = "latent_cache.pt" if self.world == 1 else f"rank{self.rank}_latent_cache.pt"

@@ -40,6 +40,11 @@ Choices worth knowing (see also hyv/training/dit/trainer.py):
 * **Latent cache.** With `cache_videos` > 0 the frozen VAE encodes that many train clips (and
   `cache_images` images) once, before the first step, and batches come from their posteriors
   (`hyv/training/dit/latents.py`): on the CPU the encoder costs more than the small DiT's step.
+* **Continuations.** With `continuation_fraction` > 0 that share of the video steps trains on
+  continuation clips (hyv/training/data/dataset.py: clips that start mid-motion or at a clip's end
+  and run on, objects leaving or outgrowing the frame), always image-to-video from their first
+  frame: what `POST /v1/videos/extensions` asks of the model. The latent cache holds
+  `cache_continuations` of them per video bucket, starting at clip times in `continuation_starts`.
 * **Batches.** `batch_size` is per process; a batch holds either videos (`num_frames` frames) or
   images (1 frame), chosen per step with probability `image_fraction`, so every batch has one
   shape. The data order is a pure function of (`seed`, step, rank), which is what makes `resume`
@@ -87,8 +92,15 @@ class DiTTrainConfig(TrainConfig):
     unshifted_fraction: float = 0.0  # share of the sigmas drawn without the shift (a mixture)
     text_dropout: float = 0.1  # caption -> "" (the unconditional / negative prompt) for CFG
     i2v_fraction: float = 0.3  # video samples conditioned on their first latent frame
+    continuation_fraction: float = 0.0  # video steps on continuation clips (image-to-video)
+    cache_continuations: int = 0  # continuation clips per video bucket in the latent cache
+    continuation_starts: tuple[float, float] = (0.4, 1.0)  # clip times they start at
     guidance: float = 1.0  # fed x1000 to a guidance embedding during base training
     freeze_guidance_embed: bool = True
+
+    def __post_init__(self) -> None:
+        self.continuation_starts = (float(self.continuation_starts[0]), float(self.continuation_starts[1]))
+        super().__post_init__()
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -96,6 +108,7 @@ class DiTTrainConfig(TrainConfig):
         self.check_int("latent_stats_clips", minimum=1)
         for name in ("cache_videos", "cache_images"):
             self.check_int(name, minimum=0)
+        check_continuations(self)
         self.check("weight_decay", self.weight_decay >= 0)
         self.check("logit_std", self.logit_std > 0)
         self.check("guidance", self.guidance >= 0)
@@ -112,3 +125,14 @@ class DiTTrainConfig(TrainConfig):
             self.fail("i2v_fraction", "must be 0 for a text-to-video-only DiT")
         if not self.bundle:
             self.fail("bundle", "must name a bundle preset")
+
+
+def check_continuations(config: TrainConfig) -> None:
+    """The continuation fields that the DiT and distillation configs share, or ValueError naming one."""
+    config.check_fraction("continuation_fraction")
+    config.check_int("cache_continuations", minimum=0)
+    lo, hi = getattr(config, "continuation_starts")  # noqa: B009 (configs without it fail loudly)
+    config.check("continuation_starts", 0.0 <= lo <= hi, "must be 0 <= lo <= hi")
+    wanted, cached = getattr(config, "continuation_fraction"), getattr(config, "cache_continuations")  # noqa: B009
+    if wanted > 0 and getattr(config, "cache_videos") > 0 and cached == 0:  # noqa: B009
+        config.fail("cache_continuations", "must be > 0 when continuation_fraction > 0 with a latent cache")

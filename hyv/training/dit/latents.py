@@ -9,13 +9,19 @@ fp16, unscaled); `CachedLatentBatches` then draws batches from them. The posteri
 *sampled* at every step (a fresh draw of noise per step), as it would be with the encoder in the
 loop; what is lost is only the clip variety beyond the cached set.
 
-The cache is built in chunks and saved after each, so an interrupted build resumes; its key (VAE
-encoder digest, buckets, seed, dataset length, the data's `DATA_VERSION`) must match or it is
-rebuilt.
+With `cache_continuations` > 0 it also holds that many continuation clips per video bucket
+(hyv/training/data/dataset.py), which `CachedLatentBatches` draws for `continuation_fraction` of
+the video steps, as image-to-video batches.
+
+The cache is built in chunks and saved after each, so an interrupted build resumes, and a larger
+count extends it; its key (VAE encoder digest, buckets, seed, dataset length, the data's
+`DATA_VERSION`) must match or it is rebuilt, and the continuation clips are re-encoded when their
+start times differ.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -30,11 +36,12 @@ from hyv.training.data.buckets import Bucket, clips_per_batch, pick_bucket
 from hyv.training.data.dataset import SyntheticVideoDataset
 from hyv.training.data.render import DATA_VERSION
 from hyv.training.dit.config import DiTTrainConfig
-from hyv.training.dit.data import TrainBatch, step_rng
+from hyv.training.dit.data import TrainBatch, continuation_step, step_rng
 
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "latent_cache.pt"
+CONTINUATIONS = "+continuations"  # suffix of a bucket's continuation clips in the cache file
 _CHUNK = 64
 
 
@@ -52,10 +59,13 @@ def encoder_digest(vae: CausalVAE3D) -> str:
 
 @dataclass
 class LatentCache:
-    """Posterior moments (fp16, (N, 2C, t, h, w)) and captions of cached train clips, per bucket."""
+    """Posterior moments (fp16, (N, 2C, t, h, w)) and captions of cached train clips, per bucket;
+    those of continuation clips per video bucket (empty without them)."""
 
     moments: dict[Bucket, torch.Tensor]
     captions: dict[Bucket, list[str]]
+    continuation_moments: dict[Bucket, torch.Tensor] = dataclasses.field(default_factory=dict)
+    continuation_captions: dict[Bucket, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def buckets(self) -> tuple[Bucket, ...]:
@@ -65,8 +75,9 @@ class LatentCache:
         return int(self.moments[bucket].shape[0])
 
 
-def bucket_dataset(config: TrainConfig, bucket: Bucket) -> SyntheticVideoDataset:
-    """The synthetic train split at `bucket`'s shape (images: 1-frame clips)."""
+def bucket_dataset(config: TrainConfig, bucket: Bucket, continuations: bool = False) -> SyntheticVideoDataset:
+    """The synthetic train split at `bucket`'s shape (images: 1-frame clips); with `continuations`,
+    its continuation clips (a video bucket's, starting at `config.continuation_starts`)."""
     return SyntheticVideoDataset(
         "train",
         num_frames=bucket.frames,
@@ -75,7 +86,18 @@ def bucket_dataset(config: TrainConfig, bucket: Bucket) -> SyntheticVideoDataset
         image_fraction=1.0 if bucket.is_image else 0.0,
         seed=config.seed,
         length=config.dataset_length,
+        continuation_starts=config.continuation_starts if continuations else None,  # type: ignore[attr-defined]
     )
+
+
+def _cache_parts(config: DiTTrainConfig) -> list[tuple[str, Bucket, int, bool]]:
+    """(name, bucket, clips wanted, continuations?) of every part of the cache, in build order."""
+    buckets = config.train_buckets()
+    parts = [(str(b), b, config.cache_images if b.is_image else config.cache_videos, False) for b in buckets]
+    if config.cache_continuations:
+        videos = [b for b in buckets if not b.is_image]
+        parts += [(f"{b}{CONTINUATIONS}", b, config.cache_continuations, True) for b in videos]
+    return parts
 
 
 def encode_clips(vae: CausalVAE3D, dataset: object, indices: range, device: torch.device) -> torch.Tensor:
@@ -89,19 +111,22 @@ def encode_clips(vae: CausalVAE3D, dataset: object, indices: range, device: torc
 def build_latent_cache(
     vae: CausalVAE3D, config: DiTTrainConfig, path: Path, device: torch.device, progress: bool = True
 ) -> LatentCache:
-    """Encode (or load, or finish building) the cache: `config.cache_videos` clips per video bucket
-    and `config.cache_images` per image bucket, keyed by bucket."""
+    """Encode (or load, or finish building) the cache: `config.cache_videos` clips per video bucket,
+    `config.cache_images` per image bucket and `config.cache_continuations` continuation clips per
+    video bucket, keyed by bucket."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     buckets = config.train_buckets()
-    key = {
+    parts = _cache_parts(config)
+    key: dict[str, Any] = {
         "vae": encoder_digest(vae),
         "buckets": [str(b) for b in buckets],
         "seed": config.seed,
         "dataset_length": config.dataset_length,
         "data_version": DATA_VERSION,
     }
-    state: dict[str, Any] = {"key": key, "chunks": {str(b): [] for b in buckets}}
+    starts = list(config.continuation_starts)
+    state: dict[str, Any] = {"key": key, "continuation_starts": starts, "chunks": {}}
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if saved.get("key") == key:
@@ -109,29 +134,42 @@ def build_latent_cache(
         else:
             logger.info("latent cache %s was built for another VAE, data or buckets; rebuilding", path)
     chunks: dict[str, list[torch.Tensor]] = state["chunks"]
-    wanted = {b: config.cache_images if b.is_image else config.cache_videos for b in buckets}
-    datasets = {b: bucket_dataset(config, b) for b in buckets}
-    done = {b: sum(chunk.shape[0] for chunk in chunks[str(b)]) for b in buckets}
+    if state.get("continuation_starts") != starts:  # those clips only: the plain ones stay valid
+        for name in [name for name in chunks if name.endswith(CONTINUATIONS)]:
+            del chunks[name]
+        state["continuation_starts"] = starts
+    for name, *_ in parts:
+        chunks.setdefault(name, [])
+    datasets = {name: bucket_dataset(config, b, cont) for name, b, _, cont in parts}
+    done = {name: sum(chunk.shape[0] for chunk in chunks[name]) for name, *_ in parts}
     columns = (TextColumn("[bold]latent cache"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     vae.eval()
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task(
-            "cache", total=sum(wanted.values()), completed=sum(min(done[b], wanted[b]) for b in buckets)
+            "cache",
+            total=sum(n for _, _, n, _ in parts),
+            completed=sum(min(done[name], n) for name, _, n, _ in parts),
         )
-        for bucket in buckets:
-            while done[bucket] < wanted[bucket]:
-                indices = range(done[bucket], min(done[bucket] + _CHUNK, wanted[bucket]))
-                chunks[str(bucket)].append(encode_clips(vae, datasets[bucket], indices, device))
-                done[bucket] += len(indices)
+        for name, _, wanted, _ in parts:
+            while done[name] < wanted:
+                indices = range(done[name], min(done[name] + _CHUNK, wanted))
+                chunks[name].append(encode_clips(vae, datasets[name], indices, device))
+                done[name] += len(indices)
                 tmp = path.with_suffix(".tmp")
                 torch.save(state, tmp)
                 tmp.replace(path)
                 bar.update(task, advance=len(indices))
-    moments = {
-        b: torch.cat(chunks[str(b)])[: wanted[b]] if chunks[str(b)] else torch.empty(0) for b in buckets
-    }
-    captions = {b: [datasets[b].caption_of(i) for i in range(wanted[b])] for b in buckets}
-    return LatentCache(moments, captions)
+
+    def stacked(name: str, wanted: int) -> torch.Tensor:
+        return torch.cat(chunks[name])[:wanted] if chunks[name] else torch.empty(0)
+
+    cache = LatentCache({}, {})
+    for name, b, wanted, cont in parts:
+        moments = cache.continuation_moments if cont else cache.moments
+        captions = cache.continuation_captions if cont else cache.captions
+        moments[b] = stacked(name, wanted)
+        captions[b] = [datasets[name].caption_of(i) for i in range(wanted)]
+    return cache
 
 
 def channel_stats(means: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -165,6 +203,18 @@ class CachedLatentBatches:
                 f"the latent cache holds no clips for buckets {empty} "
                 "(DiTTrainConfig.cache_videos / cache_images must be > 0)"
             )
+        if config.continuation_fraction > 0:
+            missing = [
+                str(b)
+                for b in self.buckets
+                if not b.is_image and cache.continuation_moments.get(b, torch.empty(0)).shape[0] == 0
+            ]
+            if missing:
+                raise ValueError(
+                    f"continuation_fraction={config.continuation_fraction}, but the latent cache holds "
+                    f"no continuation clips for buckets {missing} "
+                    "(DiTTrainConfig.cache_continuations must be > 0)"
+                )
         self.config = config
         self.cache = cache
 
@@ -173,8 +223,11 @@ class CachedLatentBatches:
         bucket = pick_bucket(self.buckets, c.image_fraction, c.seed, step)
         rng = step_rng(c.seed, step, rank, stream=1)
         count = clips_per_batch(bucket, c.batch_size, c.token_budget)
-        indices = rng.integers(0, self.cache.count(bucket), size=count)
-        picked = torch.from_numpy(indices)
-        captions = self.cache.captions[bucket]
-        moments = self.cache.moments[bucket][picked].float()
-        return TrainBatch(None, [captions[int(i)] for i in indices], moments=moments)
+        continuing = continuation_step(c, bucket, step, rank)
+        pool = self.cache.continuation_moments if continuing else self.cache.moments
+        captions = (self.cache.continuation_captions if continuing else self.cache.captions)[bucket]
+        indices = rng.integers(0, pool[bucket].shape[0], size=count)
+        moments = pool[bucket][torch.from_numpy(indices)].float()
+        return TrainBatch(
+            None, [captions[int(i)] for i in indices], moments=moments, image_conditioned=continuing
+        )

@@ -247,6 +247,7 @@ class DiTTrainer(Trainer[DiTTrainConfig, float]):
         if dit_config.image_condition == "latent_concat":
             cond = torch.zeros(b, channels + 1, *x0.shape[2:], device=self.device)
             i2v = torch.rand(b, generator=generator, device=self.device) < c.i2v_fraction
+            i2v |= batch.image_conditioned
             if frames > 1:  # for an image the "first frame" is the whole target: no I2V
                 cond[:, :channels, :1] = to_dit_latents(posterior.mode().float()[:, :, :1], self.vae.config)
                 cond[:, channels:, :1] = 1.0

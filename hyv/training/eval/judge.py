@@ -67,6 +67,7 @@ TRIANGLE_FILL = 0.64  # area / (peak column mass * peak row mass): triangle 0.5,
 SQUARE_FILL = 0.81  # square 1.0
 FOREGROUND_LEVEL = 0.25  # of the object's contrast: pixels farther from the background are foreground
 STRAY_FRACTION = 0.01  # a component besides the object larger than this (of the frame) is a stray
+BORDER = 0.04  # a mask's edge this close to the frame's border (fraction of the side) is cut by it
 OBJECT_MIN_FRACTION = 0.0025  # the largest component is the object from this size (of the frame) on
 
 
@@ -148,6 +149,12 @@ class _Frame:
     area: float
     fill: float
     skew: float
+    box: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)  # mask's left, right, top, bottom edges
+    cut: tuple[bool, bool, bool, bool] = (False, False, False, False)  # ... at the frame's border
+
+    @property
+    def clipped(self) -> bool:
+        return any(self.cut)
 
 
 def _third_moment(mass: np.ndarray, pos: np.ndarray) -> float:
@@ -186,7 +193,78 @@ def _measure(alpha: np.ndarray) -> _Frame | None:
         area=area / (H * W),
         fill=area / (float(mx.max()) * float(my.max())),
         skew=skew,
+        box=(x0 / W, (x1 + 1) / W, y0 / H, (y1 + 1) / H),
+        cut=(x0 < BORDER * W, x1 >= (1.0 - BORDER) * W - 1, y0 < BORDER * H, y1 >= (1.0 - BORDER) * H - 1),
     )
+
+
+@dataclass(frozen=True)
+class _BoxTracks:
+    """An object's motion read off its mask's box, for clips where it meets the frame's border."""
+
+    tx: np.ndarray  # clip times with a readable center x
+    cx: np.ndarray
+    ty: np.ndarray  # ... center y
+    cy: np.ndarray
+    log_size_slope: float  # d log(linear size) / d clip time
+
+
+def _leaving(t: np.ndarray, box: np.ndarray, cut: np.ndarray) -> bool:
+    """Whether the object moves out through a border that cuts it: the edge facing away from that
+    border travels toward it by at least `MOVE_THRESHOLD` over the clip (a growing object's far
+    edge moves away from the border it meets). The object's visible extent then says nothing of
+    its size: a generated circle or triangle narrows as it goes."""
+    for side, (far, sign) in enumerate(
+        ((1, -1.0), (0, 1.0), (3, -1.0), (2, 1.0))
+    ):  # left, right, top, bottom
+        rows = ~cut[:, far]
+        if (
+            cut[:, side].any()
+            and rows.sum() >= 2
+            and sign * _slope(t[rows], box[rows, far]) >= MOVE_THRESHOLD
+        ):
+            return True
+    return False
+
+
+def _box_tracks(t: np.ndarray, frames: list[_Frame], aspect: float) -> _BoxTracks | None:
+    """The object's center and size change when part of it lies beyond the frame's border, so that
+    an object leaving the frame moves on rather than shrinking (module docstring, step 5).
+
+    The size (every shape's box is 2r by 2r; short-side fractions) is fitted log-linearly over the
+    frames where the box is whole, or failing two of those 0.25 of the clip apart, also over those
+    cut on one axis while at least 3/4 of the object shows, taking the other axis' extent; with
+    neither, it is held at their median (no change). A cut edge is then placed one fitted size from
+    the edge that is not, on each axis cut on one side only. None when no frame shows a size."""
+    sx, sy = (1.0 / aspect, 1.0) if aspect >= 1.0 else (1.0, aspect)  # axis units per short side
+    box = np.array([f.box for f in frames])  # (N, 4): left, right, top, bottom
+    cut = np.array([f.cut for f in frames])  # (N, 4)
+    width, height = (box[:, 1] - box[:, 0]) / sx, (box[:, 3] - box[:, 2]) / sy
+    cut_x, cut_y = cut[:, 0] | cut[:, 1], cut[:, 2] | cut[:, 3]
+    whole = ~cut_x & ~cut_y
+    size = np.where(whole, 0.5 * (width + height), np.nan)
+    if (whole.sum() < 2 or np.ptp(t[whole]) < 0.25) and not _leaving(t, box, cut):
+        one_axis = np.where(cut_x, height, width)  # the extent along the axis that is not cut
+        shown = np.where(cut_x, width, height) >= 0.75 * one_axis
+        size = np.where((cut_x != cut_y) & shown, one_axis, size)
+    known = np.isfinite(size) & (size > 0)
+    if not known.any():
+        return None
+    log_size = np.log(np.where(known, size, 1.0))
+    if known.sum() >= 2 and np.ptp(t[known]) >= 0.25:
+        slope = _slope(t[known], log_size[known])
+        level = float(log_size[known].mean()) + slope * (t - float(t[known].mean()))
+    else:
+        slope, level = 0.0, np.full(len(t), float(np.median(log_size[known])))
+    half = 0.5 * np.exp(level)
+    cx = np.where(
+        cut[:, 0], box[:, 1] - half * sx, np.where(cut[:, 1], box[:, 0] + half * sx, box[:, :2].mean(1))
+    )
+    cy = np.where(
+        cut[:, 2], box[:, 3] - half * sy, np.where(cut[:, 3], box[:, 2] + half * sy, box[:, 2:].mean(1))
+    )
+    rx, ry = ~(cut[:, 0] & cut[:, 1]), ~(cut[:, 2] & cut[:, 3])  # an axis cut on both sides: no center
+    return _BoxTracks(t[rx], cx[rx], t[ry], cy[ry], slope)
 
 
 def _shape(fill: float, skew: float) -> tuple[str, float]:
@@ -219,12 +297,20 @@ def bounce_depth(t: np.ndarray, y: np.ndarray) -> float:
     return float(max(0.0, min(smooth[k] - y[0], smooth[k] - y[-1])))
 
 
-def _motion(t: np.ndarray, frames: list[_Frame]) -> tuple[str, float, float, float, float, float]:
+def _motion(
+    t: np.ndarray, frames: list[_Frame], aspect: float = 1.0
+) -> tuple[str, float, float, float, float, float]:
     """(motion, confidence, dx, dy, area ratio, bounce) over clip times ``t`` in [0, 1]."""
-    dx = _slope(t, np.array([f.cx for f in frames]))
-    dy = _slope(t, np.array([f.cy for f in frames]))
+    tx, cx = ty, cy = t, np.array([f.cx for f in frames])
+    cy = np.array([f.cy for f in frames])
     log_area = _slope(t, np.log(np.maximum(np.array([f.area for f in frames]), 1e-9)))
-    bounce = bounce_depth(t, np.array([f.cy for f in frames]))
+    tracks = _box_tracks(t, frames, aspect) if any(f.clipped for f in frames) else None
+    if tracks is not None:
+        tx, cx, ty, cy = tracks.tx, tracks.cx, tracks.ty, tracks.cy
+        log_area = 2.0 * tracks.log_size_slope
+    dx = _slope(tx, cx) if len(tx) >= 2 else 0.0
+    dy = _slope(ty, cy) if len(ty) >= 2 else 0.0
+    bounce = bounce_depth(ty, cy)
     ratio = math.exp(log_area)
     if bounce >= BOUNCE_THRESHOLD:
         return "bouncing", min(1.0, bounce / BOUNCE_THRESHOLD - 1.0), dx, dy, ratio, bounce
@@ -408,7 +494,8 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
     motion_conf, dx, dy, ratio, bounce = 0.0, 0.0, 0.0, 1.0, 0.0
     if T > 1 and len(valid) >= 2:
         t = np.array([k / (T - 1) for k, _ in valid])
-        motion, motion_conf, dx, dy, ratio, bounce = _motion(t, [m for _, m in valid])
+        aspect = x.shape[2] / x.shape[1]
+        motion, motion_conf, dx, dy, ratio, bounce = _motion(t, [m for _, m in valid], aspect)
     ious = []
     for k in range(T):
         label = objs.object_label[k]
