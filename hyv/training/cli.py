@@ -77,7 +77,8 @@ def train_bundle_command(
         bool,
         typer.Option(
             help="Fine-tune the teacher on continuation clips (stage continuations), so that it and "
-            "the student extend videos; --no-tune-continuations passes the progressive DiT on."
+            "the student extend videos; --no-tune-continuations (the default) passes the progressive "
+            "DiT on."
         ),
     ] = _BUNDLE["tune_continuations"],
     stage1_from: Annotated[

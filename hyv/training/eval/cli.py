@@ -238,14 +238,19 @@ def extensions_command(
         raise typer.BadParameter(str(exc)) from exc
     summary = results["summary"]
     for name, group in summary["by_motion"].items():
-        console.print(f"{name}: motion kept in {group['same_motion']} of {group['n']}")
+        console.print(
+            f"{name}: motion kept in {group['same_motion']} of {group['n']} "
+            f"({group['same_motion_cut_edges']} with cut edges placed)"
+        )
     console.print(
-        f"motion kept in {summary['same_motion']} of {summary['n']} ({100 * summary['rate']:.1f}%); "
+        f"motion kept in {summary['same_motion']} of {summary['n']} ({100 * summary['rate']:.1f}%; "
+        f"{summary['same_motion_cut_edges']} with cut edges placed); "
         f"seam PSNR mean {summary['seam_psnr_mean']:.1f} dB, min {summary['seam_psnr_min']:.1f} dB; "
         f"size dip mean {summary['size_dip_mean']:.2f}"
     )
     print(json.dumps({
         "rate": round(summary["rate"], 4),
+        "rate_cut_edges": round(summary["rate_cut_edges"], 4),
         "extensions": str(out / EXTENSIONS_FILE),
         "sheet": str(out / EXTENSIONS_SHEET),
     }))  # fmt: skip

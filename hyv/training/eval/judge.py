@@ -28,7 +28,13 @@
    area factor >= 1.6 count as motion; the clearer of the two (each relative to its threshold)
    decides moving-<direction> vs growing/shrinking; otherwise standing still. A straight motion
    has its extreme height at an end of the clip, so it never reads as a bounce. 1-frame clips
-   get no motion.
+   get no motion. With ``cut_edges`` an object that the frame's border cuts (its mask within
+   `BORDER` of an edge) is read off its box instead: a cut edge is placed one size from the edge
+   facing away from the border, the size taken from the frames where the box is whole (or where
+   one axis is, while 3/4 of the object shows; held if it is leaving through that border), so
+   an object that leaves the frame keeps moving at its speed instead of shrinking, and one that
+   outgrows the frame keeps growing. Rendered true continuations of the held-out clips (run on
+   past their end) read their motion in 44 of 44 that way, 30 of 44 by the visible area.
 6. Objects and cleanliness, per frame: the pixels farther from the background than
    ``FOREGROUND_LEVEL`` of the object's contrast (at least `MIN_CONTRAST`), whatever their color,
    split into 8-connected components. The largest is the object (when it covers at least
@@ -298,13 +304,14 @@ def bounce_depth(t: np.ndarray, y: np.ndarray) -> float:
 
 
 def _motion(
-    t: np.ndarray, frames: list[_Frame], aspect: float = 1.0
+    t: np.ndarray, frames: list[_Frame], aspect: float = 1.0, cut_edges: bool = False
 ) -> tuple[str, float, float, float, float, float]:
-    """(motion, confidence, dx, dy, area ratio, bounce) over clip times ``t`` in [0, 1]."""
+    """(motion, confidence, dx, dy, area ratio, bounce) over clip times ``t`` in [0, 1]; with
+    `cut_edges`, read off `_box_tracks` where the frame's border cuts the object."""
     tx, cx = ty, cy = t, np.array([f.cx for f in frames])
     cy = np.array([f.cy for f in frames])
     log_area = _slope(t, np.log(np.maximum(np.array([f.area for f in frames]), 1e-9)))
-    tracks = _box_tracks(t, frames, aspect) if any(f.clipped for f in frames) else None
+    tracks = _box_tracks(t, frames, aspect) if cut_edges and any(f.clipped for f in frames) else None
     if tracks is not None:
         tx, cx, ty, cy = tracks.tx, tracks.cx, tracks.ty, tracks.cy
         log_area = 2.0 * tracks.log_size_slope
@@ -453,9 +460,11 @@ def shape_iou(shape: str, coverage: np.ndarray, mask: np.ndarray | None = None) 
     return float(np.sum(ideal & mask)) / union if union else 0.0
 
 
-def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement:
+def judge_clip(frames: np.ndarray, background: str | None = "auto", cut_edges: bool = False) -> Judgement:
     """Judge one clip: uint8 (T, H, W, 3) or one image (H, W, 3). ``background``: "auto" (or
-    None) to detect it from the border, or "black"/"gray" to name it."""
+    None) to detect it from the border, or "black"/"gray" to name it. ``cut_edges``: read the
+    motion of an object the frame's border cuts off its box (module docstring, step 5), not off
+    its visible area and centroid, which read an object leaving the frame as shrinking."""
     x = np.asarray(frames, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]
@@ -495,7 +504,7 @@ def judge_clip(frames: np.ndarray, background: str | None = "auto") -> Judgement
     if T > 1 and len(valid) >= 2:
         t = np.array([k / (T - 1) for k, _ in valid])
         aspect = x.shape[2] / x.shape[1]
-        motion, motion_conf, dx, dy, ratio, bounce = _motion(t, [m for _, m in valid], aspect)
+        motion, motion_conf, dx, dy, ratio, bounce = _motion(t, [m for _, m in valid], aspect, cut_edges)
     ious = []
     for k in range(T):
         label = objs.object_label[k]
