@@ -30,21 +30,21 @@ from hyv.training.eval.judge import judge_clip
 
 
 def _case(
-    motion: str, same: bool, seam: float = 35.0, dip: float = 1.0, same_cut: bool | None = None
+    motion: str, same: bool, seam: float = 35.0, dip: float = 1.0, same_visible: bool | None = None
 ) -> ExtensionCase:
-    """A case read `same` (and, with cut edges placed, `same_cut`: default `same`)."""
-    same_cut = same if same_cut is None else same_cut
+    """A case read `same` (and by the visible area alone `same_visible`: default `same`)."""
+    same_visible = same if same_visible is None else same_visible
     return ExtensionCase(
         prompt=f"a red circle {motion} on a black background",
         motion=motion,
         source_motion=motion,
-        extension_motion=motion if same else "shrinking",
+        extension_motion=motion if same else "standing still",
         source_area_ratio=1.0,
         extension_area_ratio=1.0,
         seam_psnr=seam,
         size_dip=dip,
-        source_motion_cut_edges=motion,
-        extension_motion_cut_edges=motion if same_cut else "standing still",
+        source_motion_visible_area=motion,
+        extension_motion_visible_area=motion if same_visible else "shrinking",
     )
 
 
@@ -65,20 +65,20 @@ def test_summary_counts_per_motion_and_over_all() -> None:
         _case("growing", False, dip=0.8),
         _case("moving up", True, seam=30.0),
         _case("moving up", True, seam=26.0, dip=math.nan),
-        _case("moving left", False, same_cut=True),  # left the frame: shrinking by its visible area
+        _case("moving left", True, same_visible=False),  # left the frame: shrinking by its visible area
     ]
     summary = summarize(cases)
-    assert summary["n"] == 5 and summary["same_motion"] == 3 and summary["rate"] == 0.6
-    assert summary["same_motion_cut_edges"] == 4 and summary["rate_cut_edges"] == 0.8
+    assert summary["n"] == 5 and summary["same_motion"] == 4 and summary["rate"] == 0.8
+    assert summary["same_motion_visible_area"] == 3 and summary["rate_visible_area"] == 0.6
     assert summary["by_motion"]["growing"] == {
         "n": 2,
         "same_motion": 1,
         "rate": 0.5,
-        "same_motion_cut_edges": 1,
+        "same_motion_visible_area": 1,
     }
-    assert summary["by_motion"]["moving left"]["same_motion_cut_edges"] == 1
-    assert "[cut edges: moving left -> moving left]" in case_reading(cases[-1])
-    assert "cut edges" not in case_reading(cases[0])
+    assert summary["by_motion"]["moving left"]["same_motion_visible_area"] == 0
+    assert "[by visible area: moving left -> shrinking]" in case_reading(cases[-1])
+    assert "visible area" not in case_reading(cases[0])
     assert summary["by_motion"]["moving up"]["rate"] == 1.0
     assert summary["seam_psnr_mean"] == pytest.approx((35 + 35 + 30 + 26 + 35) / 5)
     assert summary["seam_psnr_min"] == 26.0

@@ -240,17 +240,17 @@ def extensions_command(
     for name, group in summary["by_motion"].items():
         console.print(
             f"{name}: motion kept in {group['same_motion']} of {group['n']} "
-            f"({group['same_motion_cut_edges']} with cut edges placed)"
+            f"({group['same_motion_visible_area']} by the visible area alone)"
         )
     console.print(
         f"motion kept in {summary['same_motion']} of {summary['n']} ({100 * summary['rate']:.1f}%; "
-        f"{summary['same_motion_cut_edges']} with cut edges placed); "
+        f"{summary['same_motion_visible_area']} by the visible area alone); "
         f"seam PSNR mean {summary['seam_psnr_mean']:.1f} dB, min {summary['seam_psnr_min']:.1f} dB; "
         f"size dip mean {summary['size_dip_mean']:.2f}"
     )
     print(json.dumps({
         "rate": round(summary["rate"], 4),
-        "rate_cut_edges": round(summary["rate_cut_edges"], 4),
+        "rate_visible_area": round(summary["rate_visible_area"], 4),
         "extensions": str(out / EXTENSIONS_FILE),
         "sheet": str(out / EXTENSIONS_SHEET),
     }))  # fmt: skip

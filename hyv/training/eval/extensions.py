@@ -9,9 +9,9 @@ segment (the first ``num_frames`` frames of the stitched video) and the new one 
 frame on, ``num_frames`` frames); the extension keeps the motion when both read the same.
 
 Per case it also records:
-- both segments' motions read with the judge's ``cut_edges`` (hyv/training/eval/judge.py): an
-  object that leaves the frame keeps moving there, where by its visible area it shrinks; the true
-  continuation of 14 of the 44 held-out clips reads as the wrong motion without it;
+- both segments' motions read by the visible area alone (the judge's ``cut_edges=False``), where an
+  object leaving the frame shrinks (hyv/training/eval/judge.py, step 5): the true continuations of
+  14 of the 44 held-out clips read as the wrong motion that way;
 - the seam's PSNR: the source's last frame against the stitched video's frame there (the
   extension's first frame, which redraws it through the VAE);
 - the size dip: the smallest object area over the first generated latent frame's pixel frames
@@ -81,17 +81,17 @@ class ExtensionCase:
     extension_area_ratio: float
     seam_psnr: float  # dB
     size_dip: float  # smallest area right after the seam / area at the seam
-    # both segments read with `judge_clip(cut_edges=True)`: objects the frame cuts read off their box
-    source_motion_cut_edges: str | None = None
-    extension_motion_cut_edges: str | None = None
+    # both segments read with `judge_clip(cut_edges=False)`: objects leaving the frame shrink
+    source_motion_visible_area: str | None = None
+    extension_motion_visible_area: str | None = None
 
     @property
     def same_motion(self) -> bool:
         return self.source_motion == self.extension_motion
 
     @property
-    def same_motion_cut_edges(self) -> bool:
-        return self.source_motion_cut_edges == self.extension_motion_cut_edges
+    def same_motion_visible_area(self) -> bool:
+        return self.source_motion_visible_area == self.extension_motion_visible_area
 
 
 def size_dip(extension: Judgement) -> float:
@@ -118,8 +118,8 @@ def extend_case(
         raise RuntimeError(f"the extension has {stitched.shape[0]} frames, expected {2 * num_frames - 1}")
     seam = num_frames - 1
     first, second = judge_clip(stitched[:num_frames]), judge_clip(stitched[seam:])
-    first_cut = judge_clip(stitched[:num_frames], cut_edges=True)
-    second_cut = judge_clip(stitched[seam:], cut_edges=True)
+    first_visible = judge_clip(stitched[:num_frames], cut_edges=False)
+    second_visible = judge_clip(stitched[seam:], cut_edges=False)
     case = ExtensionCase(
         prompt=prompt,
         motion=attrs[2],
@@ -129,8 +129,8 @@ def extend_case(
         extension_area_ratio=second.area_ratio,
         seam_psnr=psnr(read_mp4(source)[-1], stitched[seam]),
         size_dip=size_dip(second),
-        source_motion_cut_edges=first_cut.motion,
-        extension_motion_cut_edges=second_cut.motion,
+        source_motion_visible_area=first_visible.motion,
+        extension_motion_visible_area=second_visible.motion,
     )
     return case, stitched
 
@@ -160,22 +160,22 @@ def summarize(cases: Sequence[ExtensionCase]) -> dict[str, Any]:
     by_motion: dict[str, dict[str, float]] = {}
     for motion in dict.fromkeys(c.motion for c in cases):
         group = [c for c in cases if c.motion == motion]
-        same, cut = sum(c.same_motion for c in group), sum(c.same_motion_cut_edges for c in group)
+        same, visible = sum(c.same_motion for c in group), sum(c.same_motion_visible_area for c in group)
         by_motion[motion] = {
             "n": len(group),
             "same_motion": same,
             "rate": same / len(group),
-            "same_motion_cut_edges": cut,
+            "same_motion_visible_area": visible,
         }
     seams = np.array([c.seam_psnr for c in cases])
     dips = np.array([c.size_dip for c in cases], dtype=np.float64)
-    same, cut = sum(c.same_motion for c in cases), sum(c.same_motion_cut_edges for c in cases)
+    same, visible = sum(c.same_motion for c in cases), sum(c.same_motion_visible_area for c in cases)
     return {
         "n": len(cases),
         "same_motion": same,
         "rate": same / len(cases),
-        "same_motion_cut_edges": cut,
-        "rate_cut_edges": cut / len(cases),
+        "same_motion_visible_area": visible,
+        "rate_visible_area": visible / len(cases),
         "by_motion": by_motion,
         "seam_psnr_mean": float(seams.mean()),
         "seam_psnr_min": float(seams.min()),
@@ -185,14 +185,14 @@ def summarize(cases: Sequence[ExtensionCase]) -> dict[str, Any]:
 
 
 def case_reading(case: ExtensionCase) -> str:
-    """What the judge read off a case: both segments' motions (and, where they differ, the reading
-    with cut edges placed), the seam and the size dip."""
+    """What the judge read off a case: both segments' motions (and, where it differs, the reading by
+    the visible area alone), the seam and the size dip."""
     cut = ""
-    if (case.source_motion_cut_edges, case.extension_motion_cut_edges) != (
+    if (case.source_motion_visible_area, case.extension_motion_visible_area) != (
         case.source_motion,
         case.extension_motion,
     ):
-        cut = f" [cut edges: {case.source_motion_cut_edges} -> {case.extension_motion_cut_edges}]"
+        cut = f" [by visible area: {case.source_motion_visible_area} -> {case.extension_motion_visible_area}]"
     return (
         f"{case.source_motion} (area x{case.source_area_ratio:.2f}) -> {case.extension_motion} "
         f"(x{case.extension_area_ratio:.2f}){cut}, seam {case.seam_psnr:.1f} dB, "

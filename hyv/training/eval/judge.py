@@ -28,13 +28,14 @@
    area factor >= 1.6 count as motion; the clearer of the two (each relative to its threshold)
    decides moving-<direction> vs growing/shrinking; otherwise standing still. A straight motion
    has its extreme height at an end of the clip, so it never reads as a bounce. 1-frame clips
-   get no motion. With ``cut_edges`` an object that the frame's border cuts (its mask within
-   `BORDER` of an edge) is read off its box instead: a cut edge is placed one size from the edge
-   facing away from the border, the size taken from the frames where the box is whole (or where
-   one axis is, while 3/4 of the object shows; held if it is leaving through that border), so
-   an object that leaves the frame keeps moving at its speed instead of shrinking, and one that
-   outgrows the frame keeps growing. Rendered true continuations of the held-out clips (run on
-   past their end) read their motion in 44 of 44 that way, 30 of 44 by the visible area.
+   get no motion. An object *leaving* the frame (its mask within `BORDER` of an edge while the
+   edge facing away moves toward that border by >= 0.10 of the frame) is read off its box
+   instead (``cut_edges``, the default): a cut edge is placed one object size from the edge
+   facing away, the size taken from the frames where the box is whole (held when fewer than two
+   of them span 0.25 of the clip), so it keeps moving at its speed instead of shrinking as its
+   visible area falls. Rendered true continuations of the held-out clips (run on past their end)
+   read their motion in 44 of 44 that way, 30 of 44 by the visible area. An object growing into
+   the border keeps the area reading: its visible area still grows.
 6. Objects and cleanliness, per frame: the pixels farther from the background than
    ``FOREGROUND_LEVEL`` of the object's contrast (at least `MIN_CONTRAST`), whatever their color,
    split into 8-connected components. The largest is the object (when it covers at least
@@ -234,22 +235,24 @@ def _leaving(t: np.ndarray, box: np.ndarray, cut: np.ndarray) -> bool:
 
 
 def _box_tracks(t: np.ndarray, frames: list[_Frame], aspect: float) -> _BoxTracks | None:
-    """The object's center and size change when part of it lies beyond the frame's border, so that
-    an object leaving the frame moves on rather than shrinking (module docstring, step 5).
+    """The center and size change of an object leaving the frame (`_leaving`), so that it moves
+    on rather than shrinking (module docstring, step 5); None for any other object.
 
     The size (every shape's box is 2r by 2r; short-side fractions) is fitted log-linearly over the
-    frames where the box is whole, or failing two of those 0.25 of the clip apart, also over those
-    cut on one axis while at least 3/4 of the object shows, taking the other axis' extent; with
-    neither, it is held at their median (no change). A cut edge is then placed one fitted size from
-    the edge that is not, on each axis cut on one side only. None when no frame shows a size."""
+    frames where the box is whole if two of them lie 0.25 of the clip apart, else held at the
+    median of those (or, with none whole, of the frames cut on one axis while 3/4 of the object
+    shows, taking the other axis' extent). A cut edge is then placed one size from the edge that
+    is not, on each axis cut on one side only. None too when no frame shows a size."""
     sx, sy = (1.0 / aspect, 1.0) if aspect >= 1.0 else (1.0, aspect)  # axis units per short side
     box = np.array([f.box for f in frames])  # (N, 4): left, right, top, bottom
     cut = np.array([f.cut for f in frames])  # (N, 4)
     width, height = (box[:, 1] - box[:, 0]) / sx, (box[:, 3] - box[:, 2]) / sy
     cut_x, cut_y = cut[:, 0] | cut[:, 1], cut[:, 2] | cut[:, 3]
+    if not _leaving(t, box, cut):
+        return None
     whole = ~cut_x & ~cut_y
     size = np.where(whole, 0.5 * (width + height), np.nan)
-    if (whole.sum() < 2 or np.ptp(t[whole]) < 0.25) and not _leaving(t, box, cut):
+    if not whole.any():
         one_axis = np.where(cut_x, height, width)  # the extent along the axis that is not cut
         shown = np.where(cut_x, width, height) >= 0.75 * one_axis
         size = np.where((cut_x != cut_y) & shown, one_axis, size)
@@ -257,7 +260,7 @@ def _box_tracks(t: np.ndarray, frames: list[_Frame], aspect: float) -> _BoxTrack
     if not known.any():
         return None
     log_size = np.log(np.where(known, size, 1.0))
-    if known.sum() >= 2 and np.ptp(t[known]) >= 0.25:
+    if whole.sum() >= 2 and np.ptp(t[whole]) >= 0.25:
         slope = _slope(t[known], log_size[known])
         level = float(log_size[known].mean()) + slope * (t - float(t[known].mean()))
     else:
@@ -460,11 +463,11 @@ def shape_iou(shape: str, coverage: np.ndarray, mask: np.ndarray | None = None) 
     return float(np.sum(ideal & mask)) / union if union else 0.0
 
 
-def judge_clip(frames: np.ndarray, background: str | None = "auto", cut_edges: bool = False) -> Judgement:
+def judge_clip(frames: np.ndarray, background: str | None = "auto", cut_edges: bool = True) -> Judgement:
     """Judge one clip: uint8 (T, H, W, 3) or one image (H, W, 3). ``background``: "auto" (or
-    None) to detect it from the border, or "black"/"gray" to name it. ``cut_edges``: read the
-    motion of an object the frame's border cuts off its box (module docstring, step 5), not off
-    its visible area and centroid, which read an object leaving the frame as shrinking."""
+    None) to detect it from the border, or "black"/"gray" to name it. ``cut_edges`` (default):
+    read the motion of an object that leaves the frame off its box (module docstring, step 5);
+    False reads it off its visible area and centroid alone, where it shrinks."""
     x = np.asarray(frames, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]
