@@ -26,8 +26,8 @@
 7. **steps**        `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
                     from the teacher's true CFG (or from the stage-6 model), so the student learns
                     guidance and few steps at once (both distillation stages on every bucket,
-                    reusing the teacher stage's latent cache); `continuation_fraction` of its
-                    video trajectories continue continuation clips
+                    reusing the teacher stage's latent cache); with `tune_continuations`,
+                    `continuation_fraction` of its video trajectories continue continuation clips
 8. **export**       the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, its
                     limits exactly the buckets, with `recipe.json` (commands, seeds, steps, wall time
                     per stage); then **eval** (`hyv.training.eval`, teacher = the stage-5 DiT with 50
@@ -430,6 +430,8 @@ class Recipe:
         config = (self.config.cfg if stage == "cfg" else self.config.steps).replace(
             teacher=teacher, latent_cache=self.latent_cache()
         )
+        if not self.config.tune_continuations:  # a teacher not tuned on them continues them poorly
+            config = config.replace(continuation_fraction=0.0)
         return self._run(stage, lambda: train_distill(config), config.to_dict())
 
     def reuse_stage1(self, bundle_dir: Path) -> None:

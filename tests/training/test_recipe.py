@@ -27,6 +27,7 @@ from hyv.training.eval.runner import EvalConfig
 from hyv.training.recipe import (
     DEFAULT_BUCKETS,
     RECIPE_FILE,
+    STAGES,
     STATE_FILE,
     Recipe,
     RecipeConfig,
@@ -159,17 +160,7 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert not (exported / "stale.json").exists()
 
     state = json.loads((config.out_dir / STATE_FILE).read_text())
-    assert list(state["stages"]) == [
-        "vae",
-        "vae_buckets",
-        "dit",
-        "dit_buckets",
-        "continuations",
-        "cfg",
-        "steps",
-        "export",
-        "eval",
-    ]
+    assert list(state["stages"]) == list(STAGES)
     assert all(stage["finished"] and stage["wall_s"] > 0 for stage in state["stages"].values())
     # The teacher is the continuation fine-tune of the progressive stage's DiT, which reused that
     # stage's latent cache (adding its continuation clips), as did the distillation.
@@ -178,6 +169,7 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     assert state["stages"]["cfg"]["settings"]["teacher"] == tuned["output"]
     cache = config.continuations.out_dir / CACHE_FILE
     assert state["stages"]["steps"]["settings"]["latent_cache"] == str(cache)
+    assert state["stages"]["steps"]["settings"]["continuation_fraction"] == 0.5
     cached = torch.load(cache, weights_only=False)["chunks"]
     assert sorted(cached) == sorted([*BUCKETS, *(f"{b}+continuations" for b in BUCKETS[:2])])
 
@@ -235,17 +227,7 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     recipe = json.loads((exported / RECIPE_FILE).read_text())
     assert recipe["command"].startswith("hyv train bundle")
     names = [stage["name"] for stage in recipe["stages"]]
-    assert names == [
-        "vae",
-        "vae_buckets",
-        "dit",
-        "dit_buckets",
-        "continuations",
-        "cfg",
-        "steps",
-        "export",
-        "eval",
-    ]
+    assert names == list(STAGES)
     # every training stage and the eval took time (the export of a tiny bundle rounds to 0.0 s)
     assert all(stage["wall_time_s"] > 0 for stage in recipe["stages"] if stage["name"] != "export")
     stage_sum = sum(stage["wall_time_s"] for stage in recipe["stages"])
@@ -386,6 +368,8 @@ def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tm
     teacher = state["dit_buckets"]["output"]
     assert state["continuations"]["output"] == teacher and state["continuations"]["settings"]["steps"] == 0
     assert not config.continuations.out_dir.exists()
+    assert config.steps.continuation_fraction == 0.5  # configured, but not distilled from this teacher
+    assert state["steps"]["settings"]["continuation_fraction"] == 0.0
     assert state["cfg"]["output"] == teacher and state["cfg"]["settings"]["steps"] == 0
     assert "distill_cfg=False" in state["cfg"]["settings"]["skipped"]
     assert not config.cfg_run.exists()  # nothing trained there

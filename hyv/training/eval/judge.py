@@ -221,15 +221,12 @@ def _leaving(t: np.ndarray, box: np.ndarray, cut: np.ndarray) -> bool:
     border travels toward it by at least `MOVE_THRESHOLD` over the clip (a growing object's far
     edge moves away from the border it meets). The object's visible extent then says nothing of
     its size: a generated circle or triangle narrows as it goes."""
-    for side, (far, sign) in enumerate(
-        ((1, -1.0), (0, 1.0), (3, -1.0), (2, 1.0))
-    ):  # left, right, top, bottom
+    # per side (left, right, top, bottom): the column of its far edge in `box`, the sign toward it
+    for side, (far, sign) in enumerate(((1, -1.0), (0, 1.0), (3, -1.0), (2, 1.0))):
         rows = ~cut[:, far]
-        if (
-            cut[:, side].any()
-            and rows.sum() >= 2
-            and sign * _slope(t[rows], box[rows, far]) >= MOVE_THRESHOLD
-        ):
+        if not cut[:, side].any() or rows.sum() < 2:
+            continue
+        if sign * _slope(t[rows], box[rows, far]) >= MOVE_THRESHOLD:
             return True
     return False
 
@@ -311,8 +308,8 @@ def _motion(
 ) -> tuple[str, float, float, float, float, float]:
     """(motion, confidence, dx, dy, area ratio, bounce) over clip times ``t`` in [0, 1]; with
     `cut_edges`, read off `_box_tracks` where the frame's border cuts the object."""
-    tx, cx = ty, cy = t, np.array([f.cx for f in frames])
-    cy = np.array([f.cy for f in frames])
+    tx, cx = t, np.array([f.cx for f in frames])
+    ty, cy = t, np.array([f.cy for f in frames])
     log_area = _slope(t, np.log(np.maximum(np.array([f.area for f in frames]), 1e-9)))
     tracks = _box_tracks(t, frames, aspect) if cut_edges and any(f.clipped for f in frames) else None
     if tracks is not None:
