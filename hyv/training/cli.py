@@ -66,6 +66,13 @@ def train_bundle_command(
     distill_samples: Annotated[
         int, typer.Option(help="Teacher trajectories the step distillation regresses on.")
     ] = _BUNDLE["distill_samples"],
+    distill_bucket_balance: Annotated[
+        float,
+        typer.Option(
+            help="Step distillation: video buckets drawn in proportion to (clips per batch) ** -b; "
+            "0 draws each equally often, 1 gives each as many clips."
+        ),
+    ] = _BUNDLE["distill_bucket_balance"],
     bucket_steps: Annotated[
         int, typer.Option(help="Steps of the progressive DiT stage on every bucket.")
     ] = _BUNDLE["bucket_steps"],
@@ -128,6 +135,7 @@ def train_bundle_command(
             distill_steps=distill_steps,
             student_steps=student_steps,
             distill_samples=distill_samples,
+            distill_bucket_balance=distill_bucket_balance,
             bucket_steps=bucket_steps,
             continuation_steps=continuation_steps,
             tune_continuations=tune_continuations,

@@ -38,6 +38,7 @@ from hyv.training.data import (
     to_uint8,
     train_combinations,
 )
+from hyv.training.data.buckets import clips_per_batch, parse_bucket, pick_bucket
 from hyv.training.data.render import in_frame
 
 HELDOUT_SHA256 = "bc0e09b1dbb5c6eced6bac81f32f49dc465d8756dc0fff702b29ff007e496036"
@@ -406,3 +407,31 @@ def test_continuation_items_run_on_from_a_later_state() -> None:
     assert (render_clip(shrink, 5, 32, start=1.0)[-1] == BACKGROUND_RGB["black"]).all()  # gone, not inverted
     with pytest.raises(ValueError, match="continuation_starts"):
         SyntheticVideoDataset("train", continuation_starts=(0.8, 0.2))
+
+
+def test_bucket_balance_gives_large_buckets_more_steps_and_zero_keeps_the_uniform_draw() -> None:
+    videos = tuple(parse_bucket(b) for b in ("64x64x17", "128x128x17", "128x128x33"))
+    buckets = (*videos, parse_bucket("64x64x1"))
+    budget, batch = 640, 8  # clips per batch: 8, 2, 1
+    clips = {str(b): clips_per_batch(b, batch, budget) for b in videos}
+    assert clips == {"64x64x17": 8, "128x128x17": 2, "128x128x33": 1}
+
+    def draws(balance: float) -> dict[str, int]:
+        picked = [pick_bucket(buckets, 0.3, 0, step, balance, batch, budget) for step in range(6000)]
+        return {str(b): sum(p == b for p in picked) for b in buckets}
+
+    uniform, half, full = draws(0.0), draws(0.5), draws(1.0)
+    # balance 0 is the draw base training always made (same buckets, step by step)
+    assert [pick_bucket(buckets, 0.3, 0, s) for s in range(200)] == [
+        pick_bucket(buckets, 0.3, 0, s, 0.0, batch, budget) for s in range(200)
+    ]
+    video_steps = sum(uniform[str(b)] for b in videos)
+    assert all(abs(uniform[str(b)] / video_steps - 1 / 3) < 0.03 for b in videos)
+    # images keep their share whatever the balance
+    assert abs(half["64x64x1"] - uniform["64x64x1"]) < 150
+    # weights (8 / clips) ** b: 1 : 2 : 2.83 at 0.5, 1 : 4 : 8 at 1 (equal clips per bucket)
+    share = {b: half[b] / video_steps for b in clips}
+    assert abs(share["128x128x33"] / share["64x64x17"] - 8**0.5) < 0.4
+    assert abs(share["128x128x17"] / share["64x64x17"] - 2.0) < 0.3
+    clip_counts = [full[b] * clips[b] for b in clips]
+    assert max(clip_counts) / min(clip_counts) < 1.2

@@ -106,6 +106,7 @@ def _mean(values: list[float]) -> float:
         ("lr", 0.0),
         ("i2v_fraction", 1.5),
         ("guidance_min", -1.0),
+        ("bucket_balance", 1.5),
     ],
 )
 def test_config_rejects_bad_values(field: str, value: object, tmp_path: Path) -> None:

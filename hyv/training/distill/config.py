@@ -58,6 +58,9 @@ class DistillConfig(TrainConfig):
     continuation_fraction: float = 0.0
     cache_continuations: int = 0  # continuation clips per video bucket in the latent cache
     continuation_starts: tuple[float, float] = (0.4, 1.0)  # clip times they start at
+    # video buckets drawn in proportion to (batch_size / clips per batch) ** bucket_balance: 0 draws
+    # each equally often; more gives the large buckets (few clips a batch) more steps
+    bucket_balance: float = 0.0
     # --- teacher cache ---
     teacher_samples: int = 2048  # cfg: noisy latents with teacher velocities; steps: trajectories
     eval_samples: int = 32  # held-out teacher samples for the before/after metric
@@ -104,6 +107,8 @@ class DistillConfig(TrainConfig):
         self.check_choice("stage", STAGES)
         super().validate()
         check_continuations(self)
+        if not 0.0 <= self.bucket_balance <= 1.0:
+            self.fail("bucket_balance", "must be in [0, 1]")
         if self.continuation_fraction > 0 and self.stage != "steps":
             self.fail(
                 "continuation_fraction", "must be 0 in the cfg stage (the steps stage distills continuations)"

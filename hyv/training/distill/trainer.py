@@ -224,7 +224,9 @@ class DistillTrainer(Trainer[DistillConfig, float]):
         """The teacher pool of step `step`'s bucket (shared by all ranks) and its rows per batch."""
         c = self.config
         buckets = tuple(b for b in c.train_buckets() if str(b) in self.pools)
-        bucket = pick_bucket(buckets, c.image_fraction, c.seed, step)
+        bucket = pick_bucket(
+            buckets, c.image_fraction, c.seed, step, c.bucket_balance, c.batch_size, c.token_budget
+        )
         return self.pools[str(bucket)], clips_per_batch(bucket, c.batch_size, c.token_budget)
 
     def eval_rows(self) -> Iterator[Chunk]:
