@@ -319,6 +319,20 @@ def _check_acceptance(card: str, results: dict) -> None:
         )
     passed = all(row["passed"] is not False for row in results["thresholds"])
     assert ("**Overall: PASS**" in card) == passed and ("**Overall: FAIL**" in card) == (not passed)
+    kinds = {
+        kind: [r for r in results["thresholds"] if str(r.get("bucket")).endswith("x1") == (kind == "image")]
+        for kind in ("video", "image")
+    }
+    for kind, rows in kinds.items():  # with both kinds, a verdict of each
+        line = next((line for line in lines if line.startswith(f"- at the {kind} buckets (")), None)
+        if not all(kinds.values()):
+            assert line is None
+            continue
+        assert line is not None
+        assert all(str(r["bucket"]) in line for r in rows)
+        kind_passed = all(r["passed"] is not False for r in rows)
+        assert ("**PASS**" in line) == kind_passed and ("**FAIL**" in line) == (not kind_passed), line
+        assert f"of {len(rows)} checks failed" in line if not kind_passed else f"all {len(rows)}" in line
 
 
 def test_thresholds_pass_fail_and_not_measured() -> None:

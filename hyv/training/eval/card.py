@@ -538,6 +538,28 @@ def _eval_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _frames(row: dict[str, Any]) -> int:
+    """Frames of a threshold row's bucket ("64x64x17" -> 17); 0 when the row names none."""
+    bucket = str(row.get("bucket") or "")
+    return int(bucket.rsplit("x", 1)[1]) if bucket.count("x") == 2 else 0
+
+
+def _verdict(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    """PASS or FAIL (bold) of these threshold rows, with the failed checks by criterion and bucket."""
+    failed = [r for r in rows if r["passed"] is False]
+    unmeasured = [r for r in rows if r["passed"] is None]
+    if failed:
+        by_key = {key: [str(r.get("bucket")) for r in failed if r["key"] == key] for key in keys}
+        return (
+            f"FAIL** ({len(failed)} of {len(rows)} checks failed: "
+            + "; ".join(f"{key} at {', '.join(where)}" for key, where in by_key.items() if where)
+            + ")."
+        )
+    return f"PASS** (all {len(rows) - len(unmeasured)} measured checks passed" + (
+        f"; {len(unmeasured)} not measured)." if unmeasured else ")."
+    )
+
+
 def _acceptance_section(results: dict[str, Any]) -> list[str]:
     """A matrix: rows = buckets, columns = criteria (THRESHOLDS), cells value and PASS/FAIL; then
     the criteria in words and the overall verdict."""
@@ -568,19 +590,12 @@ def _acceptance_section(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {bucket} | " + " | ".join(cells) + " |")
     lines += ["", "Criteria, at every bucket (motion and I2V at video buckets only):", ""]
     lines += [f"- {k}: {known[k].label} {known[k].text}" for k in keys if k in known]
-    failed = [r for r in rows if r["passed"] is False]
-    unmeasured = [r for r in rows if r["passed"] is None]
-    if failed:
-        by_key = {key: [str(r.get("bucket")) for r in failed if r["key"] == key] for key in keys}
-        verdict = (
-            f"**Overall: FAIL** ({len(failed)} of {len(rows)} checks failed: "
-            + "; ".join(f"{key} at {', '.join(where)}" for key, where in by_key.items() if where)
-            + ")."
-        )
-    else:
-        verdict = f"**Overall: PASS** (all {len(rows) - len(unmeasured)} measured checks passed" + (
-            f"; {len(unmeasured)} not measured)." if unmeasured else ")."
-        )
+    verdict = f"**Overall: {_verdict(rows, keys)}"
+    by_kind = {"video": [r for r in rows if _frames(r) > 1], "image": [r for r in rows if _frames(r) == 1]}
+    if all(by_kind.values()):  # the video buckets' verdict apart from the images'
+        for kind, group in by_kind.items():
+            where = ", ".join(dict.fromkeys(str(r["bucket"]) for r in group))
+            verdict += f"\n- at the {kind} buckets ({where}): **{_verdict(group, keys)}"
     return [*lines, "", verdict, ""]
 
 
