@@ -84,8 +84,7 @@ def train_bundle_command(
         bool,
         typer.Option(
             help="Fine-tune the teacher on continuation clips (stage continuations), so that it and "
-            "the student extend videos; --no-tune-continuations (the default) passes the progressive "
-            "DiT on."
+            "the student extend videos; --no-tune-continuations passes the progressive DiT on."
         ),
     ] = _BUNDLE["tune_continuations"],
     stage1_from: Annotated[
@@ -226,7 +225,10 @@ def train_dit_command(
 def export_teacher_command(
     run: Annotated[
         Path | None,
-        typer.Option(help="A recipe run directory: its stage-4 (dit_buckets) DiT is the teacher."),
+        typer.Option(
+            help="A recipe run directory: the DiT its student was distilled from (stage continuations, "
+            "else dit_buckets) is the teacher."
+        ),
     ] = None,
     teacher: Annotated[
         Path | None, typer.Option(help="The teacher bundle itself (instead of --run).")

@@ -18,8 +18,8 @@
                     outgrowing the frame, trained image-to-video from their first frame. Extending
                     a video (POST /v1/videos/extensions) is exactly that; without it the model
                     restarts the motion from its usual first frame (docs/training.md, "Ninth
-                    attempt"). Only with `tune_continuations=True` (`--tune-continuations`);
-                    by default it passes the stage-4 DiT on. This is the teacher from here on.
+                    attempt"). On by default (`tune_continuations`; `--no-tune-continuations`
+                    passes the stage-4 DiT on). This is the teacher from here on.
 6. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
                     (only with `distill_cfg=True`, `--distill-cfg`; by default it passes the stage-4
                     DiT on)
@@ -216,10 +216,10 @@ class RecipeConfig:
     progress: bool = True
     stage1_from: Path | None = None  # an earlier bundle standing in for stages vae and dit
     tune_vae: bool = True  # False: stage vae_buckets passes the stage-1 VAE on unchanged
-    # True: stage continuations fine-tunes the teacher on continuation clips, so that it and its
-    # student extend videos (docs/training.md, "Ninth attempt"); False (how the shipped bundle was
-    # made): it passes the stage-4 DiT on
-    tune_continuations: bool = False
+    # True (how the shipped bundle was made): stage continuations fine-tunes the teacher on
+    # continuation clips, so that it and its student extend videos (docs/training.md, "Ninth
+    # attempt", "Tenth run"); False: it passes the stage-4 DiT on
+    tune_continuations: bool = True
     # False: stage cfg passes the stage-4 DiT on unchanged and the step distillation learns its true
     # CFG directly, guidance and steps together; True (how the shipped bundle was made): CFG is first
     # distilled into the guidance embedding, which this small DiT does poorly (docs/training.md,

@@ -1,4 +1,5 @@
-"""The bundle's teacher as a served model: the undistilled stage-4 DiT (`dit_buckets`), sampled with
+"""The bundle's teacher as a served model: the undistilled DiT the student was distilled from (stage
+`continuations`, or `dit_buckets` when the recipe skips it), sampled with
 true CFG over the full flow schedule (50 steps by default), exported beside the 4-step student.
 
     hyv train export-teacher --run runs/bundle --out weights/hyv-small-teacher
@@ -55,17 +56,21 @@ class TeacherExport:
 
 
 def teacher_of_run(run_dir: Path) -> Path:
-    """The stage-4 DiT bundle of a recipe run: the finished `dit_buckets` stage's output in
-    recipe_state.json, else `<run>/dit_buckets/bundle`; FileNotFoundError naming what is missing."""
+    """The teacher DiT bundle of a recipe run: the finished `continuations` stage's output (the
+    stage-4 DiT fine-tuned on continuation clips, or stage 4's own when that stage passed it on),
+    else the finished `dit_buckets` stage's, as recorded in recipe_state.json; else
+    `<run>/dit_buckets/bundle`. FileNotFoundError naming what is missing."""
     run_dir = Path(run_dir)
     state_path = run_dir / "recipe_state.json"
     if state_path.is_file():
-        stage = json.loads(state_path.read_text()).get("stages", {}).get("dit_buckets", {})
-        if stage.get("finished") and stage.get("output"):
-            recorded = Path(stage["output"])
-            for candidate in (recorded, run_dir.parent / recorded, run_dir / "dit_buckets" / recorded.name):
-                if (candidate / BUNDLE_FILE).is_file():
-                    return candidate
+        stages = json.loads(state_path.read_text()).get("stages", {})
+        for name in ("continuations", "dit_buckets"):
+            stage = stages.get(name, {})
+            if stage.get("finished") and stage.get("output"):
+                recorded = Path(stage["output"])
+                for candidate in (recorded, run_dir.parent / recorded, run_dir / name / recorded.name):
+                    if (candidate / BUNDLE_FILE).is_file():
+                        return candidate
     fallback = run_dir / "dit_buckets" / "bundle"
     if (fallback / BUNDLE_FILE).is_file():
         return fallback
@@ -188,8 +193,9 @@ def write_teacher_card(out_dir: Path, teacher_dir: Path, student_dir: Path, dtyp
     lines = [
         f"# {name}",
         "",
-        f"The undistilled teacher of `{student_name}`: the stage-4 DiT of the same recipe (flow matching on",
-        "every bucket, before CFG and step distillation), served as a model of its own so that the",
+        f"The undistilled teacher of `{student_name}`: the DiT its recipe distilled it from (flow matching",
+        "on every bucket, then fine-tuned on continuation clips when the recipe tunes them; before CFG",
+        "and step distillation), served as a model of its own so that the",
         f"{steps}-step sampler it was distilled from can be compared with the student and step caching",
         "can be measured on a many-step model.",
         "",

@@ -90,6 +90,15 @@ def test_export_teacher_command_on_the_bundled_model(tmp_path: Path) -> None:
     state = {"stages": {"dit_buckets": {"finished": True, "output": str(run / "dit_buckets" / "bundle")}}}
     (run / "recipe_state.json").write_text(json.dumps(state))
     assert teacher_of_run(run) == run / "dit_buckets" / "bundle"
+    # a finished continuation fine-tune is the teacher the student learned from
+    later = tmp_path / "later"
+    (later / "continuations").mkdir(parents=True)
+    (later / "continuations" / "bundle").symlink_to(DEFAULT_BUNDLE_DIR.resolve(), target_is_directory=True)
+    tuned = {"finished": True, "output": str(later / "continuations" / "bundle")}
+    (later / "recipe_state.json").write_text(
+        json.dumps({"stages": {**state["stages"], "continuations": tuned}})
+    )
+    assert teacher_of_run(later) == later / "continuations" / "bundle"
 
     out = tmp_path / "weights" / "hyv-small-teacher"
     result = CliRunner().invoke(
