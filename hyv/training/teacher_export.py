@@ -1,6 +1,6 @@
 """The bundle's teacher as a served model: the undistilled DiT the student was distilled from (stage
-`continuations`, or `dit_buckets` when the recipe skips it), sampled with
-true CFG over the full flow schedule (50 steps by default), exported beside the 4-step student.
+`continuations`, or `dit_buckets` when the recipe skips it), sampled with true CFG over the full
+flow schedule (50 steps by default), exported beside the 4-step student.
 
     hyv train export-teacher --run runs/bundle --out weights/hyv-small-teacher
 
@@ -195,9 +195,9 @@ def write_teacher_card(out_dir: Path, teacher_dir: Path, student_dir: Path, dtyp
         "",
         f"The undistilled teacher of `{student_name}`: the DiT its recipe distilled it from (flow matching",
         "on every bucket, then fine-tuned on continuation clips when the recipe tunes them; before CFG",
-        "and step distillation), served as a model of its own so that the",
-        f"{steps}-step sampler it was distilled from can be compared with the student and step caching",
-        "can be measured on a many-step model.",
+        f"and step distillation), served as a model of its own so that the {steps}-step sampler it was",
+        "distilled from can be compared with the student and step caching can be measured on a",
+        "many-step model.",
         "",
         f"- **Sampling**: {steps} steps of the shifted flow schedule (flow shift {limits.flow_shift:g}), "
         f"guidance {limits.guidance:g} as {guidance}: two DiT forwards per step.",

@@ -538,10 +538,11 @@ def _eval_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _frames(row: dict[str, Any]) -> int:
-    """Frames of a threshold row's bucket ("64x64x17" -> 17); 0 when the row names none."""
-    bucket = str(row.get("bucket") or "")
-    return int(bucket.rsplit("x", 1)[1]) if bucket.count("x") == 2 else 0
+def _is_image(row: dict[str, Any]) -> bool | None:
+    """Whether a threshold row's bucket is an image bucket; None when the row names no bucket."""
+    from hyv.training.data.buckets import parse_bucket
+
+    return parse_bucket(str(row["bucket"])).is_image if row.get("bucket") else None
 
 
 def _verdict(rows: list[dict[str, Any]], keys: list[str]) -> str:
@@ -591,7 +592,10 @@ def _acceptance_section(results: dict[str, Any]) -> list[str]:
     lines += ["", "Criteria, at every bucket (motion and I2V at video buckets only):", ""]
     lines += [f"- {k}: {known[k].label} {known[k].text}" for k in keys if k in known]
     verdict = f"**Overall: {_verdict(rows, keys)}"
-    by_kind = {"video": [r for r in rows if _frames(r) > 1], "image": [r for r in rows if _frames(r) == 1]}
+    by_kind = {
+        "video": [r for r in rows if _is_image(r) is False],
+        "image": [r for r in rows if _is_image(r)],
+    }
     if all(by_kind.values()):  # the video buckets' verdict apart from the images'
         for kind, group in by_kind.items():
             where = ", ".join(dict.fromkeys(str(r["bucket"]) for r in group))
