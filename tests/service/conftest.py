@@ -56,6 +56,15 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0, interval_s
         time.sleep(interval_s)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, or a process reaped while its stat is read, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 @pytest.fixture(scope="session")
 def service_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("service")

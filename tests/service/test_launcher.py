@@ -16,7 +16,7 @@ from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_store import JobStore
 from hyv.service.launcher import RedisServer, find_redis_server, free_port, worker_gpus
 from hyv.service.settings import Settings
-from tests.service.conftest import MODEL, wait_until
+from tests.service.conftest import MODEL, process_alive, wait_until
 from tests.service.serve_process import start_hyv_serve
 
 
@@ -68,13 +68,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.slow
 def test_hyv_serve_runs_three_processes_stops_them_on_ctrl_c_and_keeps_jobs(
     tmp_path: Path, tiny_bundle: Path
@@ -104,7 +97,7 @@ def test_hyv_serve_runs_three_processes_stops_them_on_ctrl_c_and_keeps_jobs(
 
         os.killpg(serve.pid, signal.SIGINT)  # Ctrl-C in the terminal
         assert serve.wait(30) == 0
-        wait_until(lambda: not any(_alive(pid) for pid in children), 15)
+        wait_until(lambda: not any(process_alive(pid) for pid in children), 15)
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)

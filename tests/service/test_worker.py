@@ -22,7 +22,7 @@ from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_store import JobStore
 from hyv.service.settings import Settings
 from hyv.service.storage import LocalStorage
-from tests.service.conftest import MODEL, WEBHOOK_SECRET, Cluster, wait_until
+from tests.service.conftest import MODEL, WEBHOOK_SECRET, Cluster, process_alive, wait_until
 
 STAGE_ORDER = ["text_encode", "denoise", "decode", "encode"]
 # A job that lasts a few seconds on the tiny model at 64x64x9 (about 5 ms per step here: ~5 s).
@@ -339,7 +339,7 @@ def test_worker_killed_mid_job_is_redelivered_and_completed(
     else:
         os.killpg(main_pid, signal.SIGKILL)  # the whole worker vanishes: only the claim lease tells
     killed_at = time.time()
-    wait_until(lambda: not Path(f"/proc/{child_pid}").exists() or _zombie(child_pid), 10)
+    wait_until(lambda: not process_alive(child_pid), 10)
 
     done = finished(c.store, job.id, 120)
     assert done.status == JobStatus.COMPLETED, done.error_message
@@ -351,10 +351,3 @@ def test_worker_killed_mid_job_is_redelivered_and_completed(
     assert [r["outcome"] for r in runs if r["event"] == "end"] == ["completed"]
     frames = read_mp4(Path(c.settings.data_dir) / "videos" / f"{job.id}.mp4")
     assert frames.shape == (9, 64, 64, 3)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True

@@ -29,7 +29,7 @@ from hyv.engine.video_io import read_mp4
 from hyv.service.job_model import Job, JobStatus
 from hyv.service.launcher import free_port, stop_worker
 from hyv.service.worker_registry import WorkerRegistry
-from tests.service.conftest import MODEL, Cluster, wait_until
+from tests.service.conftest import MODEL, Cluster, process_alive, wait_until
 from tests.service.test_worker import LONG, at_step, ended_runs, finished
 
 pytestmark = pytest.mark.slow
@@ -174,19 +174,12 @@ def test_a_failed_rank_requeues_the_job_once_and_the_restarted_group_finishes_it
     assert [r["outcome"] for r in runs if r["event"] == "end"] == ["requeued", "completed"]
     new_pids = group_info(c)["pids"]
     assert new_pids[0] == old_pids[0] and follower not in new_pids  # rank 0 restarted its group
-    assert not Path(f"/proc/{follower}").exists() or _zombie(follower)
+    assert not process_alive(follower)
     assert video(c, done).shape == (9, 64, 64, 3)
 
 
 def _ran_twice(c: Cluster, job_id: str) -> bool:
     return sum(r["outcome"] == "claimed" for r in c.store.claims.runs(job_id)) >= 2
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_sigterm_drains_the_running_job_then_the_whole_group_exits(cluster: Callable[..., Cluster]) -> None:
@@ -201,7 +194,7 @@ def test_sigterm_drains_the_running_job_then_the_whole_group_exits(cluster: Call
     done = c.store.jobs.get(job.id)
     assert done is not None and done.status == JobStatus.COMPLETED, done
     assert done.attempts == 1 and done.step == 150
-    wait_until(lambda: all(not _alive(pid) for pid in pids), 15)
+    wait_until(lambda: all(not process_alive(pid) for pid in pids), 15)
 
 
 def test_a_job_past_the_grace_period_is_requeued_and_finished_elsewhere(
@@ -214,16 +207,12 @@ def test_a_job_past_the_grace_period_is_requeued_and_finished_elsewhere(
     job = c.submit(**{**LONG, "steps": 600})
     at_step(c.store, job.id, 3)
     stop_worker(c.workers[0], grace_s=1.0)
-    wait_until(lambda: all(not _alive(pid) for pid in pids), 15)  # no rank outlives the worker
+    wait_until(lambda: all(not process_alive(pid) for pid in pids), 15)  # no rank outlives the worker
     c.add_worker("rescuer")  # its beat requeues the job once the dead run's claim lapses
     done = finished(c.store, job.id, 120)
     assert done.status == JobStatus.COMPLETED, done.error_message
     assert done.attempts == 2 and done.worker is not None
     assert int(done.worker.rsplit(":", 1)[1]) not in pids  # the rescuer ran it
-
-
-def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and not _zombie(pid)
 
 
 def test_hyv_serve_sp_2_serves_the_openai_sdk(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -262,7 +251,7 @@ def test_hyv_serve_sp_2_serves_the_openai_sdk(tiny_bundle: Path, tmp_path: Path)
         assert read_mp4(target).shape == (9, 48, 80, 3)
         os.killpg(serve.pid, signal.SIGTERM)
         assert serve.wait(60) == 0, log.read_text()[-3000:]
-        wait_until(lambda: all(not _alive(pid) for pid in worker["sp"]["pids"]), 15)
+        wait_until(lambda: all(not process_alive(pid) for pid in worker["sp"]["pids"]), 15)
     finally:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
