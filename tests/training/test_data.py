@@ -411,12 +411,13 @@ def test_continuation_items_run_on_from_a_later_state() -> None:
 
 def test_bucket_balance_gives_large_buckets_more_steps_and_zero_keeps_the_uniform_draw() -> None:
     videos = tuple(parse_bucket(b) for b in ("64x64x17", "128x128x17", "128x128x33"))
-    buckets = (*videos, parse_bucket("64x64x1"))
-    budget, batch = 640, 8  # clips per batch: 8, 2, 1
+    images = tuple(parse_bucket(b) for b in ("64x64x1", "128x128x1"))
+    buckets = (*videos, *images)
+    budget, batch = 640, 8  # video clips per batch: 8, 2, 1
     clips = {str(b): clips_per_batch(b, batch, budget) for b in videos}
     assert clips == {"64x64x17": 8, "128x128x17": 2, "128x128x33": 1}
 
-    def draws(balance: float) -> dict[str, int]:
+    def draws(balance: float, batch: int = batch) -> dict[str, int]:
         picked = [pick_bucket(buckets, 0.3, 0, step, balance, batch, budget) for step in range(6000)]
         return {str(b): sum(p == b for p in picked) for b in buckets}
 
@@ -428,10 +429,22 @@ def test_bucket_balance_gives_large_buckets_more_steps_and_zero_keeps_the_unifor
     video_steps = sum(uniform[str(b)] for b in videos)
     assert all(abs(uniform[str(b)] / video_steps - 1 / 3) < 0.03 for b in videos)
     # images keep their share whatever the balance
-    assert abs(half["64x64x1"] - uniform["64x64x1"]) < 150
+    image_steps = sum(uniform[str(b)] for b in images)
+    assert abs(sum(half[str(b)] for b in images) - image_steps) < 150
     # weights (8 / clips) ** b: 1 : 2 : 2.83 at 0.5, 1 : 4 : 8 at 1 (equal clips per bucket)
     share = {b: half[b] / video_steps for b in clips}
     assert abs(share["128x128x33"] / share["64x64x17"] - 8**0.5) < 0.4
     assert abs(share["128x128x17"] / share["64x64x17"] - 2.0) < 0.3
     clip_counts = [full[b] * clips[b] for b in clips]
     assert max(clip_counts) / min(clip_counts) < 1.2
+    # at 8 a batch both image buckets fill it: their draw stays the uniform one, step for step
+    image_step = [s for s in range(300) if pick_bucket(buckets, 0.3, 0, s).is_image]
+    assert [pick_bucket(buckets, 0.3, 0, s, 1.0, batch, budget) for s in image_step] == [
+        pick_bucket(buckets, 0.3, 0, s) for s in image_step
+    ]
+    # images too: at 24 a batch, 64x64 images fill it and 128x128 ones get 10 (64 tokens each)
+    wide = draws(1.0, batch=24)
+    image_clips = {str(b): clips_per_batch(b, 24, budget) for b in images}
+    assert image_clips == {"64x64x1": 24, "128x128x1": 10}
+    image_counts = [wide[b] * image_clips[b] for b in image_clips]
+    assert max(image_counts) / min(image_counts) < 1.2

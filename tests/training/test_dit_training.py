@@ -89,6 +89,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DiTTrainer, Path]
         ("lr", 0.0),
         ("text_dropout", 1.5),
         ("i2v_fraction", -0.1),
+        ("bucket_balance", 1.5),
         ("ema_decay", 1.0),
         ("timestep_sampling", "cosmic"),
         ("steps", 0),

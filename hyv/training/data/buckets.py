@@ -99,10 +99,11 @@ def pick_bucket(
     """The bucket of global step `step` (the same on every rank): images with probability
     `image_fraction` (the coin base training always drew), else a video bucket.
 
-    With `balance` 0 every video bucket is drawn equally often. A token budget gives a large bucket
-    fewer clips per batch (128x128x33: 1 where 64x64x17 gets 8), so equal draws give it a fraction
-    of the clips; `balance` b draws each video bucket in proportion to (batch_size / its clips per
-    batch) ** b: 1 gives every bucket as many clips, 0.5 sits halfway (in log)."""
+    With `balance` 0 every bucket of the group (images or videos) is drawn equally often. A token
+    budget gives a large bucket fewer clips per batch (128x128x33: 1 where 64x64x17 gets 8), so
+    equal draws give it a fraction of the clips; `balance` b draws each bucket in proportion to
+    (batch_size / its clips per batch) ** b: 1 gives every bucket of the group as many clips, 0.5
+    sits halfway (in log)."""
     videos = [b for b in buckets if not b.is_image]
     images = [b for b in buckets if b.is_image]
     coin = np.random.default_rng([seed, step, 0, 2]).random()
@@ -110,12 +111,10 @@ def pick_bucket(
     if len(group) == 1:
         return group[0]
     rng = np.random.default_rng([seed, step, 0, 3])
-    if balance and group is videos:
-        weights = np.array(
-            [(batch_size / clips_per_batch(b, batch_size, token_budget)) ** balance for b in group]
-        )
+    weights = np.array([(batch_size / clips_per_batch(b, batch_size, token_budget)) ** balance for b in group])
+    if balance and np.ptp(weights) > 0:
         return group[int(rng.choice(len(group), p=weights / weights.sum()))]
-    return group[int(rng.integers(len(group)))]
+    return group[int(rng.integers(len(group)))]  # equal weights: the uniform draw, step for step
 
 
 def clips_per_batch(bucket: Bucket, batch_size: int, token_budget: int) -> int:

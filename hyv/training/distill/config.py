@@ -58,8 +58,9 @@ class DistillConfig(TrainConfig):
     continuation_fraction: float = 0.0
     cache_continuations: int = 0  # continuation clips per video bucket in the latent cache
     continuation_starts: tuple[float, float] = (0.4, 1.0)  # clip times they start at
-    # video buckets drawn in proportion to (batch_size / clips per batch) ** bucket_balance: 0 draws
-    # each equally often; more gives the large buckets (few clips a batch) more steps
+    # buckets drawn in proportion to (batch_size / clips per batch) ** bucket_balance (within the
+    # images and within the videos): 0 draws each equally often; more gives the large buckets (few
+    # clips a batch) more steps
     bucket_balance: float = 0.0
     # --- teacher cache ---
     teacher_samples: int = 2048  # cfg: noisy latents with teacher velocities; steps: trajectories

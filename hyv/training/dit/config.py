@@ -82,6 +82,10 @@ class DiTTrainConfig(TrainConfig):
     # --- data ---
     cache_videos: int = 0  # > 0: encode this many train videos once and train on their latents
     cache_images: int = 0  # images in the latent cache (needed when cache_videos > 0 and image_fraction > 0)
+    # buckets drawn in proportion to (batch_size / clips per batch) ** bucket_balance (within the
+    # images and within the videos; hyv.training.data.buckets.pick_bucket): 0 draws each equally
+    # often; more gives the large buckets (few clips a batch) more steps
+    bucket_balance: float = 0.0
     # --- flow matching and conditioning ---
     latent_norm: str = "global"  # global: z * scaling_factor; per_channel: (z - mean) / std per channel
     latent_stats_clips: int = 256  # clips whose posterior means give the per-channel statistics
@@ -114,7 +118,7 @@ class DiTTrainConfig(TrainConfig):
         self.check("guidance", self.guidance >= 0)
         if self.flow_shift is not None:
             self.check("flow_shift", self.flow_shift > 0)
-        for name in ("text_dropout", "i2v_fraction", "unshifted_fraction"):
+        for name in ("text_dropout", "i2v_fraction", "unshifted_fraction", "bucket_balance"):
             self.check_fraction(name)
         self.check_choice("timestep_sampling", TIMESTEP_SAMPLINGS)
         self.check_choice("mixed_precision", MIXED_PRECISIONS)

@@ -95,7 +95,9 @@ class SyntheticBatches:
     def batch(self, step: int, rank: int = 0) -> TrainBatch:
         # The bucket is shared by all ranks (equal work per rank under DDP); the clips are not.
         c = self.config
-        bucket = pick_bucket(self.buckets, c.image_fraction, c.seed, step)
+        bucket = pick_bucket(
+            self.buckets, c.image_fraction, c.seed, step, c.bucket_balance, c.batch_size, c.token_budget
+        )
         rng = step_rng(c.seed, step, rank, stream=1)
         continuing = continuation_step(c, bucket, step, rank)
         dataset = self.continuations[bucket] if continuing else self.datasets[bucket]

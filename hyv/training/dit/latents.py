@@ -220,7 +220,9 @@ class CachedLatentBatches:
 
     def batch(self, step: int, rank: int = 0) -> TrainBatch:
         c = self.config
-        bucket = pick_bucket(self.buckets, c.image_fraction, c.seed, step)
+        bucket = pick_bucket(
+            self.buckets, c.image_fraction, c.seed, step, c.bucket_balance, c.batch_size, c.token_budget
+        )
         rng = step_rng(c.seed, step, rank, stream=1)
         count = clips_per_batch(bucket, c.batch_size, c.token_budget)
         continuing = continuation_step(c, bucket, step, rank)
