@@ -155,10 +155,13 @@ def _recipe_dit_buckets() -> DiTTrainConfig:
 
 def _recipe_continuations() -> DiTTrainConfig:
     """The extension fine-tune of the teacher: every bucket as in stage 4, 40% of the video steps
-    on continuation clips (image-to-video), at a third of stage 4's learning rate."""
+    on continuation clips (image-to-video), at a third of stage 4's learning rate; its buckets
+    drawn balanced halfway toward equal clips (`bucket_balance` 0.5, as the step distillation's),
+    since its 128x128 shape IoU bounds the student's there."""
     return _recipe_dit_buckets().replace(
-        steps=2000, lr=1e-4, warmup_steps=50, cache_continuations=200, continuation_fraction=0.4
-    )
+        steps=3000, lr=1e-4, warmup_steps=50, cache_continuations=200, continuation_fraction=0.4,
+        bucket_balance=0.5,
+    )  # fmt: skip
 
 
 def _recipe_distill(stage: str) -> DistillConfig:
