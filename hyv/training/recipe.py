@@ -18,8 +18,10 @@
                     outgrowing the frame, trained image-to-video from their first frame. Extending
                     a video (POST /v1/videos/extensions) is exactly that; without it the model
                     restarts the motion from its usual first frame (docs/training.md, "Ninth
-                    attempt"). On by default (`tune_continuations`; `--no-tune-continuations`
-                    passes the stage-4 DiT on). This is the teacher from here on.
+                    attempt"). Its buckets are drawn balanced toward the large ones
+                    (`bucket_balance`), whose shape IoU bounds the student's. On by default
+                    (`tune_continuations`; `--no-tune-continuations` passes the stage-4 DiT on).
+                    This is the teacher from here on.
 6. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
                     (only with `distill_cfg=True`, `--distill-cfg`; by default it passes the stage-4
                     DiT on)
