@@ -112,7 +112,7 @@ def pick_bucket(
         return group[0]
     rng = np.random.default_rng([seed, step, 0, 3])
     weights = np.array([(batch_size / clips_per_batch(b, batch_size, token_budget)) ** balance for b in group])
-    if balance and np.ptp(weights) > 0:
+    if np.ptp(weights) > 0:  # balance 0 makes every weight 1
         return group[int(rng.choice(len(group), p=weights / weights.sum()))]
     return group[int(rng.integers(len(group)))]  # equal weights: the uniform draw, step for step
 

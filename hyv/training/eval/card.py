@@ -44,6 +44,7 @@ from hyv.training.data import (
     caption,
     heldout_combinations,
 )
+from hyv.training.data.buckets import parse_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -540,8 +541,6 @@ def _eval_section(results: dict[str, Any]) -> list[str]:
 
 def _is_image(row: dict[str, Any]) -> bool | None:
     """Whether a threshold row's bucket is an image bucket; None when the row names no bucket."""
-    from hyv.training.data.buckets import parse_bucket
-
     return parse_bucket(str(row["bucket"])).is_image if row.get("bucket") else None
 
 
