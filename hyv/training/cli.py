@@ -87,6 +87,16 @@ def train_bundle_command(
             "the student extend videos; --no-tune-continuations passes the progressive DiT on."
         ),
     ] = _BUNDLE["tune_continuations"],
+    large_steps: Annotated[
+        int, typer.Option(help="Steps of the teacher's fine-tune on the largest bucket (stage large).")
+    ] = _BUNDLE["large_steps"],
+    tune_large: Annotated[
+        bool,
+        typer.Option(
+            help="Fine-tune the teacher on the largest bucket (stage large); --no-tune-large passes the "
+            "continuations stage's teacher on."
+        ),
+    ] = _BUNDLE["tune_large"],
     stage1_from: Annotated[
         Path | None,
         typer.Option(help="An earlier bundle whose VAE and DiT stand in for stages vae and dit."),
@@ -111,7 +121,8 @@ def train_bundle_command(
     until: Annotated[
         str,
         typer.Option(
-            help="Last stage: vae, vae_buckets, dit, dit_buckets, continuations, cfg, steps, export or eval."
+            help="Last stage: vae, vae_buckets, dit, dit_buckets, continuations, large, cfg, steps, export "
+            "or eval."
         ),
     ] = "eval",
 ) -> None:
@@ -138,6 +149,8 @@ def train_bundle_command(
             bucket_steps=bucket_steps,
             continuation_steps=continuation_steps,
             tune_continuations=tune_continuations,
+            large_steps=large_steps,
+            tune_large=tune_large,
             stage1_from=stage1_from,
             tune_vae=tune_vae,
             distill_cfg=distill_cfg,

@@ -19,18 +19,22 @@
                     a video (POST /v1/videos/extensions) is exactly that; without it the model
                     restarts the motion from its usual first frame (docs/training.md, "Ninth
                     attempt"). On by default (`tune_continuations`; `--no-tune-continuations`
-                    passes the stage-4 DiT on). This is the teacher from here on.
-6. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
-                    (only with `distill_cfg=True`, `--distill-cfg`; by default it passes the stage-4
-                    DiT on)
-7. **steps**        `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
-                    from the teacher's true CFG (or from the stage-6 model), so the student learns
+                    passes the stage-4 DiT on).
+6. **large**        the stage-5 DiT fine-tuned on the largest bucket only (`LARGE_BUCKETS`:
+                    128x128 x 17), which the stages on every bucket leave it weakest at
+                    (docs/training.md, "Twelfth run"; `--no-tune-large` passes the stage-5 DiT on).
+                    This is the teacher from here on.
+7. **cfg**          `hyv.training.distill` stage cfg: true CFG distilled into the guidance embedding
+                    (only with `distill_cfg=True`, `--distill-cfg`; by default it passes the
+                    teacher on)
+8. **steps**        `hyv.training.distill` stage steps: phased trajectory distillation to <= 6 steps
+                    from the teacher's true CFG (or from the stage-7 model), so the student learns
                     guidance and few steps at once (both distillation stages on every bucket,
-                    reusing the teacher stage's latent cache); with `tune_continuations`,
+                    reusing the continuations stage's latent cache); with `tune_continuations`,
                     `continuation_fraction` of its video trajectories continue continuation clips
-8. **export**       the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, its
+9. **export**       the student in fp16 safetensors (+ its schedule metadata) into `export_dir`, its
                     limits exactly the buckets, with `recipe.json` (commands, seeds, steps, wall time
-                    per stage); then **eval** (`hyv.training.eval`, teacher = the stage-5 DiT with 50
+                    per stage); then **eval** (`hyv.training.eval`, teacher = the stage-6 DiT with 50
                     steps of true CFG) writes `eval.json` and `MODEL_CARD.md` next to the weights.
                     The export also writes that teacher as a served model of its own into
                     `teacher_export_dir` (`<export_dir>-teacher`: hyv.training.teacher_export; 50
@@ -78,7 +82,18 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "recipe_state.json"
 RECIPE_FILE = "recipe.json"
-STAGES = ("vae", "vae_buckets", "dit", "dit_buckets", "continuations", "cfg", "steps", "export", "eval")
+STAGES = (
+    "vae",
+    "vae_buckets",
+    "dit",
+    "dit_buckets",
+    "continuations",
+    "large",
+    "cfg",
+    "steps",
+    "export",
+    "eval",
+)
 # The bundled model's buckets (hyv.training.data.buckets): what it trains, is evaluated and serves at.
 SIZES = ((64, 64), (96, 64), (64, 96), (128, 128))
 FRAME_COUNTS = (17, 33, 1)
@@ -163,6 +178,28 @@ def _recipe_continuations() -> DiTTrainConfig:
     )
 
 
+# The largest bucket, which the stages on every bucket leave the teacher weakest at.
+LARGE_BUCKETS = ("128x128x17",)
+
+
+def _recipe_large() -> DiTTrainConfig:
+    """The teacher's last fine-tune: 2000 steps on 128x128 x 17 clips only (no images, no
+    continuations), at the continuations stage's learning rate. Its shape IoU there rises from 0.850
+    to 0.872 (128x128 x 1: 0.847 -> 0.866) while 64x64 x 17 keeps 0.850, where the student, distilled
+    on every bucket, is far above its teacher (docs/training.md, "Twelfth run"). Giving 128x128 half
+    the steps of stages on every bucket (`bucket_balance`) did not lift it ("Eleventh attempt")."""
+    return _recipe_continuations().replace(
+        steps=2000,
+        warmup_steps=50,
+        buckets=LARGE_BUCKETS,
+        image_fraction=0.0,
+        continuation_fraction=0.0,
+        cache_continuations=0,
+        cache_images=0,
+        cache_videos=300,
+    )
+
+
 def _recipe_distill(stage: str) -> DistillConfig:
     """A distillation stage on every bucket: ~640 tokens per batch (8 clips at 64x64x17). The step
     distillation's 2304 trajectories are the sixth run's (docs/training.md: with 1536, 128x128x33's
@@ -188,7 +225,7 @@ def _recipe_distill(stage: str) -> DistillConfig:
 
 
 # The stage configs RecipeConfig nests, each a stage's own config class.
-STAGE_CONFIGS = ("vae", "vae_buckets", "dit", "dit_buckets", "continuations", "cfg", "steps", "eval")
+STAGE_CONFIGS = ("vae", "vae_buckets", "dit", "dit_buckets", "continuations", "large", "cfg", "steps", "eval")
 # Their fields that the recipe sets (RecipeConfig.__post_init__ and the stages' runs).
 _SET_BY_RECIPE = frozenset(
     {"out_dir", "seed", "device", "size", "num_frames", "resume", "progress", "preset", "bundle"}
@@ -222,6 +259,9 @@ class RecipeConfig:
     # continuation clips, so that it and its student extend videos (docs/training.md, "Ninth
     # attempt", "Tenth run"); False: it passes the stage-4 DiT on
     tune_continuations: bool = True
+    # True (how the shipped bundle was made): stage large fine-tunes the teacher on the 128x128
+    # buckets only (LARGE_BUCKETS); False: it passes the continuations stage's teacher on
+    tune_large: bool = True
     # False: stage cfg passes the stage-4 DiT on unchanged and the step distillation learns its true
     # CFG directly, guidance and steps together; True (how the shipped bundle was made): CFG is first
     # distilled into the guidance embedding, which this small DiT does poorly (docs/training.md,
@@ -238,6 +278,7 @@ class RecipeConfig:
     dit: DiTTrainConfig = dataclasses.field(default_factory=_recipe_dit)
     dit_buckets: DiTTrainConfig = dataclasses.field(default_factory=_recipe_dit_buckets)
     continuations: DiTTrainConfig = dataclasses.field(default_factory=_recipe_continuations)
+    large: DiTTrainConfig = dataclasses.field(default_factory=_recipe_large)
     cfg: DistillConfig = dataclasses.field(default_factory=lambda: _recipe_distill("cfg"))
     steps: DistillConfig = dataclasses.field(default_factory=lambda: _recipe_distill("steps"))
     # At every bucket of the student's bundle.json: the 44 held-out combinations twice each (one
@@ -281,6 +322,7 @@ class RecipeConfig:
         self.continuations = self.continuations.replace(
             out_dir=self.out_dir / "continuations", bundle=self.bundle_preset, **shared
         )
+        self.large = self.large.replace(out_dir=self.out_dir / "large", bundle=self.bundle_preset, **shared)
         self.cfg = self.cfg.replace(out_dir=self.cfg_run, **shared)
         self.steps = self.steps.replace(out_dir=self.steps_run, **shared)
         self.eval = dataclasses.replace(
@@ -422,6 +464,16 @@ class Recipe:
             return train_dit(config)
 
         return self._run("continuations", run, config.to_dict())
+
+    def large(self, teacher: Path, vae_dir: Path) -> Path:
+        """The teacher fine-tuned on the 128x128 buckets; the continuations stage's teacher itself
+        with tune_large=False."""
+        from hyv.training.dit import train_dit
+
+        if not self.config.tune_large:
+            return self._run("large", lambda: teacher, {"skipped": "tune_large=False", "steps": 0})
+        config = self.config.large.replace(init_from=teacher, vae_path=vae_dir)
+        return self._run("large", lambda: train_dit(config), config.to_dict())
 
     def latent_cache(self) -> Path:
         """The teacher stage's latent cache, which the distillation stages reuse."""
@@ -578,17 +630,20 @@ class Recipe:
         progressive = self.dit_buckets(stage1, tuned_vae)
         if last < 4:
             return progressive
-        teacher = self.continuations(progressive, tuned_vae)
+        continued = self.continuations(progressive, tuned_vae)
         if last < 5:
+            return continued
+        teacher = self.large(continued, tuned_vae)
+        if last < 6:
             return teacher
         cfg_student = self.distill("cfg", teacher)
-        if last < 6:
+        if last < 7:
             return cfg_student
         student = self.distill("steps", cfg_student)
-        if last < 7:
+        if last < 8:
             return student
         exported = self.export(student, teacher)
-        if last < 8:
+        if last < 9:
             return exported
         self.evaluate(exported, teacher)
         return exported
@@ -696,9 +751,11 @@ BUNDLE_OPTIONS: dict[str, str] = {
     "distill_bucket_balance": "steps.bucket_balance",
     "bucket_steps": "dit_buckets.steps",
     "continuation_steps": "continuations.steps",
+    "large_steps": "large.steps",
     "stage1_from": "stage1_from",
     "tune_vae": "tune_vae",
     "tune_continuations": "tune_continuations",
+    "tune_large": "tune_large",
     "distill_cfg": "distill_cfg",
     "teacher_results": "teacher_results",
 }

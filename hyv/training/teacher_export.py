@@ -1,6 +1,6 @@
 """The bundle's teacher as a served model: the undistilled DiT the student was distilled from (stage
-`continuations`, or `dit_buckets` when the recipe skips it), sampled with true CFG over the full
-flow schedule (50 steps by default), exported beside the 4-step student.
+`large`, else `continuations`, else `dit_buckets`, as far as the recipe ran them), sampled with
+true CFG over the full flow schedule (50 steps by default), exported beside the 4-step student.
 
     hyv train export-teacher --run runs/bundle --out weights/hyv-small-teacher
 
@@ -56,15 +56,16 @@ class TeacherExport:
 
 
 def teacher_of_run(run_dir: Path) -> Path:
-    """The teacher DiT bundle of a recipe run: the finished `continuations` stage's output (the
-    stage-4 DiT fine-tuned on continuation clips, or stage 4's own when that stage passed it on),
-    else the finished `dit_buckets` stage's, as recorded in recipe_state.json; else
+    """The teacher DiT bundle of a recipe run: the output of the last finished stage of `large` (the
+    teacher tuned on the largest bucket), `continuations` (the stage-4 DiT fine-tuned on
+    continuation clips) and `dit_buckets`, as recorded in recipe_state.json (a skipped stage
+    records the DiT it passed on); else
     `<run>/dit_buckets/bundle`. FileNotFoundError naming what is missing."""
     run_dir = Path(run_dir)
     state_path = run_dir / "recipe_state.json"
     if state_path.is_file():
         stages = json.loads(state_path.read_text()).get("stages", {})
-        for name in ("continuations", "dit_buckets"):
+        for name in ("large", "continuations", "dit_buckets"):
             stage = stages.get(name, {})
             if stage.get("finished") and stage.get("output"):
                 recorded = Path(stage["output"])

@@ -118,6 +118,9 @@ def _config(tmp_path: Path, **changes: Any) -> RecipeConfig:
             continuation_fraction=0.5,
             **_DIT,
         ),
+        large=defaults.large.replace(
+            steps=4, batch_size=2, token_budget=16, buckets=BUCKETS[:1], cache_videos=4, **_DIT
+        ),
         cfg=DistillConfig.for_stage("cfg", **_DISTILL, buckets=BUCKETS, token_budget=16),
         steps=DistillConfig.for_stage(
             "steps",
@@ -162,11 +165,14 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
     state = json.loads((config.out_dir / STATE_FILE).read_text())
     assert list(state["stages"]) == list(STAGES)
     assert all(stage["finished"] and stage["wall_s"] > 0 for stage in state["stages"].values())
-    # The teacher is the continuation fine-tune of the progressive stage's DiT, which reused that
-    # stage's latent cache (adding its continuation clips), as did the distillation.
+    # The teacher is the largest-bucket fine-tune of the continuation fine-tune of the progressive
+    # stage's DiT, which reused that stage's latent cache (adding its continuation clips), as did
+    # the distillation.
     tuned = state["stages"]["continuations"]
     assert tuned["settings"]["init_from"] == state["stages"]["dit_buckets"]["output"]
-    assert state["stages"]["cfg"]["settings"]["teacher"] == tuned["output"]
+    large = state["stages"]["large"]
+    assert large["settings"]["init_from"] == tuned["output"] and large["settings"]["buckets"] == [BUCKETS[0]]
+    assert state["stages"]["cfg"]["settings"]["teacher"] == large["output"]
     cache = config.continuations.out_dir / CACHE_FILE
     assert state["stages"]["steps"]["settings"]["latent_cache"] == str(cache)
     assert state["stages"]["steps"]["settings"]["continuation_fraction"] == 0.5
@@ -175,7 +181,7 @@ def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
 
     # Every trainer left a loss curve; each went down from its first steps.
     runs = (config.vae_buckets.out_dir, config.dit_buckets.out_dir, config.continuations.out_dir)
-    runs = (*runs, config.cfg_run, config.steps_run)
+    runs = (*runs, config.large.out_dir, config.cfg_run, config.steps_run)
     for run in (config.vae_run, config.dit_run, *runs):
         assert (run / "loss.png").is_file() and (run / "losses.csv").is_file(), run
 
@@ -360,14 +366,17 @@ def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
 
 
 def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tmp_path: Path) -> None:
-    """Also: without the continuation fine-tune the progressive stage's DiT is the teacher."""
-    config = _config(tmp_path, tune_continuations=False)  # and the default distill_cfg=False
+    """Also: without the continuation and largest-bucket fine-tunes the progressive stage's DiT is
+    the teacher."""
+    config = _config(tmp_path, tune_continuations=False, tune_large=False)  # and distill_cfg=False
     assert not config.distill_cfg
     student = train_bundle(config, until="steps")
     state = json.loads((config.out_dir / STATE_FILE).read_text())["stages"]
     teacher = state["dit_buckets"]["output"]
     assert state["continuations"]["output"] == teacher and state["continuations"]["settings"]["steps"] == 0
     assert not config.continuations.out_dir.exists()
+    assert state["large"]["output"] == teacher and "tune_large=False" in state["large"]["settings"]["skipped"]
+    assert not config.large.out_dir.exists()
     assert config.steps.continuation_fraction == 0.5  # configured, but not distilled from this teacher
     assert state["steps"]["settings"]["continuation_fraction"] == 0.0
     assert state["cfg"]["output"] == teacher and state["cfg"]["settings"]["steps"] == 0
@@ -387,5 +396,5 @@ def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tm
     exported = read_bundle_spec(train_bundle(config, until="export"))
     assert exported.name == "hyv-tiny" and exported.step_cache_coefficients is None
     assert "--distill-cfg" in _cli_args(_config(tmp_path, distill_cfg=True)).split()
-    assert "--no-tune-continuations" in _cli_args(config).split()
+    assert {"--no-tune-continuations", "--no-tune-large"} <= set(_cli_args(config).split())
     assert "tune-continuations" not in _cli_args(_config(tmp_path, tune_continuations=True))  # the default

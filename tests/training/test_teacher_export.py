@@ -99,6 +99,14 @@ def test_export_teacher_command_on_the_bundled_model(tmp_path: Path) -> None:
         json.dumps({"stages": {**state["stages"], "continuations": tuned}})
     )
     assert teacher_of_run(later) == later / "continuations" / "bundle"
+    # and a finished largest-bucket fine-tune of it is the teacher after that
+    (later / "large").mkdir()
+    (later / "large" / "bundle").symlink_to(DEFAULT_BUNDLE_DIR.resolve(), target_is_directory=True)
+    large = {"finished": True, "output": str(later / "large" / "bundle")}
+    (later / "recipe_state.json").write_text(
+        json.dumps({"stages": {**state["stages"], "continuations": tuned, "large": large}})
+    )
+    assert teacher_of_run(later) == later / "large" / "bundle"
 
     out = tmp_path / "weights" / "hyv-small-teacher"
     result = CliRunner().invoke(
