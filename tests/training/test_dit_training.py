@@ -323,6 +323,10 @@ def test_latent_cache_matches_the_encoder_and_resumes(
     monkeypatch.setattr(latents, "DATA_VERSION", latents.DATA_VERSION + 1)
     build_latent_cache(trainer.vae, config, tmp_path / CACHE_FILE, trainer.device, progress=False)
     assert (tmp_path / CACHE_FILE).stat().st_mtime_ns != written
+    # A cache path in a run directory nothing created yet (a later stage reusing a skipped one's).
+    elsewhere = tmp_path / "never_run" / CACHE_FILE
+    built = build_latent_cache(trainer.vae, config, elsewhere, trainer.device, progress=False)
+    assert elsewhere.is_file() and torch.equal(built.moments[video], rebuilt.moments[video])
 
 
 def test_buckets_each_batch_one_shape_sized_by_the_token_budget(tmp_path: Path) -> None:

@@ -156,6 +156,8 @@ def build_latent_cache(
                 chunks[name].append(encode_clips(vae, datasets[name], indices, device))
                 done[name] += len(indices)
                 tmp = path.with_suffix(".tmp")
+                # a reused stage's cache may live in a run directory that stage never wrote
+                tmp.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(state, tmp)
                 tmp.replace(path)
                 bar.update(task, advance=len(indices))
