@@ -93,8 +93,8 @@ def train_bundle_command(
     tune_large: Annotated[
         bool,
         typer.Option(
-            help="Fine-tune the teacher on the largest bucket (stage large); --no-tune-large passes the "
-            "continuations stage's teacher on."
+            help="Fine-tune the teacher on the largest bucket, 128x128 x 17 (stage large); "
+            "--no-tune-large (the default) passes the continuations stage's teacher on."
         ),
     ] = _BUNDLE["tune_large"],
     stage1_from: Annotated[

@@ -151,8 +151,8 @@ def _one_thread() -> None:
 
 
 def test_the_whole_recipe_at_tiny_sizes(tmp_path: Path) -> None:
-    # every stage (the defaults pass stage cfg over)
-    config = _config(tmp_path, distill_cfg=True)
+    # every stage (the defaults pass stages large and cfg over)
+    config = _config(tmp_path, distill_cfg=True, tune_large=True)
     # An earlier bundle in export_dir: the export replaces it but keeps its LoRA folder.
     (config.export_dir / "loras").mkdir(parents=True)
     (config.export_dir / "loras" / "kept.safetensors").write_bytes(b"adapter")
@@ -368,7 +368,8 @@ def test_stage_configs_get_the_shared_settings(tmp_path: Path) -> None:
 def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tmp_path: Path) -> None:
     """Also: without the continuation and largest-bucket fine-tunes the progressive stage's DiT is
     the teacher."""
-    config = _config(tmp_path, tune_continuations=False, tune_large=False)  # and distill_cfg=False
+    config = _config(tmp_path, tune_continuations=False)  # and the defaults tune_large=distill_cfg=False
+    assert not config.tune_large
     assert not config.distill_cfg
     student = train_bundle(config, until="steps")
     state = json.loads((config.out_dir / STATE_FILE).read_text())["stages"]
@@ -396,5 +397,7 @@ def test_without_cfg_distillation_the_steps_stage_learns_the_true_cfg_teacher(tm
     exported = read_bundle_spec(train_bundle(config, until="export"))
     assert exported.name == "hyv-tiny" and exported.step_cache_coefficients is None
     assert "--distill-cfg" in _cli_args(_config(tmp_path, distill_cfg=True)).split()
-    assert {"--no-tune-continuations", "--no-tune-large"} <= set(_cli_args(config).split())
+    assert "--no-tune-continuations" in _cli_args(config).split()
+    assert "tune-large" not in _cli_args(config)  # the default
+    assert "--tune-large" in _cli_args(_config(tmp_path, tune_large=True)).split()
     assert "tune-continuations" not in _cli_args(_config(tmp_path, tune_continuations=True))  # the default
