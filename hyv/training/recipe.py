@@ -191,7 +191,6 @@ def _recipe_large() -> DiTTrainConfig:
     bucket balanced toward 128x128 did not lift it ("Eleventh attempt")."""
     return _recipe_continuations().replace(
         steps=2000,
-        warmup_steps=50,
         buckets=LARGE_BUCKETS,
         image_fraction=0.0,
         continuation_fraction=0.0,
@@ -470,8 +469,8 @@ class Recipe:
         return self._run("continuations", run, config.to_dict())
 
     def large(self, teacher: Path, vae_dir: Path) -> Path:
-        """The teacher fine-tuned on the 128x128 buckets; the continuations stage's teacher itself
-        with tune_large=False."""
+        """The teacher fine-tuned on LARGE_BUCKETS; the continuations stage's teacher itself with
+        tune_large=False."""
         from hyv.training.dit import train_dit
 
         if not self.config.tune_large:
@@ -480,7 +479,8 @@ class Recipe:
         return self._run("large", lambda: train_dit(config), config.to_dict())
 
     def latent_cache(self) -> Path:
-        """The teacher stage's latent cache, which the distillation stages reuse."""
+        """The continuations stage's latent cache (every bucket; the progressive stage's when that
+        stage is skipped), which the distillation stages reuse."""
         from hyv.training.dit.latents import CACHE_FILE
 
         stage = self.config.continuations if self.config.tune_continuations else self.config.dit_buckets

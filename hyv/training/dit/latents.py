@@ -144,6 +144,7 @@ def build_latent_cache(
     done = {name: sum(chunk.shape[0] for chunk in chunks[name]) for name, *_ in parts}
     columns = (TextColumn("[bold]latent cache"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     vae.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)  # a later stage may build a skipped stage's cache
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task(
             "cache",
@@ -156,8 +157,6 @@ def build_latent_cache(
                 chunks[name].append(encode_clips(vae, datasets[name], indices, device))
                 done[name] += len(indices)
                 tmp = path.with_suffix(".tmp")
-                # a reused stage's cache may live in a run directory that stage never wrote
-                tmp.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(state, tmp)
                 tmp.replace(path)
                 bar.update(task, advance=len(indices))
